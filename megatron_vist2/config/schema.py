@@ -1,0 +1,162 @@
+"""Typed configuration of a megatron_vist2 run.
+
+Every field has a default; presets (YAML files in ``presets/``) and dotted command-line overrides
+(``model.llm.num_layers=4``) change them. ``load.py`` turns YAML into these dataclasses and
+``validate.py`` rejects impossible combinations before any process group or model is built.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class VisionConfig:
+    """The ViT that reads a rendered chunk. Defaults: SigLIP2 ViT-L/16 shape."""
+    num_layers: int = 24
+    hidden_size: int = 1024
+    num_heads: int = 16
+    ffn_hidden_size: int = 4096
+    patch_size: int = 16
+    num_channels: int = 3          # grayscale renders are repeated over channels (SigLIP takes RGB)
+    layernorm_eps: float = 1e-6
+
+
+@dataclass
+class AlignerConfig:
+    """k x k patch merge (concatenation of neighbouring patches), then tanh(x W + b)."""
+    merge: int = 2
+
+
+@dataclass
+class LLMConfig:
+    """Qwen3-style decoder. Defaults: Qwen3-0.6B."""
+    vocab_size: int = 151936
+    make_vocab_size_divisible_by: int = 128   # the built vocabulary is padded to a multiple of this x tp
+    num_layers: int = 28
+    hidden_size: int = 1024
+    ffn_hidden_size: int = 3072
+    num_heads: int = 16
+    num_kv_heads: int = 8
+    head_dim: int = 128
+    rope_theta: float = 1_000_000.0
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+
+
+@dataclass
+class ChunkConfig:
+    """How text is cut and how big the image of one chunk is."""
+    text_tokens: int = 64          # L: text tokens per chunk
+    image_height: int = 128
+    image_width: int = 128
+
+
+@dataclass
+class RenderConfig:
+    """Deterministic rendering of a chunk's text into a grayscale image."""
+    font: str = "DejaVuSansMono.ttf"   # a file in megatron_vist2/data/fonts, or an absolute path
+    font_size: int = 12
+    min_font_size: int = 6             # fit mode shrinks down to this size, then raises
+    mode: str = "fit"                  # "fit" (shrink until it fits) or "strict" (raise on overflow)
+    margin: int = 2                    # pixels left blank on every side
+    line_spacing: int = 1              # extra pixels between lines
+    tab_width: int = 4                 # a tab becomes this many spaces
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    aligner: AlignerConfig = field(default_factory=AlignerConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    init_std: float = 0.02
+    attention_backend: str = "sdpa"   # "sdpa" (dense bool mask, built per forward) or "flex" (block-sparse)
+
+    @property
+    def patches_per_image(self) -> int:
+        p = self.vision.patch_size
+        return (self.chunk.image_height // p) * (self.chunk.image_width // p)
+
+    @property
+    def visual_tokens_per_chunk(self) -> int:
+        """m = (H / (p k)) (W / (p k))."""
+        pk = self.vision.patch_size * self.aligner.merge
+        return (self.chunk.image_height // pk) * (self.chunk.image_width // pk)
+
+    @property
+    def compression_ratio(self) -> float:
+        """rho = L / m."""
+        return self.chunk.text_tokens / self.visual_tokens_per_chunk
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    zero_stage: int = 0
+    micro_batch_size: int = 1          # rows per rank per forward
+    global_batch_size: int = 8         # rows per optimizer step, over all data-parallel ranks
+    # data_parallel is derived: world_size / (tensor_parallel * pipeline_parallel)
+
+
+@dataclass
+class DataConfig:
+    tokenizer: str = "data/tokenizer/sotu.model"   # a sentencepiece .model file
+    train_prefix: str = "data/sotu_train"          # indexed dataset (<prefix>.bin / <prefix>.idx)
+    valid_prefix: str = "data/sotu_valid"
+    seq_length: int = 2048                         # tokens per packed row (text + visual)
+    readback_fraction: float = 0.0                 # share of chunks in OCR read-back mode
+    num_workers: int = 1                           # DataLoader workers per rank (rendering runs there)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    grad_clip: float = 1.0             # passed to DeepSpeed explicitly; 0 disables clipping
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    seed: int = 1234
+    dtype: str = "auto"                # "auto" = bf16 on GPU, fp32 on CPU; or "fp32" / "bf16"
+    log_interval: int = 10
+    eval_interval: int = 200
+    eval_batches: int = 8              # global batches in one evaluation (the first of the valid set)
+
+
+@dataclass
+class CheckpointConfig:
+    save_dir: str = "runs/default/checkpoints"
+    save_interval: int = 0             # 0 = only at the end
+    load_dir: Optional[str] = None     # start from this checkpoint directory (DeepSpeed layout)
+
+
+@dataclass
+class LoggingConfig:
+    dir: str = "runs/default"          # TensorBoard events and metrics.jsonl go here
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    preset: str = ""                   # the preset this config started from (informational)
+
+
+# Public list so docs/tests can enumerate sections.
+SECTIONS: List[str] = ["model", "parallel", "data", "optim", "train", "checkpoint", "logging"]

@@ -1,0 +1,151 @@
+"""Checks that run before any process group or model exists.
+
+Each check names the field and says what to do. ``validate`` collects every problem so a user
+fixes a config in one pass rather than one error per launch.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from .load import ConfigError
+from .schema import Config
+
+
+def data_parallel_size(cfg: Config, world_size: int) -> int:
+    return world_size // (cfg.parallel.tensor_parallel * cfg.parallel.pipeline_parallel)
+
+
+def gradient_accumulation_steps(cfg: Config, world_size: int) -> int:
+    dp = data_parallel_size(cfg, world_size)
+    return cfg.parallel.global_batch_size // (cfg.parallel.micro_batch_size * dp)
+
+
+def padded_vocab_size(cfg: Config) -> int:
+    """Vocabulary as built: padded so every tensor-parallel rank holds an equal slice."""
+    llm = cfg.model.llm
+    multiple = llm.make_vocab_size_divisible_by * cfg.parallel.tensor_parallel
+    return -(-llm.vocab_size // multiple) * multiple
+
+
+def _model_problems(cfg: Config) -> List[str]:
+    m, v, llm, ch, r = cfg.model, cfg.model.vision, cfg.model.llm, cfg.model.chunk, cfg.model.render
+    tp = cfg.parallel.tensor_parallel
+    out = []
+    positive = {
+        "model.vision.num_layers": v.num_layers, "model.vision.hidden_size": v.hidden_size,
+        "model.vision.num_heads": v.num_heads, "model.vision.ffn_hidden_size": v.ffn_hidden_size,
+        "model.vision.patch_size": v.patch_size, "model.vision.num_channels": v.num_channels,
+        "model.aligner.merge": m.aligner.merge, "model.llm.vocab_size": llm.vocab_size,
+        "model.llm.make_vocab_size_divisible_by": llm.make_vocab_size_divisible_by,
+        "model.llm.num_layers": llm.num_layers, "model.llm.hidden_size": llm.hidden_size,
+        "model.llm.ffn_hidden_size": llm.ffn_hidden_size, "model.llm.num_heads": llm.num_heads,
+        "model.llm.num_kv_heads": llm.num_kv_heads, "model.llm.head_dim": llm.head_dim,
+        "model.chunk.text_tokens": ch.text_tokens, "model.chunk.image_height": ch.image_height,
+        "model.chunk.image_width": ch.image_width, "model.render.font_size": r.font_size,
+        "model.render.min_font_size": r.min_font_size,
+    }
+    out += [f"{k} must be a positive integer, got {val}" for k, val in positive.items() if val <= 0]
+    if out:
+        return out
+    if v.hidden_size % v.num_heads:
+        out.append(f"model.vision.hidden_size ({v.hidden_size}) must be divisible by "
+                   f"model.vision.num_heads ({v.num_heads})")
+    if llm.head_dim % 2:
+        out.append(f"model.llm.head_dim ({llm.head_dim}) must be even for RoPE")
+    if llm.num_heads % llm.num_kv_heads:
+        out.append(f"model.llm.num_heads ({llm.num_heads}) must be a multiple of "
+                   f"model.llm.num_kv_heads ({llm.num_kv_heads}) for grouped-query attention")
+    pk = v.patch_size * m.aligner.merge
+    image_ok = ch.image_height % pk == 0 and ch.image_width % pk == 0
+    for name, size in (("image_height", ch.image_height), ("image_width", ch.image_width)):
+        if size % pk:
+            out.append(f"model.chunk.{name} ({size}) must be divisible by patch_size x merge "
+                       f"({v.patch_size} x {m.aligner.merge} = {pk}); try {max(pk, size // pk * pk)}")
+    if image_ok and ch.text_tokens % m.visual_tokens_per_chunk:
+        out.append(
+            f"compression ratio rho = model.chunk.text_tokens / visual tokens per chunk = "
+            f"{ch.text_tokens} / {m.visual_tokens_per_chunk} is not an integer: set "
+            f"model.chunk.text_tokens to a multiple of {m.visual_tokens_per_chunk} or change the image size")
+    # Tensor parallelism splits heads (ViT and LLM), KV groups and FFN columns.
+    for name, val in (("model.vision.num_heads", v.num_heads), ("model.llm.num_heads", llm.num_heads),
+                      ("model.llm.num_kv_heads", llm.num_kv_heads),
+                      ("model.vision.ffn_hidden_size", v.ffn_hidden_size),
+                      ("model.llm.ffn_hidden_size", llm.ffn_hidden_size)):
+        if val % tp:
+            out.append(f"parallel.tensor_parallel ({tp}) must divide {name} ({val}); "
+                       f"use a tensor_parallel that divides it")
+    if r.mode not in ("fit", "strict"):
+        out.append(f"model.render.mode must be 'fit' or 'strict', got '{r.mode}'")
+    if r.min_font_size > r.font_size:
+        out.append(f"model.render.min_font_size ({r.min_font_size}) must be <= "
+                   f"model.render.font_size ({r.font_size})")
+    if r.margin < 0 or r.line_spacing < 0 or r.tab_width < 0:
+        out.append("model.render.margin, line_spacing and tab_width must be >= 0")
+    if m.attention_backend not in ("sdpa", "flex"):
+        out.append(f"model.attention_backend must be 'sdpa' or 'flex', got '{m.attention_backend}'")
+    if m.init_std <= 0:
+        out.append(f"model.init_std must be > 0, got {m.init_std}")
+    return out
+
+
+def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
+    p, d, o, t = cfg.parallel, cfg.data, cfg.optim, cfg.train
+    out = []
+    for name, val in (("parallel.tensor_parallel", p.tensor_parallel),
+                      ("parallel.pipeline_parallel", p.pipeline_parallel),
+                      ("parallel.micro_batch_size", p.micro_batch_size),
+                      ("parallel.global_batch_size", p.global_batch_size),
+                      ("data.seq_length", d.seq_length), ("train.steps", t.steps),
+                      ("train.log_interval", t.log_interval), ("train.eval_batches", t.eval_batches)):
+        if val <= 0:
+            out.append(f"{name} must be a positive integer, got {val}")
+    if out:
+        return out
+    if p.zero_stage not in (0, 1, 2, 3):
+        out.append(f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}")
+    if p.pipeline_parallel > 1:
+        out.append("parallel.pipeline_parallel > 1 is not implemented yet (see the parallelism "
+                   "issue); set parallel.pipeline_parallel=1")
+    if p.tensor_parallel > 1:
+        out.append("parallel.tensor_parallel > 1 is not implemented yet in the trainer (see the "
+                   "parallelism issue); set parallel.tensor_parallel=1")
+    if world_size is not None:
+        mp = p.tensor_parallel * p.pipeline_parallel
+        if world_size % mp:
+            out.append(f"world size {world_size} is not divisible by parallel.tensor_parallel x "
+                       f"parallel.pipeline_parallel = {mp}; launch a multiple of {mp} ranks")
+        else:
+            dp = world_size // mp
+            if p.global_batch_size % (p.micro_batch_size * dp):
+                out.append(
+                    f"parallel.global_batch_size ({p.global_batch_size}) must be divisible by "
+                    f"parallel.micro_batch_size x data-parallel size ({p.micro_batch_size} x {dp}); "
+                    f"try parallel.global_batch_size={p.micro_batch_size * dp * max(1, p.global_batch_size // (p.micro_batch_size * dp))}")
+    L = cfg.model.chunk.text_tokens
+    if d.seq_length < L:
+        out.append(f"data.seq_length ({d.seq_length}) must hold at least one chunk "
+                   f"(model.chunk.text_tokens = {L})")
+    if not 0.0 <= d.readback_fraction <= 1.0:
+        out.append(f"data.readback_fraction must be in [0, 1], got {d.readback_fraction}")
+    if d.num_workers < 0:
+        out.append(f"data.num_workers must be >= 0, got {d.num_workers}")
+    if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
+        out.append(f"optim.lr must be > 0 and 0 <= optim.min_lr <= optim.lr (got lr={o.lr}, "
+                   f"min_lr={o.min_lr})")
+    if o.grad_clip < 0:
+        out.append(f"optim.grad_clip must be >= 0 (0 disables clipping), got {o.grad_clip}")
+    if o.warmup_steps < 0:
+        out.append(f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    if t.dtype not in ("auto", "fp32", "bf16"):
+        out.append(f"train.dtype must be 'auto', 'fp32' or 'bf16', got '{t.dtype}'")
+    if t.eval_interval < 0 or cfg.checkpoint.save_interval < 0:
+        out.append("train.eval_interval and checkpoint.save_interval must be >= 0 (0 = off)")
+    return out
+
+
+def validate(cfg: Config, world_size: Optional[int] = None) -> Config:
+    """Raise one ConfigError listing every problem; return cfg unchanged when it is sound."""
+    problems = _model_problems(cfg) + _run_problems(cfg, world_size)
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    return cfg

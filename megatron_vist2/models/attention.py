@@ -1,0 +1,104 @@
+"""The VIST2 attention rule, defined once over per-token metadata.
+
+A packed row carries, per token: the document it belongs to (``doc``, -1 for padding), the chunk
+index inside that document (``chunk``), whether it is text or visual (``kind``) and whether its
+chunk is in OCR read-back mode (``readback``). ``vist2_mask_mod`` states the spec's rule for one
+(query, key) pair; the same function is evaluated densely for SDPA and block-sparsely by
+flex_attention, so there is one definition and no S x S tensor travels in the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+TEXT, VISUAL, PAD = 0, 1, -1
+
+
+@dataclass
+class TokenLayout:
+    """Per-token metadata of a packed batch; every field is a [batch, seq] tensor."""
+    doc: torch.Tensor        # int64, document slot within the row, -1 = padding
+    chunk: torch.Tensor      # int64, chunk index within the document (0-based)
+    kind: torch.Tensor       # int64, TEXT / VISUAL / PAD
+    readback: torch.Tensor   # bool, the token's chunk is in read-back mode
+    position: torch.Tensor   # int64, compressed RoPE position
+
+    def to(self, device) -> "TokenLayout":
+        return TokenLayout(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def vist2_mask_mod(layout: TokenLayout) -> Callable:
+    """Return mask_mod(b, h, q, k) -> bool: may query q attend to key k in row b?
+
+    Rules (../docs/spec.md, "Attention"):
+      text q in chunk i:   text k of chunk i with k <= q; visual k of chunks j < i;
+                           plus visual k of chunk i when chunk i is in read-back mode.
+      visual q in chunk i: visual k of chunks j <= i (bidirectional inside its own block).
+      never across documents; a padding query sees only itself (keeps softmax finite).
+    """
+    doc, chunk, kind, readback = layout.doc, layout.chunk, layout.kind, layout.readback
+
+    def mask_mod(b, h, q, k):
+        qd, kd = doc[b, q], doc[b, k]
+        qc, kc = chunk[b, q], chunk[b, k]
+        qt, kt = kind[b, q] == TEXT, kind[b, k] == TEXT
+        qv, kv = kind[b, q] == VISUAL, kind[b, k] == VISUAL
+        text_sees_text = kt & (kc == qc) & (k <= q)
+        text_sees_image = kv & ((kc < qc) | (readback[b, q] & (kc == qc)))
+        image_sees_image = kv & (kc <= qc)
+        same_doc = (qd == kd) & (qd >= 0)
+        allowed = same_doc & ((qt & (text_sees_text | text_sees_image)) | (qv & image_sees_image))
+        return allowed | ((qd < 0) & (q == k))
+
+    return mask_mod
+
+
+def dense_mask(layout: TokenLayout) -> torch.Tensor:
+    """Evaluate the rule on every pair: bool [batch, 1, seq, seq] for SDPA (tests, small rows)."""
+    batch, seq = layout.doc.shape
+    dev = layout.doc.device
+    b = torch.arange(batch, device=dev)[:, None, None]
+    q = torch.arange(seq, device=dev)[None, :, None]
+    k = torch.arange(seq, device=dev)[None, None, :]
+    return vist2_mask_mod(layout)(b, None, q, k).unsqueeze(1)
+
+
+_compiled_flex = None
+
+
+def block_mask(layout: TokenLayout, block_size: int = 128):
+    """flex_attention BlockMask from the same rule (no dense mask is materialised)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    batch, seq = layout.doc.shape
+    return create_block_mask(vist2_mask_mod(layout), batch, None, seq, seq,
+                             device=layout.doc.device, BLOCK_SIZE=block_size)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+    """Scaled dot-product attention over [batch, heads, seq, head_dim].
+
+    ``mask``: None (full bidirectional), a bool tensor [batch, 1, seq, seq], or a flex BlockMask.
+    Grouped-query attention: k/v may have fewer heads than q (query head i uses kv head
+    i // (heads / kv_heads), as in Hugging Face's repeat_kv).
+    """
+    if mask is None or isinstance(mask, torch.Tensor):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                              enable_gqa=k.shape[1] != q.shape[1])
+    global _compiled_flex
+    if _compiled_flex is None:
+        from torch.nn.attention.flex_attention import flex_attention
+        # Eager flex is ~35x slower than compiled; never use it in a hot path.
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+
+
+def build_mask(layout: TokenLayout, backend: str):
+    """The mask object ``attend`` takes, for backend 'sdpa' (dense bool) or 'flex' (BlockMask)."""
+    if backend == "sdpa":
+        return dense_mask(layout)
+    if backend == "flex":
+        return block_mask(layout)
+    raise ValueError(f"unknown attention backend '{backend}' (expected 'sdpa' or 'flex')")

@@ -1,0 +1,145 @@
+"""Transformer pieces shared by the ViT and the Qwen3-style decoder.
+
+Hidden states are [seq, batch, hidden] (megatron-core's layout, which sequence parallelism and
+its vocab-parallel cross-entropy expect). Every matrix is a megatron-core ``tensor_parallel``
+layer: column-parallel into the heads / FFN, row-parallel back out. Q, K, V and gate/up are
+separate matrices so tensor-parallel slicing and the Hugging Face name mapping stay one-to-one.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from megatron.core import ModelParallelConfig, tensor_parallel
+
+from .attention import attend
+
+
+def normal_init(std: float) -> Callable:
+    return lambda w: nn.init.normal_(w, mean=0.0, std=std)
+
+
+def column(in_f: int, out_f: int, mp: ModelParallelConfig, std: float, bias: bool,
+           gather_output: bool = False) -> tensor_parallel.ColumnParallelLinear:
+    return tensor_parallel.ColumnParallelLinear(in_f, out_f, config=mp, init_method=normal_init(std),
+                                                bias=bias, gather_output=gather_output)
+
+
+def row(in_f: int, out_f: int, mp: ModelParallelConfig, std: float, bias: bool
+        ) -> tensor_parallel.RowParallelLinear:
+    return tensor_parallel.RowParallelLinear(in_f, out_f, config=mp, init_method=normal_init(std),
+                                             bias=bias, input_is_parallel=True, skip_bias_add=False)
+
+
+def tp_size(mp: ModelParallelConfig) -> int:
+    return mp.tensor_model_parallel_size
+
+
+# ---------------------------------------------------------------- rotary position embedding
+class Rotary(nn.Module):
+    """RoPE from explicit position ids (VIST2 uses compressed positions, not 0..S-1)."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        self.register_buffer("inv_freq", inv.float(), persistent=False)
+
+    def forward(self, position: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """position [batch, seq] -> cos, sin [seq, batch, 1, head_dim] (fp32)."""
+        freqs = position.t().float()[..., None] * self.inv_freq.to(position.device)
+        emb = torch.cat([freqs, freqs], dim=-1)[:, :, None, :]
+        return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, rope: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate-half convention, as Hugging Face Qwen3/Llama (so exported weights match)."""
+    cos, sin = rope
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+# ---------------------------------------------------------------- attention and MLP
+class SelfAttention(nn.Module):
+    """Multi-head / grouped-query self-attention; optional QK-norm and RoPE."""
+
+    def __init__(self, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 mp: ModelParallelConfig, std: float, out_std: float, bias: bool,
+                 qk_norm_eps: Optional[float]):
+        super().__init__()
+        tp = tp_size(mp)
+        self.heads, self.kv_heads, self.head_dim = num_heads // tp, num_kv_heads // tp, head_dim
+        self.q_proj = column(hidden, num_heads * head_dim, mp, std, bias)
+        self.k_proj = column(hidden, num_kv_heads * head_dim, mp, std, bias)
+        self.v_proj = column(hidden, num_kv_heads * head_dim, mp, std, bias)
+        self.o_proj = row(num_heads * head_dim, hidden, mp, out_std, bias)
+        if qk_norm_eps is not None:
+            self.q_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
+            self.k_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def project(self, x: torch.Tensor, rope) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [seq, batch, hidden] -> q, k, v [batch, heads, seq, head_dim] (normed, rotated)."""
+        s, b, _ = x.shape
+        q = self.q_proj(x)[0].view(s, b, self.heads, self.head_dim)
+        k = self.k_proj(x)[0].view(s, b, self.kv_heads, self.head_dim)
+        v = self.v_proj(x)[0].view(s, b, self.kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rotary(q, rope), apply_rotary(k, rope)
+        return q.permute(1, 2, 0, 3), k.permute(1, 2, 0, 3), v.permute(1, 2, 0, 3)
+
+    def output(self, ctx: torch.Tensor) -> torch.Tensor:
+        """ctx [batch, heads, seq, head_dim] -> [seq, batch, hidden]."""
+        b, h, s, d = ctx.shape
+        return self.o_proj(ctx.permute(2, 0, 1, 3).reshape(s, b, h * d))[0]
+
+    def forward(self, x: torch.Tensor, rope, mask) -> torch.Tensor:
+        q, k, v = self.project(x, rope)
+        return self.output(attend(q, k, v, mask))
+
+
+class MLP(nn.Module):
+    """SwiGLU (gated=True: down(silu(gate x) * up x)) or GELU-tanh (ViT: fc2(gelu(fc1 x)))."""
+
+    def __init__(self, hidden: int, ffn: int, mp: ModelParallelConfig, std: float, out_std: float,
+                 gated: bool, bias: bool):
+        super().__init__()
+        self.gated = gated
+        if gated:
+            self.gate_proj = column(hidden, ffn, mp, std, bias)
+        self.up_proj = column(hidden, ffn, mp, std, bias)
+        self.down_proj = row(ffn, hidden, mp, out_std, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = self.up_proj(x)[0]
+        if self.gated:
+            act = F.silu(self.gate_proj(x)[0]) * up
+        else:
+            act = F.gelu(up, approximate="tanh")
+        return self.down_proj(act)[0]
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)); x + mlp(norm(x))."""
+
+    def __init__(self, attention: SelfAttention, mlp: MLP, norm: Callable[[], nn.Module]):
+        super().__init__()
+        self.input_norm = norm()
+        self.attention = attention
+        self.post_attention_norm = norm()
+        self.mlp = mlp
+
+    def forward(self, x: torch.Tensor, rope=None, mask=None) -> torch.Tensor:
+        x = x + self.attention(self.input_norm(x), rope, mask)
+        return x + self.mlp(self.post_attention_norm(x))
+
+
+def scaled_std(std: float, num_layers: int) -> float:
+    """Output projections start smaller so the residual stream does not grow with depth."""
+    return std / math.sqrt(2.0 * num_layers)

@@ -1,0 +1,120 @@
+"""The VIST2 model: ViT -> tanh aligner -> Qwen3-style decoder, over interleaved text/visual rows.
+
+Cut for pipelining later: ``front`` (vision + aligner + embedding + splice), ``layers`` (a flat
+list of decoder blocks) and ``head`` (final norm + output layer). Attention masks and RoPE are
+rebuilt from the batch's per-token metadata, so the metadata is all that travels with the
+activations between stages.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Dict, Tuple
+
+import torch
+import torch.nn as nn
+from megatron.core import ModelParallelConfig, tensor_parallel
+
+from ..config.schema import Config, ModelConfig
+from ..config.validate import padded_vocab_size
+from .aligner import Aligner
+from .attention import VISUAL, TokenLayout, build_mask
+from .llm import LMHead, decoder_layer
+from .transformer import Rotary, normal_init
+from .vision import VisionEncoder
+
+
+@dataclass
+class Vist2Batch:
+    """One micro-batch of packed rows. ``images`` holds one render per visual block, in the
+    row-major order (row, then position) in which the blocks appear."""
+    tokens: torch.Tensor      # int64 [batch, seq]; 0 at visual and padding positions
+    layout: TokenLayout       # per-token metadata, [batch, seq] each
+    images: torch.Tensor      # uint8 [num_images, H, W]
+    labels: torch.Tensor      # int64 [batch, seq]: the text token this position's output predicts
+    loss_mask: torch.Tensor   # float [batch, seq]: 1 where ``labels`` is a trained target
+
+    def to(self, device) -> "Vist2Batch":
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)}
+        return Vist2Batch(**moved)
+
+
+def model_parallel_config(tensor_parallel_size: int) -> ModelParallelConfig:
+    """Weights are always built on the CPU from the full master weight and then sliced, so a seed
+    gives the same full model for every tensor-parallel size (and the same model on GPU and CPU)."""
+    return ModelParallelConfig(tensor_model_parallel_size=tensor_parallel_size,
+                               use_cpu_initialization=True, perform_initialization=True,
+                               params_dtype=torch.float32, gradient_accumulation_fusion=False)
+
+
+class Vist2Front(nn.Module):
+    """Text embedding, image encoding and the splice of visual tokens into the text stream."""
+
+    def __init__(self, cfg: ModelConfig, vocab_padded: int, mp: ModelParallelConfig):
+        super().__init__()
+        self.vision = VisionEncoder(cfg, mp)
+        self.aligner = Aligner(cfg.vision.hidden_size, cfg.llm.hidden_size, cfg.aligner.merge,
+                               self.vision.grid, mp, cfg.init_std)
+        self.embedding = tensor_parallel.VocabParallelEmbedding(
+            vocab_padded, cfg.llm.hidden_size, init_method=normal_init(cfg.init_std), config=mp)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [n, H, W] -> visual tokens [n, m, hidden]."""
+        return self.aligner(self.vision(images))
+
+    def forward(self, tokens: torch.Tensor, images: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """-> hidden [seq, batch, hidden] with visual tokens at the VISUAL positions."""
+        hidden = self.embedding(tokens)
+        visual = kind == VISUAL
+        if images.shape[0]:
+            vis = self.encode_images(images)
+            if vis.shape[0] * vis.shape[1] != int(visual.sum()):
+                raise ValueError(f"batch has {int(visual.sum())} visual positions but "
+                                 f"{vis.shape[0]} images x {vis.shape[1]} tokens")
+            hidden = hidden.masked_scatter(visual[..., None], vis.to(hidden.dtype))
+        elif visual.any():
+            raise ValueError("batch has visual positions but no images")
+        return hidden.transpose(0, 1).contiguous()
+
+
+class Vist2Model(nn.Module):
+    def __init__(self, cfg: Config, mp: ModelParallelConfig = None):
+        super().__init__()
+        mcfg = cfg.model
+        mp = mp or model_parallel_config(cfg.parallel.tensor_parallel)
+        self.tied = mcfg.llm.tie_embeddings
+        self.attention_backend = mcfg.attention_backend
+        self.front = Vist2Front(mcfg, padded_vocab_size(cfg), mp)
+        self.rotary = Rotary(mcfg.llm.head_dim, mcfg.llm.rope_theta)
+        self.layers = nn.ModuleList(decoder_layer(mcfg.llm, mp, mcfg.init_std)
+                                    for _ in range(mcfg.llm.num_layers))
+        self.head = LMHead(mcfg.llm, padded_vocab_size(cfg), mp, mcfg.init_std)
+
+    def forward(self, batch: Vist2Batch) -> torch.Tensor:
+        """-> logits [seq, batch, vocab / tp] (vocab-parallel; fp32 or the model's dtype)."""
+        hidden = self.front(batch.tokens, batch.images, batch.layout.kind)
+        rope = self.rotary(batch.layout.position)
+        mask = build_mask(batch.layout, self.attention_backend)
+        for layer in self.layers:
+            hidden = layer(hidden, rope, mask)
+        return self.head(hidden, self.front.embedding.weight if self.tied else None)
+
+    def parameter_counts(self) -> Dict[str, int]:
+        """Parameters held by this rank, split as the spec's parts."""
+        def count(module):
+            return sum(p.numel() for p in module.parameters())
+        vision, aligner = count(self.front.vision), count(self.front.aligner)
+        total = count(self)
+        return {"vision": vision, "aligner": aligner, "llm": total - vision - aligner, "total": total}
+
+
+def token_losses(logits: torch.Tensor, batch: Vist2Batch) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sum of next-token cross-entropy over the loss mask, and the number of masked tokens.
+
+    Only text tokens are ever targets (``labels``/``loss_mask`` come from the packer): a text token
+    predicts the next token of its chunk, and the first token of chunk i is predicted by the last
+    visual token of V_{i-1} (or of V_i in read-back mode), i.e. from the images alone.
+    """
+    per_token = tensor_parallel.vocab_parallel_cross_entropy(logits.float(),
+                                                             batch.labels.t().contiguous())
+    mask = batch.loss_mask.t().to(per_token.dtype)
+    return (per_token * mask).sum(), mask.sum()

@@ -1,0 +1,107 @@
+"""Pretraining entry point.
+
+    python -m megatron_vist2.train --preset tiny-cpu train.steps=100 optim.lr=1e-3
+
+Under a launcher (torchrun, ``deepspeed``, ``launch.sh``) every rank runs this. Order matters:
+the config and every input file are checked before any process group or model is built.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from .config import Config, ConfigError, config_to_dict, load_config, validate
+from .errors import CheckpointError, run_cli
+
+
+def preflight(cfg: Config) -> None:
+    """Input checks that need files, not processes: tokenizer, datasets, checkpoint dirs."""
+    from .data.indexed import open_indexed
+    from .data.tokenizer import Tokenizer
+    from .training.checkpoint import check_loadable
+
+    tok = Tokenizer(cfg.data.tokenizer)
+    if tok.vocab_size != cfg.model.llm.vocab_size:
+        raise ConfigError(f"model.llm.vocab_size is {cfg.model.llm.vocab_size} but the tokenizer "
+                          f"{cfg.data.tokenizer} has {tok.vocab_size} pieces; set "
+                          f"model.llm.vocab_size={tok.vocab_size}")
+    for prefix in (cfg.data.train_prefix, cfg.data.valid_prefix):
+        open_indexed(prefix, tok)
+    if cfg.checkpoint.load_dir:
+        check_loadable(cfg.checkpoint.load_dir)
+    save = Path(cfg.checkpoint.save_dir)
+    try:
+        save.mkdir(parents=True, exist_ok=True)
+        probe = save / f".write_probe_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint.save_dir {save} is not writable ({exc.strerror})") from None
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="Pretrain a VIST2 model.")
+    ap.add_argument("--preset", default="tiny-cpu", help="preset name or YAML file")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cfg = load_config(args.preset, args.overrides)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    validate(cfg, world_size)
+    if args.print_config:
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        return
+    preflight(cfg)
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _cuda() else "cuda")
+    from .parallel.distributed import init_distributed, shutdown
+    from .training.trainer import train
+    env = init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel)
+    _set_cpu_threads(env)
+    result = train(cfg, env)
+    if env.is_main:
+        first = sum(result.train_losses[:10]) / max(1, len(result.train_losses[:10]))
+        last = sum(result.train_losses[-10:]) / max(1, len(result.train_losses[-10:]))
+        drop = 100.0 * (1.0 - result.eval_after / result.eval_before)
+        summary = {
+            "steps": result.steps, "consumed_samples": result.consumed_samples,
+            "train_loss_first10": first, "train_loss_last10": last,
+            "eval_loss_before": result.eval_before, "eval_loss_after": result.eval_after,
+            "eval_loss_drop_percent": drop, "tokens_per_second": result.tokens_per_second,
+            "tensorboard": str(Path(cfg.logging.dir) / "tensorboard"), "checkpoint": result.checkpoint,
+        }
+        Path(cfg.logging.dir, "summary.json").write_text(json.dumps(summary, indent=1))
+        print("\n=== summary ===")
+        print(f"train loss      {first:.4f} (first 10 steps) -> {last:.4f} (last 10 steps)")
+        print(f"held-out loss   {result.eval_before:.4f} -> {result.eval_after:.4f} ({drop:.1f} % lower)")
+        print(f"throughput      {result.tokens_per_second:,.0f} tokens/s (text + visual, all ranks)")
+        print(f"tensorboard     tensorboard --logdir {summary['tensorboard']}")
+        print(f"checkpoint      {result.checkpoint}")
+    shutdown()
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def _set_cpu_threads(env) -> None:
+    """On the CPU, share the cores between the ranks on this host (torchrun does 1 each)."""
+    import torch
+    if env.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", env.world_size)))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+
+
+if __name__ == "__main__":
+    run_cli(main)

