@@ -1,7 +1,8 @@
 """Presets + YAML files + dotted overrides -> a typed ``Config``.
 
 Unknown keys and wrong types stop with a ``ConfigError`` that names the dotted field, what was
-expected and what to do; nothing is silently ignored or coerced (except int -> float).
+expected and what to do; nothing is silently ignored or coerced, except into float fields: an int,
+or a numeric string such as "3e-4" (which YAML 1.1 reads as text).
 """
 from __future__ import annotations
 
@@ -43,6 +44,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return _build(tp, value, where)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:                      # YAML 1.1 reads "3e-4" (no dot) as text; users mean a number
+            return float(value)
+        except ValueError:
+            pass
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(
             f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")

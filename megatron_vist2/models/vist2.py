@@ -114,7 +114,8 @@ def token_losses(logits: torch.Tensor, batch: Vist2Batch) -> Tuple[torch.Tensor,
     predicts the next token of its chunk, and the first token of chunk i is predicted by the last
     visual token of V_{i-1} (or of V_i in read-back mode), i.e. from the images alone.
     """
-    per_token = tensor_parallel.vocab_parallel_cross_entropy(logits.float(),
-                                                             batch.labels.t().contiguous())
+    # megatron's kernel overwrites its input (max-subtract, exp): never hand it the caller's tensor
+    work = logits.clone() if logits.dtype == torch.float32 else logits.float()
+    per_token = tensor_parallel.vocab_parallel_cross_entropy(work, batch.labels.t().contiguous())
     mask = batch.loss_mask.t().to(per_token.dtype)
     return (per_token * mask).sum(), mask.sum()

