@@ -1,28 +1,43 @@
-"""Bad input stops with one clear line, never a traceback from deep inside a library."""
+"""User-facing error types and the CLI wrapper. Deliberately light (no torch/megatron import)
+so that a bad flag or file is reported in a second, before any heavy import."""
 from __future__ import annotations
 
 import sys
 from typing import Callable
 
-from .config.load import ConfigError
-from .data.corpus import CorpusError
-from .data.indexed import DatasetError
-from .data.renderer import RenderOverflowError
-from .data.tokenizer import TokenizerError
+
+class UserError(ValueError):
+    """Bad input: the message names the file or field, what was expected and what to do."""
 
 
-class CheckpointError(ValueError):
-    pass
+class ConfigError(UserError):
+    """A configuration that cannot work."""
 
 
-USER_ERRORS = (ConfigError, CorpusError, DatasetError, TokenizerError, RenderOverflowError,
-               CheckpointError, FileNotFoundError)
+class CorpusError(UserError):
+    """A raw text corpus that cannot be read."""
+
+
+class TokenizerError(UserError):
+    """A tokenizer file that is missing or not what the run expects."""
+
+
+class DatasetError(UserError):
+    """A preprocessed dataset that is missing, corrupt or mismatched."""
+
+
+class RenderOverflowError(UserError):
+    """The text does not fit the image at the allowed font sizes."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint directory that cannot be read or written."""
 
 
 def run_cli(main: Callable[[], None]) -> None:
     """Run a tool's main(); a user error prints 'error: ...' on stderr and exits with code 2."""
     try:
         main()
-    except USER_ERRORS as exc:
+    except (UserError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

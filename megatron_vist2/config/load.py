@@ -14,12 +14,9 @@ from typing import Any, Dict, Iterable, Optional
 import yaml
 
 from .schema import Config
+from ..errors import ConfigError  # re-exported as megatron_vist2.config.ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work. The message names the field and the fix."""
 
 
 def available_presets() -> list[str]:
