@@ -1,0 +1,1 @@
+"""Data path: corpus -> tokenizer -> indexed dataset -> chunks -> renders -> packed rows."""

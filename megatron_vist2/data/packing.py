@@ -1,0 +1,132 @@
+"""Cut documents into chunks, group chunks into windows, pack windows into fixed-length rows.
+
+A *segment* is a window of consecutive chunks of one document (at most ``seq_length // (L + m)``
+chunks, so any segment fits a row whatever its read-back flags). Each segment is laid out as the
+spec says: ``T_1 V_1 T_2 V_2 ... V_{n-1} T_n``; a chunk in read-back mode puts its V_i before
+its T_i and always has one (the last chunk too). Segments are packed next-fit into rows of
+``seq_length`` tokens; the unused tail of a row is padding (kind PAD, doc -1), less than one
+segment long. Every token of every document lands in exactly one segment; nothing is dropped.
+
+Labels follow next-token prediction over text: text token t > 0 of a chunk is predicted by text
+token t - 1; the first token of chunk i by the last visual token of V_i in read-back mode, else by
+the last visual token of V_{i-1}. One position has one label, so when chunk i-1 is in read-back
+mode (its V_{i-1} already predicts T_{i-1}[0]), the first token of a non-read-back chunk i has no
+predictor and no loss; so does the first token of a segment's first chunk (nothing before it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import numpy as np
+
+from ..models.attention import PAD, TEXT, VISUAL
+
+
+@dataclass(frozen=True)
+class Segment:
+    doc_index: int           # document in the indexed dataset
+    start: int               # first token of the window inside the document
+    length: int              # text tokens in the window
+    readback: tuple          # one bool per chunk
+
+    def num_chunks(self, L: int) -> int:
+        return -(-self.length // L)
+
+    def row_tokens(self, L: int, m: int) -> int:
+        """Tokens this segment occupies in a row (text + visual)."""
+        n = self.num_chunks(L)
+        images = sum(1 for c in range(n) if self.readback[c] or c < n - 1)
+        return self.length + images * m
+
+
+def max_chunks_per_segment(seq_length: int, L: int, m: int) -> int:
+    return max(1, seq_length // (L + m))
+
+
+def segment_document(doc_index: int, doc_length: int, L: int, m: int, seq_length: int,
+                     readback_fraction: float, rng: np.random.Generator) -> List[Segment]:
+    per = max_chunks_per_segment(seq_length, L, m) * L
+    out = []
+    for start in range(0, doc_length, per):
+        length = min(per, doc_length - start)
+        n = -(-length // L)
+        flags = tuple(bool(x) for x in rng.random(n) < readback_fraction) if readback_fraction else (False,) * n
+        out.append(Segment(doc_index, start, length, flags))
+    return out
+
+
+def pack_segments(segments: Sequence[Segment], L: int, m: int, seq_length: int) -> List[List[Segment]]:
+    """Next-fit packing in order: deterministic, and each row wastes less than one segment."""
+    rows: List[List[Segment]] = []
+    used = seq_length
+    for seg in segments:
+        size = seg.row_tokens(L, m)
+        if size > seq_length:   # cannot happen by construction of segment_document
+            raise ValueError(f"segment of {size} tokens does not fit a row of {seq_length}")
+        if used + size > seq_length:
+            rows.append([])
+            used = 0
+        rows[-1].append(seg)
+        used += size
+    return rows
+
+
+@dataclass
+class RowArrays:
+    """One packed row as numpy arrays of length seq_length, plus the chunks to render."""
+    tokens: np.ndarray
+    doc: np.ndarray
+    chunk: np.ndarray
+    kind: np.ndarray
+    readback: np.ndarray
+    position: np.ndarray
+    labels: np.ndarray
+    loss_mask: np.ndarray
+    image_chunks: List[np.ndarray]   # token ids of each visual block's chunk, in row order
+
+
+def assemble_row(segments: Sequence[Segment], doc_tokens: Sequence[np.ndarray], L: int, m: int,
+                 seq_length: int) -> RowArrays:
+    """Lay out a row; ``doc_tokens[i]`` holds the text tokens of ``segments[i]``."""
+    S = seq_length
+    row = RowArrays(tokens=np.zeros(S, np.int64), doc=np.full(S, -1, np.int64),
+                    chunk=np.zeros(S, np.int64), kind=np.full(S, PAD, np.int64),
+                    readback=np.zeros(S, bool), position=np.zeros(S, np.int64),
+                    labels=np.zeros(S, np.int64), loss_mask=np.zeros(S, np.float32), image_chunks=[])
+    pos = 0
+    for slot, (seg, toks) in enumerate(zip(segments, doc_tokens)):
+        n = seg.num_chunks(L)
+        last_visual = {}            # chunk index -> row index of the last token of its V block
+
+        def put_visual(c):
+            nonlocal pos
+            sl = slice(pos, pos + m)
+            row.kind[sl], row.doc[sl], row.chunk[sl] = VISUAL, slot, c
+            row.readback[sl] = seg.readback[c]
+            row.position[sl] = np.arange(c * m, (c + 1) * m)
+            row.image_chunks.append(np.asarray(toks[c * L:(c + 1) * L]))
+            last_visual[c] = pos + m - 1
+            pos += m
+
+        for c in range(n):
+            text = np.asarray(toks[c * L:(c + 1) * L])
+            if seg.readback[c]:
+                put_visual(c)
+            sl = slice(pos, pos + len(text))
+            row.tokens[sl], row.kind[sl], row.doc[sl], row.chunk[sl] = text, TEXT, slot, c
+            row.readback[sl] = seg.readback[c]
+            row.position[sl] = c * m + np.arange(len(text))
+            # predictor of the first token: V_c (read-back) or V_{c-1}, unless already used
+            first_from = last_visual.get(c) if seg.readback[c] else \
+                (last_visual.get(c - 1) if c > 0 and not seg.readback[c - 1] else None)
+            if first_from is not None:
+                row.labels[first_from], row.loss_mask[first_from] = text[0], 1.0
+            row.labels[pos:pos + len(text) - 1] = text[1:]
+            row.loss_mask[pos:pos + len(text) - 1] = 1.0
+            pos += len(text)
+            if not seg.readback[c] and c < n - 1:
+                put_visual(c)
+    if pos > S:
+        raise ValueError(f"row overflows: {pos} tokens > seq_length {S}")
+    return row
