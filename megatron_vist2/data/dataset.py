@@ -1,34 +1,40 @@
-"""Packed, rendered VIST2 rows from an indexed dataset, and the sampler that feeds them.
+"""Packed, rendered VIST2 rows from indexed datasets; weighted blends; the sampler.
 
-Sample ``g`` (a global sample index, any g >= 0) is row ``perm_e[g % R]`` of epoch ``e = g // R``,
-where ``perm_e`` is a permutation seeded by (seed, e). Rows are deterministic functions of the
-data, the config and the seed, so one counter, ``consumed_samples``, fixes the position of a run
-in its data whatever the data-parallel size.
+Sample ``g`` (a global sample index, any g >= 0) of a ``PackedVist2Dataset`` is row
+``perm_e[g % R]`` of epoch ``e = g // R``, where ``perm_e`` is a permutation seeded by (seed, e).
+Rows are deterministic functions of the data, the config and the seed, so one counter,
+``consumed_samples``, fixes the position of a run in its data whatever the data-parallel size.
 """
 from __future__ import annotations
 
-from typing import Iterator, List
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..config.schema import Config
+from ..errors import ConfigError, DatasetError
 from ..models.attention import TokenLayout
 from ..models.vist2 import Vist2Batch
+from .indexed import IndexedDocs, open_indexed
 from .packing import assemble_row, pack_segments, segment_document
 from .renderer import Renderer
 from .tokenizer import Tokenizer
 
 
 class PackedVist2Dataset(Dataset):
-    def __init__(self, indexed, tokenizer: Tokenizer, cfg: Config, seed: int):
+    def __init__(self, indexed: IndexedDocs, tokenizer: Tokenizer, cfg: Config, seed: int):
         self.indexed, self.tokenizer, self.seed = indexed, tokenizer, seed
         m = cfg.model
         self.L, self.m, self.S = m.chunk.text_tokens, m.visual_tokens_per_chunk, cfg.data.seq_length
         self.renderer = Renderer.from_model_config(m)
         rng = np.random.default_rng([seed, 0x5EB])
-        lengths = indexed.sequence_lengths
+        lengths = indexed.lengths
         segments = [s for d in range(len(indexed))
                     for s in segment_document(d, int(lengths[d]), self.L, self.m, self.S,
                                               cfg.data.readback_fraction, rng)]
@@ -50,14 +56,80 @@ class PackedVist2Dataset(Dataset):
 
     def build_row(self, segments) -> dict:
         """Lay out, label and render one row made of ``segments`` (numpy arrays, for collate)."""
-        toks = [self.indexed.get(s.doc_index, offset=s.start, length=s.length) for s in segments]
-        row = assemble_row(segments, toks, self.L, self.m, self.S)
+        toks = [self.indexed.tokens(s.doc_index, s.start, s.length) for s in segments]
+        masks = None if self.indexed.mask_ds is None else \
+            [self.indexed.response_mask(s.doc_index, s.start, s.length) for s in segments]
+        row = assemble_row(segments, toks, self.L, self.m, self.S, masks)
         images = [self.renderer.render(self.tokenizer.decode(ids)) for ids in row.image_chunks]
         out = {k: getattr(row, k) for k in ("tokens", "doc", "chunk", "kind", "readback",
                                              "position", "labels", "loss_mask")}
         out["images"] = np.stack(images) if images else \
             np.zeros((0, self.renderer.height, self.renderer.width), np.uint8)
         return out
+
+
+def parse_blend(spec: str) -> List[Tuple[float, str]]:
+    """'data/a' -> [(1.0, 'data/a')]; '0.7 data/a 0.3 data/b' -> weights normalised to sum 1."""
+    parts = spec.split()
+    if len(parts) == 1:
+        return [(1.0, parts[0])]
+    if len(parts) % 2:
+        raise ConfigError(f"blend '{spec}': expected 'PREFIX' or 'WEIGHT PREFIX WEIGHT PREFIX ...'")
+    try:
+        pairs = [(float(parts[i]), parts[i + 1]) for i in range(0, len(parts), 2)]
+    except ValueError:
+        raise ConfigError(f"blend '{spec}': weights must be numbers, as in '0.7 data/a 0.3 data/b'") from None
+    if any(w <= 0 for w, _ in pairs):
+        raise ConfigError(f"blend '{spec}': weights must be > 0")
+    total = sum(w for w, _ in pairs)
+    return [(w / total, p) for w, p in pairs]
+
+
+class BlendedDataset(Dataset):
+    """Weighted mix of datasets. Sample g comes from dataset ``index[g]``, as its
+    ``sample_index[g]``-th sample; the arrays come from megatron-core's compiled
+    ``build_blending_indices`` (greedy: each prefix of the blend is as close to the weights as
+    possible) and are cached under ``cache_dir``, keyed by the inputs."""
+
+    def __init__(self, datasets: Sequence[Dataset], weights: Sequence[float], size: int,
+                 cache_dir: str, key: str):
+        self.datasets, self.size = list(datasets), size
+        digest = hashlib.sha256(json.dumps([key, list(weights), size]).encode()).hexdigest()[:16]
+        path = Path(cache_dir) / f"blend_{digest}.npz"
+        if path.is_file():
+            data = np.load(path)
+            self.index, self.sample_index = data["index"], data["sample_index"]
+        else:
+            from megatron.core.datasets import helpers
+            self.index = np.zeros(size, dtype=np.int16)
+            self.sample_index = np.zeros(size, dtype=np.int64)
+            helpers.build_blending_indices(self.index, self.sample_index,
+                                           np.asarray(weights, dtype=np.float64), len(datasets),
+                                           size, False)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
+            np.savez(tmp, index=self.index, sample_index=self.sample_index)
+            os.replace(tmp, path)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, g: int):
+        if g >= self.size:
+            raise IndexError(f"sample {g} is past the blend's {self.size} samples")
+        return self.datasets[self.index[g]][int(self.sample_index[g])]
+
+
+def build_dataset(spec: str, tokenizer: Tokenizer, cfg: Config, seed: int, num_samples: int):
+    """One prefix -> its PackedVist2Dataset; a weighted spec -> a BlendedDataset over them."""
+    blend = parse_blend(spec)
+    parts = [PackedVist2Dataset(open_indexed(p, tokenizer), tokenizer, cfg, seed + i)
+             for i, (_, p) in enumerate(blend)]
+    if len(parts) == 1:
+        return parts[0]
+    key = json.dumps([[p.indexed.manifest["sha256"][".idx"] for p in parts], seed,
+                      cfg.data.seq_length, cfg.model.chunk.text_tokens, cfg.data.readback_fraction])
+    return BlendedDataset(parts, [w for w, _ in blend], num_samples, cfg.data.cache_dir, key)
 
 
 def collate(samples: List[dict]) -> Vist2Batch:

@@ -16,7 +16,7 @@ predictor and no loss; so does the first token of a segment's first chunk (nothi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -87,8 +87,9 @@ class RowArrays:
 
 
 def assemble_row(segments: Sequence[Segment], doc_tokens: Sequence[np.ndarray], L: int, m: int,
-                 seq_length: int) -> RowArrays:
-    """Lay out a row; ``doc_tokens[i]`` holds the text tokens of ``segments[i]``."""
+                 seq_length: int, response_masks: Optional[Sequence[np.ndarray]] = None) -> RowArrays:
+    """Lay out a row; ``doc_tokens[i]`` holds the text tokens of ``segments[i]``. With
+    ``response_masks`` (instruction data), only targets whose mask is 1 carry loss."""
     S = seq_length
     row = RowArrays(tokens=np.zeros(S, np.int64), doc=np.full(S, -1, np.int64),
                     chunk=np.zeros(S, np.int64), kind=np.full(S, PAD, np.int64),
@@ -120,10 +121,12 @@ def assemble_row(segments: Sequence[Segment], doc_tokens: Sequence[np.ndarray], 
             # predictor of the first token: V_c (read-back) or V_{c-1}, unless already used
             first_from = last_visual.get(c) if seg.readback[c] else \
                 (last_visual.get(c - 1) if c > 0 and not seg.readback[c - 1] else None)
+            weight = np.ones(len(text), np.float32) if response_masks is None else \
+                np.asarray(response_masks[slot][c * L:(c + 1) * L], np.float32)
             if first_from is not None:
-                row.labels[first_from], row.loss_mask[first_from] = text[0], 1.0
+                row.labels[first_from], row.loss_mask[first_from] = text[0], weight[0]
             row.labels[pos:pos + len(text) - 1] = text[1:]
-            row.loss_mask[pos:pos + len(text) - 1] = 1.0
+            row.loss_mask[pos:pos + len(text) - 1] = weight[1:]
             pos += len(text)
             if not seg.readback[c] and c < n - 1:
                 put_visual(c)

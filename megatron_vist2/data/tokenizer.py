@@ -1,5 +1,6 @@
-"""Tokenizers behind one interface. Here: sentencepiece models trained by
-``tools/train_tokenizer.py`` (the data-tools issue adds Hugging Face tokenizer directories)."""
+"""Tokenizers behind one interface: a sentencepiece ``.model`` file (trained by
+``tools/train_tokenizer.py``) or a Hugging Face tokenizer directory (``tokenizer.json`` etc.,
+loaded offline). ``load_tokenizer(path)`` picks by what the path is."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Iterable, List
 
 import sentencepiece as spm
+
 from ..errors import TokenizerError
 
 
@@ -21,11 +23,24 @@ def file_sha256(path) -> str:
 
 
 class Tokenizer:
+    """The interface: ``encode``, ``decode``, ``vocab_size``, ``sha256`` (identifies the files)."""
+    path: Path
+    sha256: str
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, text: str) -> List[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+
+class SentencePieceTokenizer(Tokenizer):
     def __init__(self, path: str):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise TokenizerError(f"tokenizer '{path}' not found: train one with "
-                                 f"tools/train_tokenizer.py or set data.tokenizer")
         self.sp = spm.SentencePieceProcessor()
         try:
             self.sp.Load(str(self.path))
@@ -42,6 +57,44 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.DecodeIds([int(i) for i in ids])
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face tokenizer directory, loaded with ``local_files_only`` (never the hub)."""
+
+    def __init__(self, path: str):
+        from transformers import AutoTokenizer
+        self.path = Path(path)
+        try:
+            self.tok = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise TokenizerError(f"'{path}' is not a Hugging Face tokenizer directory ({exc})") from None
+        h = hashlib.sha256()
+        for f in sorted(p for p in self.path.iterdir() if p.is_file()):
+            h.update(f.name.encode() + b"\0" + file_sha256(f).encode())
+        self.sha256 = h.hexdigest()
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tok)
+
+    def encode(self, text: str) -> List[int]:
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False,
+                               clean_up_tokenization_spaces=False)
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    p = Path(path)
+    if p.is_dir():
+        return HFTokenizer(path)
+    if p.is_file():
+        return SentencePieceTokenizer(path)
+    raise TokenizerError(f"tokenizer '{path}' not found: give a sentencepiece .model file (train "
+                         f"one with tools/train_tokenizer.py) or a Hugging Face tokenizer directory "
+                         f"(data.tokenizer)")
 
 
 def train_sentencepiece(texts: Iterable[str], output: str, vocab_size: int,

@@ -18,9 +18,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from ..config import Config, data_parallel_size, gradient_accumulation_steps
-from ..data.dataset import GlobalBatchSampler, PackedVist2Dataset, collate
-from ..data.indexed import open_indexed
-from ..data.tokenizer import Tokenizer
+from ..data.dataset import GlobalBatchSampler, build_dataset, collate
+from ..data.tokenizer import load_tokenizer
 from ..models.attention import PAD
 from ..models.vist2 import Vist2Batch, Vist2Model, token_losses
 from ..parallel.distributed import DistEnv, data_parallel_group
@@ -95,11 +94,12 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     dp_rank = env.rank // (cfg.parallel.tensor_parallel * cfg.parallel.pipeline_parallel)
     gas = gradient_accumulation_steps(cfg, env.world_size)
     log = MetricsLogger(cfg.logging.dir, env.is_main, cfg.logging.tensorboard)
-    tokenizer = Tokenizer(cfg.data.tokenizer)
-    train_set = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tokenizer), tokenizer, cfg,
-                                   cfg.train.seed)
-    valid_set = PackedVist2Dataset(open_indexed(cfg.data.valid_prefix, tokenizer), tokenizer, cfg,
-                                   cfg.train.seed + 1)
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    G = cfg.parallel.global_batch_size
+    train_set = build_dataset(cfg.data.train_prefix, tokenizer, cfg, cfg.train.seed,
+                              cfg.train.steps * G)
+    valid_set = build_dataset(cfg.data.valid_prefix, tokenizer, cfg, cfg.train.seed + 1000,
+                              cfg.train.eval_batches * G)
     model = build_model(cfg, env)
     counts = model.parameter_counts()
     log.print(f"model: {counts['total']:,} parameters (vision {counts['vision']:,}, aligner "

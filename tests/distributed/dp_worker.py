@@ -11,7 +11,7 @@ from megatron_vist2.config import (data_parallel_size, gradient_accumulation_ste
                                    validate)
 from megatron_vist2.data.dataset import GlobalBatchSampler, PackedVist2Dataset, collate
 from megatron_vist2.data.indexed import open_indexed
-from megatron_vist2.data.tokenizer import Tokenizer
+from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.parallel.distributed import init_distributed
 from megatron_vist2.training.trainer import build_model, make_engine, train_step
 from tests.distributed.scenario import STEPS, ZERO_STAGES, scenario_overrides
@@ -24,7 +24,7 @@ def main(root, out_path):
     for zero in ZERO_STAGES:
         cfg = validate(load_config("tiny-cpu", scenario_overrides(data, zero)), env.world_size)
         dp, gas = data_parallel_size(cfg, env.world_size), gradient_accumulation_steps(cfg, env.world_size)
-        tok = Tokenizer(cfg.data.tokenizer)
+        tok = load_tokenizer(cfg.data.tokenizer)
         ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, cfg.train.seed)
         model = build_model(cfg, env)
         engine = make_engine(cfg, env, model)

@@ -13,7 +13,7 @@ import torch
 from megatron_vist2.config import load_config, validate
 from megatron_vist2.data.dataset import PackedVist2Dataset, collate
 from megatron_vist2.data.indexed import open_indexed
-from megatron_vist2.data.tokenizer import Tokenizer
+from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.models import Vist2Model, token_losses
 from tests.conftest import REPO, free_port, subprocess_env
 from tests.distributed.scenario import STEPS, ZERO_STAGES, scenario_overrides
@@ -34,7 +34,7 @@ def two_rank_results(tiny_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(dist_env, tiny_data):
     cfg = validate(load_config("tiny-cpu", scenario_overrides(tiny_data, 0)))
-    tok = Tokenizer(cfg.data.tokenizer)
+    tok = load_tokenizer(cfg.data.tokenizer)
     ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     model = Vist2Model(cfg)

@@ -10,7 +10,7 @@ from megatron_vist2.config import load_config, validate
 from megatron_vist2.data.dataset import PackedVist2Dataset, collate
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.packing import Segment
-from megatron_vist2.data.tokenizer import Tokenizer
+from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.models import TEXT, VISUAL, Vist2Model, token_losses
 
 from ..conftest import tiny_overrides
@@ -20,7 +20,7 @@ from ..conftest import tiny_overrides
 def setup(dist_env, tiny_data):
     cfg = validate(load_config("tiny-cpu", tiny_overrides(tiny_data, "model.init_std=0.1",
                                                           "data.seq_length=320")))
-    tok = Tokenizer(cfg.data.tokenizer)
+    tok = load_tokenizer(cfg.data.tokenizer)
     ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, seed=0)
     torch.manual_seed(0)
     model = Vist2Model(cfg).eval()

@@ -30,13 +30,13 @@ def test_dataset_rows_hold_whole_documents(tiny_data):
     from megatron_vist2.config import load_config
     from megatron_vist2.data.dataset import PackedVist2Dataset
     from megatron_vist2.data.indexed import open_indexed
-    from megatron_vist2.data.tokenizer import Tokenizer
+    from megatron_vist2.data.tokenizer import load_tokenizer
     from tests.conftest import tiny_overrides
     cfg = load_config("tiny-cpu", tiny_overrides(tiny_data))
-    tok = Tokenizer(cfg.data.tokenizer)
+    tok = load_tokenizer(cfg.data.tokenizer)
     indexed = open_indexed(cfg.data.train_prefix, tok)
     ds = PackedVist2Dataset(indexed, tok, cfg, seed=3)
-    total = sum(int(indexed.sequence_lengths[d]) for d in range(len(indexed)))
+    total = sum(int(indexed.lengths[d]) for d in range(len(indexed)))
     seen = 0
     for i in range(len(ds)):
         segs = ds.rows[i]
