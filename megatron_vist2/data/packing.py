@@ -1,11 +1,12 @@
 """Cut documents into chunks, group chunks into windows, pack windows into fixed-length rows.
 
-A *segment* is a window of consecutive chunks of one document (at most ``seq_length // (L + m)``
-chunks, so any segment fits a row whatever its read-back flags). Each segment is laid out as the
+A *segment* is a window of consecutive chunks of one document, short enough to always fit a row
+(``max_chunks_per_segment``). Each segment is laid out as the
 spec says: ``T_1 V_1 T_2 V_2 ... V_{n-1} T_n``; a chunk in read-back mode puts its V_i before
-its T_i and always has one (the last chunk too). Segments are packed next-fit into rows of
-``seq_length`` tokens; the unused tail of a row is padding (kind PAD, doc -1), less than one
-segment long. Every token of every document lands in exactly one segment; nothing is dropped.
+its T_i and always has one (the last chunk too). Segments fill rows of ``seq_length`` tokens in
+order; one that does not fit the rest of a row is split at a chunk boundary, so the padding at
+the end of a row (kind PAD, doc -1) is shorter than L + m tokens. Every token of every document
+lands in exactly one segment; nothing is dropped (the only remainder is that padding).
 
 Labels follow next-token prediction over text: text token t > 0 of a chunk is predicted by text
 token t - 1; the first token of chunk i by the last visual token of V_i in read-back mode, else by
@@ -16,7 +17,7 @@ predictor and no loss; so does the first token of a segment's first chunk (nothi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,13 +41,16 @@ class Segment:
         return self.length + images * m
 
 
-def max_chunks_per_segment(seq_length: int, L: int, m: int) -> int:
-    return max(1, seq_length // (L + m))
+def max_chunks_per_segment(seq_length: int, L: int, m: int, readback: bool) -> int:
+    """Most chunks a segment may hold so that it always fits a row: n (L + m) <= S when any
+    chunk may be in read-back mode (every chunk then may carry an image), else
+    n L + (n - 1) m <= S (the last chunk's image is never needed)."""
+    return max(1, seq_length // (L + m) if readback else (seq_length + m) // (L + m))
 
 
 def segment_document(doc_index: int, doc_length: int, L: int, m: int, seq_length: int,
                      readback_fraction: float, rng: np.random.Generator) -> List[Segment]:
-    per = max_chunks_per_segment(seq_length, L, m) * L
+    per = max_chunks_per_segment(seq_length, L, m, readback_fraction > 0) * L
     out = []
     for start in range(0, doc_length, per):
         length = min(per, doc_length - start)
@@ -56,20 +60,37 @@ def segment_document(doc_index: int, doc_length: int, L: int, m: int, seq_length
     return out
 
 
+def split_segment(seg: Segment, chunks: int, L: int) -> Tuple[Segment, Segment]:
+    """The first ``chunks`` chunks of a segment, and the rest (which starts a new history)."""
+    n = chunks * L
+    return (Segment(seg.doc_index, seg.start, n, seg.readback[:chunks]),
+            Segment(seg.doc_index, seg.start + n, seg.length - n, seg.readback[chunks:]))
+
+
 def pack_segments(segments: Sequence[Segment], L: int, m: int, seq_length: int) -> List[List[Segment]]:
-    """Next-fit packing in order: deterministic, and each row wastes less than one segment."""
-    rows: List[List[Segment]] = []
-    used = seq_length
+    """Fill rows in order. A segment that does not fit the space left in a row is split at the
+    last chunk boundary that fits; the rest opens the next row. So every row but the last
+    wastes fewer than L + m tokens (less than one chunk and its image)."""
+    rows: List[List[Segment]] = [[]]
+    free = seq_length
     for seg in segments:
-        size = seg.row_tokens(L, m)
-        if size > seq_length:   # cannot happen by construction of segment_document
-            raise ValueError(f"segment of {size} tokens does not fit a row of {seq_length}")
-        if used + size > seq_length:
+        while seg is not None:
+            size = seg.row_tokens(L, m)
+            if size > seq_length:   # cannot happen by construction of segment_document
+                raise ValueError(f"segment of {size} tokens does not fit a row of {seq_length}")
+            if size <= free:
+                rows[-1].append(seg)
+                free -= size
+                seg = None
+                continue
+            fits = max((k for k in range(1, seg.num_chunks(L))
+                        if split_segment(seg, k, L)[0].row_tokens(L, m) <= free), default=0)
+            if fits:
+                head, seg = split_segment(seg, fits, L)
+                rows[-1].append(head)
             rows.append([])
-            used = 0
-        rows[-1].append(seg)
-        used += size
-    return rows
+            free = seq_length
+    return [r for r in rows if r]
 
 
 @dataclass

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Look at the data as the model gets it.
+
+    python tools/inspect_data.py --preset tiny-cpu --stats                 # dataset statistics
+    python tools/inspect_data.py --preset tiny-cpu --row 3 --out row.png   # one packed row as a picture
+
+The picture shows, for every visual block of the row, the rendered image next to the text it was
+rendered from, and the row's attention mask (query down, key across): text->text in blue,
+text->image in green, image->image in orange, padding self-attention in grey.
+"""
+import argparse
+import textwrap
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from megatron_vist2.config import load_config, validate
+from megatron_vist2.data.dataset import PackedVist2Dataset, collate
+from megatron_vist2.data.indexed import open_indexed
+from megatron_vist2.data.tokenizer import load_tokenizer
+from megatron_vist2.errors import run_cli
+from megatron_vist2.models.attention import PAD, TEXT, VISUAL, dense_mask
+
+
+def stats(ds: PackedVist2Dataset, name: str) -> None:
+    L, m, S = ds.L, ds.m, ds.S
+    segs = [s for row in ds.rows for s in row]
+    used = sum(s.row_tokens(L, m) for s in segs)
+    chunks = sum(s.num_chunks(L) for s in segs)
+    rb = sum(sum(s.readback) for s in segs)
+    text = sum(s.length for s in segs)
+    images = sum(s.row_tokens(L, m) - s.length for s in segs) // m
+    print(f"{name}: {len(ds.indexed)} documents, {text:,} text tokens, {chunks:,} chunks "
+          f"({rb:,} in read-back mode), {images:,} images")
+    print(f"  {len(ds.rows):,} rows of {S} tokens: {len(segs) / len(ds.rows):.2f} segments and "
+          f"{images / len(ds.rows):.1f} images per row, padding {100 * (1 - used / (len(ds.rows) * S)):.2f} %")
+    print(f"  L = {L} text tokens per chunk, m = {m} visual tokens, rho = {L // m}")
+
+
+def mask_picture(sample) -> Image.Image:
+    batch = collate([sample])
+    allowed = dense_mask(batch.layout)[0, 0].numpy()
+    kind = sample["kind"]
+    colors = np.full(allowed.shape + (3,), 255, np.uint8)
+    q, k = kind[:, None], kind[None, :]
+    for (qk, kk), rgb in {((TEXT, TEXT)): (40, 90, 200), ((TEXT, VISUAL)): (40, 160, 60),
+                          ((VISUAL, VISUAL)): (230, 140, 30), ((PAD, PAD)): (160, 160, 160)}.items():
+        colors[allowed & (q == qk) & (k == kk)] = rgb
+    return Image.fromarray(colors)
+
+
+def row_picture(ds: PackedVist2Dataset, g: int) -> Image.Image:
+    sample = ds[g]
+    segments = ds.rows[ds.row_index(g)]
+    toks = [ds.indexed.tokens(s.doc_index, s.start, s.length) for s in segments]
+    from megatron_vist2.data.packing import assemble_row
+    texts = [ds.tokenizer.decode(c) for c in assemble_row(segments, toks, ds.L, ds.m, ds.S).image_chunks]
+    font = ImageFont.load_default()
+    scale, text_w = 2, 420
+    h, w = sample["images"].shape[1:]
+    panel = Image.new("RGB", (w * scale + text_w, max(1, len(texts)) * (h * scale + 6)), "white")
+    draw = ImageDraw.Draw(panel)
+    for i, (img, text) in enumerate(zip(sample["images"], texts)):
+        y = i * (h * scale + 6)
+        panel.paste(Image.fromarray(img).resize((w * scale, h * scale), Image.NEAREST).convert("RGB"), (0, y))
+        draw.text((w * scale + 8, y), "\n".join(textwrap.wrap(repr(text), 60)[:10]), fill="black", font=font)
+    mask = mask_picture(sample)
+    side = max(panel.height, 256)
+    mask = mask.resize((side, side), Image.NEAREST)
+    out = Image.new("RGB", (panel.width + side + 10, side), "white")
+    out.paste(panel, (0, 0))
+    out.paste(mask, (panel.width + 10, 0))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny-cpu")
+    ap.add_argument("--split", choices=["train", "valid"], default="train")
+    ap.add_argument("--stats", action="store_true")
+    ap.add_argument("--row", type=int, help="global sample index of the row to draw")
+    ap.add_argument("--out", default="row.png")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    cfg = validate(load_config(args.preset, args.overrides))
+    tok = load_tokenizer(cfg.data.tokenizer)
+    prefix = cfg.data.train_prefix if args.split == "train" else cfg.data.valid_prefix
+    ds = PackedVist2Dataset(open_indexed(prefix, tok), tok, cfg, cfg.train.seed)
+    if args.stats or args.row is None:
+        stats(ds, prefix)
+    if args.row is not None:
+        row_picture(ds, args.row).save(args.out)
+        print(f"wrote {args.out}: row {args.row} (dataset row {ds.row_index(args.row)})")
+
+
+if __name__ == "__main__":
+    run_cli(main)
