@@ -26,15 +26,17 @@ def _init_worker(path: str) -> None:
     _worker_tokenizer = load_tokenizer(path)
 
 
-def _encode(item: Tuple) -> Tuple[str, List[int], Optional[List[int]], int]:
-    """(name, text) or (name, prompt, response) -> (name, ids, mask, utf-8 bytes)."""
+def _encode(item: Tuple) -> Tuple[str, np.ndarray, Optional[np.ndarray], int]:
+    """(name, text) or (name, prompt, response) -> (name, ids, mask, utf-8 bytes). Arrays, not
+    lists: they cross the process boundary ~10x cheaper."""
     tok = _worker_tokenizer
     if len(item) == 2:
         name, text = item
-        return name, tok.encode(text), None, len(text.encode("utf-8"))
+        return name, np.asarray(tok.encode(text), np.int32), None, len(text.encode("utf-8"))
     name, prompt, response = item
     p, r = tok.encode(prompt), tok.encode(response)
-    return name, p + r, [0] * len(p) + [1] * len(r), len((prompt + response).encode("utf-8"))
+    mask = np.r_[np.zeros(len(p), np.uint8), np.ones(len(r), np.uint8)]
+    return name, np.asarray(p + r, np.int32), mask, len((prompt + response).encode("utf-8"))
 
 
 def parse_split(spec: str) -> Tuple[float, float, float]:

@@ -124,16 +124,23 @@ class ReferenceRenderer:
             range(self.cfg.font_size, self.cfg.min_font_size - 1, -1)
         inner_w = self.width - 2 * self.cfg.margin
         inner_h = self.height - 2 * self.cfg.margin
+        lines = []
         for size in sizes:
             font = load_font(self.cfg.font, size)
             ascent, descent = font.getmetrics()
             line_height = ascent + descent + self.cfg.line_spacing
-            lines = wrap(text, inner_w, self.measure(font))
+            width = self.measure(font)
+            max_lines = (inner_h + self.cfg.line_spacing) // line_height
+            # Sound shortcut: n lines hold at most n * inner_w of text plus the n - 1 spaces
+            # dropped at wraps; more text than that cannot fit at this size, so skip wrapping.
+            if width(text.replace("\n", "")) > max_lines * inner_w + (max_lines - 1) * width(" "):
+                continue
+            lines = wrap(text, inner_w, width)
             if len(lines) * line_height - self.cfg.line_spacing <= inner_h:
                 return font, lines, line_height
         raise RenderOverflowError(
             f"text of {len(text)} characters does not fit a {self.height}x{self.width} image "
-            f"at font size {size} ({self.cfg.mode} mode, {len(lines)} lines needed): use a "
+            f"at font size {size} ({self.cfg.mode} mode): use a "
             f"larger image, fewer model.chunk.text_tokens, or a smaller model.render.min_font_size")
 
     def draw(self, font, lines: List[str], line_height: int) -> np.ndarray:
