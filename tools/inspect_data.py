@@ -3,6 +3,7 @@
 
     python tools/inspect_data.py --preset tiny-cpu --stats                 # dataset statistics
     python tools/inspect_data.py --preset tiny-cpu --row 3 --out row.png   # one packed row as a picture
+    python tools/inspect_data.py --preset tiny-cpu --check-render          # does every chunk fit its image?
 
 The picture shows, for every visual block of the row, the rendered image next to the text it was
 rendered from, and the row's attention mask (query down, key across): text->text in blue,
@@ -35,6 +36,30 @@ def stats(ds: PackedVist2Dataset, name: str) -> None:
     print(f"  {len(ds.rows):,} rows of {S} tokens: {len(segs) / len(ds.rows):.2f} segments and "
           f"{images / len(ds.rows):.1f} images per row, padding {100 * (1 - used / (len(ds.rows) * S)):.2f} %")
     print(f"  L = {L} text tokens per chunk, m = {m} visual tokens, rho = {L // m}")
+
+
+def check_render(ds: PackedVist2Dataset) -> int:
+    """Lay out every chunk of the dataset; print the font sizes used; return the overflow count."""
+    from collections import Counter
+    from megatron_vist2.errors import RenderOverflowError
+    sizes, failed, first = Counter(), 0, None
+    L = ds.L
+    for d in range(len(ds.indexed)):
+        ids = ds.indexed.tokens(d)
+        for start in range(0, len(ids), L):
+            text = ds.tokenizer.decode(ids[start:start + L])
+            try:
+                sizes[ds.renderer.layout(text)[0].size] += 1
+            except RenderOverflowError:
+                failed += 1
+                first = first or (d, start, text)
+    total = sum(sizes.values()) + failed
+    print(f"check-render: {total:,} chunks, font sizes used {dict(sorted(sizes.items()))}, "
+          f"{failed} do not fit")
+    if first:
+        print(f"  first that does not fit: document {first[0]}, token {first[1]}: {first[2]!r}")
+        print("  fix: lower model.render.min_font_size or line_spacing, or enlarge the image")
+    return failed
 
 
 def mask_picture(sample) -> Image.Image:
@@ -78,6 +103,7 @@ def main():
     ap.add_argument("--preset", default="tiny-cpu")
     ap.add_argument("--split", choices=["train", "valid"], default="train")
     ap.add_argument("--stats", action="store_true")
+    ap.add_argument("--check-render", action="store_true", help="lay out every chunk; exit 2 if any overflows")
     ap.add_argument("--row", type=int, help="global sample index of the row to draw")
     ap.add_argument("--out", default="row.png")
     ap.add_argument("overrides", nargs="*")
@@ -86,8 +112,10 @@ def main():
     tok = load_tokenizer(cfg.data.tokenizer)
     prefix = cfg.data.train_prefix if args.split == "train" else cfg.data.valid_prefix
     ds = PackedVist2Dataset(open_indexed(prefix, tok), tok, cfg, cfg.train.seed)
-    if args.stats or args.row is None:
+    if args.stats or (args.row is None and not args.check_render):
         stats(ds, prefix)
+    if args.check_render and check_render(ds):
+        raise SystemExit(2)
     if args.row is not None:
         row_picture(ds, args.row).save(args.out)
         print(f"wrote {args.out}: row {args.row} (dataset row {ds.row_index(args.row)})")
