@@ -1,9 +1,10 @@
 """One config system: typed dataclasses, YAML presets, dotted overrides, validation up front."""
-from .load import ConfigError, available_presets, config_from_dict, config_to_dict, load_config
+from .load import (ConfigError, apply_overrides, available_presets, config_from_dict,
+                   config_to_dict, load_config)
 from .schema import Config
 from .validate import (data_parallel_size, gradient_accumulation_steps, padded_vocab_size,
                        validate)
 
-__all__ = ["Config", "ConfigError", "available_presets", "config_from_dict", "config_to_dict",
+__all__ = ["Config", "ConfigError", "apply_overrides", "available_presets", "config_from_dict", "config_to_dict",
            "data_parallel_size", "gradient_accumulation_steps", "load_config", "padded_vocab_size",
            "validate"]

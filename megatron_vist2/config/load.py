@@ -120,11 +120,16 @@ def parse_override(text: str) -> Dict[str, Any]:
     return value
 
 
-def load_config(preset: str, overrides: Optional[Iterable[str]] = None) -> Config:
-    """Build a typed Config from a preset (name or YAML path) and dotted overrides."""
-    data = _resolve_yaml(preset)
+def apply_overrides(data: Dict[str, Any], overrides: Optional[Iterable[str]]) -> Dict[str, Any]:
+    """Merge dotted overrides into a config mapping (not yet typed)."""
     for text in overrides or ():
         data = _merge(data, parse_override(text))
+    return data
+
+
+def load_config(preset: str, overrides: Optional[Iterable[str]] = None) -> Config:
+    """Build a typed Config from a preset (name or YAML path) and dotted overrides."""
+    data = apply_overrides(_resolve_yaml(preset), overrides)
     data.setdefault("preset", preset)
     return _build(Config, data, "")
 

@@ -99,8 +99,12 @@ class SelfAttention(nn.Module):
         b, h, s, d = ctx.shape
         return self.o_proj(ctx.permute(2, 0, 1, 3).reshape(s, b, h * d))[0]
 
-    def forward(self, x: torch.Tensor, rope, mask) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope, mask, cache=None) -> torch.Tensor:
+        """``cache`` (inference): an object whose ``store(k, v)`` keeps the new keys/values and
+        returns every key/value the queries may attend to (``mask`` is then over those)."""
         q, k, v = self.project(x, rope)
+        if cache is not None:
+            k, v = cache.store(k, v)
         return self.output(attend(q, k, v, mask))
 
 
@@ -135,8 +139,8 @@ class Block(nn.Module):
         self.post_attention_norm = norm()
         self.mlp = mlp
 
-    def forward(self, x: torch.Tensor, rope=None, mask=None) -> torch.Tensor:
-        x = x + self.attention(self.input_norm(x), rope, mask)
+    def forward(self, x: torch.Tensor, rope=None, mask=None, cache=None) -> torch.Tensor:
+        x = x + self.attention(self.input_norm(x), rope, mask, cache)
         return x + self.mlp(self.post_attention_norm(x))
 
 

@@ -6,17 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Tuple
 
+import torch
 import yaml
 
 from ..config import Config, config_to_dict
 from ..errors import CheckpointError
 
 
-def save_checkpoint(engine, cfg: Config, step: int, consumed_samples: int) -> str:
+def save_checkpoint(engine, cfg: Config, step: int, consumed_samples: int,
+                    tokenizer_sha256: str) -> str:
     tag = f"step_{step:07d}"
     engine.save_checkpoint(cfg.checkpoint.save_dir, tag=tag,
                            client_state={"step": step, "consumed_samples": consumed_samples,
-                                         "config": config_to_dict(cfg)})
+                                         "config": config_to_dict(cfg),
+                                         "tokenizer_sha256": tokenizer_sha256})
     path = Path(cfg.checkpoint.save_dir) / tag
     if engine.global_rank == 0:
         (path / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -46,3 +49,30 @@ def load_checkpoint(engine, load_dir: str) -> Tuple[int, int]:
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {Path(load_dir) / tag}")
     return int(client["step"]), int(client["consumed_samples"])
+
+
+MODEL_FILE = "mp_rank_00_model_states.pt"
+
+
+def resolve_tag_dir(path: str) -> Path:
+    """A checkpoint directory (with ``latest``) or one of its step directories -> the step dir."""
+    p = Path(path)
+    if (p / MODEL_FILE).is_file():
+        return p
+    return p / check_loadable(path)
+
+
+def read_model_state(path: str) -> Tuple[Path, dict]:
+    """-> (step dir, DeepSpeed's model-states dict), loaded with weights_only (no pickled code)."""
+    tag_dir = resolve_tag_dir(path)
+    file = tag_dir / MODEL_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing: not a complete megatron_vist2 checkpoint")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:                      # truncated, corrupt, or not a checkpoint
+        raise CheckpointError(f"{file} cannot be read ({type(exc).__name__}: {exc})") from None
+    if state.get("mp_world_size", 1) != 1:
+        raise CheckpointError(f"{file}: tensor-parallel checkpoints (mp_world_size "
+                              f"{state['mp_world_size']}) are not readable here yet")
+    return tag_dir, state

@@ -154,12 +154,12 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             log.log(step, {"eval/loss": last_eval})
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 \
                 and step < cfg.train.steps:
-            save_checkpoint(engine, cfg, step, consumed)
+            save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256)
     elapsed = time.time() - t_start
     eval_after = evaluate(engine, valid_loader)
     log.print(f"step {step}: eval loss {eval_after:.4f}")
     log.log(step, {"eval/loss": eval_after})
-    path = save_checkpoint(engine, cfg, step, consumed)
+    path = save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256)
     log.close()
     return TrainResult(step, consumed, losses, eval_before, eval_after,
                        all_tokens / max(elapsed, 1e-9), path)

@@ -1,0 +1,269 @@
+"""Incremental generation with global context compression, and the full-KV baseline.
+
+VIST2 (``compress=True``), per sequence: the cache holds the visual K/V of finished chunks and the
+text K/V of the current chunk.
+  - prefill: the prompt's full chunks are rendered, encoded and prefilled as visual tokens
+    (positions [j m, (j+1) m)); the unfinished tail is prefilled as text of the current chunk.
+  - decode: a token that does not finish the chunk runs as text (position j m + t). A token that
+    finishes it is not run as text at all: the chunk is detokenized, rendered, encoded and
+    prefilled as m visual tokens, its text K/V is evicted, and the next token's logits come from
+    the last visual token, exactly as training predicts a chunk's first token from V_{j}.
+Baseline (``compress=False``): the same backbone and code path with every token as text at
+position t and a full text cache.
+
+Consistency law (tested): the logits equal the teacher-forced training forward under the VIST2
+mask. Sequences of a batch may be at different chunk phases; rows that sit out a step write to a
+scratch slot that nothing attends to.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from megatron.core import tensor_parallel
+
+from ..config import Config, padded_vocab_size
+from ..data.renderer import Renderer
+from ..errors import UserError
+from ..models.size import analytic_parameter_counts
+from ..models.vist2 import Vist2Model
+from .cache import KVCache
+
+
+class InferenceError(UserError):
+    """Bad input to the engine (empty or over-long prompt, ...)."""
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0           # 0 = greedy
+    top_p: float = 1.0
+    stop_tokens: Sequence[int] = ()
+    seed: int = 0
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
+    """logits [B, V] (fp32) -> token ids [B]."""
+    if params.temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < params.top_p       # smallest set reaching top_p
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+@dataclass
+class Stats:
+    """What the engine did, for the efficiency report."""
+    flops: Counter = field(default_factory=Counter)    # llm_linear, llm_attention, vision, aligner
+    render_seconds: float = 0.0
+    chunks_compressed: int = 0
+
+
+class Vist2Engine:
+    def __init__(self, model: Vist2Model, tokenizer, cfg: Config, compress: bool = True,
+                 max_context: int = 4096, batch_size: int = 1, dtype: torch.dtype = torch.float32,
+                 device="cpu", prefill_block: int = 1024):
+        if max_context <= 0:
+            raise InferenceError(f"max_context must be > 0, got {max_context}")
+        self.model, self.tokenizer, self.cfg, self.compress = model.eval(), tokenizer, cfg, compress
+        self.max_context, self.batch, self.device = max_context, batch_size, torch.device(device)
+        self.prefill_block = prefill_block   # tokens per prefill forward: bounds mask/score memory
+        mcfg = cfg.model
+        self.L, self.m = mcfg.chunk.text_tokens, mcfg.visual_tokens_per_chunk
+        self.renderer = Renderer.from_model_config(mcfg)
+        tp = cfg.parallel.tensor_parallel
+        llm = mcfg.llm
+        chunks = -(-max_context // self.L)
+        visual_slots, text_slots = (chunks * self.m, self.L) if compress else (0, max_context)
+        self.cache = KVCache(llm.num_layers, batch_size, llm.num_kv_heads // tp, llm.head_dim,
+                             visual_slots, text_slots, dtype, self.device)
+        self.vocab = tokenizer.vocab_size
+        self._flop_rates(cfg)
+        self.stats = Stats()
+        self.chunk_tokens: List[List[int]] = [[] for _ in range(batch_size)]
+        self.length = [0] * batch_size
+
+    # ------------------------------------------------------------------ cost accounting
+    def _flop_rates(self, cfg: Config) -> None:
+        m, llm, v = cfg.model, cfg.model.llm, cfg.model.vision
+        D, e = llm.hidden_size, llm.head_dim
+        per_layer = D * e * (llm.num_heads * 2 + llm.num_kv_heads * 2) + 3 * D * llm.ffn_hidden_size
+        counts = analytic_parameter_counts(cfg)
+        self.llm_flops_per_token = 2 * (llm.num_layers * per_layer + padded_vocab_size(cfg) * D)
+        self.attn_flops_per_key = 4 * llm.num_layers * llm.num_heads * e     # QK^T and PV
+        vit_matmul = v.num_layers * (4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.ffn_hidden_size)
+        P = m.patches_per_image
+        vit_attn = 4 * v.num_layers * v.hidden_size * P * P
+        self.vision_flops_per_image = 2 * vit_matmul * P + vit_attn
+        self.aligner_flops_per_image = 2 * (counts["aligner"] - D) * self.m
+
+    # ------------------------------------------------------------------ forward pieces
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.model.head(hidden, self.model.front.embedding.weight if self.model.tied else None)
+        logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
+        return logits[..., :self.vocab].float()
+
+    def _run(self, rows: slice, hidden: torch.Tensor, positions: torch.Tensor,
+             slots: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """hidden [q, nb, H] through every layer with the cache; positions/slots [nb, q]."""
+        rope = self.model.rotary(positions)
+        for i, layer in enumerate(self.model.layers):
+            hidden = layer(hidden, rope, mask, self.cache.layer(i, rows, slots))
+        return hidden
+
+    def _text_forward(self, rows: slice, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """tokens [nb, q] as text of each row's current chunk -> logits [nb, q, V].
+        Inactive rows write to the scratch slot and see only it."""
+        c = self.cache
+        nb, q = tokens.shape
+        vis_len, txt_len = c.visual_len[rows], c.text_len[rows]
+        offs = torch.arange(q, device=self.device)
+        slots = torch.where(active[:, None], c.visual_slots + txt_len[:, None] + offs, c.scratch)
+        chunk = vis_len // self.m
+        positions = torch.where(active[:, None], chunk[:, None] * self.m + txt_len[:, None] + offs, 0)
+        s = torch.arange(c.slots, device=self.device)[None, None, :]
+        qpos = (txt_len[:, None] + offs)[:, :, None]                        # text index of each query
+        visible = (s < vis_len[:, None, None]) | \
+                  ((s >= c.visual_slots) & (s - c.visual_slots <= qpos) & (s < c.scratch))
+        mask = torch.where(active[:, None, None], visible, s == c.scratch)[:, None]
+        hidden = self.model.front.embedding(tokens).transpose(0, 1)
+        out = self._run(rows, hidden, positions, slots, mask)
+        c.text_len[rows] += active.long() * q
+        n_active = int(active.sum())
+        self.stats.flops["llm_linear"] += n_active * q * self.llm_flops_per_token
+        self.stats.flops["llm_attention"] += self.attn_flops_per_key * int(
+            (visible[:, :, :] & active[:, None, None]).sum())
+        return self._logits(out.transpose(0, 1))
+
+    def _visual_forward(self, row: int, chunk_ids: List[List[int]]) -> torch.Tensor:
+        """Render, encode and prefill finished chunks of one row -> logits [chunks, V] at the
+        last visual token of each (each predicts the next chunk's first token)."""
+        t0 = time.perf_counter()
+        images = torch.from_numpy(
+            np.stack([self.renderer.render(self.tokenizer.decode(ids)) for ids in chunk_ids]))
+        self.stats.render_seconds += time.perf_counter() - t0
+        c, m = self.cache, self.m
+        vis = self.model.front.encode_images(images.to(self.device))          # [k, m, H]
+        k = vis.shape[0]
+        q = k * m
+        v0 = int(c.visual_len[row])
+        slots = (v0 + torch.arange(q, device=self.device))[None]
+        positions = slots                                                     # chunk j: [j m, (j+1) m)
+        s = torch.arange(c.slots, device=self.device)[None, :]
+        qchunk = (slots[0] // m)[:, None]
+        mask = ((s < v0 + q) & (s // m <= qchunk))[None, None]                # visual sees visual <= own chunk
+        hidden = vis.reshape(q, 1, -1).to(c.k.dtype)
+        out = self._run(slice(row, row + 1), hidden, positions, slots, mask)
+        c.visual_len[row] += q
+        self.stats.flops["vision"] += k * self.vision_flops_per_image
+        self.stats.flops["aligner"] += k * self.aligner_flops_per_image
+        self.stats.flops["llm_linear"] += q * self.llm_flops_per_token
+        self.stats.flops["llm_attention"] += self.attn_flops_per_key * int(mask.sum())
+        self.stats.chunks_compressed += k
+        return self._logits(out[m - 1::m, 0])
+
+    # ------------------------------------------------------------------ public API
+    @torch.no_grad()
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Start one sequence per row from token-id prompts -> next-token logits [B, V]."""
+        if len(prompts) != self.batch:
+            raise InferenceError(f"{len(prompts)} prompts for an engine built for batch {self.batch}")
+        self.reset()
+        out = []
+        for row, prompt in enumerate(prompts):
+            prompt = [int(t) for t in prompt]
+            if not prompt:
+                raise InferenceError(f"prompt {row} is empty: give at least one token of text")
+            if len(prompt) > self.max_context:
+                raise InferenceError(f"prompt {row} has {len(prompt)} tokens, more than the engine's "
+                                     f"max_context {self.max_context}: shorten it or raise max_context")
+            out.append(self.prefill_logits(row, prompt)[-1])
+        return torch.stack(out)
+
+    def reset(self) -> None:
+        """Forget every sequence (the cache memory stays allocated)."""
+        self.cache.visual_len.zero_()
+        self.cache.text_len.zero_()
+        self.chunk_tokens = [[] for _ in range(self.batch)]
+        self.length = [0] * self.batch
+
+    def prefill_logits(self, row: int, prompt: List[int]) -> torch.Tensor:
+        """Prefill one row; logits [n, V] for every position that predicts a next token:
+        VIST2: the last visual token of each full chunk, then each tail token; baseline: each token."""
+        rows = slice(row, row + 1)
+        active = torch.ones(1, dtype=torch.bool, device=self.device)
+        self.length[row] = len(prompt)
+
+        def text(ids):
+            return [self._text_forward(rows, torch.tensor([ids[i:i + self.prefill_block]],
+                                                          device=self.device), active)[0]
+                    for i in range(0, len(ids), self.prefill_block)]
+
+        if not self.compress:
+            self.chunk_tokens[row] = prompt
+            return torch.cat(text(prompt))
+        full = len(prompt) // self.L
+        chunks = [prompt[i * self.L:(i + 1) * self.L] for i in range(full)]
+        group = max(1, self.prefill_block // self.m)
+        parts = [self._visual_forward(row, chunks[i:i + group]) for i in range(0, full, group)]
+        tail = prompt[full * self.L:]
+        parts += text(tail)
+        self.chunk_tokens[row] = list(tail)
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Append one token per row (``active`` rows only) -> next-token logits [B, V]."""
+        B = self.batch
+        active = torch.ones(B, dtype=torch.bool, device=self.device) if active is None else active.to(self.device)
+        logits = torch.zeros(B, self.vocab, device=self.device)
+        text_rows = active.clone()
+        for b in range(B):
+            if not active[b]:
+                continue
+            if self.length[b] >= self.max_context:
+                raise InferenceError(f"sequence {b} reached max_context {self.max_context}")
+            self.length[b] += 1
+            self.chunk_tokens[b].append(int(tokens[b]))
+            if self.compress and len(self.chunk_tokens[b]) == self.L:      # chunk finished: compress
+                text_rows[b] = False
+                logits[b] = self._visual_forward(b, [self.chunk_tokens[b]])[-1]
+                self.cache.text_len[b] = 0                                  # evict its text K/V
+                self.chunk_tokens[b] = []
+        if text_rows.any():
+            step_logits = self._text_forward(slice(0, B), tokens.to(self.device)[:, None], text_rows)[:, 0]
+            logits[text_rows] = step_logits[text_rows]
+        return logits
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                 on_token: Optional[Callable[[int, int], None]] = None) -> List[List[int]]:
+        generator = torch.Generator().manual_seed(params.seed)
+        logits = self.prefill(prompts)
+        out: List[List[int]] = [[] for _ in prompts]
+        done = torch.zeros(self.batch, dtype=torch.bool)
+        stops = set(int(t) for t in params.stop_tokens)
+        for _ in range(params.max_new_tokens):
+            tokens = sample(logits, params, generator).cpu()
+            for b in range(self.batch):
+                if done[b]:
+                    continue
+                out[b].append(int(tokens[b]))
+                if on_token is not None:
+                    on_token(b, int(tokens[b]))
+                if int(tokens[b]) in stops or len(out[b]) >= params.max_new_tokens or \
+                        self.length[b] + 1 >= self.max_context:
+                    done[b] = True
+            if bool(done.all()):
+                break
+            logits = self.step(tokens, ~done)
+        return out

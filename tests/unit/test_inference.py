@@ -1,0 +1,143 @@
+"""The inference engine against the training forward (the spec's consistency law), the
+baseline against a plain causal forward, KV memory, and bad input."""
+import numpy as np
+import pytest
+import torch
+
+from megatron_vist2.config import load_config, validate
+from megatron_vist2.data.dataset import PackedVist2Dataset, collate
+from megatron_vist2.data.indexed import open_indexed
+from megatron_vist2.data.packing import Segment, assemble_row
+from megatron_vist2.data.tokenizer import load_tokenizer
+from megatron_vist2.inference import InferenceError, SamplingParams, Vist2Engine
+from megatron_vist2.models import TEXT, TokenLayout, Vist2Batch, Vist2Model
+from tests.conftest import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def setup(dist_env, tiny_data):
+    cfg = validate(load_config("tiny-cpu", tiny_overrides(tiny_data, "model.init_std=0.1",
+                                                          "data.seq_length=1024")))
+    tok = load_tokenizer(cfg.data.tokenizer)
+    ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, seed=0)
+    torch.manual_seed(0)
+    return cfg, tok, ds, Vist2Model(cfg).eval()
+
+
+def streams(ds, lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in lengths:                       # real text, so renders look like training renders
+        d = int(rng.integers(0, len(ds.indexed)))
+        out.append([int(t) for t in ds.indexed.tokens(d, 0, n)])
+    return out
+
+
+@torch.no_grad()
+def teacher_forced(model, ds, stream):
+    """Training forward over the stream as one segment -> {target index: logits}."""
+    L, m = ds.L, ds.m
+    seg = Segment(0, 0, len(stream), (False,) * (-(-len(stream) // L)))
+    row = assemble_row([seg], [np.asarray(stream)], L, m, ds.S)
+    sample = {k: getattr(row, k) for k in ("tokens", "doc", "chunk", "kind", "readback", "position",
+                                           "labels", "loss_mask")}
+    sample["images"] = np.stack([ds.renderer.render(ds.tokenizer.decode(c)) for c in row.image_chunks])
+    logits = model(collate([sample]))[:, 0, :ds.tokenizer.vocab_size]
+    preds = np.nonzero(row.loss_mask)[0]
+    assert list(row.labels[preds]) == stream[1:]          # predictors in target order 1..n-1
+    return {i + 1: logits[p] for i, p in enumerate(preds)}
+
+
+def engine_logits(engine, streams_, prompt_lens, L):
+    """Prefill each row, then feed the true next tokens -> per row {target index: logits}."""
+    engine.reset()
+    got = [dict() for _ in streams_]
+    for b, (s, P) in enumerate(zip(streams_, prompt_lens)):
+        logits = engine.prefill_logits(b, s[:P])
+        if engine.compress:
+            full = P // L
+            targets = [c * L for c in range(1, full + 1)] + list(range(full * L + 1, P + 1))
+        else:
+            targets = list(range(1, P + 1))
+        assert len(targets) == len(logits)
+        got[b].update(zip(targets, logits))
+    pos = list(prompt_lens)
+    while True:
+        active = torch.tensor([pos[b] < len(s) - 1 for b, s in enumerate(streams_)])
+        if not active.any():
+            return got
+        tokens = torch.tensor([s[min(pos[b], len(s) - 1)] for b, s in enumerate(streams_)])
+        logits = engine.step(tokens, active)
+        for b in range(len(streams_)):
+            if active[b]:
+                got[b][pos[b] + 1] = logits[b]
+                pos[b] += 1
+
+
+def test_consistency_law_batch_of_mixed_lengths_and_phases(setup):
+    cfg, tok, ds, model = setup
+    L = cfg.model.chunk.text_tokens
+    data = streams(ds, [5 * L + 7, 3 * L + 1, 4 * L], seed=1)
+    prompts = [L + 3, 2 * L, 5]                      # mid-chunk, on a chunk boundary, short
+    engine = Vist2Engine(model, tok, cfg, compress=True, max_context=8 * L, batch_size=3)
+    got = engine_logits(engine, data, prompts, L)
+    worst = 0.0
+    for b, s in enumerate(data):
+        ref = teacher_forced(model, ds, s)
+        full = prompts[b] // L               # the prompt's full chunks are never run as text
+        expected = {t for t in range(1, len(s)) if t > full * L or t % L == 0}
+        assert set(got[b]) == expected
+        for i, logits in got[b].items():
+            worst = max(worst, (logits - ref[i]).abs().max().item())
+    assert worst <= 1e-4, worst
+    # every token but the last is fed, so each row compresses (len - 1) // L chunks
+    assert engine.stats.chunks_compressed == sum((len(s) - 1) // L for s in data)
+
+
+def test_compression_evicts_text_and_bounds_the_cache(setup):
+    cfg, tok, ds, model = setup
+    L, m = cfg.model.chunk.text_tokens, cfg.model.visual_tokens_per_chunk
+    engine = Vist2Engine(model, tok, cfg, compress=True, max_context=6 * L)
+    engine.prefill([streams(ds, [2 * L + 5])[0]])
+    assert int(engine.cache.visual_len[0]) == 2 * m and int(engine.cache.text_len[0]) == 5
+    for t in range(L - 5):
+        engine.step(torch.tensor([7]))
+    assert int(engine.cache.visual_len[0]) == 3 * m and int(engine.cache.text_len[0]) == 0
+
+
+def test_baseline_equals_plain_causal_forward(setup):
+    cfg, tok, ds, model = setup
+    s = streams(ds, [90], seed=3)[0]
+    engine = Vist2Engine(model, tok, cfg, compress=False, max_context=128)
+    got = engine_logits(engine, [s], [40], cfg.model.chunk.text_tokens)[0]
+    n = len(s)
+    layout = TokenLayout(doc=torch.zeros(1, n, dtype=torch.long), chunk=torch.zeros(1, n, dtype=torch.long),
+                         kind=torch.full((1, n), TEXT), readback=torch.zeros(1, n, dtype=torch.bool),
+                         position=torch.arange(n)[None])
+    batch = Vist2Batch(tokens=torch.tensor([s]), layout=layout, images=torch.zeros(0, 64, 128, dtype=torch.uint8),
+                       labels=torch.zeros(1, n, dtype=torch.long), loss_mask=torch.zeros(1, n))
+    with torch.no_grad():
+        ref = model(batch)[:, 0, :tok.vocab_size]
+    assert max((logits - ref[i - 1]).abs().max().item() for i, logits in got.items()) <= 1e-4
+
+
+def test_kv_memory_at_16k_context(setup):
+    cfg, tok, ds, model = setup
+    vist2 = Vist2Engine(model, tok, cfg, compress=True, max_context=16384)
+    base = Vist2Engine(model, tok, cfg, compress=False, max_context=16384)
+    assert vist2.cache.nbytes / base.cache.nbytes <= 0.27
+
+
+def test_generate_greedy_is_deterministic_and_bad_input_is_refused(setup):
+    cfg, tok, ds, model = setup
+    engine = Vist2Engine(model, tok, cfg, compress=True, max_context=200, batch_size=2)
+    prompts = streams(ds, [40, 70], seed=4)
+    p = SamplingParams(max_new_tokens=30)
+    a, b = engine.generate(prompts, p), engine.generate(prompts, p)
+    assert a == b and all(len(x) == 30 for x in a)
+    sampled = engine.generate(prompts, SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=1))
+    assert all(0 <= t < tok.vocab_size for x in sampled for t in x)
+    with pytest.raises(InferenceError, match="prompt 0 is empty"):
+        engine.prefill([[], [1, 2]])
+    with pytest.raises(InferenceError, match="more than the engine's max_context 200"):
+        engine.prefill([[1] * 201, [1]])
