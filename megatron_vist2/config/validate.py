@@ -106,9 +106,6 @@ def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
     if p.pipeline_parallel > 1:
         out.append("parallel.pipeline_parallel > 1 is not implemented yet (see the parallelism "
                    "issue); set parallel.pipeline_parallel=1")
-    if p.tensor_parallel > 1:
-        out.append("parallel.tensor_parallel > 1 is not implemented yet in the trainer (see the "
-                   "parallelism issue); set parallel.tensor_parallel=1")
     if world_size is not None:
         mp = p.tensor_parallel * p.pipeline_parallel
         if world_size % mp:
@@ -148,4 +145,15 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> Config:
     problems = _model_problems(cfg) + _run_problems(cfg, world_size)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    return cfg
+
+
+def validate_for_training(cfg: Config, world_size: int) -> Config:
+    """``validate`` plus what the trainer does not support yet (the model and the inference
+    engine already run tensor-parallel)."""
+    validate(cfg, world_size)
+    if cfg.parallel.tensor_parallel > 1:
+        raise ConfigError("invalid configuration:\n  - parallel.tensor_parallel > 1 is not "
+                          "implemented yet in the trainer (see the parallelism issue); set "
+                          "parallel.tensor_parallel=1")
     return cfg

@@ -12,6 +12,7 @@ from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.inference import InferenceError, SamplingParams, Vist2Engine
 from megatron_vist2.models import TEXT, TokenLayout, Vist2Batch, Vist2Model
 from tests.conftest import tiny_overrides
+from tests.inference_helpers import engine_logits, streams, teacher_forced
 
 
 @pytest.fixture(scope="module")
@@ -22,56 +23,6 @@ def setup(dist_env, tiny_data):
     ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, seed=0)
     torch.manual_seed(0)
     return cfg, tok, ds, Vist2Model(cfg).eval()
-
-
-def streams(ds, lengths, seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for n in lengths:                       # real text, so renders look like training renders
-        d = int(rng.integers(0, len(ds.indexed)))
-        out.append([int(t) for t in ds.indexed.tokens(d, 0, n)])
-    return out
-
-
-@torch.no_grad()
-def teacher_forced(model, ds, stream):
-    """Training forward over the stream as one segment -> {target index: logits}."""
-    L, m = ds.L, ds.m
-    seg = Segment(0, 0, len(stream), (False,) * (-(-len(stream) // L)))
-    row = assemble_row([seg], [np.asarray(stream)], L, m, ds.S)
-    sample = {k: getattr(row, k) for k in ("tokens", "doc", "chunk", "kind", "readback", "position",
-                                           "labels", "loss_mask")}
-    sample["images"] = np.stack([ds.renderer.render(ds.tokenizer.decode(c)) for c in row.image_chunks])
-    logits = model(collate([sample]))[:, 0, :ds.tokenizer.vocab_size]
-    preds = np.nonzero(row.loss_mask)[0]
-    assert list(row.labels[preds]) == stream[1:]          # predictors in target order 1..n-1
-    return {i + 1: logits[p] for i, p in enumerate(preds)}
-
-
-def engine_logits(engine, streams_, prompt_lens, L):
-    """Prefill each row, then feed the true next tokens -> per row {target index: logits}."""
-    engine.reset()
-    got = [dict() for _ in streams_]
-    for b, (s, P) in enumerate(zip(streams_, prompt_lens)):
-        logits = engine.prefill_logits(b, s[:P])
-        if engine.compress:
-            full = P // L
-            targets = [c * L for c in range(1, full + 1)] + list(range(full * L + 1, P + 1))
-        else:
-            targets = list(range(1, P + 1))
-        assert len(targets) == len(logits)
-        got[b].update(zip(targets, logits))
-    pos = list(prompt_lens)
-    while True:
-        active = torch.tensor([pos[b] < len(s) - 1 for b, s in enumerate(streams_)])
-        if not active.any():
-            return got
-        tokens = torch.tensor([s[min(pos[b], len(s) - 1)] for b, s in enumerate(streams_)])
-        logits = engine.step(tokens, active)
-        for b in range(len(streams_)):
-            if active[b]:
-                got[b][pos[b] + 1] = logits[b]
-                pos[b] += 1
 
 
 def test_consistency_law_batch_of_mixed_lengths_and_phases(setup):

@@ -1,0 +1,48 @@
+"""Consistency law at tensor-parallel size 2 (one launch of 2 gloo ranks for the module): the
+TP2 engine equals the TP2 teacher-forced training forward, and both equal the single-process
+(TP1) model built from the same seed."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from megatron_vist2.config import load_config, validate
+from megatron_vist2.data.dataset import PackedVist2Dataset
+from megatron_vist2.data.indexed import open_indexed
+from megatron_vist2.data.tokenizer import load_tokenizer
+from megatron_vist2.models import Vist2Model
+from tests.conftest import REPO, free_port, subprocess_env, tiny_overrides
+from tests.distributed.tp_scenario import OVERRIDES
+from tests.inference_helpers import teacher_forced
+
+
+@pytest.fixture(scope="module")
+def tp2(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tp") / "tp2.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(free_port()), "tests/distributed/tp_inference_worker.py", str(tiny_data.root), str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return torch.load(out, weights_only=False)
+
+
+def test_tp2_engine_equals_tp2_training_forward(tp2):
+    worst = 0.0
+    for got, ref in zip(tp2["engine"], tp2["reference"]):
+        assert set(got) <= set(ref) and len(got) >= 30
+        worst = max(worst, max((got[i] - ref[i]).abs().max().item() for i in got))
+    assert worst <= 1e-4, worst
+
+
+def test_tp2_equals_tp1(tp2, dist_env, tiny_data):
+    cfg = validate(load_config("tiny-cpu", tiny_overrides(tiny_data, *OVERRIDES)))
+    tok = load_tokenizer(cfg.data.tokenizer)
+    ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, seed=0)
+    torch.manual_seed(0)
+    model = Vist2Model(cfg).eval()
+    worst = 0.0
+    for stream, ref2 in zip(tp2["streams"], tp2["reference"]):
+        ref1 = teacher_forced(model, ds, stream)
+        worst = max(worst, max((ref1[i] - ref2[i]).abs().max().item() for i in ref2))
+    assert worst <= 1e-4, worst

@@ -1,0 +1,60 @@
+"""Helpers shared by the inference tests (single process and tensor-parallel)."""
+import numpy as np
+import torch
+from megatron.core import tensor_parallel
+
+from megatron_vist2.data.dataset import collate
+from megatron_vist2.data.packing import Segment, assemble_row
+
+
+def streams(ds, lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in lengths:                       # real text, so renders look like training renders
+        d = int(rng.integers(0, len(ds.indexed)))
+        out.append([int(t) for t in ds.indexed.tokens(d, 0, n)])
+    return out
+
+
+@torch.no_grad()
+def teacher_forced(model, ds, stream):
+    """Training forward over the stream as one segment -> {target index: logits}."""
+    L, m = ds.L, ds.m
+    seg = Segment(0, 0, len(stream), (False,) * (-(-len(stream) // L)))
+    row = assemble_row([seg], [np.asarray(stream)], L, m, ds.S)
+    sample = {k: getattr(row, k) for k in ("tokens", "doc", "chunk", "kind", "readback", "position",
+                                           "labels", "loss_mask")}
+    sample["images"] = np.stack([ds.renderer.render(ds.tokenizer.decode(c)) for c in row.image_chunks])
+    logits = tensor_parallel.gather_from_tensor_model_parallel_region(model(collate([sample])))
+    logits = logits[:, 0, :ds.tokenizer.vocab_size]
+    preds = np.nonzero(row.loss_mask)[0]
+    assert list(row.labels[preds]) == stream[1:]          # predictors in target order 1..n-1
+    return {i + 1: logits[p] for i, p in enumerate(preds)}
+
+
+def engine_logits(engine, streams_, prompt_lens, L):
+    """Prefill each row, then feed the true next tokens -> per row {target index: logits}."""
+    engine.reset()
+    got = [dict() for _ in streams_]
+    for b, (s, P) in enumerate(zip(streams_, prompt_lens)):
+        logits = engine.prefill_logits(b, s[:P])
+        if engine.compress:
+            full = P // L
+            targets = [c * L for c in range(1, full + 1)] + list(range(full * L + 1, P + 1))
+        else:
+            targets = list(range(1, P + 1))
+        assert len(targets) == len(logits)
+        got[b].update(zip(targets, logits))
+    pos = list(prompt_lens)
+    while True:
+        active = torch.tensor([pos[b] < len(s) - 1 for b, s in enumerate(streams_)])
+        if not active.any():
+            return got
+        tokens = torch.tensor([s[min(pos[b], len(s) - 1)] for b, s in enumerate(streams_)])
+        logits = engine.step(tokens, active)
+        for b in range(len(streams_)):
+            if active[b]:
+                got[b][pos[b] + 1] = logits[b]
+                pos[b] += 1
+
+
