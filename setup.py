@@ -26,6 +26,7 @@ setup(
     ],
     extras_require={
         "dev": ["pytest==9.2.0"],
+        "bench": ["matplotlib==3.11.2"],          # plots of benchmarks/inference.py
         "gpu": ["apex"],
     },
 )

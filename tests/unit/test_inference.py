@@ -92,3 +92,57 @@ def test_generate_greedy_is_deterministic_and_bad_input_is_refused(setup):
         engine.prefill([[], [1, 2]])
     with pytest.raises(InferenceError, match="more than the engine's max_context 200"):
         engine.prefill([[1] * 201, [1]])
+
+
+@pytest.fixture(scope="module")
+def fake_checkpoint(setup, tmp_path_factory):
+    """A step directory in the layout the trainer writes (DeepSpeed's model-states file)."""
+    from megatron_vist2.config import config_to_dict
+    cfg, tok, ds, model = setup
+    step = tmp_path_factory.mktemp("ckpt") / "step_0000001"
+    step.mkdir()
+    torch.save({"module": model.state_dict(), "config": config_to_dict(cfg), "mp_world_size": 1,
+                "tokenizer_sha256": tok.sha256}, step / "mp_rank_00_model_states.pt")
+    (step.parent / "latest").write_text(step.name)
+    return step.parent
+
+
+def test_checkpoint_mismatches_are_refused(setup, fake_checkpoint, tmp_path):
+    from megatron_vist2.errors import CheckpointError
+    from megatron_vist2.inference.load import load_for_inference
+    cfg, tok, ds, model = setup
+    loaded, _, _ = load_for_inference(str(fake_checkpoint))
+    want = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    got = {k: v for k, v in loaded.state_dict().items() if isinstance(v, torch.Tensor)}
+    assert want.keys() == got.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(CheckpointError, match="does not fit the configured model"):
+        load_for_inference(str(fake_checkpoint), ["model.llm.num_layers=2"])
+    from megatron_vist2.data.tokenizer import train_sentencepiece
+    lines = ["some other text for another vocabulary", "and more lines of it"] * 200
+    other = train_sentencepiece(lines, str(tmp_path / "other.model"), 100)
+    with pytest.raises(CheckpointError, match="tokenizer mismatch"):
+        load_for_inference(str(fake_checkpoint), tokenizer_path=str(other))
+    broken = tmp_path / "broken" / "step_1"
+    broken.mkdir(parents=True)
+    data = (fake_checkpoint / "step_0000001" / "mp_rank_00_model_states.pt").read_bytes()
+    (broken / "mp_rank_00_model_states.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_for_inference(str(broken))
+
+
+def test_generate_cli_streams_and_reports(fake_checkpoint):
+    import subprocess
+    import sys
+    from tests.conftest import REPO, subprocess_env
+    args = [sys.executable, "-m", "megatron_vist2.generate", "--checkpoint", str(fake_checkpoint),
+            "--prompt", "Fellow-Citizens of the Senate and House of Representatives: " * 3,
+            "--max-new-tokens", "40", "--max-context", "512"]
+    vist2 = subprocess.run(args, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    base = subprocess.run(args + ["--baseline"], cwd=REPO, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert vist2.returncode == 0 and base.returncode == 0, vist2.stderr[-2000:] + base.stderr[-2000:]
+    assert "VIST2 (rho = 4)" in vist2.stdout and "chunks compressed" in vist2.stdout
+    assert "baseline (full text KV)" in base.stdout
+    empty = subprocess.run(args[:5] + ["--prompt", "  "], cwd=REPO, env=subprocess_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 2 and "error: the prompt is empty" in empty.stderr

