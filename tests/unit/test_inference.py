@@ -118,8 +118,9 @@ def test_checkpoint_mismatches_are_refused(setup, fake_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="does not fit the configured model"):
         load_for_inference(str(fake_checkpoint), ["model.llm.num_layers=2"])
     from megatron_vist2.data.tokenizer import train_sentencepiece
-    lines = ["some other text for another vocabulary", "and more lines of it"] * 200
-    other = train_sentencepiece(lines, str(tmp_path / "other.model"), 100)
+    from megatron_vist2.data.corpus import iter_documents
+    lines = [line for _, t in list(iter_documents("sotu"))[-3:] for line in t.splitlines() if line.strip()]
+    other = train_sentencepiece(lines, str(tmp_path / "other.model"), 400)
     with pytest.raises(CheckpointError, match="tokenizer mismatch"):
         load_for_inference(str(fake_checkpoint), tokenizer_path=str(other))
     broken = tmp_path / "broken" / "step_1"
