@@ -12,7 +12,6 @@ the L + m tokens of each chunk plus 3x the ViT's forward FLOPs per chunk (forwar
 import argparse
 import time
 
-import torch
 from torch.utils.data import DataLoader
 
 from common import machine

@@ -63,3 +63,19 @@ def dist_env():
     """torch.distributed (gloo, world 1) + megatron parallel state, once per test session."""
     from megatron_vist2.parallel.distributed import init_distributed
     return init_distributed(1, 1)
+
+
+def tiny_model(data: SimpleNamespace, *extra: str, world_size: int = None):
+    """(cfg, tokenizer, dataset, model): tiny-cpu on the test data, the model seeded (0), in eval
+    mode. The same seed gives the same full weights at any tensor-parallel size."""
+    import torch
+    from megatron_vist2.config import load_config, validate
+    from megatron_vist2.data.dataset import PackedVist2Dataset
+    from megatron_vist2.data.indexed import open_indexed
+    from megatron_vist2.data.tokenizer import load_tokenizer
+    from megatron_vist2.models import Vist2Model
+    cfg = validate(load_config("tiny-cpu", tiny_overrides(data, *extra)), world_size)
+    tok = load_tokenizer(cfg.data.tokenizer)
+    ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, seed=0)
+    torch.manual_seed(0)
+    return cfg, tok, ds, Vist2Model(cfg).eval()

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..config.schema import Config
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError
 from ..models.attention import TokenLayout
 from ..models.vist2 import Vist2Batch
 from .indexed import IndexedDocs, open_indexed

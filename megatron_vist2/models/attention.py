@@ -9,7 +9,7 @@ flex_attention, so there is one definition and no S x S tensor travels in the ba
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F

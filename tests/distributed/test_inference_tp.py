@@ -7,12 +7,7 @@ import sys
 import pytest
 import torch
 
-from megatron_vist2.config import load_config, validate
-from megatron_vist2.data.dataset import PackedVist2Dataset
-from megatron_vist2.data.indexed import open_indexed
-from megatron_vist2.data.tokenizer import load_tokenizer
-from megatron_vist2.models import Vist2Model
-from tests.conftest import REPO, free_port, subprocess_env, tiny_overrides
+from tests.conftest import REPO, free_port, subprocess_env, tiny_model
 from tests.distributed.tp_scenario import OVERRIDES
 from tests.inference_helpers import teacher_forced
 
@@ -36,11 +31,7 @@ def test_tp2_engine_equals_tp2_training_forward(tp2):
 
 
 def test_tp2_equals_tp1(tp2, dist_env, tiny_data):
-    cfg = validate(load_config("tiny-cpu", tiny_overrides(tiny_data, *OVERRIDES)))
-    tok = load_tokenizer(cfg.data.tokenizer)
-    ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, seed=0)
-    torch.manual_seed(0)
-    model = Vist2Model(cfg).eval()
+    cfg, tok, ds, model = tiny_model(tiny_data, *OVERRIDES)
     worst = 0.0
     for stream, ref2 in zip(tp2["streams"], tp2["reference"]):
         ref1 = teacher_forced(model, ds, stream)

@@ -4,14 +4,9 @@ from types import SimpleNamespace
 
 import torch
 
-from megatron_vist2.config import load_config, validate
-from megatron_vist2.data.dataset import PackedVist2Dataset
-from megatron_vist2.data.indexed import open_indexed
-from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.inference import Vist2Engine
-from megatron_vist2.models import Vist2Model
 from megatron_vist2.parallel.distributed import init_distributed
-from tests.conftest import tiny_overrides
+from tests.conftest import tiny_model
 from tests.inference_helpers import engine_logits, streams, teacher_forced
 from tests.distributed.tp_scenario import LENGTHS, OVERRIDES, PROMPTS
 
@@ -19,11 +14,7 @@ from tests.distributed.tp_scenario import LENGTHS, OVERRIDES, PROMPTS
 def main(root, out_path):
     data = SimpleNamespace(tokenizer=f"{root}/tok.model", train=f"{root}/train", valid=f"{root}/valid")
     env = init_distributed(2, 1)
-    cfg = validate(load_config("tiny-cpu", tiny_overrides(data, *OVERRIDES, "parallel.tensor_parallel=2")), 2)
-    tok = load_tokenizer(cfg.data.tokenizer)
-    ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, seed=0)
-    torch.manual_seed(0)
-    model = Vist2Model(cfg).eval()
+    cfg, tok, ds, model = tiny_model(data, *OVERRIDES, "parallel.tensor_parallel=2", world_size=2)
     L = cfg.model.chunk.text_tokens
     data_streams = streams(ds, [n * L + extra for n, extra in LENGTHS], seed=1)
     engine = Vist2Engine(model, tok, cfg, compress=True, max_context=8 * L, batch_size=len(data_streams))

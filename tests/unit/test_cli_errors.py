@@ -3,7 +3,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 
 from ..conftest import REPO, subprocess_env, tiny_overrides
 

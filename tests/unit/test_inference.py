@@ -1,28 +1,17 @@
 """The inference engine against the training forward (the spec's consistency law), the
 baseline against a plain causal forward, KV memory, and bad input."""
-import numpy as np
 import pytest
 import torch
 
-from megatron_vist2.config import load_config, validate
-from megatron_vist2.data.dataset import PackedVist2Dataset, collate
-from megatron_vist2.data.indexed import open_indexed
-from megatron_vist2.data.packing import Segment, assemble_row
-from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.inference import InferenceError, SamplingParams, Vist2Engine
-from megatron_vist2.models import TEXT, TokenLayout, Vist2Batch, Vist2Model
-from tests.conftest import tiny_overrides
+from megatron_vist2.models import TEXT, TokenLayout, Vist2Batch
+from tests.conftest import tiny_model
 from tests.inference_helpers import engine_logits, streams, teacher_forced
 
 
 @pytest.fixture(scope="module")
 def setup(dist_env, tiny_data):
-    cfg = validate(load_config("tiny-cpu", tiny_overrides(tiny_data, "model.init_std=0.1",
-                                                          "data.seq_length=1024")))
-    tok = load_tokenizer(cfg.data.tokenizer)
-    ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, seed=0)
-    torch.manual_seed(0)
-    return cfg, tok, ds, Vist2Model(cfg).eval()
+    return tiny_model(tiny_data, "model.init_std=0.1", "data.seq_length=1024")
 
 
 def test_consistency_law_batch_of_mixed_lengths_and_phases(setup):

@@ -1,31 +1,21 @@
 """Behaviour of the VIST2 model, not just its mask: what may and may not influence what.
 
 Each invariance has a positive control (a change that must show), so the tests can fail."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_vist2.config import load_config, validate
-from megatron_vist2.data.dataset import PackedVist2Dataset, collate
-from megatron_vist2.data.indexed import open_indexed
+from megatron_vist2.data.dataset import collate
 from megatron_vist2.data.packing import Segment
-from megatron_vist2.data.tokenizer import load_tokenizer
-from megatron_vist2.models import TEXT, VISUAL, Vist2Model, token_losses
+from megatron_vist2.models import TEXT, VISUAL, token_losses
 
-from ..conftest import tiny_overrides
+from ..conftest import tiny_model
 
 
 @pytest.fixture(scope="module")
 def setup(dist_env, tiny_data):
-    cfg = validate(load_config("tiny-cpu", tiny_overrides(tiny_data, "model.init_std=0.1",
-                                                          "data.seq_length=320")))
-    tok = load_tokenizer(cfg.data.tokenizer)
-    ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, seed=0)
-    torch.manual_seed(0)
-    model = Vist2Model(cfg).eval()
-    L = cfg.model.chunk.text_tokens
-    return cfg, ds, model, L
+    cfg, _, ds, model = tiny_model(tiny_data, "model.init_std=0.1", "data.seq_length=320")
+    return cfg, ds, model, cfg.model.chunk.text_tokens
 
 
 def make_batch(ds, L, readback_first=False):
