@@ -17,4 +17,5 @@ if [[ ! -f "$stamp" ]]; then
   touch "$stamp"
 fi
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$repo/.cache/torch_extensions}"
+export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$repo/.cache/inductor}"   # compiled flex_attention
 export PYTHON="$repo/.venv/bin/python"
