@@ -75,6 +75,10 @@ def test_generate_greedy_is_deterministic_and_bad_input_is_refused(setup):
     p = SamplingParams(max_new_tokens=30)
     a, b = engine.generate(prompts, p), engine.generate(prompts, p)
     assert a == b and all(len(x) == 30 for x in a)
+    t = a[0][3]
+    stopped = engine.generate(prompts, SamplingParams(max_new_tokens=30, stop_tokens=[t]))
+    # each row ends at (and includes) its first stop token, or runs to max_new_tokens
+    assert stopped == [x[:x.index(t) + 1] if t in x else x for x in a] and len(stopped[0]) <= 4
     sampled = engine.generate(prompts, SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=1))
     assert all(0 <= t < tok.vocab_size for x in sampled for t in x)
     with pytest.raises(InferenceError, match="prompt 0 is empty"):
