@@ -149,11 +149,5 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> Config:
 
 
 def validate_for_training(cfg: Config, world_size: int) -> Config:
-    """``validate`` plus what the trainer does not support yet (the model and the inference
-    engine already run tensor-parallel)."""
-    validate(cfg, world_size)
-    if cfg.parallel.tensor_parallel > 1:
-        raise ConfigError("invalid configuration:\n  - parallel.tensor_parallel > 1 is not "
-                          "implemented yet in the trainer (see the parallelism issue); set "
-                          "parallel.tensor_parallel=1")
-    return cfg
+    """``validate`` for a training run (the place for what only the trainer cannot do yet)."""
+    return validate(cfg, world_size)

@@ -79,6 +79,10 @@ class SelfAttention(nn.Module):
         if qk_norm_eps is not None:
             self.q_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
             self.k_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)
+            # Replicated on every tensor-parallel rank, but each rank normalises only its own
+            # heads: its gradient is a partial sum (parallel/grad_sync.py adds the parts).
+            self.q_norm.weight.tp_partial_grad = True
+            self.k_norm.weight.tp_partial_grad = True
         else:
             self.q_norm = self.k_norm = None
 

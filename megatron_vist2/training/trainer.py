@@ -15,14 +15,18 @@ from typing import List, Optional
 import deepspeed
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 from torch.utils.data import DataLoader
 
 from ..config import Config, data_parallel_size, gradient_accumulation_steps
 from ..data.dataset import GlobalBatchSampler, build_dataset, collate
 from ..data.tokenizer import load_tokenizer
 from ..models.attention import PAD
+from ..models.size import analytic_parameter_counts
 from ..models.vist2 import Vist2Batch, Vist2Model, token_losses
+from ..parallel.deepspeed_mpu import MegatronMPU
 from ..parallel.distributed import DistEnv, data_parallel_group
+from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
 from .checkpoint import load_checkpoint, save_checkpoint
 from .deepspeed_config import deepspeed_config
 from .metrics import MetricsLogger
@@ -48,7 +52,9 @@ def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
 
 def build_model(cfg: Config, env: DistEnv) -> Vist2Model:
     torch.manual_seed(cfg.train.seed)          # every rank builds the same full weights
-    return Vist2Model(cfg)
+    model = Vist2Model(cfg)
+    sum_partial_grads_over_tensor_parallel(model)
+    return model
 
 
 def make_engine(cfg: Config, env: DistEnv, model: Vist2Model):
@@ -60,7 +66,7 @@ def make_engine(cfg: Config, env: DistEnv, model: Vist2Model):
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=build_optimizer(model, cfg.optim),
         lr_scheduler=build_scheduler(cfg.optim, cfg.train.steps),
-        config=deepspeed_config(cfg, env.world_size), dist_init_required=False)
+        config=deepspeed_config(cfg, env.world_size), dist_init_required=False, mpu=MegatronMPU())
     return engine
 
 
@@ -91,7 +97,7 @@ def evaluate(engine, loader) -> float:
 
 def train(cfg: Config, env: DistEnv) -> TrainResult:
     dp = data_parallel_size(cfg, env.world_size)
-    dp_rank = env.rank // (cfg.parallel.tensor_parallel * cfg.parallel.pipeline_parallel)
+    dp_rank = parallel_state.get_data_parallel_rank()      # tensor-parallel peers read the same data
     gas = gradient_accumulation_steps(cfg, env.world_size)
     log = MetricsLogger(cfg.logging.dir, env.is_main, cfg.logging.tensorboard)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
@@ -101,9 +107,10 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     valid_set = build_dataset(cfg.data.valid_prefix, tokenizer, cfg, cfg.train.seed + 1000,
                               cfg.train.eval_batches * G)
     model = build_model(cfg, env)
-    counts = model.parameter_counts()
+    counts = analytic_parameter_counts(cfg)
     log.print(f"model: {counts['total']:,} parameters (vision {counts['vision']:,}, aligner "
-              f"{counts['aligner']:,}, llm {counts['llm']:,}); rho = {cfg.model.compression_ratio:g}; "
+              f"{counts['aligner']:,}, llm {counts['llm']:,}; {model.parameter_counts()['total']:,} "
+              f"on this rank); rho = {cfg.model.compression_ratio:g}; tp={cfg.parallel.tensor_parallel} "
               f"dp={dp} micro={cfg.parallel.micro_batch_size} accumulation={gas} zero={cfg.parallel.zero_stage}")
     engine = make_engine(cfg, env, model)
 

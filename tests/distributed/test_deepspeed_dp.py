@@ -1,6 +1,7 @@
-"""DeepSpeed on 2 gloo ranks (ZeRO 0-3) equals a plain single-process run on the same global batch.
+"""DeepSpeed on 2 gloo ranks equals a plain single-process run on the same global batch: data
+parallel under ZeRO 0-3, and tensor parallel (TP2) under ZeRO-1 and ZeRO-3.
 
-One torchrun launch for the whole module (scenario.ZERO_STAGES inside it). The reference is
+One torchrun launch for the whole module (scenario.SCENARIOS inside it). The reference is
 plain PyTorch: no DeepSpeed, one forward over the concatenated global batch (8 rows), loss =
 mean cross-entropy over all its text targets, torch AdamW with its own parameter groups."""
 import subprocess
@@ -16,7 +17,7 @@ from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.models import Vist2Model, token_losses
 from tests.conftest import REPO, free_port, subprocess_env
-from tests.distributed.scenario import STEPS, ZERO_STAGES, scenario_overrides
+from tests.distributed.scenario import SCENARIOS, STEPS, scenario_overrides
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +56,14 @@ def reference(dist_env, tiny_data):
     return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("zero", ZERO_STAGES)
-def test_two_ranks_equal_single_process(two_rank_results, reference, zero):
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_two_ranks_equal_single_process(two_rank_results, reference, scenario):
     ref_losses, ref_params = reference
-    got = two_rank_results[zero]
+    got = two_rank_results[scenario]
     np.testing.assert_allclose(got["losses"], ref_losses, rtol=0, atol=1e-5)
     assert got["params"].keys() == ref_params.keys()
     worst = max((got["params"][n] - p).abs().max().item() for n, p in ref_params.items())
-    assert worst <= 1e-5, f"ZeRO-{zero}: max parameter difference {worst:.2e}"
+    assert worst <= 1e-5, f"{scenario}: max parameter difference {worst:.2e}"
 
 
 def test_training_moved_the_weights(dist_env, tiny_data, reference):
