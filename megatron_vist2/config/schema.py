@@ -131,6 +131,7 @@ class TrainConfig:
     steps: int = 1000
     seed: int = 1234
     dtype: str = "auto"                # "auto" = bf16 on GPU, fp32 on CPU; or "fp32" / "bf16"
+    activation_checkpointing: str = "none"   # "none", "full" (each decoder block) or "selective" (attention)
     log_interval: int = 10
     eval_interval: int = 200
     eval_batches: int = 8              # global batches in one evaluation (the first of the valid set)

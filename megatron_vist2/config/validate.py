@@ -133,6 +133,9 @@ def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
         out.append(f"optim.grad_clip must be >= 0 (0 disables clipping), got {o.grad_clip}")
     if o.warmup_steps < 0:
         out.append(f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    if t.activation_checkpointing not in ("none", "full", "selective"):
+        out.append(f"train.activation_checkpointing must be 'none', 'full' or 'selective', got "
+                   f"'{t.activation_checkpointing}'")
     if t.dtype not in ("auto", "fp32", "bf16"):
         out.append(f"train.dtype must be 'auto', 'fp32' or 'bf16', got '{t.dtype}'")
     if t.eval_interval < 0 or cfg.checkpoint.save_interval < 0:

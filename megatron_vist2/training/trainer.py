@@ -26,6 +26,7 @@ from ..models.size import analytic_parameter_counts
 from ..models.vist2 import Vist2Batch, Vist2Model, token_losses
 from ..parallel.deepspeed_mpu import MegatronMPU
 from ..parallel.distributed import DistEnv, data_parallel_group
+from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
 from .checkpoint import load_checkpoint, save_checkpoint
 from .deepspeed_config import deepspeed_config
@@ -54,6 +55,7 @@ def build_model(cfg: Config, env: DistEnv) -> Vist2Model:
     torch.manual_seed(cfg.train.seed)          # every rank builds the same full weights
     model = Vist2Model(cfg)
     sum_partial_grads_over_tensor_parallel(model)
+    apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
     return model
 
 
