@@ -58,3 +58,16 @@ def engine_logits(engine, streams_, prompt_lens, L):
                 pos[b] += 1
 
 
+
+
+def causal_text_batch(ids, image_hw):
+    """A row of text only, one chunk, positions 0..n-1: the VIST2 mask reduces to causal, so
+    the model is a plain causal LM on it."""
+    from megatron_vist2.models import TEXT, TokenLayout, Vist2Batch
+    n = len(ids)
+    zeros = torch.zeros(1, n, dtype=torch.long)
+    layout = TokenLayout(doc=zeros, chunk=zeros, kind=torch.full((1, n), TEXT),
+                         readback=torch.zeros(1, n, dtype=torch.bool), position=torch.arange(n)[None])
+    return Vist2Batch(tokens=torch.tensor([ids]), layout=layout,
+                      images=torch.zeros(0, *image_hw, dtype=torch.uint8), labels=zeros,
+                      loss_mask=torch.zeros(1, n))

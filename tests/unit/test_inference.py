@@ -6,7 +6,7 @@ import torch
 from megatron_vist2.inference import InferenceError, SamplingParams, Vist2Engine
 from megatron_vist2.models import TEXT, TokenLayout, Vist2Batch
 from tests.conftest import tiny_model
-from tests.inference_helpers import engine_logits, streams, teacher_forced
+from tests.inference_helpers import causal_text_batch, engine_logits, streams, teacher_forced
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +50,7 @@ def test_baseline_equals_plain_causal_forward(setup):
     s = streams(ds, [90], seed=3)[0]
     engine = Vist2Engine(model, tok, cfg, compress=False, max_context=128)
     got = engine_logits(engine, [s], [40], cfg.model.chunk.text_tokens)[0]
-    n = len(s)
-    layout = TokenLayout(doc=torch.zeros(1, n, dtype=torch.long), chunk=torch.zeros(1, n, dtype=torch.long),
-                         kind=torch.full((1, n), TEXT), readback=torch.zeros(1, n, dtype=torch.bool),
-                         position=torch.arange(n)[None])
-    batch = Vist2Batch(tokens=torch.tensor([s]), layout=layout, images=torch.zeros(0, 64, 128, dtype=torch.uint8),
-                       labels=torch.zeros(1, n, dtype=torch.long), loss_mask=torch.zeros(1, n))
+    batch = causal_text_batch(s, (cfg.model.chunk.image_height, cfg.model.chunk.image_width))
     with torch.no_grad():
         ref = model(batch)[:, 0, :tok.vocab_size]
     assert max((logits - ref[i - 1]).abs().max().item() for i, logits in got.items()) <= 1e-4

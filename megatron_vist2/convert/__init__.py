@@ -1,0 +1,1 @@
+"""Conversion to and from Hugging Face formats (one declarative mapping per architecture)."""

@@ -1,0 +1,129 @@
+"""The language backbone <-> Hugging Face ``Qwen3ForCausalLM``: one declarative name mapping, used
+by both export and import. Dimensions come from the config; nothing is hard-coded.
+
+Layouts match one to one (separate Q/K/V and gate/up matrices, rotate-half RoPE, QK-norm, RMSNorm),
+so the only transform is the vocabulary: our embedding and output layer are padded to a multiple
+of ``make_vocab_size_divisible_by x tensor_parallel`` rows; export drops the padding rows, import
+adds them back (zeros: padded ids are never produced by the tokenizer).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, Iterator, Tuple
+
+import torch
+
+from ..config import Config, padded_vocab_size
+
+# (our name, Hugging Face name, is a vocabulary matrix); "{i}" is the decoder layer index.
+QWEN3_MAP = (
+    ("front.embedding.weight", "model.embed_tokens.weight", True),
+    ("layers.{i}.input_norm.weight", "model.layers.{i}.input_layernorm.weight", False),
+    ("layers.{i}.attention.q_proj.weight", "model.layers.{i}.self_attn.q_proj.weight", False),
+    ("layers.{i}.attention.k_proj.weight", "model.layers.{i}.self_attn.k_proj.weight", False),
+    ("layers.{i}.attention.v_proj.weight", "model.layers.{i}.self_attn.v_proj.weight", False),
+    ("layers.{i}.attention.o_proj.weight", "model.layers.{i}.self_attn.o_proj.weight", False),
+    ("layers.{i}.attention.q_norm.weight", "model.layers.{i}.self_attn.q_norm.weight", False),
+    ("layers.{i}.attention.k_norm.weight", "model.layers.{i}.self_attn.k_norm.weight", False),
+    ("layers.{i}.post_attention_norm.weight", "model.layers.{i}.post_attention_layernorm.weight", False),
+    ("layers.{i}.mlp.gate_proj.weight", "model.layers.{i}.mlp.gate_proj.weight", False),
+    ("layers.{i}.mlp.up_proj.weight", "model.layers.{i}.mlp.up_proj.weight", False),
+    ("layers.{i}.mlp.down_proj.weight", "model.layers.{i}.mlp.down_proj.weight", False),
+    ("head.norm.weight", "model.norm.weight", False),
+    ("head.output.weight", "lm_head.weight", True),          # only when embeddings are untied
+)
+
+
+def name_pairs(cfg: Config) -> Iterator[Tuple[str, str, bool]]:
+    """Every (ours, Hugging Face, is_vocab) pair of the configured backbone."""
+    for ours, hf, vocab in QWEN3_MAP:
+        if ours == "head.output.weight" and cfg.model.llm.tie_embeddings:
+            continue
+        layers = range(cfg.model.llm.num_layers) if "{i}" in ours else [None]
+        for i in layers:
+            yield ours.format(i=i), hf.format(i=i), vocab
+
+
+def hf_config(cfg: Config):
+    from transformers import Qwen3Config
+    llm = cfg.model.llm
+    return Qwen3Config(
+        vocab_size=llm.vocab_size, hidden_size=llm.hidden_size, intermediate_size=llm.ffn_hidden_size,
+        num_hidden_layers=llm.num_layers, num_attention_heads=llm.num_heads,
+        num_key_value_heads=llm.num_kv_heads, head_dim=llm.head_dim, rms_norm_eps=llm.norm_eps,
+        rope_theta=llm.rope_theta, tie_word_embeddings=llm.tie_embeddings,
+        max_position_embeddings=max(cfg.data.seq_length, 4096))
+
+
+def export_backbone(state: Dict[str, torch.Tensor], cfg: Config, out_dir: str,
+                    shard_bytes: int = 2 << 30) -> Path:
+    """Write ``state`` (our full, unsharded parameters) as a Qwen3ForCausalLM directory:
+    config.json + safetensors shards (at most ``shard_bytes`` each, one shard in memory at a
+    time) + an index. Written into a temporary directory, renamed when complete."""
+    from safetensors.torch import save_file
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    V = cfg.model.llm.vocab_size
+    shard, size, files, index = {}, 0, [], {}
+
+    def flush():
+        nonlocal shard, size
+        if shard:
+            name = f"model-{len(files) + 1:05d}.safetensors"
+            save_file(shard, str(tmp / name), metadata={"format": "pt"})
+            files.append(name)
+            index.update({k: name for k in shard})
+            shard, size = {}, 0
+
+    for ours, hf, vocab in name_pairs(cfg):
+        t = state[ours]
+        t = (t[:V] if vocab else t).contiguous().clone()
+        if size + t.nbytes > shard_bytes:
+            flush()
+        shard[hf] = t
+        size += t.nbytes
+    flush()
+    total = sum((tmp / f).stat().st_size for f in files)
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": index}, indent=1))
+    hf_config(cfg).save_pretrained(str(tmp))
+    if out.exists():
+        raise FileExistsError(f"{out} exists: choose a new output directory")
+    os.replace(tmp, out)
+    return out
+
+
+def import_backbone(hf_dir: str, cfg: Config) -> Dict[str, torch.Tensor]:
+    """A Qwen3ForCausalLM directory -> our backbone's full parameters (vision encoder and aligner
+    are not part of it). The config must describe the same backbone; vocab rows are padded."""
+    from safetensors import safe_open
+    from ..errors import CheckpointError
+    d = Path(hf_dir)
+    hf = json.loads((d / "config.json").read_text())
+    llm = cfg.model.llm
+    expect = {"hidden_size": llm.hidden_size, "num_hidden_layers": llm.num_layers,
+              "num_attention_heads": llm.num_heads, "num_key_value_heads": llm.num_kv_heads,
+              "intermediate_size": llm.ffn_hidden_size, "vocab_size": llm.vocab_size,
+              "tie_word_embeddings": llm.tie_embeddings}
+    wrong = {k: (hf.get(k), v) for k, v in expect.items() if hf.get(k) != v}
+    if wrong:
+        raise CheckpointError(f"{d / 'config.json'} does not match the configured backbone "
+                              f"(field: checkpoint vs config): {wrong}")
+    tensors = {}
+    for f in sorted(d.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            for k in fh.keys():
+                tensors[k] = fh.get_tensor(k)
+    Vp = padded_vocab_size(cfg)
+    out = {}
+    for ours, name, vocab in name_pairs(cfg):
+        if name not in tensors:
+            raise CheckpointError(f"{d}: tensor '{name}' is missing")
+        t = tensors[name].float()
+        if vocab:
+            t = torch.cat([t, t.new_zeros(Vp - t.shape[0], t.shape[1])])
+        out[ours] = t
+    return out

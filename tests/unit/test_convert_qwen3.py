@@ -1,0 +1,46 @@
+"""The backbone <-> transformers' Qwen3ForCausalLM, proven by logits (fp32, no network)."""
+import pytest
+import torch
+from transformers import Qwen3ForCausalLM
+
+from megatron_vist2.convert.qwen3 import export_backbone, hf_config, import_backbone
+from megatron_vist2.errors import CheckpointError
+from tests.conftest import tiny_model
+from tests.inference_helpers import causal_text_batch
+
+
+def ours_logits(model, cfg, ids):
+    batch = causal_text_batch(ids, (cfg.model.chunk.image_height, cfg.model.chunk.image_width))
+    with torch.no_grad():
+        return model(batch)[:, 0, :cfg.model.llm.vocab_size]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_export_loads_in_transformers_with_equal_logits(dist_env, tiny_data, tmp_path, tied):
+    cfg, tok, ds, model = tiny_model(tiny_data, "model.init_std=0.1", f"model.llm.tie_embeddings={tied}")
+    state = {n: p.detach() for n, p in model.named_parameters()}
+    out = export_backbone(state, cfg, str(tmp_path / "hf"), shard_bytes=1 << 20)   # several shards
+    assert len(list(out.glob("*.safetensors"))) > 1
+    hf = Qwen3ForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
+    ids = [int(t) for t in ds.indexed.tokens(0, 0, 60)]
+    with torch.no_grad():
+        theirs = hf(torch.tensor([ids])).logits[0]
+    assert (ours_logits(model, cfg, ids) - theirs).abs().max().item() <= 1e-4
+
+
+def test_import_from_transformers_gives_equal_logits(dist_env, tiny_data, tmp_path):
+    cfg, tok, ds, model = tiny_model(tiny_data, "model.llm.tie_embeddings=false")
+    torch.manual_seed(5)
+    hf = Qwen3ForCausalLM(hf_config(cfg)).eval()
+    hf.save_pretrained(str(tmp_path / "hf"))
+    backbone = import_backbone(str(tmp_path / "hf"), cfg)
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    assert not unexpected and all(k.startswith(("front.vision", "front.aligner")) or
+                                  k.endswith("_extra_state") for k in missing)
+    ids = [int(t) for t in ds.indexed.tokens(1, 0, 60)]
+    with torch.no_grad():
+        theirs = hf(torch.tensor([ids])).logits[0]
+    assert (ours_logits(model, cfg, ids) - theirs).abs().max().item() <= 1e-4
+    wrong = tiny_model(tiny_data, "model.llm.tie_embeddings=false", "model.llm.num_layers=2")[0]
+    with pytest.raises(CheckpointError, match="num_hidden_layers"):
+        import_backbone(str(tmp_path / "hf"), wrong)
