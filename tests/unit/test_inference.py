@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from megatron_vist2.inference import InferenceError, SamplingParams, Vist2Engine
-from megatron_vist2.models import TEXT, TokenLayout, Vist2Batch
 from tests.conftest import tiny_model
 from tests.inference_helpers import causal_text_batch, engine_logits, streams, teacher_forced
 
