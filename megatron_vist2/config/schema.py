@@ -94,6 +94,7 @@ class ModelConfig:
 @dataclass
 class ParallelConfig:
     tensor_parallel: int = 1
+    sequence_parallel: bool = False    # split the LLM's residual stream along the sequence over TP ranks
     pipeline_parallel: int = 1
     zero_stage: int = 0
     micro_batch_size: int = 1          # rows per rank per forward

@@ -118,6 +118,12 @@ def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
                     f"parallel.global_batch_size ({p.global_batch_size}) must be divisible by "
                     f"parallel.micro_batch_size x data-parallel size ({p.micro_batch_size} x {dp}); "
                     f"try parallel.global_batch_size={p.micro_batch_size * dp * max(1, p.global_batch_size // (p.micro_batch_size * dp))}")
+    if p.sequence_parallel and p.tensor_parallel == 1:
+        out.append("parallel.sequence_parallel needs parallel.tensor_parallel > 1 (it splits the "
+                   "sequence over the tensor-parallel ranks); set it to false or raise tensor_parallel")
+    if p.sequence_parallel and d.seq_length % p.tensor_parallel:
+        out.append(f"data.seq_length ({d.seq_length}) must be divisible by parallel.tensor_parallel "
+                   f"({p.tensor_parallel}) with sequence parallelism")
     L = cfg.model.chunk.text_tokens
     if d.seq_length < L:
         out.append(f"data.seq_length ({d.seq_length}) must hold at least one chunk "

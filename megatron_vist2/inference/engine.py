@@ -74,6 +74,9 @@ class Vist2Engine:
                  device="cpu", prefill_block: int = 1024):
         if max_context <= 0:
             raise InferenceError(f"max_context must be > 0, got {max_context}")
+        if model.front.sequence_parallel:
+            raise InferenceError("the engine needs a model built without sequence parallelism "
+                                 "(set parallel.sequence_parallel=false; the weights are the same)")
         self.model, self.tokenizer, self.cfg, self.compress = model.eval(), tokenizer, cfg, compress
         self.max_context, self.batch, self.device = max_context, batch_size, torch.device(device)
         self.prefill_block = prefill_block   # tokens per prefill forward: bounds mask/score memory

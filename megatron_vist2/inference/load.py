@@ -19,6 +19,7 @@ def load_for_inference(checkpoint: str, overrides: Iterable[str] = (),
     if not isinstance(data, dict):
         raise CheckpointError(f"{tag_dir / MODEL_FILE} holds no megatron_vist2 config")
     cfg = validate(config_from_dict(apply_overrides(data, overrides)))
+    cfg.parallel.sequence_parallel = False     # a training-time layout; the weights do not change
     tok = load_tokenizer(tokenizer_path or cfg.data.tokenizer)
     want = state.get("tokenizer_sha256")
     if want and tok.sha256 != want:

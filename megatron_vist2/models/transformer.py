@@ -88,10 +88,11 @@ class SelfAttention(nn.Module):
 
     def project(self, x: torch.Tensor, rope) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [seq, batch, hidden] -> q, k, v [batch, heads, seq, head_dim] (normed, rotated)."""
-        s, b, _ = x.shape
-        q = self.q_proj(x)[0].view(s, b, self.heads, self.head_dim)
-        k = self.k_proj(x)[0].view(s, b, self.kv_heads, self.head_dim)
-        v = self.v_proj(x)[0].view(s, b, self.kv_heads, self.head_dim)
+        q, k, v = self.q_proj(x)[0], self.k_proj(x)[0], self.v_proj(x)[0]
+        s, b = q.shape[:2]          # the full sequence: with sequence parallelism x is a slice of it
+        q = q.view(s, b, self.heads, self.head_dim)
+        k = k.view(s, b, self.kv_heads, self.head_dim)
+        v = v.view(s, b, self.kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:

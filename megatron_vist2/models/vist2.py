@@ -38,10 +38,11 @@ class Vist2Batch:
         return Vist2Batch(**moved)
 
 
-def model_parallel_config(tensor_parallel_size: int) -> ModelParallelConfig:
+def model_parallel_config(tensor_parallel_size: int, sequence_parallel: bool = False) -> ModelParallelConfig:
     """Weights are always built on the CPU from the full master weight and then sliced, so a seed
     gives the same full model for every tensor-parallel size (and the same model on GPU and CPU)."""
     return ModelParallelConfig(tensor_model_parallel_size=tensor_parallel_size,
+                               sequence_parallel=sequence_parallel,
                                use_cpu_initialization=True, perform_initialization=True,
                                params_dtype=torch.float32, gradient_accumulation_fusion=False)
 
@@ -51,9 +52,13 @@ class Vist2Front(nn.Module):
 
     def __init__(self, cfg: ModelConfig, vocab_padded: int, mp: ModelParallelConfig):
         super().__init__()
-        self.vision = VisionEncoder(cfg, mp)
+        # The ViT and aligner never use sequence parallelism: their sequences are 64 patches and
+        # the aligner's input is image-major, not sequence-major.
+        vision_mp = model_parallel_config(mp.tensor_model_parallel_size)
+        self.sequence_parallel = mp.sequence_parallel
+        self.vision = VisionEncoder(cfg, vision_mp)
         self.aligner = Aligner(cfg.vision.hidden_size, cfg.llm.hidden_size, cfg.aligner.merge,
-                               self.vision.grid, mp, cfg.init_std)
+                               self.vision.grid, vision_mp, cfg.init_std)
         self.embedding = tensor_parallel.VocabParallelEmbedding(
             vocab_padded, cfg.llm.hidden_size, init_method=normal_init(cfg.init_std), config=mp)
 
@@ -73,14 +78,17 @@ class Vist2Front(nn.Module):
             hidden = hidden.masked_scatter(visual[..., None], vis.to(hidden.dtype))
         elif visual.any():
             raise ValueError("batch has visual positions but no images")
-        return hidden.transpose(0, 1).contiguous()
+        hidden = hidden.transpose(0, 1).contiguous()
+        if self.sequence_parallel:                      # each TP rank keeps its slice of the sequence
+            hidden = tensor_parallel.scatter_to_sequence_parallel_region(hidden)
+        return hidden
 
 
 class Vist2Model(nn.Module):
     def __init__(self, cfg: Config, mp: ModelParallelConfig = None):
         super().__init__()
         mcfg = cfg.model
-        mp = mp or model_parallel_config(cfg.parallel.tensor_parallel)
+        mp = mp or model_parallel_config(cfg.parallel.tensor_parallel, cfg.parallel.sequence_parallel)
         self.tied = mcfg.llm.tie_embeddings
         self.attention_backend = mcfg.attention_backend
         self.front = Vist2Front(mcfg, padded_vocab_size(cfg), mp)
@@ -88,6 +96,12 @@ class Vist2Model(nn.Module):
         self.layers = nn.ModuleList(decoder_layer(mcfg.llm, mp, mcfg.init_std)
                                     for _ in range(mcfg.llm.num_layers))
         self.head = LMHead(mcfg.llm, padded_vocab_size(cfg), mp, mcfg.init_std)
+        if mp.sequence_parallel:
+            # Norms on a rank's slice of the sequence see part of the tokens: partial gradients
+            # (summed over the TP group by parallel/grad_sync.py).
+            norms = [m for layer in self.layers for m in (layer.input_norm, layer.post_attention_norm)]
+            for norm in norms + [self.head.norm]:
+                norm.weight.tp_partial_grad = True
 
     def forward(self, batch: Vist2Batch) -> torch.Tensor:
         """-> logits [seq, batch, vocab / tp] (vocab-parallel; fp32 or the model's dtype)."""

@@ -23,11 +23,11 @@ def main(root, out_path):
     data = SimpleNamespace(tokenizer=f"{root}/tok.model", train=f"{root}/train", valid=f"{root}/valid")
     env = init_distributed(1, 1)
     results = {}
-    for name, (tp, zero) in SCENARIOS.items():
+    for name, (tp, zero, sp) in SCENARIOS.items():
         if parallel_state.get_tensor_model_parallel_world_size() != tp:
             parallel_state.destroy_model_parallel()
             parallel_state.initialize_model_parallel(tp, 1, create_gloo_process_groups=False)
-        cfg = validate_for_training(load_config("tiny-cpu", scenario_overrides(data, zero, tp)),
+        cfg = validate_for_training(load_config("tiny-cpu", scenario_overrides(data, zero, tp, sp)),
                                     env.world_size)
         dp, gas = data_parallel_size(cfg, env.world_size), gradient_accumulation_steps(cfg, env.world_size)
         tok = load_tokenizer(cfg.data.tokenizer)
