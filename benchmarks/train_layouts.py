@@ -17,7 +17,8 @@ from pathlib import Path
 
 from common import machine
 
-LAYOUTS = [("DP2, ZeRO-1", 1, 1), ("DP2, ZeRO-3", 1, 3), ("TP2, ZeRO-1", 2, 1), ("TP2, ZeRO-3", 2, 3)]
+LAYOUTS = [("DP2, ZeRO-1", 1, 1, False), ("DP2, ZeRO-3", 1, 3, False), ("TP2, ZeRO-1", 2, 1, False),
+           ("TP2, ZeRO-3", 2, 3, False), ("TP2+SP, ZeRO-1", 2, 1, True)]
 
 
 def free_port():
@@ -36,11 +37,12 @@ def main():
     print(f"machine: {machine()}")
     print(f"tiny-cpu, 2 ranks, global batch 16 rows x 272 tokens, {args.steps} steps")
     base = None
-    for name, tp, zero in LAYOUTS:
+    for name, tp, zero, sp in LAYOUTS:
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                    "--master_port", str(free_port()), "--no-python", "./launch.sh", "--preset", "tiny-cpu",
                    f"parallel.tensor_parallel={tp}", f"parallel.zero_stage={zero}",
+                   f"parallel.sequence_parallel={str(sp).lower()}",
                    f"train.steps={args.steps}", "train.log_interval=1", "train.eval_batches=1",
                    "train.eval_interval=0", f"logging.dir={tmp}", f"checkpoint.save_dir={tmp}/ckpt"]
             proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
@@ -53,7 +55,7 @@ def main():
             tps = sum(e["train/tokens_per_s"] for e in tail) / len(tail)       # text + visual tokens
             base = base or step
             loss = [e["train/loss"] for e in log if "train/loss" in e][-1]
-            print(f"{name:12s} {step:6.3f} s/step  {tps:9,.0f} tokens/s  ({base / step:.2f}x DP2 ZeRO-1)  "
+            print(f"{name:15s} {step:6.3f} s/step  {tps:9,.0f} tokens/s  ({base / step:.2f}x DP2 ZeRO-1)  "
                   f"final loss {loss:.4f}")
 
 
