@@ -32,6 +32,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .deepspeed_config import deepspeed_config
 from .metrics import MetricsLogger
 from .optim import build_optimizer, build_scheduler
+from .signals import StopOnSignal
 
 
 @dataclass
@@ -136,6 +137,8 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     losses, tokens_seen, all_tokens = [], 0, 0
     t_start = t_last = time.time()
     last_eval = eval_before
+    stop = StopOnSignal()
+    stopped = False
     while step < cfg.train.steps:
         micro = [next(train_iter).to(env.device) for _ in range(gas)]
         new_tokens = int(sum((b.layout.kind != PAD).sum() for b in micro)) * dp  # text + visual
@@ -164,10 +167,18 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 \
                 and step < cfg.train.steps:
             save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256)
+        if stop.should_stop():
+            log.print(f"{stop.received or 'a stop signal'} received: saving at step {step} and exiting")
+            stopped = True
+            break
+    stop.restore()
     elapsed = time.time() - t_start
-    eval_after = evaluate(engine, valid_loader)
-    log.print(f"step {step}: eval loss {eval_after:.4f}")
-    log.log(step, {"eval/loss": eval_after})
+    if stopped:                                # no final evaluation: the grace period is short
+        eval_after = last_eval
+    else:
+        eval_after = evaluate(engine, valid_loader)
+        log.print(f"step {step}: eval loss {eval_after:.4f}")
+        log.log(step, {"eval/loss": eval_after})
     path = save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256)
     log.close()
     return TrainResult(step, consumed, losses, eval_before, eval_after,

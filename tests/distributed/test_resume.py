@@ -29,3 +29,29 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     assert b[3] == a[3] and b[4] == a[4]
     assert [e["eval/loss"] for e in straight if e["step"] == 4 and "eval/loss" in e] == \
         [e["eval/loss"] for e in resumed if e["step"] == 4 and "eval/loss" in e]
+
+
+def test_sigterm_saves_exits_zero_and_resumes(tiny_data, tmp_path):
+    import signal
+    import time
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "megatron_vist2.train", "--preset", "tiny-cpu", *tiny_overrides(tiny_data),
+            "train.steps=10000", "train.log_interval=1", "train.eval_batches=1", "train.eval_interval=0",
+            f"logging.dir={out}", f"checkpoint.save_dir={out}/ckpt"]
+    proc = subprocess.Popen(args, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and "train/loss" in metrics.read_text()):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "SIGTERM received: saving at step" in stdout
+    tag = (out / "ckpt" / "latest").read_text().strip()
+    stopped_at = int(tag.split("_")[1])
+    assert 1 <= stopped_at < 10000
+    resumed = run(tiny_data, out, f"train.steps={stopped_at + 2}", f"checkpoint.load_dir={out / 'ckpt'}")
+    assert max(losses(resumed)) == stopped_at + 2
+    consumed = [e["train/consumed_samples"] for e in resumed if "train/consumed_samples" in e]
+    assert consumed[-1] == (stopped_at + 2) * 16         # continued from the saved consumed_samples
