@@ -11,21 +11,14 @@ through the LLM plus n/L images through the ViT and aligner; the baseline runs n
 """
 import argparse
 
-from megatron_vist2.config import available_presets, load_config, padded_vocab_size, validate
-from megatron_vist2.models.size import analytic_parameter_counts
+from megatron_vist2.config import available_presets, load_config, validate
+from megatron_vist2.models.size import forward_flops
 
 
 def per_token(cfg):
-    m, llm, v = cfg.model, cfg.model.llm, cfg.model.vision
-    D, e = llm.hidden_size, llm.head_dim
-    per_layer = D * e * (2 * llm.num_heads + 2 * llm.num_kv_heads) + 3 * D * llm.ffn_hidden_size
-    llm_linear = 2 * (llm.num_layers * per_layer + padded_vocab_size(cfg) * D)
-    attn_per_key = 4 * llm.num_layers * llm.num_heads * e
-    P, L = m.patches_per_image, m.chunk.text_tokens
-    vit = 2 * v.num_layers * (4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.ffn_hidden_size) * P \
-        + 4 * v.num_layers * v.hidden_size * P * P
-    aligner = 2 * (analytic_parameter_counts(cfg)["aligner"] - D) * m.visual_tokens_per_chunk
-    return llm_linear, attn_per_key, (vit + aligner) / L
+    f = forward_flops(cfg)
+    vision = (f.vision_per_image + f.aligner_per_image) / cfg.model.chunk.text_tokens
+    return f.llm_linear_per_token, f.llm_attention_per_key, vision
 
 
 def main():

@@ -4,8 +4,8 @@
 Builds rows of 8192 tokens with L = 64 tokens per 128 x 128 image from the bundled corpus and
 times ``dataset[g]`` in this process (one core), then a DataLoader with 2 workers. Prints text
 tokens/s per worker core next to the tokens/s an 8B and a 0.6B preset consume per H100 at 40 %
-MFU, using the 6 N FLOPs-per-token approximation (N = LLM parameters, attention excluded) for
-the L + m tokens of each chunk plus 3x the ViT's forward FLOPs per chunk (forward + backward).
+MFU: 3x the forward FLOPs (forward + backward) of the LLM's matmuls over the L + m tokens of each
+chunk (attention excluded), plus the ViT and the aligner per chunk (models/size.py).
 
     python benchmarks/loader.py [--rows 40]
 """
@@ -19,21 +19,19 @@ from megatron_vist2.config import load_config
 from megatron_vist2.data.dataset import PackedVist2Dataset, collate
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
-from megatron_vist2.models.size import analytic_parameter_counts
+from megatron_vist2.models.size import forward_flops
 
 H100_BF16_PEAK = 989e12
 
 
 def consumed_tokens_per_s(preset: str, mfu: float = 0.4) -> float:
+    """Text tokens/s one GPU trains at ``mfu``: 3x forward FLOPs of the LLM over the L + m tokens of
+    a chunk, the ViT and the aligner (models/size.py: forward_flops), per text token."""
     cfg = load_config(preset)
     m = cfg.model
     L, vis = m.chunk.text_tokens, m.visual_tokens_per_chunk
-    counts = analytic_parameter_counts(cfg)
-    v = m.vision
-    # ViT forward per chunk: 2 x (matmul parameters) x patches (attention excluded)
-    vit_matmul = v.num_layers * (4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.ffn_hidden_size)
-    vit_fwd = 2 * vit_matmul * m.patches_per_image
-    per_chunk = 6 * counts["llm"] * (L + vis) + 3 * vit_fwd + 6 * counts["aligner"] * vis
+    f = forward_flops(cfg)
+    per_chunk = 3 * (f.llm_linear_per_token * (L + vis) + f.vision_per_image + f.aligner_per_image)
     return mfu * H100_BF16_PEAK / (per_chunk / L)
 
 

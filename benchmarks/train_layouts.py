@@ -9,22 +9,16 @@ Step time is the mean over the last half of the steps (the first ones include wa
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from common import machine
+from megatron_vist2.parallel.distributed import free_port
 
 LAYOUTS = [("DP2, ZeRO-1", 1, 1, False), ("DP2, ZeRO-3", 1, 3, False), ("TP2, ZeRO-1", 2, 1, False),
            ("TP2, ZeRO-3", 2, 3, False), ("TP2+SP, ZeRO-1", 2, 1, True)]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main():

@@ -76,6 +76,11 @@ def load_font(name: str, size: int) -> ImageFont.FreeTypeFont:
     return font
 
 
+def advance(font: ImageFont.FreeTypeFont, ch: str) -> int:
+    """A character's whole-pixel advance (BASIC layout: hinted, no kerning)."""
+    return int(round(font.getlength(ch)))
+
+
 def wrap(text: str, max_width: int, width: Callable[[str], int]) -> List[str]:
     """Greedy wrap; ``width`` is additive (sum of advances). Over-long words break at the width."""
     lines: List[str] = []
@@ -115,7 +120,7 @@ class ReferenceRenderer:
         return cls(cfg.render, cfg.chunk.image_height, cfg.chunk.image_width)
 
     def measure(self, font: ImageFont.FreeTypeFont) -> Callable[[str], int]:
-        return lambda text: sum(int(round(font.getlength(ch))) for ch in text)
+        return lambda text: sum(advance(font, ch) for ch in text)
 
     def layout(self, text: str):
         """-> (font, lines, line height) of the largest allowed size that fits, or raise."""
@@ -147,12 +152,12 @@ class ReferenceRenderer:
         image = Image.new("L", (self.width, self.height), 255)
         draw = ImageDraw.Draw(image)
         draw.fontmode = "1"                                   # no anti-aliasing: binary pixels
-        advance = self.measure(font)
+        width = self.measure(font)
         for i, line in enumerate(lines):
             x, y = self.cfg.margin, self.cfg.margin + i * line_height
             for ch in line:
                 draw.text((x, y), ch, font=font, fill=0, anchor="la")
-                x += advance(ch)
+                x += width(ch)
         return np.asarray(image, dtype=np.uint8)
 
     def render(self, text: str) -> np.ndarray:
@@ -175,7 +180,7 @@ class _GlyphCache:
     def adv(self, ch: str) -> int:
         a = self.advance.get(ch)
         if a is None:
-            a = self.advance[ch] = int(round(self.font.getlength(ch)))
+            a = self.advance[ch] = advance(self.font, ch)
         return a
 
     def width(self, text: str) -> int:

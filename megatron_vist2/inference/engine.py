@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from megatron.core import tensor_parallel
 
-from ..config import Config, padded_vocab_size
+from ..config import Config
 from ..data.renderer import Renderer
 from ..errors import UserError
-from ..models.size import analytic_parameter_counts
+from ..models.size import forward_flops
 from ..models.vist2 import Vist2Model
 from .cache import KVCache
 
@@ -97,17 +97,11 @@ class Vist2Engine:
 
     # ------------------------------------------------------------------ cost accounting
     def _flop_rates(self, cfg: Config) -> None:
-        m, llm, v = cfg.model, cfg.model.llm, cfg.model.vision
-        D, e = llm.hidden_size, llm.head_dim
-        per_layer = D * e * (llm.num_heads * 2 + llm.num_kv_heads * 2) + 3 * D * llm.ffn_hidden_size
-        counts = analytic_parameter_counts(cfg)
-        self.llm_flops_per_token = 2 * (llm.num_layers * per_layer + padded_vocab_size(cfg) * D)
-        self.attn_flops_per_key = 4 * llm.num_layers * llm.num_heads * e     # QK^T and PV
-        vit_matmul = v.num_layers * (4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.ffn_hidden_size)
-        P = m.patches_per_image
-        vit_attn = 4 * v.num_layers * v.hidden_size * P * P
-        self.vision_flops_per_image = 2 * vit_matmul * P + vit_attn
-        self.aligner_flops_per_image = 2 * (counts["aligner"] - D) * self.m
+        f = forward_flops(cfg)
+        self.llm_flops_per_token = f.llm_linear_per_token
+        self.attn_flops_per_key = f.llm_attention_per_key
+        self.vision_flops_per_image = f.vision_per_image
+        self.aligner_flops_per_image = f.aligner_per_image
 
     # ------------------------------------------------------------------ forward pieces
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ LLM (D = hidden, F = FFN, h / g = query / KV heads, e = head dim, V = padded voc
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict
 
 from ..config.schema import Config
@@ -28,3 +29,27 @@ def analytic_parameter_counts(cfg: Config) -> Dict[str, int]:
     layer = 2 * D + D * h * e + 2 * D * g * e + h * e * D + 2 * e + 3 * D * F
     lm = V * D + llm.num_layers * layer + D + (0 if llm.tie_embeddings else V * D)
     return {"vision": vision, "aligner": aligner, "llm": lm, "total": vision + aligner + lm}
+
+
+@dataclass(frozen=True)
+class ForwardFlops:
+    """Forward FLOPs of the parts (2 x matmul parameters per token; attention 4 d per query-key
+    pair per layer and head). Training costs about 3x these (forward + backward)."""
+    llm_linear_per_token: int       # every layer's Q, K, V, O and SwiGLU, plus the output layer
+    llm_attention_per_key: int      # per query and attended key, all layers and heads
+    vision_per_image: int           # ViT on one chunk's image (matmuls + attention over patches)
+    aligner_per_image: int          # k x k merge + linear into the LLM width, m tokens
+
+
+def forward_flops(cfg: Config) -> ForwardFlops:
+    m, llm, v = cfg.model, cfg.model.llm, cfg.model.vision
+    D, e = llm.hidden_size, llm.head_dim
+    per_layer = D * e * (2 * llm.num_heads + 2 * llm.num_kv_heads) + 3 * D * llm.ffn_hidden_size
+    P = m.patches_per_image
+    vit_matmul = v.num_layers * (4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.ffn_hidden_size)
+    k2 = m.aligner.merge ** 2
+    return ForwardFlops(
+        llm_linear_per_token=2 * (llm.num_layers * per_layer + padded_vocab_size(cfg) * D),
+        llm_attention_per_key=4 * llm.num_layers * llm.num_heads * e,
+        vision_per_image=2 * vit_matmul * P + 4 * v.num_layers * v.hidden_size * P * P,
+        aligner_per_image=2 * k2 * v.hidden_size * D * m.visual_tokens_per_chunk)

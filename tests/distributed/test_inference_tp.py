@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO, free_port, subprocess_env, tiny_model
+from megatron_vist2.parallel.distributed import free_port
+from tests.conftest import REPO, subprocess_env, tiny_model
 from tests.distributed.tp_scenario import OVERRIDES
 from tests.inference_helpers import teacher_forced
 

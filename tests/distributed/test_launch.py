@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 
-from tests.conftest import REPO, free_port, subprocess_env, tiny_overrides
+from megatron_vist2.parallel.distributed import free_port
+from tests.conftest import REPO, subprocess_env, tiny_overrides
 
 BIN = Path(sys.executable).parent
 
