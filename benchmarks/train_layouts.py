@@ -17,8 +17,12 @@ from pathlib import Path
 from common import machine
 from megatron_vist2.parallel.distributed import free_port
 
-LAYOUTS = [("DP2, ZeRO-1", 1, 1, False), ("DP2, ZeRO-3", 1, 3, False), ("TP2, ZeRO-1", 2, 1, False),
-           ("TP2, ZeRO-3", 2, 3, False), ("TP2+SP, ZeRO-1", 2, 1, True)]
+# name, tensor parallel, pipeline parallel, ZeRO stage, sequence parallel, micro-batch rows.
+# Pipeline rows use micro-batches of 4 (4 per step instead of 2: a smaller pipeline bubble).
+LAYOUTS = [("DP2, ZeRO-1", 1, 1, 1, False, 8), ("DP2, ZeRO-3", 1, 1, 3, False, 8),
+           ("TP2, ZeRO-1", 2, 1, 1, False, 8), ("TP2, ZeRO-3", 2, 1, 3, False, 8),
+           ("TP2+SP, ZeRO-1", 2, 1, 1, True, 8), ("PP2, ZeRO-1", 1, 2, 1, False, 4),
+           ("PP2, ZeRO-3", 1, 2, 3, False, 4)]
 
 
 def main():
@@ -31,11 +35,12 @@ def main():
     print(f"machine: {machine()}")
     print(f"tiny-cpu, 2 ranks, global batch 16 rows x 272 tokens, {args.steps} steps")
     base = None
-    for name, tp, zero, sp in LAYOUTS:
+    for name, tp, pp, zero, sp, micro in LAYOUTS:
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                    "--master_port", str(free_port()), "--no-python", "./launch.sh", "--preset", "tiny-cpu",
-                   f"parallel.tensor_parallel={tp}", f"parallel.zero_stage={zero}",
+                   f"parallel.tensor_parallel={tp}", f"parallel.pipeline_parallel={pp}",
+                   f"parallel.zero_stage={zero}", f"parallel.micro_batch_size={micro}",
                    f"parallel.sequence_parallel={str(sp).lower()}",
                    f"train.steps={args.steps}", "train.log_interval=1", "train.eval_batches=1",
                    "train.eval_interval=0", f"logging.dir={tmp}", f"checkpoint.save_dir={tmp}/ckpt"]

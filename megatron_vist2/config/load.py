@@ -35,6 +35,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None:
             return None
         return _coerce(value, args[0], where)
+    if origin is list:                               # List[X]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of {_type_name(tp)} fields, got {value!r}")

@@ -96,6 +96,9 @@ class ParallelConfig:
     tensor_parallel: int = 1
     sequence_parallel: bool = False    # split the LLM's residual stream along the sequence over TP ranks
     pipeline_parallel: int = 1
+    # decoder layers per pipeline stage, first to last (e.g. [1, 3]: the first stage also runs
+    # the ViT, aligner and embedding); null = an even split
+    pipeline_layers: Optional[List[int]] = None
     zero_stage: int = 0
     micro_batch_size: int = 1          # rows per rank per forward
     global_batch_size: int = 8         # rows per optimizer step, over all data-parallel ranks

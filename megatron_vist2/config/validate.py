@@ -20,6 +20,21 @@ def gradient_accumulation_steps(cfg: Config, world_size: int) -> int:
     return cfg.parallel.global_batch_size // (cfg.parallel.micro_batch_size * dp)
 
 
+def stage_layer_counts(cfg: Config) -> List[int]:
+    """Decoder layers held by each pipeline stage, first to last."""
+    p, n = cfg.parallel, cfg.model.llm.num_layers
+    if p.pipeline_layers is not None:
+        return list(p.pipeline_layers)
+    return [n // p.pipeline_parallel] * p.pipeline_parallel
+
+
+def stage_layers(cfg: Config, stage: int) -> range:
+    """Global indices of the decoder layers on pipeline stage ``stage``."""
+    counts = stage_layer_counts(cfg)
+    start = sum(counts[:stage])
+    return range(start, start + counts[stage])
+
+
 def padded_vocab_size(cfg: Config) -> int:
     """Vocabulary as built: padded so every tensor-parallel rank holds an equal slice."""
     llm = cfg.model.llm
@@ -67,10 +82,15 @@ def _model_problems(cfg: Config) -> List[str]:
             f"{ch.text_tokens} / {m.visual_tokens_per_chunk} is not an integer: set "
             f"model.chunk.text_tokens to a multiple of {m.visual_tokens_per_chunk} or change the image size")
     # Tensor parallelism splits heads (ViT and LLM), KV groups and FFN columns.
-    for name, val in (("model.vision.num_heads", v.num_heads), ("model.llm.num_heads", llm.num_heads),
-                      ("model.llm.num_kv_heads", llm.num_kv_heads),
+    # More TP ranks than KV heads: each rank keeps a replica of the KV head its queries use.
+    if tp > llm.num_kv_heads and tp % llm.num_kv_heads:
+        out.append(f"parallel.tensor_parallel ({tp}) is larger than model.llm.num_kv_heads "
+                   f"({llm.num_kv_heads}) but not a multiple of it; KV heads can only be replicated "
+                   f"evenly: use a tensor_parallel that divides or is a multiple of num_kv_heads")
+    kv_split = [("model.llm.num_kv_heads", llm.num_kv_heads)] if tp <= llm.num_kv_heads else []
+    for name, val in [("model.vision.num_heads", v.num_heads), ("model.llm.num_heads", llm.num_heads)] + kv_split + [
                       ("model.vision.ffn_hidden_size", v.ffn_hidden_size),
-                      ("model.llm.ffn_hidden_size", llm.ffn_hidden_size)):
+                      ("model.llm.ffn_hidden_size", llm.ffn_hidden_size)]:
         if val % tp:
             out.append(f"parallel.tensor_parallel ({tp}) must divide {name} ({val}); "
                        f"use a tensor_parallel that divides it")
@@ -103,9 +123,16 @@ def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
         return out
     if p.zero_stage not in (0, 1, 2, 3):
         out.append(f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}")
-    if p.pipeline_parallel > 1:
-        out.append("parallel.pipeline_parallel > 1 is not implemented yet (see the parallelism "
-                   "issue); set parallel.pipeline_parallel=1")
+    n = cfg.model.llm.num_layers
+    if p.pipeline_layers is not None:
+        if len(p.pipeline_layers) != p.pipeline_parallel or any(c < 0 for c in p.pipeline_layers) \
+                or sum(p.pipeline_layers) != n:
+            out.append(f"parallel.pipeline_layers {p.pipeline_layers} must give a layer count >= 0 for "
+                       f"each of the {p.pipeline_parallel} pipeline stages, summing to model.llm.num_layers ({n})")
+    elif n % p.pipeline_parallel:
+        out.append(f"parallel.pipeline_parallel ({p.pipeline_parallel}) does not divide model.llm.num_layers "
+                   f"({n}); set parallel.pipeline_layers to a split such as "
+                   f"{[n // p.pipeline_parallel + (1 if i >= p.pipeline_parallel - n % p.pipeline_parallel else 0) for i in range(p.pipeline_parallel)]}")
     if world_size is not None:
         mp = p.tensor_parallel * p.pipeline_parallel
         if world_size % mp:

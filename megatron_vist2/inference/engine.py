@@ -113,7 +113,7 @@ class Vist2Engine:
              slots: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """hidden [q, nb, H] through every layer with the cache; positions/slots [nb, q]."""
         rope = self.model.rotary(positions)
-        for i, layer in enumerate(self.model.layers):
+        for i, layer in enumerate(self.model.layers.values()):
             hidden = layer(hidden, rope, mask, self.cache.layer(i, rows, slots))
         return hidden
 

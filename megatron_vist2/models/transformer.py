@@ -63,6 +63,32 @@ def apply_rotary(x: torch.Tensor, rope: Tuple[torch.Tensor, torch.Tensor]) -> to
 
 
 # ---------------------------------------------------------------- attention and MLP
+class ReplicatedKVProjection(nn.Module):
+    """K or V projection when there are more tensor-parallel ranks than KV heads (tp > kv heads):
+    every rank keeps the full weight (as at TP = 1) and computes only the KV head its query heads
+    use. Its gradient touches that head's rows only; the parts are summed over the TP group
+    (``tp_partial_grad``), so the replicas stay equal. The input's gradient is summed over TP
+    as for a column-parallel layer."""
+
+    def __init__(self, hidden: int, num_kv_heads: int, head_dim: int, mp: ModelParallelConfig, std: float):
+        super().__init__()
+        from megatron.core import parallel_state
+        tp = tp_size(mp)
+        self.sequence_parallel = mp.sequence_parallel
+        self.weight = nn.Parameter(torch.empty(num_kv_heads * head_dim, hidden))
+        normal_init(std)(self.weight.data)       # the same draw as the TP=1 column-parallel layer
+        self.weight.tp_partial_grad = True
+        head = parallel_state.get_tensor_model_parallel_rank() * num_kv_heads // tp
+        self.rows = slice(head * head_dim, (head + 1) * head_dim)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, None]:
+        if self.sequence_parallel:
+            x = tensor_parallel.gather_from_sequence_parallel_region(x)
+        else:
+            x = tensor_parallel.copy_to_tensor_model_parallel_region(x)
+        return F.linear(x, self.weight[self.rows]), None
+
+
 class SelfAttention(nn.Module):
     """Multi-head / grouped-query self-attention; optional QK-norm and RoPE."""
 
@@ -71,10 +97,18 @@ class SelfAttention(nn.Module):
                  qk_norm_eps: Optional[float]):
         super().__init__()
         tp = tp_size(mp)
-        self.heads, self.kv_heads, self.head_dim = num_heads // tp, num_kv_heads // tp, head_dim
+        self.heads, self.head_dim = num_heads // tp, head_dim
         self.q_proj = column(hidden, num_heads * head_dim, mp, std, bias)
-        self.k_proj = column(hidden, num_kv_heads * head_dim, mp, std, bias)
-        self.v_proj = column(hidden, num_kv_heads * head_dim, mp, std, bias)
+        if tp > num_kv_heads:                    # each rank needs one KV head, shared with others
+            if bias:
+                raise ValueError("replicated KV heads (tensor_parallel > num_kv_heads) support no bias")
+            self.kv_heads = 1
+            self.k_proj = ReplicatedKVProjection(hidden, num_kv_heads, head_dim, mp, std)
+            self.v_proj = ReplicatedKVProjection(hidden, num_kv_heads, head_dim, mp, std)
+        else:
+            self.kv_heads = num_kv_heads // tp
+            self.k_proj = column(hidden, num_kv_heads * head_dim, mp, std, bias)
+            self.v_proj = column(hidden, num_kv_heads * head_dim, mp, std, bias)
         self.o_proj = row(num_heads * head_dim, hidden, mp, out_std, bias)
         if qk_norm_eps is not None:
             self.q_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps)

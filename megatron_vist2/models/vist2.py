@@ -1,14 +1,19 @@
 """The VIST2 model: ViT -> tanh aligner -> Qwen3-style decoder, over interleaved text/visual rows.
 
-Cut for pipelining later: ``front`` (vision + aligner + embedding + splice), ``layers`` (a flat
-list of decoder blocks) and ``head`` (final norm + output layer). Attention masks and RoPE are
-rebuilt from the batch's per-token metadata, so the metadata is all that travels with the
-activations between stages.
+Three parts, so a pipeline stage can hold any contiguous piece: ``front`` (vision + aligner +
+embedding + splice, first stage), ``layers`` (decoder blocks keyed by their global index, so
+parameter names do not depend on the stage) and ``head`` (final norm + output layer, last stage).
+Attention masks and RoPE are rebuilt from the batch's per-token metadata, so the metadata is all
+that travels with the activations between stages.
+
+Every part is initialised from its own seed (derived from ``train.seed`` and the part's name),
+so a stage that builds only its parts gets exactly the weights the whole model would have.
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, fields
-from typing import Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -84,39 +89,95 @@ class Vist2Front(nn.Module):
         return hidden
 
 
-class Vist2Model(nn.Module):
-    def __init__(self, cfg: Config, mp: ModelParallelConfig = None):
+@dataclass(frozen=True)
+class StagePart:
+    """Which parts of the model one pipeline stage holds (the whole model: all of them)."""
+    first: bool               # front: vision encoder, aligner, embedding
+    last: bool                # head: final norm, output layer
+    layers: range             # global indices of its decoder layers
+
+    @staticmethod
+    def whole(num_layers: int) -> "StagePart":
+        return StagePart(True, True, range(num_layers))
+
+
+def _seeded(seed: int, name: str, build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a part from its own RNG stream: its weights do not depend on what else is built."""
+    torch.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2 ** 63)
+    return build()
+
+
+class TiedGradient(nn.Module):
+    """First pipeline stage with tied embeddings: the output layer lives on the last stage and
+    uses a copy of the embedding weight; its gradient comes back and enters the embedding's
+    gradient through ``forward(grad) = sum(weight * grad)`` in the stage's last backward, so
+    DeepSpeed (any ZeRO stage) reduces and clips it like every other gradient."""
+
+    def __init__(self, embedding: nn.Module):
         super().__init__()
-        mcfg = cfg.model
+        self._embedding = [embedding]          # a reference, not a submodule (no duplicate param)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._embedding[0].weight
+
+    def forward(self, grad: torch.Tensor) -> torch.Tensor:
+        return (self.weight * grad.to(self.weight.dtype)).sum()
+
+
+class Vist2Model(nn.Module):
+    def __init__(self, cfg: Config, mp: ModelParallelConfig = None, part: Optional[StagePart] = None):
+        super().__init__()
+        mcfg, seed = cfg.model, cfg.train.seed
         mp = mp or model_parallel_config(cfg.parallel.tensor_parallel, cfg.parallel.sequence_parallel)
+        self.part = part = part or StagePart.whole(mcfg.llm.num_layers)
         self.tied = mcfg.llm.tie_embeddings
         self.attention_backend = mcfg.attention_backend
-        self.front = Vist2Front(mcfg, padded_vocab_size(cfg), mp)
+        vocab = padded_vocab_size(cfg)
+        self.front = _seeded(seed, "front", lambda: Vist2Front(mcfg, vocab, mp)) if part.first else None
         self.rotary = Rotary(mcfg.llm.head_dim, mcfg.llm.rope_theta)
-        self.layers = nn.ModuleList(decoder_layer(mcfg.llm, mp, mcfg.init_std)
-                                    for _ in range(mcfg.llm.num_layers))
-        self.head = LMHead(mcfg.llm, padded_vocab_size(cfg), mp, mcfg.init_std)
+        self.layers = nn.ModuleDict({
+            str(i): _seeded(seed, f"layers.{i}", lambda: decoder_layer(mcfg.llm, mp, mcfg.init_std))
+            for i in part.layers})
+        self.head = _seeded(seed, "head", lambda: LMHead(mcfg.llm, vocab, mp, mcfg.init_std)) \
+            if part.last else None
+        self.tied_gradient = TiedGradient(self.front.embedding) \
+            if self.tied and part.first and not part.last else None
         if mp.sequence_parallel:
             # Norms on a rank's slice of the sequence see part of the tokens: partial gradients
             # (summed over the TP group by parallel/grad_sync.py).
-            norms = [m for layer in self.layers for m in (layer.input_norm, layer.post_attention_norm)]
-            for norm in norms + [self.head.norm]:
+            norms = [m for layer in self.layers.values() for m in (layer.input_norm, layer.post_attention_norm)]
+            for norm in norms + ([self.head.norm] if self.head is not None else []):
                 norm.weight.tp_partial_grad = True
 
-    def forward(self, batch: Vist2Batch) -> torch.Tensor:
-        """-> logits [seq, batch, vocab / tp] (vocab-parallel; fp32 or the model's dtype)."""
-        hidden = self.front(batch.tokens, batch.images, batch.layout.kind)
+    def forward(self, batch: Vist2Batch, hidden: Optional[torch.Tensor] = None,
+                output_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """-> logits [seq, batch, vocab / tp] (vocab-parallel; fp32 or the model's dtype) on the
+        last stage, else the hidden states [seq (/ tp with sequence parallelism), batch, hidden].
+
+        A stage after the first takes the previous stage's ``hidden`` (the batch then needs only
+        its layout, labels and loss mask); a last stage without the front takes the tied
+        ``output_weight`` from the first stage."""
+        if self.part.first:
+            hidden = self.front(batch.tokens, batch.images, batch.layout.kind)
         rope = self.rotary(batch.layout.position)
-        mask = build_mask(batch.layout, self.attention_backend)
-        for layer in self.layers:
+        mask = build_mask(batch.layout, self.attention_backend) if len(self.layers) else None
+        for layer in self.layers.values():
             hidden = layer(hidden, rope, mask)
-        return self.head(hidden, self.front.embedding.weight if self.tied else None)
+        if not self.part.last:
+            return hidden
+        if self.tied:
+            output_weight = self.front.embedding.weight if self.part.first else output_weight
+            if output_weight is None:
+                raise ValueError("a last pipeline stage with tied embeddings needs output_weight")
+        return self.head(hidden, output_weight)
 
     def parameter_counts(self) -> Dict[str, int]:
         """Parameters held by this rank, split as the spec's parts."""
         def count(module):
-            return sum(p.numel() for p in module.parameters())
-        vision, aligner = count(self.front.vision), count(self.front.aligner)
+            return sum(p.numel() for p in module.parameters()) if module is not None else 0
+        vision = count(self.front.vision) if self.front is not None else 0
+        aligner = count(self.front.aligner) if self.front is not None else 0
         total = count(self)
         return {"vision": vision, "aligner": aligner, "llm": total - vision - aligner, "total": total}
 

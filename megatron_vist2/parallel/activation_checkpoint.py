@@ -18,9 +18,9 @@ def apply_activation_checkpointing(model, mode: str) -> None:
         raise ValueError(f"activation checkpointing mode '{mode}' is not one of {MODES}")
     if mode == "none":
         return
-    for i, block in enumerate(model.layers):
+    for key, block in model.layers.items():
         if mode == "full":
-            model.layers[i] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+            model.layers[key] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
         else:
             block.attention = checkpoint_wrapper(block.attention,
                                                  checkpoint_impl=CheckpointImpl.NO_REENTRANT)

@@ -1,9 +1,10 @@
 """megatron-core's parallel state under the names DeepSpeed calls (the old Megatron ``mpu`` API).
 
-DeepSpeed asks ``mpu`` for the model-parallel group (gradient norms and clipping across
-tensor-parallel shards) and the data-parallel group (gradient averaging, ZeRO partitioning).
-megatron-core 0.16 no longer has ``get_model_parallel_*``; with pipeline parallelism absent from
-the trainer, model parallel means tensor parallel here.
+DeepSpeed asks ``mpu`` for the data-parallel group (gradient averaging, ZeRO partitioning: with
+pipeline parallelism, the stage's own data-parallel group) and the model-parallel group, over
+which it sums squared gradient norms for clipping. That group is tensor x pipeline, so the norm
+covers every stage; the model-parallel *rank* DeepSpeed uses to count replicated parameters once
+is the tensor-parallel rank (a replicated weight exists once per stage, on each TP rank).
 """
 from __future__ import annotations
 
@@ -17,4 +18,4 @@ class MegatronMPU:
                 setattr(self, name, getattr(parallel_state, name))
         self.get_model_parallel_rank = parallel_state.get_tensor_model_parallel_rank
         self.get_model_parallel_world_size = parallel_state.get_tensor_model_parallel_world_size
-        self.get_model_parallel_group = parallel_state.get_tensor_model_parallel_group
+        self.get_model_parallel_group = parallel_state.get_model_parallel_group

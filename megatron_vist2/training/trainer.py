@@ -1,5 +1,9 @@
 """The training loop: DeepSpeed engine over the VIST2 model, readable in one sitting.
 
+Each rank holds one pipeline stage (the whole model without pipeline parallelism) in its own
+DeepSpeed engine; parallel/pipeline.py runs the micro-batches through the stages (one forward and
+one backward per micro-batch when there is a single stage). Only the first stage reads data.
+
 Loss normalisation: each optimizer step's loss is the mean over *all* text targets of the global
 batch (all micro-batches, all data-parallel ranks). The global target count is all-reduced first;
 each micro-batch then back-propagates sum * (dp * gas) / count, which DeepSpeed's averaging over
@@ -23,13 +27,14 @@ from ..data.dataset import GlobalBatchSampler, build_dataset, collate
 from ..data.tokenizer import load_tokenizer
 from ..models.attention import PAD
 from ..models.size import analytic_parameter_counts
-from ..models.vist2 import Vist2Batch, Vist2Model, token_losses
+from ..models.vist2 import Vist2Batch, Vist2Model
 from ..parallel.deepspeed_mpu import MegatronMPU
 from ..parallel.distributed import DistEnv, data_parallel_group
 from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
+from ..parallel.pipeline import PipelineSchedule, stage_part
 from .checkpoint import load_checkpoint, save_checkpoint
-from .deepspeed_config import deepspeed_config
+from .deepspeed_config import deepspeed_config, resolve_dtype
 from .metrics import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 from .signals import StopOnSignal
@@ -53,19 +58,21 @@ def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
 
 
 def build_model(cfg: Config, env: DistEnv) -> Vist2Model:
-    torch.manual_seed(cfg.train.seed)          # every rank builds the same full weights
-    model = Vist2Model(cfg)
+    """This rank's pipeline stage of the model (the whole model without pipeline parallelism)."""
+    model = Vist2Model(cfg, part=stage_part(cfg))
     sum_partial_grads_over_tensor_parallel(model)
     apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
     return model
 
 
 def make_engine(cfg: Config, env: DistEnv, model: Vist2Model):
-    """Wrap the model in a DeepSpeed engine (ZeRO stage, clipping, dtype from the config)."""
-    if cfg.parallel.zero_stage == 3 and model.tied:
-        # The tied output layer reads the embedding weight outside the embedding's forward;
-        # ZeRO-3 must know to gather it there too.
-        deepspeed.zero.register_external_parameter(model.head, model.front.embedding.weight)
+    """Wrap this stage in a DeepSpeed engine over its data-parallel group (ZeRO stage, clipping,
+    dtype from the config)."""
+    if cfg.parallel.zero_stage == 3 and model.tied and model.part.first:
+        # The tied embedding weight is read outside the embedding's forward (by the output layer,
+        # or by the tied-gradient term on a first pipeline stage): ZeRO-3 must gather it there too.
+        user = model.head if model.part.last else model.tied_gradient
+        deepspeed.zero.register_external_parameter(user, model.front.embedding.weight)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=build_optimizer(model, cfg.optim),
         lr_scheduler=build_scheduler(cfg.optim, cfg.train.steps),
@@ -73,29 +80,27 @@ def make_engine(cfg: Config, env: DistEnv, model: Vist2Model):
     return engine
 
 
-def train_step(engine, micro_batches: List[Vist2Batch], dp: int) -> float:
-    count = _all_reduce_sum(sum(b.loss_mask.sum() for b in micro_batches))
-    scale = dp * len(micro_batches) / count.clamp(min=1.0)
-    loss_sum = torch.zeros(())
-    for batch in micro_batches:
-        total, _ = token_losses(engine(batch), batch)
-        engine.backward(total * scale.to(total.device))
-        engine.step()                          # DeepSpeed only updates at the accumulation boundary
-        loss_sum += total.detach().float().cpu()
-    return (_all_reduce_sum(loss_sum) / count.clamp(min=1.0)).item()
+def make_schedule(cfg: Config, env: DistEnv, engine) -> PipelineSchedule:
+    return PipelineSchedule(cfg, engine, resolve_dtype(cfg), env.device)
 
 
-@torch.no_grad()
-def evaluate(engine, loader) -> float:
-    engine.eval()
-    loss_sum, count = torch.zeros(()), torch.zeros(())
-    for batch in loader:
-        batch = batch.to(engine.device)
-        total, n = token_losses(engine(batch), batch)
-        loss_sum += total.float().cpu()
-        count += n.float().cpu()
-    engine.train()
-    return (_all_reduce_sum(loss_sum) / _all_reduce_sum(count).clamp(min=1.0)).item()
+def train_step(schedule: PipelineSchedule, micro_batches: Optional[List[Vist2Batch]],
+               num_micro: int, dp: int) -> float:
+    """One optimizer step over ``num_micro`` micro-batches; ``micro_batches`` on the first
+    pipeline stage only (every rank without pipeline parallelism). Returns the step's loss."""
+    count = None
+    if micro_batches is not None:
+        count = _all_reduce_sum(sum(b.loss_mask.sum() for b in micro_batches))
+    return schedule.train_step(micro_batches, num_micro, count, dp)
+
+
+def evaluate(schedule: PipelineSchedule, loader, num_micro: int) -> float:
+    """Mean loss over the validation batches (``loader`` on the first stage only, else None)."""
+    schedule.engine.eval()
+    loss_sum, count = schedule.evaluate(loader, num_micro)
+    schedule.engine.train()
+    totals = schedule.share_from_last(_all_reduce_sum(torch.stack([loss_sum, count])))
+    return (totals[0] / totals[1].clamp(min=1.0)).item()
 
 
 def train(cfg: Config, env: DistEnv) -> TrainResult:
@@ -114,8 +119,11 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     log.print(f"model: {counts['total']:,} parameters (vision {counts['vision']:,}, aligner "
               f"{counts['aligner']:,}, llm {counts['llm']:,}; {model.parameter_counts()['total']:,} "
               f"on this rank); rho = {cfg.model.compression_ratio:g}; tp={cfg.parallel.tensor_parallel} "
-              f"dp={dp} micro={cfg.parallel.micro_batch_size} accumulation={gas} zero={cfg.parallel.zero_stage}")
+              f"pp={cfg.parallel.pipeline_parallel} dp={dp} micro={cfg.parallel.micro_batch_size} "
+              f"accumulation={gas} zero={cfg.parallel.zero_stage}")
     engine = make_engine(cfg, env, model)
+    schedule = make_schedule(cfg, env, engine)
+    reads_data = model.part.first              # later pipeline stages get metadata with activations
 
     step, consumed = 0, 0
     if cfg.checkpoint.load_dir:
@@ -123,27 +131,31 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         log.print(f"resumed from {cfg.checkpoint.load_dir} at step {step} ({consumed} samples)")
 
     def loader(dataset, consumed_samples, global_batches):
+        if not reads_data:
+            return None
         sampler = GlobalBatchSampler(consumed_samples, cfg.parallel.micro_batch_size,
                                      cfg.parallel.global_batch_size, dp_rank, dp, global_batches)
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                           num_workers=cfg.data.num_workers, persistent_workers=False)
 
     valid_loader = loader(valid_set, 0, cfg.train.eval_batches)   # same samples for every layout
-    eval_before = evaluate(engine, valid_loader)
+    eval_micro = cfg.train.eval_batches * gas
+    eval_before = evaluate(schedule, valid_loader, eval_micro)
     log.print(f"step {step}: eval loss {eval_before:.4f}")
     log.log(step, {"eval/loss": eval_before})
 
-    train_iter = iter(loader(train_set, consumed, cfg.train.steps - step))
+    train_loader = loader(train_set, consumed, cfg.train.steps - step)
+    train_iter = iter(train_loader) if reads_data else None
     losses, tokens_seen, all_tokens = [], 0, 0
     t_start = t_last = time.time()
     last_eval = eval_before
     stop = StopOnSignal()
     stopped = False
     while step < cfg.train.steps:
-        micro = [next(train_iter).to(env.device) for _ in range(gas)]
-        new_tokens = int(sum((b.layout.kind != PAD).sum() for b in micro)) * dp  # text + visual
-        tokens_seen, all_tokens = tokens_seen + new_tokens, all_tokens + new_tokens
-        loss = train_step(engine, micro, dp)
+        micro = [next(train_iter).to(env.device) for _ in range(gas)] if reads_data else None
+        new_tokens = int(sum((b.layout.kind != PAD).sum() for b in micro)) * dp if micro else 0
+        tokens_seen, all_tokens = tokens_seen + new_tokens, all_tokens + new_tokens  # text + visual
+        loss = train_step(schedule, micro, gas, dp)
         if loss != loss or loss in (float("inf"), float("-inf")):
             raise FloatingPointError(f"loss is {loss} at step {step + 1}: stopping (lower optim.lr?)")
         step += 1
@@ -161,7 +173,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
                            "train/tokens_per_s": tps, "train/consumed_samples": consumed})
             tokens_seen, t_last = 0, now
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:
-            last_eval = evaluate(engine, valid_loader)
+            last_eval = evaluate(schedule, valid_loader, eval_micro)
             log.print(f"step {step}: eval loss {last_eval:.4f}")
             log.log(step, {"eval/loss": last_eval})
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 \
@@ -176,7 +188,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     if stopped:                                # no final evaluation: the grace period is short
         eval_after = last_eval
     else:
-        eval_after = evaluate(engine, valid_loader)
+        eval_after = evaluate(schedule, valid_loader, eval_micro)
         log.print(f"step {step}: eval loss {eval_after:.4f}")
         log.log(step, {"eval/loss": eval_after})
     path = save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256)

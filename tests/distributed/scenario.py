@@ -1,23 +1,62 @@
-"""The run both sides of the 2-rank parity test use (tiny model, clipping off).
+"""The runs both sides of the parity tests use (tiny model, clipping off).
 
 Adam's eps is 1e-6 here, not 1e-8: Adam's first update is g / (|g| + eps), so for gradient
 elements near 1e-8 the last-bit noise of a different summation order (2 ranks vs 1) turns into a
 visible weight difference (seen: single elements off by 1e-5 .. 3e-5 with eps = 1e-8). That is
 a property of the optimizer at that eps, not of the distribution being tested.
 """
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
 from tests.conftest import tiny_overrides
 
 STEPS = 3
-# name -> (tensor_parallel, zero_stage, sequence_parallel); data parallel = 2 / tensor_parallel
-SCENARIOS = {"dp2-zero0": (1, 0, False), "dp2-zero1": (1, 1, False), "dp2-zero2": (1, 2, False),
-             "dp2-zero3": (1, 3, False), "tp2-zero1": (2, 1, False), "tp2-zero3": (2, 3, False),
-             "tp2-sp-zero1": (2, 1, True), "tp2-sp-zero3": (2, 3, True)}
 
 
-def scenario_overrides(data, zero_stage, tensor_parallel=1, sequence_parallel=False):
-    return tiny_overrides(data, f"parallel.zero_stage={zero_stage}",
-                          f"parallel.tensor_parallel={tensor_parallel}",
-                          f"parallel.sequence_parallel={str(sequence_parallel).lower()}", "optim.grad_clip=0.0",
+@dataclass(frozen=True)
+class Layout:
+    world: int
+    tp: int = 1
+    pp: int = 1
+    zero: int = 0
+    sp: bool = False
+    pipeline_layers: Optional[Tuple[int, ...]] = None   # None: even split of the 4 layers
+    tied: bool = True                                   # tiny-cpu ties embeddings; 8B does not
+    kv_heads: int = 2                                   # tiny-cpu's; 1 with TP2 = replicated KV
+
+    @property
+    def model(self) -> Tuple[bool, int]:
+        """What the single-process reference must match."""
+        return self.tied, self.kv_heads
+
+    @property
+    def dp(self) -> int:
+        return self.world // (self.tp * self.pp)
+
+
+SCENARIOS = {
+    "dp2-zero0": Layout(2, zero=0), "dp2-zero1": Layout(2, zero=1), "dp2-zero2": Layout(2, zero=2),
+    "dp2-zero3": Layout(2, zero=3), "tp2-zero1": Layout(2, tp=2, zero=1), "tp2-zero3": Layout(2, tp=2, zero=3),
+    "tp2-sp-zero1": Layout(2, tp=2, zero=1, sp=True), "tp2-sp-zero3": Layout(2, tp=2, zero=3, sp=True),
+    "pp2-zero0": Layout(2, pp=2, zero=0),
+    "pp2-zero1-split1-3": Layout(2, pp=2, zero=1, pipeline_layers=(1, 3)),
+    "pp2-zero3": Layout(2, pp=2, zero=3), "pp2-zero1-untied": Layout(2, pp=2, zero=1, tied=False),
+    "tp2-kv1-zero1": Layout(2, tp=2, zero=1, kv_heads=1), "tp2-sp-kv1-zero3": Layout(2, tp=2, zero=3, sp=True, kv_heads=1),
+    # 4 ranks
+    "pp2-dp2-zero3": Layout(4, pp=2, zero=3), "pp2-dp2-zero1": Layout(4, pp=2, zero=1),
+    "pp2-dp2-zero2": Layout(4, pp=2, zero=2),
+    "pp2-tp2-zero1": Layout(4, tp=2, pp=2, zero=1), "tp2-dp2-zero3": Layout(4, tp=2, zero=3),
+}
+
+
+def scenario_overrides(data, layout: Layout):
+    split = [] if layout.pipeline_layers is None else \
+        [f"parallel.pipeline_layers=[{','.join(map(str, layout.pipeline_layers))}]"]
+    return tiny_overrides(data, f"parallel.zero_stage={layout.zero}",
+                          f"parallel.tensor_parallel={layout.tp}", f"parallel.pipeline_parallel={layout.pp}",
+                          f"parallel.sequence_parallel={str(layout.sp).lower()}", "optim.grad_clip=0.0",
                           "optim.lr=1e-3", "optim.min_lr=1e-3", "optim.warmup_steps=0",
                           "optim.weight_decay=0.1", "optim.eps=1e-6", "parallel.micro_batch_size=2",
-                          "parallel.global_batch_size=8", f"train.steps={STEPS}")
+                          "parallel.global_batch_size=8", f"train.steps={STEPS}",
+                          f"model.llm.tie_embeddings={str(layout.tied).lower()}",
+                          f"model.llm.num_kv_heads={layout.kv_heads}", *split)

@@ -55,3 +55,32 @@ def test_sigterm_saves_exits_zero_and_resumes(tiny_data, tmp_path):
     assert max(losses(resumed)) == stopped_at + 2
     consumed = [e["train/consumed_samples"] for e in resumed if "train/consumed_samples" in e]
     assert consumed[-1] == (stopped_at + 2) * 16         # continued from the saved consumed_samples
+
+
+def test_pipeline_layout_trains_and_resumes_through_the_entry_point(tiny_data, tmp_path):
+    """torchrun + launch.sh with parallel.pipeline_parallel=2 (ZeRO-1, 4 micro-batches per step):
+    the losses equal the data-parallel run's on the same global batches, and 2 steps + resume 2
+    more continue it exactly (each stage reloads its own part)."""
+    import numpy as np
+    from megatron_vist2.parallel.distributed import free_port
+
+    def launch(out, *extra):
+        args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", str(free_port()), "--no-python", "./launch.sh", "--preset", "tiny-cpu",
+                *tiny_overrides(tiny_data), "parallel.micro_batch_size=4", "train.log_interval=1",
+                "train.eval_batches=1", "train.eval_interval=0", f"logging.dir={out}",
+                f"checkpoint.save_dir={out}/ckpt", *extra]
+        proc = subprocess.run(args, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return losses([json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()])
+
+    data_parallel = launch(tmp_path / "dp", "train.steps=4")
+    launch(tmp_path / "pp", "train.steps=2", "parallel.pipeline_parallel=2")
+    assert sorted((tmp_path / "pp" / "ckpt" / "step_0000002").glob("stage_*")) == \
+        [tmp_path / "pp" / "ckpt" / "step_0000002" / f"stage_0{s}" for s in (0, 1)]
+    pipeline = launch(tmp_path / "pp", "train.steps=4", "parallel.pipeline_parallel=2",
+                      f"checkpoint.load_dir={tmp_path / 'pp' / 'ckpt'}")
+    assert sorted(pipeline) == [1, 2, 3, 4]
+    np.testing.assert_allclose([pipeline[s] for s in range(1, 5)], [data_parallel[s] for s in range(1, 5)],
+                               rtol=0, atol=1e-5)

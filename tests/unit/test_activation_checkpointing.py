@@ -26,7 +26,7 @@ def test_checkpointing_keeps_loss_and_gradients(dist_env, tiny_data, mode):
     # count runs of a layer inside the checkpointed region (block 0's q projection)
     calls = {"plain": 0, "wrapped": 0}
     for name, model in (("plain", plain), ("wrapped", wrapped)):
-        block = getattr(model.layers[0], "_checkpoint_wrapped_module", model.layers[0])
+        block = getattr(model.layers["0"], "_checkpoint_wrapped_module", model.layers["0"])
         attention = getattr(block.attention, "_checkpoint_wrapped_module", block.attention)
         attention.q_proj.register_forward_hook(
             lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))

@@ -1,0 +1,68 @@
+"""Worker for the parity tests: trains 3 steps in every scenario of its world size (tensor x
+pipeline x data parallel, ZeRO stage) with the trainer's own engine, schedule and step; rank 0
+saves losses + full parameters (tensor-parallel shards joined, pipeline stages merged)."""
+import sys
+from types import SimpleNamespace
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from torch.utils.data import DataLoader
+
+from megatron_vist2.config import (data_parallel_size, gradient_accumulation_steps, load_config,
+                                   validate_for_training)
+from megatron_vist2.data.dataset import GlobalBatchSampler, PackedVist2Dataset, collate
+from megatron_vist2.data.indexed import open_indexed
+from megatron_vist2.data.tokenizer import load_tokenizer
+from megatron_vist2.parallel.distributed import init_distributed
+from megatron_vist2.parallel.gather import full_parameters
+from megatron_vist2.training.trainer import build_model, make_engine, make_schedule, train_step
+from tests.distributed.scenario import SCENARIOS, STEPS, scenario_overrides
+
+
+def run(cfg, env, layout, tok):
+    dp, gas = data_parallel_size(cfg, env.world_size), gradient_accumulation_steps(cfg, env.world_size)
+    model = build_model(cfg, env)
+    engine = make_engine(cfg, env, model)
+    schedule = make_schedule(cfg, env, engine)
+    it = None
+    if model.part.first:
+        ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, cfg.train.seed)
+        sampler = GlobalBatchSampler(0, cfg.parallel.micro_batch_size, cfg.parallel.global_batch_size,
+                                     parallel_state.get_data_parallel_rank(), dp, STEPS)
+        it = iter(DataLoader(ds, batch_sampler=sampler, collate_fn=collate))
+    losses = [train_step(schedule, [next(it) for _ in range(gas)] if it is not None else None,
+                         gas, dp)
+              for _ in range(STEPS)]
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=layout.zero == 3):
+        state = full_parameters(engine.module)
+    parts = [None] * env.world_size
+    dist.all_gather_object(parts, state)           # every stage's parameters, by global name
+    engine.destroy()
+    merged = {}
+    for part in parts:
+        merged.update(part)
+    return {"losses": losses, "params": merged}
+
+
+def main(root, out_path):
+    data = SimpleNamespace(tokenizer=f"{root}/tok.model", train=f"{root}/train", valid=f"{root}/valid")
+    env = init_distributed(1, 1)
+    tok = load_tokenizer(f"{root}/tok.model")
+    results = {}
+    for name, layout in SCENARIOS.items():
+        if layout.world != env.world_size:
+            continue
+        parallel_state.destroy_model_parallel()
+        parallel_state.initialize_model_parallel(layout.tp, layout.pp, create_gloo_process_groups=False)
+        cfg = validate_for_training(load_config("tiny-cpu", scenario_overrides(data, layout)),
+                                    env.world_size)
+        results[name] = run(cfg, env, layout, tok)
+        print(f"rank {env.rank}: {name} losses {results[name]['losses']}", flush=True)
+    if env.rank == 0:
+        torch.save(results, out_path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
