@@ -42,6 +42,8 @@ class LLMConfig:
     rope_theta: float = 1_000_000.0
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
+    hidden_dropout: float = 0.0       # on each attention / MLP output before the residual add
+    attention_dropout: float = 0.0    # on attention probabilities (sdpa backend only)
 
 
 @dataclass

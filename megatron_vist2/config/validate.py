@@ -103,6 +103,13 @@ def _model_problems(cfg: Config) -> List[str]:
         out.append("model.render.margin, line_spacing and tab_width must be >= 0")
     if m.attention_backend not in ("sdpa", "flex"):
         out.append(f"model.attention_backend must be 'sdpa' or 'flex', got '{m.attention_backend}'")
+    for name, p in (("model.llm.hidden_dropout", llm.hidden_dropout),
+                    ("model.llm.attention_dropout", llm.attention_dropout)):
+        if not 0.0 <= p < 1.0:
+            out.append(f"{name} must be in [0, 1), got {p}")
+    if llm.attention_dropout > 0 and m.attention_backend != "sdpa":
+        out.append("model.llm.attention_dropout > 0 needs model.attention_backend=sdpa "
+                   "(flex_attention has no dropout)")
     if m.init_std <= 0:
         out.append(f"model.init_std must be > 0, got {m.init_std}")
     return out

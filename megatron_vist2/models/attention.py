@@ -77,7 +77,7 @@ def block_mask(layout: TokenLayout, block_size: int = 128):
                              device=layout.doc.device, BLOCK_SIZE=block_size)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, dropout_p: float = 0.0) -> torch.Tensor:
     """Scaled dot-product attention over [batch, heads, seq, head_dim].
 
     ``mask``: None (full bidirectional), a bool tensor [batch, 1, seq, seq], or a flex BlockMask.
@@ -85,8 +85,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Ten
     i // (heads / kv_heads), as in Hugging Face's repeat_kv).
     """
     if mask is None or isinstance(mask, torch.Tensor):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                               enable_gqa=k.shape[1] != q.shape[1])
+    if dropout_p:
+        raise ValueError("attention dropout needs the sdpa backend")
     global _compiled_flex
     if _compiled_flex is None:
         from torch.nn.attention.flex_attention import flex_attention

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from megatron.core import ModelParallelConfig, tensor_parallel
+from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
 from .attention import attend
 
@@ -94,9 +95,10 @@ class SelfAttention(nn.Module):
 
     def __init__(self, hidden: int, num_heads: int, num_kv_heads: int, head_dim: int,
                  mp: ModelParallelConfig, std: float, out_std: float, bias: bool,
-                 qk_norm_eps: Optional[float]):
+                 qk_norm_eps: Optional[float], dropout: float = 0.0):
         super().__init__()
         tp = tp_size(mp)
+        self.dropout = dropout
         self.heads, self.head_dim = num_heads // tp, head_dim
         self.q_proj = column(hidden, num_heads * head_dim, mp, std, bias)
         if tp > num_kv_heads:                    # each rank needs one KV head, shared with others
@@ -144,6 +146,11 @@ class SelfAttention(nn.Module):
         q, k, v = self.project(x, rope)
         if cache is not None:
             k, v = cache.store(k, v)
+        if self.dropout and self.training:
+            # This rank's heads: a stream of its own (megatron's model-parallel RNG), so the
+            # heads on different tensor-parallel ranks get independent masks.
+            with get_cuda_rng_tracker().fork():
+                return self.output(attend(q, k, v, mask, self.dropout))
         return self.output(attend(q, k, v, mask))
 
 
@@ -169,18 +176,28 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)); x + mlp(norm(x))."""
+    """Pre-norm residual block: x + drop(attn(norm(x))); x + drop(mlp(norm(x)))."""
 
-    def __init__(self, attention: SelfAttention, mlp: MLP, norm: Callable[[], nn.Module]):
+    def __init__(self, attention: SelfAttention, mlp: MLP, norm: Callable[[], nn.Module],
+                 hidden_dropout: float = 0.0, sequence_parallel: bool = False):
         super().__init__()
         self.input_norm = norm()
         self.attention = attention
         self.post_attention_norm = norm()
         self.mlp = mlp
+        self.hidden_dropout, self.sequence_parallel = hidden_dropout, sequence_parallel
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.hidden_dropout and self.training):
+            return x
+        if self.sequence_parallel:        # each TP rank holds other tokens: independent masks
+            with get_cuda_rng_tracker().fork():
+                return F.dropout(x, self.hidden_dropout)
+        return F.dropout(x, self.hidden_dropout)   # replicated over TP: the same (default) stream
 
     def forward(self, x: torch.Tensor, rope=None, mask=None, cache=None) -> torch.Tensor:
-        x = x + self.attention(self.input_norm(x), rope, mask, cache)
-        return x + self.mlp(self.post_attention_norm(x))
+        x = x + self._drop(self.attention(self.input_norm(x), rope, mask, cache))
+        return x + self._drop(self.mlp(self.post_attention_norm(x)))
 
 
 def scaled_std(std: float, num_layers: int) -> float:

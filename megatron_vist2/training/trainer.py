@@ -33,6 +33,7 @@ from ..parallel.distributed import DistEnv, data_parallel_group
 from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
 from ..parallel.pipeline import PipelineSchedule, stage_part
+from ..parallel.random import seed_runtime_rng
 from .checkpoint import load_checkpoint, save_checkpoint
 from .deepspeed_config import deepspeed_config, resolve_dtype
 from .metrics import MetricsLogger
@@ -60,6 +61,7 @@ def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
 def build_model(cfg: Config, env: DistEnv) -> Vist2Model:
     """This rank's pipeline stage of the model (the whole model without pipeline parallelism)."""
     model = Vist2Model(cfg, part=stage_part(cfg))
+    seed_runtime_rng(cfg.train.seed)           # dropout streams (parallel/random.py)
     sum_partial_grads_over_tensor_parallel(model)
     apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
     return model

@@ -1,9 +1,10 @@
 """Shared by the parity test modules: launch the worker once per module, the single-process
 reference, and the comparison.
 
-The reference is plain PyTorch: no DeepSpeed, no process groups beyond one rank, one forward over
-the concatenated global batch (8 rows), loss = mean cross-entropy over all its text targets,
-torch AdamW with its own parameter groups."""
+The reference is plain PyTorch: no DeepSpeed, no process groups beyond one rank, the global batch
+(8 rows) as 4 micro-batches of 2 with gradient accumulation (the order in which a one-rank run
+draws dropout masks), loss = mean cross-entropy over all the batch's text targets, torch AdamW
+with its own parameter groups."""
 import subprocess
 import sys
 
@@ -30,8 +31,8 @@ def launch_worker(world: int, tiny_data, out) -> dict:
     return torch.load(out, weights_only=True)
 
 
-def reference_run(tiny_data, tied: bool = True, kv_heads: int = 2):
-    layout = Layout(1, tied=tied, kv_heads=kv_heads)
+def reference_run(tiny_data, tied: bool = True, kv_heads: int = 2, hidden_dropout: float = 0.0):
+    layout = Layout(1, tied=tied, kv_heads=kv_heads, hidden_dropout=hidden_dropout)
     cfg = validate(load_config("tiny-cpu", scenario_overrides(tiny_data, layout)))
     tok = load_tokenizer(cfg.data.tokenizer)
     ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, cfg.train.seed)
@@ -40,16 +41,21 @@ def reference_run(tiny_data, tied: bool = True, kv_heads: int = 2):
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
                             lr=1e-3, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
-    G = cfg.parallel.global_batch_size
+    torch.manual_seed(cfg.train.seed)          # the dropout stream every rank of stage 0 starts from
+    G, micro = cfg.parallel.global_batch_size, cfg.parallel.micro_batch_size
     losses = []
     for step in range(STEPS):
-        batch = collate([ds[i] for i in range(step * G, (step + 1) * G)])
-        total, count = token_losses(model(batch), batch)
-        loss = total / count
+        batches = [collate([ds[i] for i in range(start, start + micro)])
+                   for start in range(step * G, (step + 1) * G, micro)]
+        count = sum(b.loss_mask.sum() for b in batches)
         opt.zero_grad()
-        loss.backward()
+        loss = 0.0
+        for batch in batches:
+            total, _ = token_losses(model(batch), batch)
+            (total / count).backward()
+            loss += (total / count).item()
         opt.step()
-        losses.append(loss.item())
+        losses.append(loss)
     return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
 
 

@@ -17,6 +17,7 @@ from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.parallel.distributed import init_distributed
 from megatron_vist2.parallel.gather import full_parameters
+from megatron_vist2.parallel.random import seed_runtime_rng
 from megatron_vist2.training.trainer import build_model, make_engine, make_schedule, train_step
 from tests.distributed.scenario import SCENARIOS, STEPS, scenario_overrides
 
@@ -32,6 +33,7 @@ def run(cfg, env, layout, tok):
         sampler = GlobalBatchSampler(0, cfg.parallel.micro_batch_size, cfg.parallel.global_batch_size,
                                      parallel_state.get_data_parallel_rank(), dp, STEPS)
         it = iter(DataLoader(ds, batch_sampler=sampler, collate_fn=collate))
+    seed_runtime_rng(cfg.train.seed)           # both sides draw dropout masks from the seed's start
     losses = [train_step(schedule, [next(it) for _ in range(gas)] if it is not None else None,
                          gas, dp)
               for _ in range(STEPS)]

@@ -23,11 +23,12 @@ class Layout:
     pipeline_layers: Optional[Tuple[int, ...]] = None   # None: even split of the 4 layers
     tied: bool = True                                   # tiny-cpu ties embeddings; 8B does not
     kv_heads: int = 2                                   # tiny-cpu's; 1 with TP2 = replicated KV
+    hidden_dropout: float = 0.0
 
     @property
-    def model(self) -> Tuple[bool, int]:
+    def model(self) -> Tuple[bool, int, float]:
         """What the single-process reference must match."""
-        return self.tied, self.kv_heads
+        return self.tied, self.kv_heads, self.hidden_dropout
 
     @property
     def dp(self) -> int:
@@ -41,7 +42,8 @@ SCENARIOS = {
     "pp2-zero0": Layout(2, pp=2, zero=0),
     "pp2-zero1-split1-3": Layout(2, pp=2, zero=1, pipeline_layers=(1, 3)),
     "pp2-zero3": Layout(2, pp=2, zero=3), "pp2-zero1-untied": Layout(2, pp=2, zero=1, tied=False),
-    "tp2-kv1-zero1": Layout(2, tp=2, zero=1, kv_heads=1), "tp2-sp-kv1-zero3": Layout(2, tp=2, zero=3, sp=True, kv_heads=1),
+    "tp2-kv1-zero1": Layout(2, tp=2, zero=1, kv_heads=1),
+    "tp2-hidden-dropout-zero1": Layout(2, tp=2, zero=1, hidden_dropout=0.2), "tp2-sp-kv1-zero3": Layout(2, tp=2, zero=3, sp=True, kv_heads=1),
     # 4 ranks
     "pp2-dp2-zero3": Layout(4, pp=2, zero=3), "pp2-dp2-zero1": Layout(4, pp=2, zero=1),
     "pp2-dp2-zero2": Layout(4, pp=2, zero=2),
@@ -59,4 +61,5 @@ def scenario_overrides(data, layout: Layout):
                           "optim.weight_decay=0.1", "optim.eps=1e-6", "parallel.micro_batch_size=2",
                           "parallel.global_batch_size=8", f"train.steps={STEPS}",
                           f"model.llm.tie_embeddings={str(layout.tied).lower()}",
-                          f"model.llm.num_kv_heads={layout.kv_heads}", *split)
+                          f"model.llm.num_kv_heads={layout.kv_heads}",
+                          f"model.llm.hidden_dropout={layout.hidden_dropout}", *split)
