@@ -2,7 +2,7 @@
 """Training step time and tokens/s for each parallel layout on 2 CPU ranks (tiny-cpu preset),
 every layout launched through the real entry point (torchrun + launch.sh) in this run.
 
-    python benchmarks/train_layouts.py [--steps 30]
+    python benchmarks/train_layouts.py [--steps 30] [--only "TP2, ZeRO-1" ...]
 
 Step time is the mean over the last half of the steps (the first ones include warm-up).
 """
@@ -28,6 +28,7 @@ LAYOUTS = [("DP2, ZeRO-1", 1, 1, 1, False, 8), ("DP2, ZeRO-3", 1, 1, 3, False, 8
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--only", nargs="*", help="layout names to run (default: all), e.g. 'PP2, ZeRO-1'")
     args = ap.parse_args()
     repo = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
@@ -36,6 +37,8 @@ def main():
     print(f"tiny-cpu, 2 ranks, global batch 16 rows x 272 tokens, {args.steps} steps")
     base = None
     for name, tp, pp, zero, sp, micro in LAYOUTS:
+        if args.only and name not in args.only:
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                    "--master_port", str(free_port()), "--no-python", "./launch.sh", "--preset", "tiny-cpu",

@@ -37,7 +37,7 @@ class ForwardFlops:
     pair per layer and head). Training costs about 3x these (forward + backward)."""
     llm_linear_per_token: int       # every layer's Q, K, V, O and SwiGLU, plus the output layer
     llm_attention_per_key: int      # per query and attended key, all layers and heads
-    vision_per_image: int           # ViT on one chunk's image (matmuls + attention over patches)
+    vision_per_image: int           # ViT on one chunk's image (patch embedding, matmuls, attention)
     aligner_per_image: int          # k x k merge + linear into the LLM width, m tokens
 
 
@@ -51,5 +51,31 @@ def forward_flops(cfg: Config) -> ForwardFlops:
     return ForwardFlops(
         llm_linear_per_token=2 * (llm.num_layers * per_layer + padded_vocab_size(cfg) * D),
         llm_attention_per_key=4 * llm.num_layers * llm.num_heads * e,
-        vision_per_image=2 * vit_matmul * P + 4 * v.num_layers * v.hidden_size * P * P,
+        vision_per_image=(2 * (vit_matmul + v.num_channels * v.patch_size ** 2 * v.hidden_size) * P
+                          + 4 * v.num_layers * v.hidden_size * P * P),
         aligner_per_image=2 * k2 * v.hidden_size * D * m.visual_tokens_per_chunk)
+
+
+def attended_pairs(layout) -> int:
+    """(query, key) pairs the VIST2 mask allows in a batch, padding queries excluded (one row
+    at a time: S^2 booleans per row)."""
+    from .attention import PAD, TokenLayout, dense_mask
+    total = 0
+    for b in range(layout.doc.shape[0]):
+        row = TokenLayout(**{name: getattr(layout, name)[b:b + 1] for name in
+                             ("doc", "chunk", "kind", "readback", "position")})
+        allowed = dense_mask(row)[0, 0]
+        total += int(allowed[row.kind[0] != PAD].sum())
+    return total
+
+
+def training_flops(cfg: Config, layout, num_images: int) -> float:
+    """Model FLOPs of one training pass (forward + backward = 3 x forward) over a batch: the LLM's
+    matmuls for every non-padding token, its attention over the pairs the mask allows, the ViT
+    and the aligner for every image. Activation recomputation is not counted (MFU, not HFU)."""
+    from .attention import PAD
+    f = forward_flops(cfg)
+    tokens = int((layout.kind != PAD).sum())
+    forward = (f.llm_linear_per_token * tokens + f.llm_attention_per_key * attended_pairs(layout)
+               + (f.vision_per_image + f.aligner_per_image) * num_images)
+    return 3.0 * forward

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Model FLOPs utilisation of one device training a preset (default: 0.6b, bf16 on a GPU).
+
+    python benchmarks/mfu.py [--preset 0.6b] [--micro-batch 1] [--steps 10] [--peak-tflops X]
+
+Single process: the trainer's own engine (DeepSpeed, ZeRO-0, AdamW) and schedule, rows packed
+from the bundled corpus (data/sotu_train with data/tokenizer/sotu.model, built by
+examples/tiny_cpu/run.sh; token ids of the small tokenizer are valid ids of any larger vocabulary).
+MFU = models/size.py training_flops (3 x forward: LLM matmuls per non-padding token, attention
+over the pairs the VIST2 mask allows, ViT + aligner per image; recomputation not counted) per
+second / peak. Peak: bf16 dense of the GPU model (H100/H200 SXM 989 TFLOP/s, A100 312) or
+--peak-tflops; on a CPU without --peak-tflops only TFLOP/s is printed.
+"""
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from common import machine
+
+REPO = Path(__file__).resolve().parents[1]
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def device_peak(arg):
+    if arg:
+        return arg
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="0.6b")
+    ap.add_argument("--micro-batch", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.activation_checkpointing=full")
+    args = ap.parse_args()
+    os.chdir(REPO)
+    tok, data = "data/tokenizer/sotu.model", "data/sotu_train"
+    if not Path(tok).is_file() or not Path(data + ".idx").is_file():
+        sys.exit(f"{tok} / {data}.idx missing: run `bash examples/tiny_cpu/run.sh train.steps=1` first")
+    from megatron_vist2.config import load_config, validate_for_training
+    from megatron_vist2.data.dataset import PackedVist2Dataset, collate
+    from megatron_vist2.data.indexed import open_indexed
+    from megatron_vist2.data.tokenizer import load_tokenizer
+    from megatron_vist2.models.size import training_flops
+    from megatron_vist2.parallel.distributed import init_distributed
+    from megatron_vist2.training.trainer import build_model, make_engine, make_schedule, train_step
+
+    mb = args.micro_batch
+    cfg = load_config(args.preset, [f"data.tokenizer={tok}", f"data.train_prefix={data}",
+                                    f"data.valid_prefix={data}", f"parallel.micro_batch_size={mb}",
+                                    f"parallel.global_batch_size={mb}", "parallel.zero_stage=0",
+                                    f"train.steps={args.steps + args.warmup}", *args.overrides])
+    env = init_distributed(1, 1)
+    cfg = validate_for_training(cfg, 1)
+    tokenizer = load_tokenizer(tok)
+    dataset = PackedVist2Dataset(open_indexed(data, tokenizer), tokenizer, cfg, cfg.train.seed)
+    engine = make_engine(cfg, env, build_model(cfg, env))
+    schedule = make_schedule(cfg, env, engine)
+    batches = [collate([dataset[i * mb + j] for j in range(mb)])
+               for i in range(args.steps + args.warmup)]
+    flops = [training_flops(cfg, b.layout, b.images.shape[0]) for b in batches]
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    times = []
+    for batch in batches:
+        sync()
+        start = time.perf_counter()
+        train_step(schedule, [batch.to(env.device)], 1, 1)
+        sync()
+        times.append(time.perf_counter() - start)
+    t, f = sum(times[args.warmup:]), sum(flops[args.warmup:])
+    tokens = sum(int((b.layout.kind >= 0).sum()) for b in batches[args.warmup:])
+    peak = device_peak(args.peak_tflops)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    print(f"machine: {machine()} | device: {device} | dtype {engine.module.parameters().__next__().dtype}")
+    print(f"preset {args.preset}: {cfg.data.seq_length} tokens/row x {mb} rows, {args.steps} timed steps "
+          f"after {args.warmup} warm-up; activation checkpointing {cfg.train.activation_checkpointing}")
+    print(f"step {t / args.steps:.3f} s | {tokens / t:,.0f} tokens/s (text + visual) | "
+          f"{f / t / 1e12:.2f} TFLOP/s model FLOPs"
+          + (f" | MFU {f / t / 1e12 / peak:.1%} of {peak:g} TFLOP/s" if peak else " | MFU: no peak given"))
+
+
+if __name__ == "__main__":
+    main()
