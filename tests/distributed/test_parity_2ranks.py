@@ -8,21 +8,11 @@ import torch
 
 from megatron_vist2.config import load_config, validate
 from megatron_vist2.models import Vist2Model
-from tests.distributed.parity import assert_matches_reference, launch_worker, reference_run
+from tests.distributed.conftest import scenarios_of
+from tests.distributed.parity import assert_matches_reference
 from tests.distributed.scenario import SCENARIOS, Layout, scenario_overrides
 
-TWO_RANKS = [name for name, layout in SCENARIOS.items() if layout.world == 2]
-
-
-@pytest.fixture(scope="module")
-def two_rank_results(tiny_data, tmp_path_factory):
-    return launch_worker(2, tiny_data, tmp_path_factory.mktemp("parity2") / "results.pt")
-
-
-@pytest.fixture(scope="module")
-def references(dist_env, tiny_data):
-    """One single-process run per model variant (tied embeddings, KV heads) the scenarios use."""
-    return {model: reference_run(tiny_data, *model) for model in {SCENARIOS[n].model for n in TWO_RANKS}}
+WORLD = 2
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +20,9 @@ def reference(references):
     return references[Layout(1).model]
 
 
-@pytest.mark.parametrize("scenario", TWO_RANKS)
-def test_two_ranks_equal_single_process(two_rank_results, references, scenario):
-    assert_matches_reference(two_rank_results[scenario], references[SCENARIOS[scenario].model], scenario)
+@pytest.mark.parametrize("scenario", scenarios_of(WORLD))
+def test_two_ranks_equal_single_process(parity_results, references, scenario):
+    assert_matches_reference(parity_results[scenario], references[SCENARIOS[scenario].model], scenario)
 
 
 def test_training_moved_the_weights(dist_env, tiny_data, reference):
