@@ -23,7 +23,7 @@ def preflight(cfg: Config) -> None:
     from .data.dataset import parse_blend
     from .data.indexed import open_indexed
     from .data.tokenizer import load_tokenizer
-    from .training.checkpoint import check_loadable
+    from .training.checkpoint import check_compatible, check_loadable, resume_dir
 
     tok = load_tokenizer(cfg.data.tokenizer)
     if tok.vocab_size != cfg.model.llm.vocab_size:
@@ -33,8 +33,9 @@ def preflight(cfg: Config) -> None:
     for spec in (cfg.data.train_prefix, cfg.data.valid_prefix):
         for _, prefix in parse_blend(spec):
             open_indexed(prefix, tok)
-    if cfg.checkpoint.load_dir:
-        check_loadable(cfg.checkpoint.load_dir)
+    start_from = resume_dir(cfg)
+    if start_from:
+        check_compatible(Path(start_from) / check_loadable(start_from), cfg)
     save = Path(cfg.checkpoint.save_dir)
     try:
         save.mkdir(parents=True, exist_ok=True)

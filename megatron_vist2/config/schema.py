@@ -141,13 +141,16 @@ class TrainConfig:
     log_interval: int = 10
     eval_interval: int = 200
     eval_batches: int = 8              # global batches in one evaluation (the first of the valid set)
+    max_wall_minutes: float = 0.0      # save and exit 0 after this long (0 = no limit), e.g. under SLURM
 
 
 @dataclass
 class CheckpointConfig:
     save_dir: str = "runs/default/checkpoints"
     save_interval: int = 0             # 0 = only at the end
-    load_dir: Optional[str] = None     # start from this checkpoint directory (DeepSpeed layout)
+    load_dir: Optional[str] = None     # start from this checkpoint directory (its `latest`)
+    auto_resume: bool = True           # without load_dir: continue from save_dir's `latest` if any
+    keep_last: int = 0                 # keep the newest N complete checkpoints (0 = keep all)
 
 
 @dataclass

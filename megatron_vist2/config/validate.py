@@ -178,6 +178,10 @@ def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
                    f"'{t.activation_checkpointing}'")
     if t.dtype not in ("auto", "fp32", "bf16"):
         out.append(f"train.dtype must be 'auto', 'fp32' or 'bf16', got '{t.dtype}'")
+    if t.max_wall_minutes < 0:
+        out.append(f"train.max_wall_minutes must be >= 0 (0 = no limit), got {t.max_wall_minutes}")
+    if cfg.checkpoint.keep_last < 0:
+        out.append(f"checkpoint.keep_last must be >= 0 (0 keeps every checkpoint), got {cfg.checkpoint.keep_last}")
     if t.eval_interval < 0 or cfg.checkpoint.save_interval < 0:
         out.append("train.eval_interval and checkpoint.save_interval must be >= 0 (0 = off)")
     return out

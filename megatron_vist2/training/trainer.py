@@ -34,7 +34,7 @@ from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
 from ..parallel.pipeline import PipelineSchedule, stage_part
 from ..parallel.random import seed_runtime_rng
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, resume_dir, save_checkpoint
 from .deepspeed_config import deepspeed_config, resolve_dtype
 from .metrics import MetricsLogger
 from .optim import build_optimizer, build_scheduler
@@ -128,9 +128,11 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     reads_data = model.part.first              # later pipeline stages get metadata with activations
 
     step, consumed = 0, 0
-    if cfg.checkpoint.load_dir:
-        step, consumed = load_checkpoint(engine, cfg.checkpoint.load_dir)
-        log.print(f"resumed from {cfg.checkpoint.load_dir} at step {step} ({consumed} samples)")
+    start_from = resume_dir(cfg)
+    if start_from:
+        step, consumed = load_checkpoint(engine, cfg, start_from, log.print)
+        log.print(f"resumed from {start_from} at step {step} ({consumed} samples)"
+                  + ("; train.steps is reached: nothing left to train" if step >= cfg.train.steps else ""))
 
     def loader(dataset, consumed_samples, global_batches):
         if not reads_data:
@@ -151,7 +153,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     losses, tokens_seen, all_tokens = [], 0, 0
     t_start = t_last = time.time()
     last_eval = eval_before
-    stop = StopOnSignal()
+    stop = StopOnSignal(cfg.train.max_wall_minutes)
     stopped = False
     while step < cfg.train.steps:
         micro = [next(train_iter).to(env.device) for _ in range(gas)] if reads_data else None
@@ -180,9 +182,9 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             log.log(step, {"eval/loss": last_eval})
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 \
                 and step < cfg.train.steps:
-            save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256)
+            save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256, log.print)
         if stop.should_stop():
-            log.print(f"{stop.received or 'a stop signal'} received: saving at step {step} and exiting")
+            log.print(f"{stop.received or 'stop requested on another rank'}: saving at step {step} and exiting")
             stopped = True
             break
     stop.restore()
@@ -193,7 +195,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         eval_after = evaluate(schedule, valid_loader, eval_micro)
         log.print(f"step {step}: eval loss {eval_after:.4f}")
         log.log(step, {"eval/loss": eval_after})
-    path = save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256)
+    path = save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256, log.print)
     log.close()
     return TrainResult(step, consumed, losses, eval_before, eval_after,
                        all_tokens / max(elapsed, 1e-9), path)

@@ -83,13 +83,16 @@ def test_generate_greedy_is_deterministic_and_bad_input_is_refused(setup):
 
 @pytest.fixture(scope="module")
 def fake_checkpoint(setup, tmp_path_factory):
-    """A step directory in the layout the trainer writes (DeepSpeed's model-states file)."""
+    """A step directory in the layout the trainer writes (DeepSpeed's model-states file, the
+    completion marker)."""
     from megatron_vist2.config import config_to_dict
+    from megatron_vist2.training.checkpoint import write_manifest
     cfg, tok, ds, model = setup
     step = tmp_path_factory.mktemp("ckpt") / "step_0000001"
     step.mkdir()
     torch.save({"module": model.state_dict(), "config": config_to_dict(cfg), "mp_world_size": 1,
                 "tokenizer_sha256": tok.sha256}, step / "mp_rank_00_model_states.pt")
+    write_manifest(step, step=1)
     (step.parent / "latest").write_text(step.name)
     return step.parent
 
@@ -97,6 +100,7 @@ def fake_checkpoint(setup, tmp_path_factory):
 def test_checkpoint_mismatches_are_refused(setup, fake_checkpoint, tmp_path):
     from megatron_vist2.errors import CheckpointError
     from megatron_vist2.inference.load import load_for_inference
+    from megatron_vist2.training.checkpoint import write_manifest
     cfg, tok, ds, model = setup
     loaded, _, _ = load_for_inference(str(fake_checkpoint))
     want = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
@@ -114,7 +118,8 @@ def test_checkpoint_mismatches_are_refused(setup, fake_checkpoint, tmp_path):
     broken.mkdir(parents=True)
     data = (fake_checkpoint / "step_0000001" / "mp_rank_00_model_states.pt").read_bytes()
     (broken / "mp_rank_00_model_states.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    write_manifest(broken, step=1)           # a consistent marker over a damaged file
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
         load_for_inference(str(broken))
 
 

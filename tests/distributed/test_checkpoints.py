@@ -1,0 +1,99 @@
+"""Checkpoints under faults, through the real entry points: a rank killed (SIGKILL) in the middle
+of a save leaves the previous checkpoint in charge and the restart says so; damaged or foreign
+checkpoints are refused with the file and the reason; keep_last rotates; the wall-time limit
+saves and exits 0."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from megatron_vist2.parallel.distributed import free_port
+from tests.conftest import REPO, subprocess_env, tiny_overrides
+
+COMMON = ["train.log_interval=1", "train.eval_batches=1", "train.eval_interval=0"]
+
+
+def train(data, out, *extra, ranks=1, env_extra=None, check=True):
+    launcher = [sys.executable, "-m", "megatron_vist2.train"] if ranks == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
+         str(free_port()), "--no-python", "./launch.sh"]
+    args = [*launcher, "--preset", "tiny-cpu", *tiny_overrides(data), *COMMON, f"logging.dir={out}",
+            f"checkpoint.save_dir={out}/ckpt", *extra]
+    env = {**subprocess_env(), **(env_extra or {})}
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def losses(out):
+    log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {e["step"]: e["train/loss"] for e in log if "train/loss" in e}
+
+
+def test_rank_killed_during_save_keeps_previous_checkpoint(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    crashed = train(tiny_data, out, "train.steps=6", "checkpoint.save_interval=2", ranks=2,
+                    env_extra={"MEGATRON_VIST2_FAULT": "kill-in-save:1:4"}, check=False)
+    assert crashed.returncode != 0
+    ckpt = out / "ckpt"
+    assert (ckpt / "latest").read_text() == "step_0000002"
+    assert (ckpt / "step_0000004.partial").is_dir() and not (ckpt / "step_0000004").exists()
+    restarted = train(tiny_data, out, "train.steps=6", "checkpoint.save_interval=2", ranks=2)  # auto-resume
+    assert "ignoring incomplete checkpoint(s)" in restarted.stdout and "step_0000004.partial" in restarted.stdout
+    assert f"resumed from {ckpt} at step 2" in restarted.stdout
+    assert (ckpt / "latest").read_text() == "step_0000006"
+    straight = tmp_path / "straight"
+    train(tiny_data, straight, "train.steps=6", ranks=2)
+    assert losses(out)[6] == losses(straight)[6]     # the restart continued the same run
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("saved")
+    train(tiny_data, out, "train.steps=3", "checkpoint.save_interval=1", "checkpoint.keep_last=2")
+    return out
+
+
+def test_keep_last_rotates_complete_checkpoints(saved):
+    assert sorted(p.name for p in (saved / "ckpt").glob("step_*")) == ["step_0000002", "step_0000003"]
+    manifest = json.loads((saved / "ckpt" / "step_0000003" / "complete.json").read_text())
+    assert manifest["step"] == 3 and manifest["consumed_samples"] == 48 and manifest["files"]
+
+
+def test_other_model_size_is_refused_by_name(tiny_data, saved, tmp_path):
+    proc = train(tiny_data, tmp_path, "train.steps=4", f"checkpoint.load_dir={saved / 'ckpt'}",
+                 "model.llm.num_layers=2", check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "holds a different model" in proc.stderr
+    assert "model.llm.num_layers: checkpoint 4, this run 2" in proc.stderr
+
+
+def test_other_vocabulary_is_refused_by_name(tiny_data, saved):
+    """The same check as the entry point's preflight (which would first stop at the datasets:
+    they are bound to their tokenizer), called directly."""
+    from megatron_vist2.config import load_config
+    from megatron_vist2.errors import CheckpointError
+    from megatron_vist2.training.checkpoint import check_compatible
+    cfg = load_config("tiny-cpu", tiny_overrides(tiny_data, "model.llm.vocab_size=4096"))
+    with pytest.raises(CheckpointError, match=r"model.llm.vocab_size: checkpoint \d+, this run 4096"):
+        check_compatible(saved / "ckpt" / "step_0000003", cfg)
+
+
+def test_truncated_shard_is_refused_by_name(tiny_data, saved, tmp_path):
+    import shutil
+    copy = tmp_path / "ckpt"
+    shutil.copytree(saved / "ckpt", copy)
+    shard = next((copy / "step_0000003").glob("*optim_states.pt"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    proc = train(tiny_data, tmp_path, "train.steps=4", f"checkpoint.load_dir={copy}", check=False)
+    assert proc.returncode == 2
+    assert str(shard) in proc.stderr and "truncated" in proc.stderr
+
+
+def test_wall_time_limit_saves_and_exits_zero(tiny_data, tmp_path):
+    proc = train(tiny_data, tmp_path, "train.steps=100000", "train.max_wall_minutes=0.001")
+    assert "wall-time limit (train.max_wall_minutes) reached: saving at step" in proc.stdout
+    step = int((tmp_path / "ckpt" / "latest").read_text().split("_")[1])
+    assert 1 <= step < 100000
