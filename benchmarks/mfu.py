@@ -22,16 +22,6 @@ import torch
 from common import machine
 
 REPO = Path(__file__).resolve().parents[1]
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-
-
-def device_peak(arg):
-    if arg:
-        return arg
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-    return None
 
 
 def main():
@@ -53,6 +43,7 @@ def main():
     from megatron_vist2.data.tokenizer import load_tokenizer
     from megatron_vist2.models.size import training_flops
     from megatron_vist2.parallel.distributed import init_distributed
+    from megatron_vist2.training.metrics import device_peak_tflops
     from megatron_vist2.training.trainer import build_model, make_engine, make_schedule, train_step
 
     mb = args.micro_batch
@@ -79,7 +70,7 @@ def main():
         times.append(time.perf_counter() - start)
     t, f = sum(times[args.warmup:]), sum(flops[args.warmup:])
     tokens = sum(int((b.layout.kind >= 0).sum()) for b in batches[args.warmup:])
-    peak = device_peak(args.peak_tflops)
+    peak = device_peak_tflops(args.peak_tflops or 0.0)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"machine: {machine()} | device: {device} | dtype {engine.module.parameters().__next__().dtype}")
     print(f"preset {args.preset}: {cfg.data.seq_length} tokens/row x {mb} rows, {args.steps} timed steps "

@@ -142,6 +142,7 @@ class TrainConfig:
     eval_interval: int = 200
     eval_batches: int = 8              # global batches in one evaluation (the first of the valid set)
     max_wall_minutes: float = 0.0      # save and exit 0 after this long (0 = no limit), e.g. under SLURM
+    peak_tflops: float = 0.0           # device peak for MFU; 0 = the GPU's bf16 peak by name (none on CPU)
 
 
 @dataclass

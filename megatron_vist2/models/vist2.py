@@ -182,8 +182,8 @@ class Vist2Model(nn.Module):
         return {"vision": vision, "aligner": aligner, "llm": total - vision - aligner, "total": total}
 
 
-def token_losses(logits: torch.Tensor, batch: Vist2Batch) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Sum of next-token cross-entropy over the loss mask, and the number of masked tokens.
+def masked_token_losses(logits: torch.Tensor, batch: Vist2Batch) -> torch.Tensor:
+    """Next-token cross-entropy per position [seq, batch], 0 outside the loss mask.
 
     Only text tokens are ever targets (``labels``/``loss_mask`` come from the packer): a text token
     predicts the next token of its chunk, and the first token of chunk i is predicted by the last
@@ -192,5 +192,9 @@ def token_losses(logits: torch.Tensor, batch: Vist2Batch) -> Tuple[torch.Tensor,
     # megatron's kernel overwrites its input (max-subtract, exp): never hand it the caller's tensor
     work = logits.clone() if logits.dtype == torch.float32 else logits.float()
     per_token = tensor_parallel.vocab_parallel_cross_entropy(work, batch.labels.t().contiguous())
-    mask = batch.loss_mask.t().to(per_token.dtype)
-    return (per_token * mask).sum(), mask.sum()
+    return per_token * batch.loss_mask.t().to(per_token.dtype)
+
+
+def token_losses(logits: torch.Tensor, batch: Vist2Batch) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sum of next-token cross-entropy over the loss mask, and the number of masked tokens."""
+    return masked_token_losses(logits, batch).sum(), batch.loss_mask.sum()

@@ -33,7 +33,7 @@ from megatron.core import parallel_state
 
 from ..config import Config, stage_layers
 from ..models.attention import TokenLayout
-from ..models.vist2 import StagePart, Vist2Batch, token_losses
+from ..models.vist2 import StagePart, Vist2Batch, masked_token_losses
 
 META_FIELDS = ("doc", "chunk", "kind", "readback", "position")   # + labels, loss_mask
 
@@ -106,6 +106,8 @@ class PipelineSchedule:
         self.group = parallel_state.get_pipeline_model_parallel_group()
         self.tied = engine.module.tied and not (self.part.first and self.part.last)
         self.output_weight: Optional[torch.Tensor] = None
+        # last stage, training: loss sum and target count of read-back and of history chunks
+        self.split = torch.zeros(4, device=device)
         if p.pipeline_parallel > 1 and p.zero_stage == 3:
             _install_zero3_stage_checks()
 
@@ -153,7 +155,14 @@ class PipelineSchedule:
             batch = unpack_metadata(meta)
             out = self.engine(batch, hidden=hidden, output_weight=self.output_weight)
         if self.part.last:
-            out, _ = token_losses(out, batch)
+            per_token = masked_token_losses(out, batch)
+            if self.engine.module.training:
+                readback = batch.layout.readback.t()
+                targets = batch.loss_mask.t() > 0
+                self.split += torch.stack([per_token[readback].sum(), (targets & readback).sum(),
+                                           per_token[~readback].sum(), (targets & ~readback).sum()]
+                                          ).detach().float()
+            out = per_token.sum()
         return out, meta
 
     def _backward(self, inp, out, grad, scale, final: bool):
@@ -274,6 +283,18 @@ class PipelineSchedule:
         dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
         total = self._broadcast(total, self.last_rank)
         return (total / count.clamp(min=1.0)).item()
+
+    def loss_split(self) -> Tuple[float, float]:
+        """Mean training loss on read-back chunks and on history chunks since the last call
+        (nan where there were none); a collective: every rank calls it at the same step."""
+        totals = self.split.clone()
+        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+        totals = self._broadcast(totals, self.last_rank)
+        self.split.zero_()
+
+        def mean(total, count):
+            return (total / count).item() if count > 0 else float("nan")
+        return mean(totals[0], totals[1]), mean(totals[2], totals[3])
 
     def share_from_last(self, value: torch.Tensor) -> torch.Tensor:
         """Every stage gets the last stage's ``value`` (e.g. an evaluation loss)."""

@@ -1,11 +1,36 @@
 """Progress output: one console line per log interval (rank 0), TensorBoard scalars and a JSONL
-log of every logged value."""
+log of every logged value; the device's peak FLOP/s and memory for MFU and memory columns."""
 from __future__ import annotations
 
 import json
+import resource
+import sys
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
+
+import torch
+
+# Dense bf16 peak of a device, by a substring of its name (SXM parts).
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def device_peak_tflops(configured: float = 0.0) -> Optional[float]:
+    """``configured`` if > 0, else the GPU's bf16 peak from its name; None when unknown (CPU)."""
+    if configured > 0:
+        return configured
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    return None
+
+
+def peak_memory_gb() -> float:
+    """Peak memory of this process: allocated GPU memory, or the peak resident set on the CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2 ** 30
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss        # KiB on Linux, bytes on macOS
+    return rss / (2 ** 30 if sys.platform == "darwin" else 2 ** 20)
 
 
 class MetricsLogger:

@@ -26,7 +26,7 @@ from ..config import Config, data_parallel_size, gradient_accumulation_steps
 from ..data.dataset import GlobalBatchSampler, build_dataset, collate
 from ..data.tokenizer import load_tokenizer
 from ..models.attention import PAD
-from ..models.size import analytic_parameter_counts
+from ..models.size import analytic_parameter_counts, training_flops
 from ..models.vist2 import Vist2Batch, Vist2Model
 from ..parallel.deepspeed_mpu import MegatronMPU
 from ..parallel.distributed import DistEnv, data_parallel_group
@@ -36,7 +36,7 @@ from ..parallel.pipeline import PipelineSchedule, stage_part
 from ..parallel.random import seed_runtime_rng
 from .checkpoint import load_checkpoint, resume_dir, save_checkpoint
 from .deepspeed_config import deepspeed_config, resolve_dtype
-from .metrics import MetricsLogger
+from .metrics import MetricsLogger, device_peak_tflops, peak_memory_gb
 from .optim import build_optimizer, build_scheduler
 from .signals import StopOnSignal
 
@@ -150,8 +150,10 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
 
     train_loader = loader(train_set, consumed, cfg.train.steps - step)
     train_iter = iter(train_loader) if reads_data else None
-    losses, tokens_seen, all_tokens = [], 0, 0
+    losses, tokens_seen, all_tokens, flops_seen = [], 0, 0, 0.0
+    peak = device_peak_tflops(cfg.train.peak_tflops)
     t_start = t_last = time.time()
+    last_logged = step
     last_eval = eval_before
     stop = StopOnSignal(cfg.train.max_wall_minutes)
     stopped = False
@@ -159,6 +161,8 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         micro = [next(train_iter).to(env.device) for _ in range(gas)] if reads_data else None
         new_tokens = int(sum((b.layout.kind != PAD).sum() for b in micro)) * dp if micro else 0
         tokens_seen, all_tokens = tokens_seen + new_tokens, all_tokens + new_tokens  # text + visual
+        if micro:                              # model FLOPs of the global batch (this rank's x dp)
+            flops_seen += dp * sum(training_flops(cfg, b.layout, b.images.shape[0]) for b in micro)
         loss = train_step(schedule, micro, gas, dp)
         if loss != loss or loss in (float("inf"), float("-inf")):
             raise FloatingPointError(f"loss is {loss} at step {step + 1}: stopping (lower optim.lr?)")
@@ -171,11 +175,22 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             grad_norm = engine.get_global_grad_norm()
             grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
             lr = engine.get_lr()[0]
+            interval = step - last_logged
+            tflops = flops_seen / (now - t_last) / env.world_size / 1e12      # per device
+            readback_loss, history_loss = schedule.loss_split()
+            memory = peak_memory_gb()
             log.print(f"step {step}/{cfg.train.steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm "
-                      f"{grad_norm:.3f} | {tps:,.0f} tok/s | {(now - t_last) / cfg.train.log_interval:.2f} s/step")
+                      f"{grad_norm:.3f} | {tps:,.0f} tok/s | {(now - t_last) / interval:.2f} s/step | "
+                      f"{tflops:.2f} TFLOP/s" + (f" ({tflops / peak:.1%} MFU)" if peak else "")
+                      + f" | {memory:.1f} GB")
             log.log(step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                           "train/tokens_per_s": tps, "train/consumed_samples": consumed})
-            tokens_seen, t_last = 0, now
+                           "train/tokens_per_s": tps, "train/samples_per_s":
+                           interval * cfg.parallel.global_batch_size / (now - t_last),
+                           "train/tflops_per_device": tflops, "train/loss_readback": readback_loss,
+                           "train/loss_history": history_loss, "train/peak_memory_gb": memory,
+                           "train/consumed_samples": consumed}
+                    | ({"train/mfu": tflops / peak} if peak else {}))
+            tokens_seen, flops_seen, t_last, last_logged = 0, 0.0, now, step
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:
             last_eval = evaluate(schedule, valid_loader, eval_micro)
             log.print(f"step {step}: eval loss {last_eval:.4f}")

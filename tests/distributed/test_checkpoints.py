@@ -97,3 +97,18 @@ def test_wall_time_limit_saves_and_exits_zero(tiny_data, tmp_path):
     assert "wall-time limit (train.max_wall_minutes) reached: saving at step" in proc.stdout
     step = int((tmp_path / "ckpt" / "latest").read_text().split("_")[1])
     assert 1 <= step < 100000
+
+
+@pytest.mark.parametrize("readback, empty, full", [("0.0", "train/loss_readback", "train/loss_history"),
+                                                   ("1.0", "train/loss_history", "train/loss_readback")])
+def test_loss_split_by_chunk_mode_and_throughput_metrics(tiny_data, tmp_path, readback, empty, full):
+    """With no read-back chunks the history loss is the loss (and the read-back loss is nan);
+    with read-back only, the other way round. Model FLOP/s and memory are logged."""
+    import math
+    train(tiny_data, tmp_path, "train.steps=2", f"data.readback_fraction={readback}")
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "train/loss" in r]
+    assert len(rows) == 2
+    for r in rows:
+        assert math.isnan(r[empty]) and abs(r[full] - r["train/loss"]) < 1e-5
+        assert r["train/tflops_per_device"] > 0 and r["train/peak_memory_gb"] > 0.1
