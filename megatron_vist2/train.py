@@ -33,9 +33,9 @@ def preflight(cfg: Config) -> None:
     for spec in (cfg.data.train_prefix, cfg.data.valid_prefix):
         for _, prefix in parse_blend(spec):
             open_indexed(prefix, tok)
-    start_from = resume_dir(cfg)
-    if start_from:
-        check_compatible(Path(start_from) / check_loadable(start_from), cfg)
+    for start_from in (resume_dir(cfg), cfg.checkpoint.init_from):
+        if start_from:
+            check_compatible(Path(start_from) / check_loadable(start_from), cfg)
     save = Path(cfg.checkpoint.save_dir)
     try:
         save.mkdir(parents=True, exist_ok=True)
@@ -81,11 +81,15 @@ def main(argv=None) -> None:
             "eval_loss_before": result.eval_before, "eval_loss_after": result.eval_after,
             "eval_loss_drop_percent": drop, "tokens_per_second": result.tokens_per_second,
             "tensorboard": str(Path(cfg.logging.dir) / "tensorboard"), "checkpoint": result.checkpoint,
+            "ocr_readback_accuracy": result.ocr_accuracy,
         }
         Path(cfg.logging.dir, "summary.json").write_text(json.dumps(summary, indent=1))
         print("\n=== summary ===")
         print(f"train loss      {first:.4f} (first 10 steps) -> {last:.4f} (last 10 steps)")
         print(f"held-out loss   {result.eval_before:.4f} -> {result.eval_after:.4f} ({drop:.1f} % lower)")
+        if result.ocr_accuracy is not None:
+            print(f"OCR read-back   {result.ocr_accuracy:.1%} of read-back text tokens predicted "
+                  f"(chance {1 / cfg.model.llm.vocab_size:.2%})")
         print(f"throughput      {result.tokens_per_second:,.0f} tokens/s (text + visual, all ranks)")
         print(f"tensorboard     tensorboard --logdir {summary['tensorboard']}")
         print(f"checkpoint      {result.checkpoint}")

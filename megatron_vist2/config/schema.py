@@ -7,7 +7,7 @@ Every field has a default; presets (YAML files in ``presets/``) and dotted comma
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 
 @dataclass
@@ -130,6 +130,8 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 100
     grad_clip: float = 1.0             # passed to DeepSpeed explicitly; 0 disables clipping
+    # learning-rate multiplier per parameter-name prefix, e.g. {front.aligner: 10.0}; longest wins
+    lr_multipliers: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -143,6 +145,9 @@ class TrainConfig:
     eval_batches: int = 8              # global batches in one evaluation (the first of the valid set)
     max_wall_minutes: float = 0.0      # save and exit 0 after this long (0 = no limit), e.g. under SLURM
     peak_tflops: float = 0.0           # device peak for MFU; 0 = the GPU's bf16 peak by name (none on CPU)
+    # parameter-name prefixes kept fixed in this stage, e.g. [front.vision] or [layers, head]
+    freeze: List[str] = field(default_factory=list)
+    ocr_probe_batches: int = 0         # read-back accuracy probe at each evaluation (global batches)
 
 
 @dataclass
@@ -151,6 +156,7 @@ class CheckpointConfig:
     save_interval: int = 0             # 0 = only at the end
     load_dir: Optional[str] = None     # start from this checkpoint directory (its `latest`)
     auto_resume: bool = True           # without load_dir: continue from save_dir's `latest` if any
+    init_from: Optional[str] = None    # a new stage: weights of this checkpoint, fresh optimizer
     keep_last: int = 0                 # keep the newest N complete checkpoints (0 = keep all)
 
 

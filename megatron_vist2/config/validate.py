@@ -178,6 +178,20 @@ def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
                    f"'{t.activation_checkpointing}'")
     if t.dtype not in ("auto", "fp32", "bf16"):
         out.append(f"train.dtype must be 'auto', 'fp32' or 'bf16', got '{t.dtype}'")
+    n_layers = cfg.model.llm.num_layers
+    parts = {"front", "front.vision", "front.aligner", "front.embedding", "layers", "head"}
+    for prefix in t.freeze + list(o.lr_multipliers):
+        head = ".".join(prefix.split(".")[:2])
+        if not (prefix.split(".")[0] in {"front", "layers", "head"} and
+                (head in parts or (head.startswith("layers.") and head[7:].isdigit()
+                                   and int(head[7:]) < n_layers))):
+            out.append(f"train.freeze / optim.lr_multipliers: '{prefix}' names no part of the model; "
+                       f"use a parameter-name prefix such as front.vision, front.aligner, "
+                       f"front.embedding, layers, layers.0 .. layers.{n_layers - 1}, head")
+    if any(v <= 0 for v in o.lr_multipliers.values()):
+        out.append(f"optim.lr_multipliers must be > 0 (freeze with train.freeze), got {o.lr_multipliers}")
+    if t.ocr_probe_batches < 0:
+        out.append(f"train.ocr_probe_batches must be >= 0, got {t.ocr_probe_batches}")
     if t.max_wall_minutes < 0:
         out.append(f"train.max_wall_minutes must be >= 0 (0 = no limit), got {t.max_wall_minutes}")
     if cfg.checkpoint.keep_last < 0:

@@ -69,13 +69,21 @@ def attended_pairs(layout) -> int:
     return total
 
 
-def training_flops(cfg: Config, layout, num_images: int) -> float:
-    """Model FLOPs of one training pass (forward + backward = 3 x forward) over a batch: the LLM's
-    matmuls for every non-padding token, its attention over the pairs the mask allows, the ViT
-    and the aligner for every image. Activation recomputation is not counted (MFU, not HFU)."""
+def training_flops(cfg: Config, layout, num_images: int, frozen=()) -> float:
+    """Model FLOPs of one training pass over a batch: the LLM's matmuls for every non-padding
+    token, its attention over the pairs the mask allows, the ViT and the aligner for every image.
+    A trained part costs 3 x its forward (forward, input and weight gradients); a frozen part 2x
+    when a trained part before it needs its input gradient, else 1x (``frozen``: the
+    ``train.freeze`` prefixes). Activation recomputation is not counted (MFU, not HFU)."""
     from .attention import PAD
+
+    def covered(part):
+        return any(part == p or part.startswith(p + ".") for p in frozen)
+    vision, aligner = covered("front.vision"), covered("front.aligner")
+    llm = covered("layers") and covered("front.embedding") and covered("head")
     f = forward_flops(cfg)
     tokens = int((layout.kind != PAD).sum())
-    forward = (f.llm_linear_per_token * tokens + f.llm_attention_per_key * attended_pairs(layout)
-               + (f.vision_per_image + f.aligner_per_image) * num_images)
-    return 3.0 * forward
+    llm_forward = f.llm_linear_per_token * tokens + f.llm_attention_per_key * attended_pairs(layout)
+    return ((3 if not llm else 1 if vision and aligner else 2) * llm_forward
+            + (3 if not aligner else 1 if vision else 2) * f.aligner_per_image * num_images
+            + (1 if vision else 3) * f.vision_per_image * num_images)

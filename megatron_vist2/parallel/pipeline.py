@@ -29,7 +29,7 @@ from typing import Iterable, List, Optional, Tuple
 import deepspeed
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
+from megatron.core import parallel_state, tensor_parallel
 
 from ..config import Config, stage_layers
 from ..models.attention import TokenLayout
@@ -106,8 +106,10 @@ class PipelineSchedule:
         self.group = parallel_state.get_pipeline_model_parallel_group()
         self.tied = engine.module.tied and not (self.part.first and self.part.last)
         self.output_weight: Optional[torch.Tensor] = None
-        # last stage, training: loss sum and target count of read-back and of history chunks
+        # last stage, training: loss sum and target count of read-back and of history chunks;
+        # evaluation: correct greedy predictions and targets in read-back chunks
         self.split = torch.zeros(4, device=device)
+        self.readback_hits = torch.zeros(2, device=device)
         if p.pipeline_parallel > 1 and p.zero_stage == 3:
             _install_zero3_stage_checks()
 
@@ -156,12 +158,16 @@ class PipelineSchedule:
             out = self.engine(batch, hidden=hidden, output_weight=self.output_weight)
         if self.part.last:
             per_token = masked_token_losses(out, batch)
+            readback = batch.layout.readback.t()
+            targets = batch.loss_mask.t() > 0
             if self.engine.module.training:
-                readback = batch.layout.readback.t()
-                targets = batch.loss_mask.t() > 0
                 self.split += torch.stack([per_token[readback].sum(), (targets & readback).sum(),
                                            per_token[~readback].sum(), (targets & ~readback).sum()]
                                           ).detach().float()
+            else:                              # OCR read-back probe: greedy token = the text?
+                predicted = tensor_parallel.gather_from_tensor_model_parallel_region(out).argmax(-1)
+                hit = (predicted == batch.labels.t()) & targets & readback
+                self.readback_hits += torch.stack([hit.sum(), (targets & readback).sum()]).float()
             out = per_token.sum()
         return out, meta
 
@@ -259,10 +265,11 @@ class PipelineSchedule:
 
     @torch.no_grad()
     def evaluate(self, micro_batches: Optional[Iterable[Vist2Batch]], num_micro: int
-                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Forward only; -> (summed loss, target count) over this data-parallel rank's batches,
-        non-zero on the last stage only."""
+                 ) -> torch.Tensor:
+        """Forward only; -> [summed loss, targets, correct greedy predictions in read-back chunks,
+        read-back targets] over this data-parallel rank's batches, non-zero on the last stage."""
         self._sync_tied_weight()
+        self.readback_hits.zero_()
         loss_sum = torch.zeros((), device=self.device)
         count = torch.zeros((), device=self.device)
         feed = (b.to(self.device) for b in micro_batches) if micro_batches is not None else [None] * num_micro
@@ -275,7 +282,7 @@ class PipelineSchedule:
                 loss_sum += out.float()
                 count += unpack_metadata(meta).loss_mask.sum()
         self.output_weight = None
-        return loss_sum, count
+        return torch.cat([torch.stack([loss_sum, count]), self.readback_hits])
 
     def _step_loss(self, loss_sum: torch.Tensor, count: torch.Tensor) -> float:
         """The last stage's loss, averaged over data-parallel ranks, known to every stage."""

@@ -209,7 +209,10 @@ def _safe_load(path: str, map_location=None):
                               f"{str(exc).splitlines()[0]})") from None
 
 
-def load_checkpoint(engine, cfg: Config, load_dir: str, log=print) -> Tuple[int, int]:
+def load_checkpoint(engine, cfg: Config, load_dir: str, log=print, weights_only: bool = False
+                    ) -> Tuple[int, int]:
+    """Resume (model, optimizer, scheduler, step, samples) from ``load_dir``'s latest complete
+    checkpoint; ``weights_only``: only the model weights (a new training stage starts from them)."""
     root = Path(load_dir)
     ignored = partial_checkpoints(root)
     if ignored:
@@ -219,7 +222,9 @@ def load_checkpoint(engine, cfg: Config, load_dir: str, log=print) -> Tuple[int,
     check_compatible(root / tag, cfg)
     save_dir, ds_tag = _stage_location(root / tag)
     engine.checkpoint_engine.load = _safe_load   # DeepSpeed's own reader uses weights_only=False
-    path, client = engine.load_checkpoint(str(save_dir), tag=ds_tag)
+    path, client = engine.load_checkpoint(str(save_dir), tag=ds_tag, load_module_only=weights_only,
+                                          load_optimizer_states=not weights_only,
+                                          load_lr_scheduler_states=not weights_only)
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {save_dir / ds_tag}")
     return int(client["step"]), int(client["consumed_samples"])

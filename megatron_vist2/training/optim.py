@@ -1,5 +1,6 @@
-"""AdamW with decoupled weight decay (none on norms, biases and embeddings' 1-D peers), and a
-linear warm-up + cosine decay schedule. DeepSpeed owns stepping and clipping."""
+"""AdamW with decoupled weight decay (none on norms, biases and embeddings' 1-D peers), per-module
+learning-rate multipliers, and a linear warm-up + cosine decay schedule. DeepSpeed owns stepping
+and clipping."""
 from __future__ import annotations
 
 import math
@@ -9,14 +10,27 @@ import torch
 from ..config.schema import OptimConfig
 
 
+def lr_multiplier(name: str, multipliers) -> float:
+    """The multiplier of the longest prefix of ``name`` in ``multipliers`` (1.0 if none)."""
+    best, mult = -1, 1.0
+    for prefix, value in multipliers.items():
+        if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+            best, mult = len(prefix), value
+    return mult
+
+
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    """Groups by (weight decay, lr multiplier); frozen parameters are left out. The scheduler
+    scales every group's lr by the same factor, so multipliers hold through warm-up and decay."""
+    groups = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+            key = (cfg.weight_decay if p.dim() >= 2 else 0.0, lr_multiplier(name, cfg.lr_multipliers))
+            groups.setdefault(key, []).append(p)
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][1] != 1.0, -kv[0][0]))   # lr x 1 first
+    return torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr": cfg.lr * mult}
+                              for (wd, mult), ps in ordered],
+                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
 
 def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:

@@ -13,8 +13,8 @@ how the global batch is split across ranks and micro-batches.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import List, Optional
+from dataclasses import dataclass, replace
+from typing import List, Optional, Tuple
 
 import deepspeed
 import torch
@@ -50,6 +50,7 @@ class TrainResult:
     eval_after: float
     tokens_per_second: float
     checkpoint: Optional[str]
+    ocr_accuracy: Optional[float] = None      # last OCR read-back probe (train.ocr_probe_batches)
 
 
 def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
@@ -61,10 +62,22 @@ def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
 def build_model(cfg: Config, env: DistEnv) -> Vist2Model:
     """This rank's pipeline stage of the model (the whole model without pipeline parallelism)."""
     model = Vist2Model(cfg, part=stage_part(cfg))
+    freeze(model, cfg.train.freeze)
     seed_runtime_rng(cfg.train.seed)           # dropout streams (parallel/random.py)
     sum_partial_grads_over_tensor_parallel(model)
     apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
     return model
+
+
+def freeze(model: Vist2Model, prefixes) -> int:
+    """Parameters named ``prefix`` or ``prefix.*`` get requires_grad=False (no gradient, no
+    optimizer state, never changed). Returns how many were frozen on this rank."""
+    frozen = 0
+    for name, p in model.named_parameters():
+        if any(name == x or name.startswith(x + ".") for x in prefixes):
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen
 
 
 def make_engine(cfg: Config, env: DistEnv, model: Vist2Model):
@@ -96,13 +109,16 @@ def train_step(schedule: PipelineSchedule, micro_batches: Optional[List[Vist2Bat
     return schedule.train_step(micro_batches, num_micro, count, dp)
 
 
-def evaluate(schedule: PipelineSchedule, loader, num_micro: int) -> float:
-    """Mean loss over the validation batches (``loader`` on the first stage only, else None)."""
+def evaluate(schedule: PipelineSchedule, loader, num_micro: int) -> Tuple[float, float]:
+    """-> (mean loss, read-back accuracy) over the validation batches (``loader`` on the first
+    stage only, else None). Read-back accuracy: the share of text targets in read-back chunks
+    that the greedy prediction gets right, i.e. does the model read chunk i's text off V_i
+    (nan without read-back chunks)."""
     schedule.engine.eval()
-    loss_sum, count = schedule.evaluate(loader, num_micro)
+    totals = schedule.share_from_last(_all_reduce_sum(schedule.evaluate(loader, num_micro)))
     schedule.engine.train()
-    totals = schedule.share_from_last(_all_reduce_sum(torch.stack([loss_sum, count])))
-    return (totals[0] / totals[1].clamp(min=1.0)).item()
+    accuracy = (totals[2] / totals[3]).item() if totals[3] > 0 else float("nan")
+    return (totals[0] / totals[1].clamp(min=1.0)).item(), accuracy
 
 
 def train(cfg: Config, env: DistEnv) -> TrainResult:
@@ -133,6 +149,10 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         step, consumed = load_checkpoint(engine, cfg, start_from, log.print)
         log.print(f"resumed from {start_from} at step {step} ({consumed} samples)"
                   + ("; train.steps is reached: nothing left to train" if step >= cfg.train.steps else ""))
+    elif cfg.checkpoint.init_from:             # a new stage: the previous stage's weights only
+        prev_step, _ = load_checkpoint(engine, cfg, cfg.checkpoint.init_from, log.print, weights_only=True)
+        log.print(f"initialised from the weights of {cfg.checkpoint.init_from} (its step {prev_step}); "
+                  f"new optimizer and schedule")
 
     def loader(dataset, consumed_samples, global_batches):
         if not reads_data:
@@ -143,10 +163,27 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
                           num_workers=cfg.data.num_workers, persistent_workers=False)
 
     valid_loader = loader(valid_set, 0, cfg.train.eval_batches)   # same samples for every layout
-    eval_micro = cfg.train.eval_batches * gas
-    eval_before = evaluate(schedule, valid_loader, eval_micro)
-    log.print(f"step {step}: eval loss {eval_before:.4f}")
-    log.log(step, {"eval/loss": eval_before})
+    probe_loader = None
+    if cfg.train.ocr_probe_batches:            # the validation text, every chunk read back
+        probe_cfg = replace(cfg, data=replace(cfg.data, readback_fraction=1.0))
+        probe_set = build_dataset(cfg.data.valid_prefix, tokenizer, probe_cfg, cfg.train.seed + 2000,
+                                  cfg.train.ocr_probe_batches * G)
+        probe_loader = loader(probe_set, 0, cfg.train.ocr_probe_batches)
+    ocr_accuracy = None
+
+    def run_eval(at_step: int) -> float:
+        nonlocal ocr_accuracy
+        loss, _ = evaluate(schedule, valid_loader, cfg.train.eval_batches * gas)
+        values, text = {"eval/loss": loss}, f"step {at_step}: eval loss {loss:.4f}"
+        if cfg.train.ocr_probe_batches:
+            _, ocr_accuracy = evaluate(schedule, probe_loader, cfg.train.ocr_probe_batches * gas)
+            values["eval/ocr_readback_accuracy"] = ocr_accuracy
+            text += f" | OCR read-back accuracy {ocr_accuracy:.1%} (chance {1 / cfg.model.llm.vocab_size:.2%})"
+        log.print(text)
+        log.log(at_step, values)
+        return loss
+
+    eval_before = run_eval(step)
 
     train_loader = loader(train_set, consumed, cfg.train.steps - step)
     train_iter = iter(train_loader) if reads_data else None
@@ -162,7 +199,8 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         new_tokens = int(sum((b.layout.kind != PAD).sum() for b in micro)) * dp if micro else 0
         tokens_seen, all_tokens = tokens_seen + new_tokens, all_tokens + new_tokens  # text + visual
         if micro:                              # model FLOPs of the global batch (this rank's x dp)
-            flops_seen += dp * sum(training_flops(cfg, b.layout, b.images.shape[0]) for b in micro)
+            flops_seen += dp * sum(training_flops(cfg, b.layout, b.images.shape[0], cfg.train.freeze)
+                                   for b in micro)
         loss = train_step(schedule, micro, gas, dp)
         if loss != loss or loss in (float("inf"), float("-inf")):
             raise FloatingPointError(f"loss is {loss} at step {step + 1}: stopping (lower optim.lr?)")
@@ -192,9 +230,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
                     | ({"train/mfu": tflops / peak} if peak else {}))
             tokens_seen, flops_seen, t_last, last_logged = 0, 0.0, now, step
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:
-            last_eval = evaluate(schedule, valid_loader, eval_micro)
-            log.print(f"step {step}: eval loss {last_eval:.4f}")
-            log.log(step, {"eval/loss": last_eval})
+            last_eval = run_eval(step)
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 \
                 and step < cfg.train.steps:
             save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256, log.print)
@@ -207,10 +243,8 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     if stopped:                                # no final evaluation: the grace period is short
         eval_after = last_eval
     else:
-        eval_after = evaluate(schedule, valid_loader, eval_micro)
-        log.print(f"step {step}: eval loss {eval_after:.4f}")
-        log.log(step, {"eval/loss": eval_after})
+        eval_after = run_eval(step)
     path = save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256, log.print)
     log.close()
     return TrainResult(step, consumed, losses, eval_before, eval_after,
-                       all_tokens / max(elapsed, 1e-9), path)
+                       all_tokens / max(elapsed, 1e-9), path, ocr_accuracy)

@@ -112,3 +112,35 @@ def test_loss_split_by_chunk_mode_and_throughput_metrics(tiny_data, tmp_path, re
     for r in rows:
         assert math.isnan(r[empty]) and abs(r[full] - r["train/loss"]) < 1e-5
         assert r["train/tflops_per_device"] > 0 and r["train/peak_memory_gb"] > 0.1
+
+
+def test_new_stage_starts_from_weights_and_keeps_frozen_parts(tiny_data, saved, tmp_path):
+    """checkpoint.init_from: the previous stage's weights, a fresh optimizer and step 0;
+    train.freeze: the frozen parameters come out bit-identical, the others trained."""
+    import torch
+    from megatron_vist2.training.checkpoint import read_model_state
+    proc = train(tiny_data, tmp_path, "train.steps=2", f"checkpoint.init_from={saved / 'ckpt'}",
+                 "train.freeze=[front.vision, layers.0]", "optim.lr_multipliers={front.aligner: 10}",
+                 "data.readback_fraction=1.0", "train.ocr_probe_batches=1")
+    assert f"initialised from the weights of {saved / 'ckpt'} (its step 3)" in proc.stdout
+    assert "OCR read-back accuracy" in proc.stdout
+    before = read_model_state(str(saved / "ckpt"))[1]["module"]
+    _, after = read_model_state(str(tmp_path / "ckpt"))
+    assert json.loads((tmp_path / "ckpt" / "step_0000002" / "complete.json").read_text())["consumed_samples"] == 32
+    after = after["module"]
+    before = {n: t for n, t in before.items() if isinstance(t, torch.Tensor)}   # not _extra_state
+    frozen = [n for n in before if n.startswith(("front.vision.", "layers.0."))]
+    assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
+    trained = [n for n in before if n.startswith(("front.aligner.", "layers.1.", "head."))]
+    assert all(not torch.equal(before[n], after[n]) for n in trained)
+
+
+def test_zero3_resume_is_bit_exact(tiny_data, tmp_path):
+    """2 ranks, ZeRO-3: 2 steps + restart + 2 steps give exactly the losses of 4 straight steps."""
+    zero3 = ["parallel.zero_stage=3"]
+    train(tiny_data, tmp_path / "straight", "train.steps=4", *zero3, ranks=2)
+    train(tiny_data, tmp_path / "split", "train.steps=2", *zero3, ranks=2)
+    restarted = train(tiny_data, tmp_path / "split", "train.steps=4", *zero3, ranks=2)
+    assert "at step 2" in restarted.stdout
+    straight, split = losses(tmp_path / "straight"), losses(tmp_path / "split")
+    assert [split[s] for s in (1, 2, 3, 4)] == [straight[s] for s in (1, 2, 3, 4)]

@@ -119,3 +119,13 @@ def test_counts_equal_huggingface_reference_models():
         with torch.device("meta"):
             vit = SiglipVisionModel(sv)
         assert counts["vision"] == sum(p.numel() for p in vit.parameters())
+
+
+@pytest.mark.parametrize("path, world", [
+    *[(f"examples/tiny_cpu/stages/{s}.yaml", 2) for s in ("stage0_ocr_warmup", "stage1_pretrain", "stage2_instructions")],
+    *[(f"examples/8b/{s}.yaml", 64) for s in ("stage0_ocr_warmup", "stage1_pretrain", "stage2_instructions")],
+])
+def test_stage_configs_validate_at_their_scale(path, world):
+    from tests.conftest import REPO
+    cfg = validate(load_config(str(REPO / path)), world)
+    assert cfg.train.steps > 0
