@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -97,6 +98,7 @@ def save_checkpoint(engine, cfg: Config, step: int, consumed_samples: int,
     root = Path(cfg.checkpoint.save_dir)
     tag = f"step_{step:07d}"
     partial, final = root / f"{tag}{PARTIAL}", root / tag
+    start = time.time()
     if dist.get_rank() == 0:
         shutil.rmtree(partial, ignore_errors=True)          # left by an earlier crash
     dist.barrier()
@@ -115,6 +117,8 @@ def save_checkpoint(engine, cfg: Config, step: int, consumed_samples: int,
             shutil.rmtree(final)
         partial.rename(final)
         _write_atomic(root / "latest", tag)
+        size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
+        log(f"saved checkpoint {final} ({size / 2 ** 20:,.1f} MiB) in {time.time() - start:.2f} s")
         keep = cfg.checkpoint.keep_last
         for old in (complete_tags(root)[:-keep] if keep > 0 else []):
             if old != tag:
@@ -221,12 +225,14 @@ def load_checkpoint(engine, cfg: Config, load_dir: str, log=print, weights_only:
     tag = check_loadable(load_dir)
     check_compatible(root / tag, cfg)
     save_dir, ds_tag = _stage_location(root / tag)
+    start = time.time()
     engine.checkpoint_engine.load = _safe_load   # DeepSpeed's own reader uses weights_only=False
     path, client = engine.load_checkpoint(str(save_dir), tag=ds_tag, load_module_only=weights_only,
                                           load_optimizer_states=not weights_only,
                                           load_lr_scheduler_states=not weights_only)
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {save_dir / ds_tag}")
+    log(f"loaded checkpoint {root / tag} in {time.time() - start:.2f} s")
     return int(client["step"]), int(client["consumed_samples"])
 
 
