@@ -76,7 +76,8 @@ def main(argv=None) -> None:
         last = sum(result.train_losses[-10:]) / max(1, len(result.train_losses[-10:]))
         drop = 100.0 * (1.0 - result.eval_after / result.eval_before)
         summary = {
-            "steps": result.steps, "consumed_samples": result.consumed_samples,
+            "steps": result.steps, "finished": result.steps >= cfg.train.steps,
+            "consumed_samples": result.consumed_samples,
             "train_loss_first10": first, "train_loss_last10": last,
             "eval_loss_before": result.eval_before, "eval_loss_after": result.eval_after,
             "eval_loss_drop_percent": drop, "tokens_per_second": result.tokens_per_second,
