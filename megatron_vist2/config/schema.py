@@ -117,6 +117,9 @@ class DataConfig:
     cache_dir: str = "data/cache"                  # cached blend indices
     seq_length: int = 2048                         # tokens per packed row (text + visual)
     readback_fraction: float = 0.0                 # share of chunks in OCR read-back mode
+    # curriculum: [[step, share], ...] from each step on (e.g. [[0, 1.0], [500, 0.5], [1000, 0.0]]);
+    # empty = readback_fraction throughout
+    readback_schedule: List[List[float]] = field(default_factory=list)
     num_workers: int = 1                           # DataLoader workers per rank (rendering runs there)
 
 

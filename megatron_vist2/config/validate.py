@@ -162,6 +162,11 @@ def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
     if d.seq_length < L:
         out.append(f"data.seq_length ({d.seq_length}) must hold at least one chunk "
                    f"(model.chunk.text_tokens = {L})")
+    sched = d.readback_schedule
+    if sched and (any(len(e) != 2 or not 0.0 <= e[1] <= 1.0 or e[0] != int(e[0]) for e in sched)
+                  or sched[0][0] != 0 or any(b[0] <= a[0] for a, b in zip(sched, sched[1:]))):
+        out.append(f"data.readback_schedule {sched} must be [[step, share], ...] with steps 0, then "
+                   f"increasing, and shares in [0, 1], e.g. [[0, 1.0], [500, 0.5], [1000, 0.0]]")
     if not 0.0 <= d.readback_fraction <= 1.0:
         out.append(f"data.readback_fraction must be in [0, 1], got {d.readback_fraction}")
     if d.num_workers < 0:

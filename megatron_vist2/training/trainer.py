@@ -121,6 +121,17 @@ def evaluate(schedule: PipelineSchedule, loader, num_micro: int) -> Tuple[float,
     return (totals[0] / totals[1].clamp(min=1.0)).item(), accuracy
 
 
+def readback_phases(cfg: Config) -> List[Tuple[int, float]]:
+    """(first step, read-back share) of each curriculum phase (one phase without a schedule)."""
+    if not cfg.data.readback_schedule:
+        return [(0, cfg.data.readback_fraction)]
+    return [(int(s), float(f)) for s, f in cfg.data.readback_schedule]
+
+
+def phase_at(phases: List[Tuple[int, float]], step: int) -> int:
+    return max(i for i, (start, _) in enumerate(phases) if start <= step)
+
+
 def train(cfg: Config, env: DistEnv) -> TrainResult:
     dp = data_parallel_size(cfg, env.world_size)
     dp_rank = parallel_state.get_data_parallel_rank()      # tensor-parallel peers read the same data
@@ -128,8 +139,6 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     log = MetricsLogger(cfg.logging.dir, env.is_main, cfg.logging.tensorboard)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     G = cfg.parallel.global_batch_size
-    train_set = build_dataset(cfg.data.train_prefix, tokenizer, cfg, cfg.train.seed,
-                              cfg.train.steps * G)
     valid_set = build_dataset(cfg.data.valid_prefix, tokenizer, cfg, cfg.train.seed + 1000,
                               cfg.train.eval_batches * G)
     model = build_model(cfg, env)
@@ -185,8 +194,8 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
 
     eval_before = run_eval(step)
 
-    train_loader = loader(train_set, consumed, cfg.train.steps - step)
-    train_iter = iter(train_loader) if reads_data else None
+    phases = readback_phases(cfg)            # the read-back curriculum: (first step, share)
+    train_iter, phase = None, None
     losses, tokens_seen, all_tokens, flops_seen = [], 0, 0, 0.0
     peak = device_peak_tflops(cfg.train.peak_tflops)
     t_start = t_last = time.time()
@@ -195,6 +204,17 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     stop = StopOnSignal(cfg.train.max_wall_minutes)
     stopped = False
     while step < cfg.train.steps:
+        if reads_data and phase != phase_at(phases, step):
+            # a new read-back share: the same corpus packed with it, read on from `consumed`
+            phase = phase_at(phases, step)
+            start, share = phases[phase]
+            end = phases[phase + 1][0] if phase + 1 < len(phases) else cfg.train.steps
+            phase_cfg = replace(cfg, data=replace(cfg.data, readback_fraction=share))
+            train_set = build_dataset(cfg.data.train_prefix, tokenizer, phase_cfg, cfg.train.seed,
+                                      cfg.train.steps * G)
+            train_iter = iter(loader(train_set, consumed, min(end, cfg.train.steps) - step))
+            if len(phases) > 1:
+                log.print(f"step {step}: read-back share {share:g} (until step {end})")
         micro = [next(train_iter).to(env.device) for _ in range(gas)] if reads_data else None
         new_tokens = int(sum((b.layout.kind != PAD).sum() for b in micro)) * dp if micro else 0
         tokens_seen, all_tokens = tokens_seen + new_tokens, all_tokens + new_tokens  # text + visual

@@ -144,3 +144,16 @@ def test_zero3_resume_is_bit_exact(tiny_data, tmp_path):
     assert "at step 2" in restarted.stdout
     straight, split = losses(tmp_path / "straight"), losses(tmp_path / "split")
     assert [split[s] for s in (1, 2, 3, 4)] == [straight[s] for s in (1, 2, 3, 4)]
+
+
+def test_readback_curriculum_switches_share_at_the_scheduled_steps(tiny_data, tmp_path):
+    """data.readback_schedule [[0, 1], [2, 0.5], [4, 0]]: steps 1-2 see read-back chunks only,
+    steps 3-4 both kinds, steps 5-6 history only (the per-kind losses say which kinds a step had)."""
+    import math
+    proc = train(tiny_data, tmp_path, "train.steps=6", "data.readback_schedule=[[0, 1.0], [2, 0.5], [4, 0.0]]")
+    assert "step 2: read-back share 0.5 (until step 4)" in proc.stdout
+    rows = {r["step"]: r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+            if "train/loss" in r}
+    kinds = [(not math.isnan(rows[s]["train/loss_readback"]), not math.isnan(rows[s]["train/loss_history"]))
+             for s in range(1, 7)]
+    assert kinds == [(True, False)] * 2 + [(True, True)] * 2 + [(False, True)] * 2
