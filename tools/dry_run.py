@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Dry run of a training layout at cluster scale on one CPU: per-rank memory, pipeline balance
+and communication per step, without a GPU and without allocating the model.
+
+    python tools/dry_run.py --preset examples/8b/stage1_pretrain.yaml --world 64
+    python tools/dry_run.py --preset 8b --world 256 parallel.tensor_parallel=8 parallel.pipeline_parallel=4
+
+For every pipeline stage it joins a fake process group (torch's ``fake`` backend: collectives are
+no-ops) as that stage's first rank, builds megatron-core's groups for the whole world, and builds
+the real stage model on the meta device, so parameter counts are the code's, not a formula's.
+Memory per rank (estimate; bf16 weights with DeepSpeed, fp32 when train.dtype=fp32):
+  weights w B/param (/ dp under ZeRO-3); gradients w B/trainable param (/ dp from ZeRO-2);
+  optimizer 12 B (fp32 master + Adam moments; 8 in fp32) per trainable param (/ dp from ZeRO-1);
+  activations per layer and micro-batch s b h (10 + 24 / tp) w/2 B (34 / tp with sequence
+  parallelism; attention scores are never stored: sdpa/flex), 2 s b h B with full recomputation,
+  times the micro-batches in flight on the stage (1F1B: pipeline - stage); stage 0 adds the ViT
+  (patches x width x (10 + 24 / tp) per image), the last stage the fp32 logits (2 s b V / tp x 4 B).
+Exits 2 when a stage does not fit --gpu-memory-gib, with the numbers.
+"""
+import argparse
+import sys
+
+import torch
+import torch.distributed as dist
+
+from megatron_vist2.errors import UserError, run_cli
+
+GIB = 2 ** 30
+
+
+def stage_report(cfg, world: int, stage: int) -> dict:
+    from megatron.core import parallel_state as ps
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    from megatron_vist2.models.vist2 import Vist2Model
+    from megatron_vist2.parallel.pipeline import stage_part
+    from megatron_vist2.training.trainer import freeze
+    p = cfg.parallel
+    rank = stage * world // p.pipeline_parallel               # megatron order: pp outermost
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
+    try:
+        ps.initialize_model_parallel(p.tensor_parallel, p.pipeline_parallel,
+                                     create_gloo_process_groups=False)
+        assert ps.get_pipeline_model_parallel_rank() == stage
+        with torch.device("meta"):
+            model = Vist2Model(cfg, part=stage_part(cfg))
+        freeze(model, cfg.train.freeze)
+        params = sum(t.numel() for t in model.parameters())
+        trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)
+        vision = sum(t.numel() for t in model.front.vision.parameters()) if model.part.first else 0
+        return {"stage": stage, "rank": rank, "layers": len(model.layers), "first": model.part.first,
+                "last": model.part.last, "params": params, "trainable": trainable, "vision": vision}
+    finally:
+        if ps.model_parallel_is_initialized():
+            ps.destroy_model_parallel()
+        dist.destroy_process_group()
+
+
+def memory(cfg, world: int, r: dict) -> dict:
+    p, m, llm = cfg.parallel, cfg.model, cfg.model.llm
+    tp, pp = p.tensor_parallel, p.pipeline_parallel
+    dp = world // (tp * pp)
+    gas = p.global_batch_size // (p.micro_batch_size * dp)
+    w = 4 if cfg.train.dtype == "fp32" else 2
+    s, b, h = cfg.data.seq_length, p.micro_batch_size, llm.hidden_size
+    in_flight = min(pp - r["stage"], gas)
+    if cfg.train.activation_checkpointing == "full":
+        per_layer = 2 * s * b * h
+    else:
+        per_layer = s * b * h * (34 / tp if p.sequence_parallel else 10 + 24 / tp) * w / 2
+    act = per_layer * r["layers"] * in_flight
+    if r["first"]:
+        images = b * -(-s // (m.chunk.text_tokens + m.visual_tokens_per_chunk))
+        act += (images * m.patches_per_image * m.vision.hidden_size * (10 + 24 / tp) * w / 2
+                * m.vision.num_layers * in_flight)
+    if r["last"]:
+        from megatron_vist2.config import padded_vocab_size
+        act += 2 * s * b * padded_vocab_size(cfg) / tp * 4
+    return {
+        "weights": r["params"] * w / (dp if p.zero_stage == 3 else 1),
+        "gradients": r["trainable"] * w / (dp if p.zero_stage >= 2 else 1),
+        "optimizer": r["trainable"] * (8 if w == 4 else 12) / (dp if p.zero_stage >= 1 else 1),
+        "activations": act,
+    }
+
+
+def communication(cfg, world: int, r: dict) -> dict:
+    """Bytes each rank sends per optimizer step (ring collectives)."""
+    p, llm = cfg.parallel, cfg.model.llm
+    tp, pp = p.tensor_parallel, p.pipeline_parallel
+    dp = world // (tp * pp)
+    gas = p.global_batch_size // (p.micro_batch_size * dp)
+    w = 4 if cfg.train.dtype == "fp32" else 2
+    act = cfg.data.seq_length * p.micro_batch_size * llm.hidden_size * w
+    ring = lambda n: 2 * (n - 1) / n if n > 1 else 0.0                      # noqa: E731
+    return {
+        "data parallel": r["trainable"] * w * ring(dp) * (1.5 if p.zero_stage == 3 else 1.0),
+        "tensor parallel": 4 * act * ring(tp) * r["layers"] * gas,
+        "pipeline": (0 if r["last"] else 1) * 2 * act * gas,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", required=True, help="preset name or YAML file (a stage config)")
+    ap.add_argument("--world", type=int, required=True, help="number of ranks (GPUs)")
+    ap.add_argument("--gpu-memory-gib", type=float, default=80.0, help="memory per GPU (H100: 80)")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.tensor_parallel=8")
+    args = ap.parse_args()
+    from megatron_vist2.config import load_config, validate
+    from megatron_vist2.models.size import forward_flops
+    from megatron_vist2.parallel import cpu_compat
+    cpu_compat.install()
+    cfg = validate(load_config(args.preset, args.overrides), args.world)
+    p = cfg.parallel
+    dp = args.world // (p.tensor_parallel * p.pipeline_parallel)
+    print(f"{args.preset} on {args.world} ranks: TP {p.tensor_parallel} x PP {p.pipeline_parallel} x "
+          f"DP {dp}, ZeRO-{p.zero_stage}, micro-batch {p.micro_batch_size} x {cfg.data.seq_length} tokens, "
+          f"global batch {p.global_batch_size}, activation checkpointing {cfg.train.activation_checkpointing}")
+    f = forward_flops(cfg)
+    rows, worst = [], None
+    for stage in range(p.pipeline_parallel):
+        r = stage_report(cfg, args.world, stage)
+        mem, comm = memory(cfg, args.world, r), communication(cfg, args.world, r)
+        per_row = r["layers"] / cfg.model.llm.num_layers * f.llm_linear_per_token * cfg.data.seq_length
+        if r["first"]:
+            per_row += (f.vision_per_image + f.aligner_per_image) * -(-cfg.data.seq_length // (
+                cfg.model.chunk.text_tokens + cfg.model.visual_tokens_per_chunk))
+        rows.append((r, mem, comm, per_row))
+        total = sum(mem.values())
+        if worst is None or total > worst[1]:
+            worst = (r, total, mem)
+    mean_flops = sum(x[3] for x in rows) / len(rows)
+    print(f"{'stage':>5} {'layers':>6} {'params/rank':>12} {'weights':>8} {'grads':>8} {'optim':>8} "
+          f"{'activ.':>8} {'total GiB':>9} {'fwd load':>8} {'DP GiB/step':>11} {'TP GiB/step':>11} {'PP GiB/step':>11}")
+    for r, mem, comm, load in rows:
+        print(f"{r['stage']:>5} {r['layers']:>6} {r['params']:>12,} {mem['weights'] / GIB:>8.1f} "
+              f"{mem['gradients'] / GIB:>8.1f} {mem['optimizer'] / GIB:>8.1f} {mem['activations'] / GIB:>8.1f} "
+              f"{sum(mem.values()) / GIB:>9.1f} {load / mean_flops:>7.2f}x {comm['data parallel'] / GIB:>11.2f} "
+              f"{comm['tensor parallel'] / GIB:>11.2f} {comm['pipeline'] / GIB:>11.2f}")
+    r, total, mem = worst
+    if total > args.gpu_memory_gib * GIB:
+        parts = ", ".join(f"{k} {v / GIB:.1f}" for k, v in mem.items())
+        raise UserError(f"does not fit: pipeline stage {r['stage']} needs {total / GIB:.1f} GiB per rank "
+                        f"({parts}) > --gpu-memory-gib {args.gpu_memory_gib:g}; raise ZeRO, tensor or "
+                        f"pipeline parallelism, or use train.activation_checkpointing=full")
+    print(f"fits: the largest stage needs {total / GIB:.1f} GiB of {args.gpu_memory_gib:g} GiB per rank "
+          f"(estimate; see the formulas in this tool's help)")
+
+
+if __name__ == "__main__":
+    run_cli(main)
+    sys.exit(0)
