@@ -2,10 +2,10 @@
 from .load import (ConfigError, apply_overrides, available_presets, config_from_dict,
                    config_to_dict, load_config)
 from .schema import Config
-from .validate import (data_parallel_size, gradient_accumulation_steps, padded_vocab_size,
+from .validate import (data_parallel_size, gradient_accumulation_steps, name_under, padded_vocab_size,
                        stage_layer_counts, stage_layers, validate, validate_for_training)
 
 __all__ = ["Config", "ConfigError", "apply_overrides", "available_presets", "config_from_dict", "config_to_dict",
-           "data_parallel_size", "gradient_accumulation_steps", "load_config", "padded_vocab_size",
+           "data_parallel_size", "gradient_accumulation_steps", "load_config", "name_under", "padded_vocab_size",
            "stage_layer_counts", "stage_layers",
            "validate", "validate_for_training"]

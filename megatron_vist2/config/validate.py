@@ -20,6 +20,12 @@ def gradient_accumulation_steps(cfg: Config, world_size: int) -> int:
     return cfg.parallel.global_batch_size // (cfg.parallel.micro_batch_size * dp)
 
 
+def name_under(name: str, prefix: str) -> bool:
+    """Is parameter (or module) ``name`` inside ``prefix`` (``train.freeze``,
+    ``optim.lr_multipliers``)? ``front.vision`` covers ``front.vision.x`` but not ``front.visionx``."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
 def stage_layer_counts(cfg: Config) -> List[int]:
     """Decoder layers held by each pipeline stage, first to last."""
     p, n = cfg.parallel, cfg.model.llm.num_layers

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Dict
 
 from ..config.schema import Config
-from ..config.validate import padded_vocab_size
+from ..config.validate import name_under, padded_vocab_size
 
 
 def analytic_parameter_counts(cfg: Config) -> Dict[str, int]:
@@ -78,7 +78,7 @@ def training_flops(cfg: Config, layout, num_images: int, frozen=()) -> float:
     from .attention import PAD
 
     def covered(part):
-        return any(part == p or part.startswith(p + ".") for p in frozen)
+        return any(name_under(part, p) for p in frozen)
     vision, aligner = covered("front.vision"), covered("front.aligner")
     llm = covered("layers") and covered("front.embedding") and covered("head")
     f = forward_flops(cfg)

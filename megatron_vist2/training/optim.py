@@ -8,13 +8,14 @@ import math
 import torch
 
 from ..config.schema import OptimConfig
+from ..config.validate import name_under
 
 
 def lr_multiplier(name: str, multipliers) -> float:
     """The multiplier of the longest prefix of ``name`` in ``multipliers`` (1.0 if none)."""
     best, mult = -1, 1.0
     for prefix, value in multipliers.items():
-        if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+        if name_under(name, prefix) and len(prefix) > best:
             best, mult = len(prefix), value
     return mult
 

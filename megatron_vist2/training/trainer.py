@@ -22,7 +22,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from torch.utils.data import DataLoader
 
-from ..config import Config, data_parallel_size, gradient_accumulation_steps
+from ..config import Config, data_parallel_size, gradient_accumulation_steps, name_under
 from ..data.dataset import GlobalBatchSampler, build_dataset, collate
 from ..data.tokenizer import load_tokenizer
 from ..models.attention import PAD
@@ -74,7 +74,7 @@ def freeze(model: Vist2Model, prefixes) -> int:
     optimizer state, never changed). Returns how many were frozen on this rank."""
     frozen = 0
     for name, p in model.named_parameters():
-        if any(name == x or name.startswith(x + ".") for x in prefixes):
+        if any(name_under(name, x) for x in prefixes):
             p.requires_grad_(False)
             frozen += 1
     return frozen
