@@ -57,15 +57,32 @@ def forward_flops(cfg: Config) -> ForwardFlops:
 
 
 def attended_pairs(layout) -> int:
-    """(query, key) pairs the VIST2 mask allows in a batch, padding queries excluded (one row
-    at a time: S^2 booleans per row)."""
-    from .attention import PAD, TokenLayout, dense_mask
+    """(query, key) pairs the VIST2 mask allows in a batch, padding queries excluded, counted per
+    chunk instead of per pair (it runs on every training step; no S x S mask is built). Within a
+    document: a text token of chunk c sees the text of c up to itself, the visual tokens of the
+    chunks before c, and those of c in read-back mode; a visual token of c sees the visual tokens
+    of chunks <= c (models/attention.py; the test compares with the rule pair by pair)."""
+    from collections import Counter
+
+    from .attention import TEXT, VISUAL
     total = 0
     for b in range(layout.doc.shape[0]):
-        row = TokenLayout(**{name: getattr(layout, name)[b:b + 1] for name in
-                             ("doc", "chunk", "kind", "readback", "position")})
-        allowed = dense_mask(row)[0, 0]
-        total += int(allowed[row.kind[0] != PAD].sum())
+        doc, chunk, kind, readback = (getattr(layout, n)[b].cpu().tolist()
+                                      for n in ("doc", "chunk", "kind", "readback"))
+        text, visual, text_readback = Counter(), Counter(), {}
+        for d, c, k, r in zip(doc, chunk, kind, readback):
+            if d >= 0 and k == TEXT:
+                text[d, c] += 1
+                text_readback[d, c] = r
+            elif d >= 0 and k == VISUAL:
+                visual[d, c] += 1
+        for d in {d for d, _ in text} | {d for d, _ in visual}:
+            earlier = 0                        # visual tokens of this document's earlier chunks
+            for c in sorted({c for dd, c in text if dd == d} | {c for dd, c in visual if dd == d}):
+                n_text, n_vis = text[d, c], visual[d, c]
+                total += n_text * (n_text + 1) // 2 + n_text * (earlier + (n_vis if text_readback.get((d, c)) else 0))
+                total += n_vis * (earlier + n_vis)
+                earlier += n_vis
     return total
 
 

@@ -215,12 +215,14 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             train_iter = iter(loader(train_set, consumed, min(end, cfg.train.steps) - step))
             if len(phases) > 1:
                 log.print(f"step {step}: read-back share {share:g} (until step {end})")
-        micro = [next(train_iter).to(env.device) for _ in range(gas)] if reads_data else None
-        new_tokens = int(sum((b.layout.kind != PAD).sum() for b in micro)) * dp if micro else 0
-        tokens_seen, all_tokens = tokens_seen + new_tokens, all_tokens + new_tokens  # text + visual
-        if micro:                              # model FLOPs of the global batch (this rank's x dp)
+        micro = [next(train_iter) for _ in range(gas)] if reads_data else None
+        if micro:                              # counted on the host copies: no device sync
+            new_tokens = int(sum((b.layout.kind != PAD).sum() for b in micro)) * dp  # text + visual
+            tokens_seen, all_tokens = tokens_seen + new_tokens, all_tokens + new_tokens
+            # model FLOPs of the global batch (this rank's x dp)
             flops_seen += dp * sum(training_flops(cfg, b.layout, b.images.shape[0], cfg.train.freeze)
                                    for b in micro)
+            micro = [b.to(env.device) for b in micro]
         loss = train_step(schedule, micro, gas, dp)
         if loss != loss or loss in (float("inf"), float("-inf")):
             raise FloatingPointError(f"loss is {loss} at step {step + 1}: stopping (lower optim.lr?)")
