@@ -164,7 +164,8 @@ class PipelineSchedule:
                 self.split += torch.stack([per_token[readback].sum(), (targets & readback).sum(),
                                            per_token[~readback].sum(), (targets & ~readback).sum()]
                                           ).detach().float()
-            else:                              # OCR read-back probe: greedy token = the text?
+            elif (targets & readback).any():   # OCR read-back probe: greedy token = the text?
+                # (TP ranks hold the same batch, so they agree on taking this collective)
                 predicted = tensor_parallel.gather_from_tensor_model_parallel_region(out).argmax(-1)
                 hit = (predicted == batch.labels.t()) & targets & readback
                 self.readback_hits += torch.stack([hit.sum(), (targets & readback).sum()]).float()
