@@ -3,33 +3,11 @@ of a save leaves the previous checkpoint in charge and the restart says so; dama
 checkpoints are refused with the file and the reason; keep_last rotates; the wall-time limit
 saves and exits 0."""
 import json
-import subprocess
-import sys
 
 import pytest
 
-from megatron_vist2.parallel.distributed import free_port
-from tests.conftest import REPO, subprocess_env, tiny_overrides
-
-COMMON = ["train.log_interval=1", "train.eval_batches=1", "train.eval_interval=0"]
-
-
-def train(data, out, *extra, ranks=1, env_extra=None, check=True):
-    launcher = [sys.executable, "-m", "megatron_vist2.train"] if ranks == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-         str(free_port()), "--no-python", "./launch.sh"]
-    args = [*launcher, "--preset", "tiny-cpu", *tiny_overrides(data), *COMMON, f"logging.dir={out}",
-            f"checkpoint.save_dir={out}/ckpt", *extra]
-    env = {**subprocess_env(), **(env_extra or {})}
-    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc
-
-
-def losses(out):
-    log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return {e["step"]: e["train/loss"] for e in log if "train/loss" in e}
+from tests.conftest import tiny_overrides
+from tests.distributed.runs import losses, train
 
 
 def test_rank_killed_during_save_keeps_previous_checkpoint(tiny_data, tmp_path):

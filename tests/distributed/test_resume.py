@@ -1,48 +1,32 @@
 """Starting from a checkpoint (checkpoint.load_dir) continues the run: 2 steps + resume 2 more
 equals 4 steps straight (losses and eval loss, read from metrics.jsonl)."""
-import json
 import subprocess
 import sys
 
-from tests.conftest import REPO, subprocess_env, tiny_overrides
-
-
-def run(data, out, *extra):
-    args = [sys.executable, "-m", "megatron_vist2.train", "--preset", "tiny-cpu", *tiny_overrides(data),
-            "train.log_interval=1", "train.eval_batches=1", "train.eval_interval=0",
-            f"logging.dir={out}", f"checkpoint.save_dir={out}/ckpt", *extra]
-    proc = subprocess.run(args, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def losses(log):
-    return {e["step"]: e["train/loss"] for e in log if "train/loss" in e}
+from tests.conftest import REPO, subprocess_env
+from tests.distributed.runs import losses, metrics, train, train_args
 
 
 def test_resume_continues_exactly(tiny_data, tmp_path):
-    straight = run(tiny_data, tmp_path / "straight", "train.steps=4")
-    run(tiny_data, tmp_path / "split", "train.steps=2")
-    resumed = run(tiny_data, tmp_path / "split", "train.steps=4",
-                  f"checkpoint.load_dir={tmp_path / 'split' / 'ckpt'}")
-    a, b = losses(straight), losses(resumed)
+    train(tiny_data, tmp_path / "straight", "train.steps=4")
+    train(tiny_data, tmp_path / "split", "train.steps=2")
+    train(tiny_data, tmp_path / "split", "train.steps=4", f"checkpoint.load_dir={tmp_path / 'split' / 'ckpt'}")
+    a, b = losses(tmp_path / "straight"), losses(tmp_path / "split")
     assert b[3] == a[3] and b[4] == a[4]
-    assert [e["eval/loss"] for e in straight if e["step"] == 4 and "eval/loss" in e] == \
-        [e["eval/loss"] for e in resumed if e["step"] == 4 and "eval/loss" in e]
+    assert [e["eval/loss"] for e in metrics(tmp_path / "straight") if e["step"] == 4 and "eval/loss" in e] == \
+        [e["eval/loss"] for e in metrics(tmp_path / "split") if e["step"] == 4 and "eval/loss" in e]
 
 
 def test_sigterm_saves_exits_zero_and_resumes(tiny_data, tmp_path):
     import signal
     import time
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "megatron_vist2.train", "--preset", "tiny-cpu", *tiny_overrides(tiny_data),
-            "train.steps=10000", "train.log_interval=1", "train.eval_batches=1", "train.eval_interval=0",
-            f"logging.dir={out}", f"checkpoint.save_dir={out}/ckpt"]
+    args = [sys.executable, "-m", "megatron_vist2.train", *train_args(tiny_data, out, "train.steps=10000")]
     proc = subprocess.Popen(args, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
+    log_file = out / "metrics.jsonl"
     deadline = time.time() + 300
-    while time.time() < deadline and not (metrics.exists() and "train/loss" in metrics.read_text()):
+    while time.time() < deadline and not (log_file.exists() and "train/loss" in log_file.read_text()):
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=300)
@@ -51,9 +35,9 @@ def test_sigterm_saves_exits_zero_and_resumes(tiny_data, tmp_path):
     tag = (out / "ckpt" / "latest").read_text().strip()
     stopped_at = int(tag.split("_")[1])
     assert 1 <= stopped_at < 10000
-    resumed = run(tiny_data, out, f"train.steps={stopped_at + 2}", f"checkpoint.load_dir={out / 'ckpt'}")
-    assert max(losses(resumed)) == stopped_at + 2
-    consumed = [e["train/consumed_samples"] for e in resumed if "train/consumed_samples" in e]
+    train(tiny_data, out, f"train.steps={stopped_at + 2}", f"checkpoint.load_dir={out / 'ckpt'}")
+    assert max(losses(out)) == stopped_at + 2
+    consumed = [e["train/consumed_samples"] for e in metrics(out) if "train/consumed_samples" in e]
     assert consumed[-1] == (stopped_at + 2) * 16         # continued from the saved consumed_samples
 
 
@@ -62,18 +46,10 @@ def test_pipeline_layout_trains_and_resumes_through_the_entry_point(tiny_data, t
     the losses equal the data-parallel run's on the same global batches, and 2 steps + resume 2
     more continue it exactly (each stage reloads its own part)."""
     import numpy as np
-    from megatron_vist2.parallel.distributed import free_port
 
     def launch(out, *extra):
-        args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", str(free_port()), "--no-python", "./launch.sh", "--preset", "tiny-cpu",
-                *tiny_overrides(tiny_data), "parallel.micro_batch_size=4", "train.log_interval=1",
-                "train.eval_batches=1", "train.eval_interval=0", f"logging.dir={out}",
-                f"checkpoint.save_dir={out}/ckpt", *extra]
-        proc = subprocess.run(args, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                              timeout=600)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        return losses([json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()])
+        train(tiny_data, out, "parallel.micro_batch_size=4", *extra, ranks=2)
+        return losses(out)
 
     data_parallel = launch(tmp_path / "dp", "train.steps=4")
     launch(tmp_path / "pp", "train.steps=2", "parallel.pipeline_parallel=2")
