@@ -23,7 +23,7 @@ def preflight(cfg: Config) -> None:
     from .data.dataset import parse_blend
     from .data.indexed import open_indexed
     from .data.tokenizer import load_tokenizer
-    from .training.checkpoint import check_compatible, check_loadable, resume_dir
+    from .training.checkpoint import check_compatible, resolve_tag_dir, resume_dir
 
     tok = load_tokenizer(cfg.data.tokenizer)
     if tok.vocab_size != cfg.model.llm.vocab_size:
@@ -35,7 +35,7 @@ def preflight(cfg: Config) -> None:
             open_indexed(prefix, tok)
     for start_from in (resume_dir(cfg), cfg.checkpoint.init_from):
         if start_from:
-            check_compatible(Path(start_from) / check_loadable(start_from), cfg)
+            check_compatible(resolve_tag_dir(start_from), cfg)
     save = Path(cfg.checkpoint.save_dir)
     try:
         save.mkdir(parents=True, exist_ok=True)

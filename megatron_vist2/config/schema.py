@@ -157,7 +157,7 @@ class TrainConfig:
 class CheckpointConfig:
     save_dir: str = "runs/default/checkpoints"
     save_interval: int = 0             # 0 = only at the end
-    load_dir: Optional[str] = None     # start from this checkpoint directory (its `latest`)
+    load_dir: Optional[str] = None     # resume from this checkpoint directory (its `latest`) or step dir
     auto_resume: bool = True           # without load_dir: continue from save_dir's `latest` if any
     init_from: Optional[str] = None    # a new stage: weights of this checkpoint, fresh optimizer
     keep_last: int = 0                 # keep the newest N complete checkpoints (0 = keep all)

@@ -6,6 +6,8 @@ Layout of ``checkpoint.save_dir``::
     step_0000100/
       complete.json             written last: step, samples, layout, and every file with its size
       config.yaml               the run's config
+      tensors.json              every parameter's full shape and tensor-parallel split (resharding)
+      rng/rank_NNNNN.pt         each rank's random-generator states
       mp_rank_00_model_states.pt, *_optim_states.pt ...   DeepSpeed's shards (one set per
       stage_SS/ ...                                        pipeline stage with pipeline parallelism)
     step_0000110.partial/       a save that did not finish (a killed rank): ignored, reported
@@ -15,6 +17,11 @@ Protocol: every rank writes its shards into ``<tag>.partial``; after a barrier r
 checkpoints beyond ``checkpoint.keep_last``. A crash at any point leaves the previous complete
 checkpoint and ``latest`` untouched. Loading checks the marker, every file's size, the model
 config and the layout before DeepSpeed reads anything, and reads with ``weights_only``.
+
+Resuming in the saved layout hands the shards to DeepSpeed and restores every rank's random
+state (bit-exact). Another layout (TP, PP, DP size or ZeRO stage), or a consolidated checkpoint,
+goes through convert/reshard.py: full tensors sliced for the new layout, optimizer state
+included; random states then start from the seed (each layout draws its own streams).
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ import yaml
 from megatron.core import parallel_state
 
 from ..config import Config, config_to_dict
+from ..convert.reshard import CONSOLIDATED, TENSORS_FILE, describe_stage, load_full_state, open_checkpoint
 from ..errors import CheckpointError
 
 MARKER = "complete.json"
@@ -93,6 +101,27 @@ def complete_tags(root: Path) -> List[str]:
     return sorted(p.name for p in root.glob("step_*") if (p / MARKER).is_file() and p.is_dir())
 
 
+def _rng_states() -> dict:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+    states = {"torch": torch.get_rng_state(), "tracker": get_cuda_rng_tracker().get_states()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def _restore_rng(step_dir: Path, log) -> None:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+    path = step_dir / "rng" / f"rank_{dist.get_rank():05d}.pt"
+    if not path.is_file():
+        log(f"{path} is missing: random states start from the seed")
+        return
+    states = safe_load(str(path))
+    torch.set_rng_state(states["torch"])
+    get_cuda_rng_tracker().set_states(states["tracker"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
 def save_checkpoint(engine, cfg: Config, step: int, consumed_samples: int,
                     tokenizer_sha256: str, log=print) -> str:
     root = Path(cfg.checkpoint.save_dir)
@@ -107,9 +136,18 @@ def save_checkpoint(engine, cfg: Config, step: int, consumed_samples: int,
                            client_state={"step": step, "consumed_samples": consumed_samples,
                                          "config": config_to_dict(cfg),
                                          "tokenizer_sha256": tokenizer_sha256})
+    (partial / "rng").mkdir(exist_ok=True)
+    torch.save(_rng_states(), partial / "rng" / f"rank_{dist.get_rank():05d}.pt")
+    stages = [None] * dist.get_world_size()    # each stage's parameters, for resharding
+    leader = parallel_state.get_tensor_model_parallel_rank() == 0 and \
+        parallel_state.get_data_parallel_rank() == 0
+    dist.all_gather_object(stages, (parallel_state.get_pipeline_model_parallel_rank(), describe_stage(
+        engine.module, engine.optimizer, cfg.parallel.tensor_parallel)) if leader else None)
     _fault_injection(step)
     dist.barrier()                             # every rank has written its shards
     if dist.get_rank() == 0:
+        ordered = [d for _, d in sorted(x for x in stages if x is not None)]
+        (partial / TENSORS_FILE).write_text(json.dumps({"stages": ordered}))
         (partial / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         write_manifest(partial, step=step, consumed_samples=consumed_samples, layout=_layout(cfg),
                        tokenizer_sha256=tokenizer_sha256)
@@ -147,6 +185,12 @@ def check_loadable(load_dir: str) -> str:
     step_dir = root / tag
     if not step_dir.is_dir():
         raise CheckpointError(f"{latest} names '{tag}', but {step_dir} is missing")
+    verify_files(step_dir)
+    return tag
+
+
+def verify_files(step_dir: Path) -> dict:
+    """Every file the manifest lists is there with its size; -> the manifest."""
     manifest = read_manifest(step_dir)
     for name, size in manifest["files"].items():
         f = step_dir / name
@@ -157,7 +201,7 @@ def check_loadable(load_dir: str) -> str:
             raise CheckpointError(f"{f} has {f.stat().st_size} bytes but was written with {size} "
                                   f"(truncated or replaced); the checkpoint is damaged: restore it "
                                   f"or load an older one")
-    return tag
+    return manifest
 
 
 def read_manifest(step_dir: Path) -> dict:
@@ -171,8 +215,9 @@ def read_manifest(step_dir: Path) -> dict:
         raise CheckpointError(f"{marker} cannot be read ({exc})") from None
 
 
-def check_compatible(step_dir: Path, cfg: Config) -> None:
-    """The saved model must be this model, in this layout; name every difference."""
+def check_compatible(step_dir: Path, cfg: Config) -> bool:
+    """The saved model must be this model; name every difference. -> whether the saved layout
+    is this run's (else the checkpoint is resharded on load)."""
     saved = yaml.safe_load((step_dir / "config.yaml").read_text())
     ours = config_to_dict(cfg)
     diffs = []
@@ -189,14 +234,10 @@ def check_compatible(step_dir: Path, cfg: Config) -> None:
     if diffs:
         raise CheckpointError(f"{step_dir} holds a different model:\n  - " + "\n  - ".join(diffs)
                               + "\nload a checkpoint of this model or change the model config to match")
-    layout, now = read_manifest(step_dir)["layout"], _layout(cfg)
-    if layout != now:
-        raise CheckpointError(
-            f"{step_dir} was saved with layout {layout}, this run is {now}; resuming in another "
-            f"layout (resharding) is not supported yet: resume with the saved layout")
+    return read_manifest(step_dir)["layout"] == _layout(cfg)
 
 
-def _safe_load(path: str, map_location=None):
+def safe_load(path: str, map_location=None, mmap: bool = False):
     import importlib
     classes = []
     for name in _SAFE_DEEPSPEED_GLOBALS:
@@ -207,7 +248,7 @@ def _safe_load(path: str, map_location=None):
             pass
     try:
         with torch.serialization.safe_globals(classes):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:                  # truncated, corrupt, or pickled code
         raise CheckpointError(f"{path} cannot be loaded safely ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0]})") from None
@@ -216,23 +257,32 @@ def _safe_load(path: str, map_location=None):
 def load_checkpoint(engine, cfg: Config, load_dir: str, log=print, weights_only: bool = False
                     ) -> Tuple[int, int]:
     """Resume (model, optimizer, scheduler, step, samples) from ``load_dir``'s latest complete
-    checkpoint; ``weights_only``: only the model weights (a new training stage starts from them)."""
-    root = Path(load_dir)
-    ignored = partial_checkpoints(root)
+    checkpoint (or from ``load_dir`` itself when it is a step directory); ``weights_only``: only the model weights (a new training stage starts from them)."""
+    ignored = partial_checkpoints(Path(load_dir))
     if ignored:
-        log(f"ignoring incomplete checkpoint(s) in {root}: {', '.join(ignored)} "
+        log(f"ignoring incomplete checkpoint(s) in {load_dir}: {', '.join(ignored)} "
             f"(a save that did not finish)")
-    tag = check_loadable(load_dir)
-    check_compatible(root / tag, cfg)
-    save_dir, ds_tag = _stage_location(root / tag)
+    step_dir = resolve_tag_dir(load_dir)
+    same_layout = check_compatible(step_dir, cfg)
     start = time.time()
-    engine.checkpoint_engine.load = _safe_load   # DeepSpeed's own reader uses weights_only=False
-    path, client = engine.load_checkpoint(str(save_dir), tag=ds_tag, load_module_only=weights_only,
-                                          load_optimizer_states=not weights_only,
-                                          load_lr_scheduler_states=not weights_only)
-    if path is None:
-        raise CheckpointError(f"DeepSpeed could not load {save_dir / ds_tag}")
-    log(f"loaded checkpoint {root / tag} in {time.time() - start:.2f} s")
+    if same_layout and read_manifest(step_dir).get("format") != CONSOLIDATED:
+        save_dir, ds_tag = _stage_location(step_dir)
+        engine.checkpoint_engine.load = safe_load   # DeepSpeed's own reader: weights_only=False
+        path, client = engine.load_checkpoint(str(save_dir), tag=ds_tag, load_module_only=weights_only,
+                                              load_optimizer_states=not weights_only,
+                                              load_lr_scheduler_states=not weights_only)
+        if path is None:
+            raise CheckpointError(f"DeepSpeed could not load {save_dir / ds_tag}")
+        if not weights_only:
+            _restore_rng(step_dir, log)
+    else:
+        source = open_checkpoint(str(step_dir))
+        load_full_state(engine, source, weights_only, parallel_state.get_data_parallel_group(),
+                        log if dist.get_rank() == 0 else (lambda *_: None))
+        client = source.client
+        log(f"resharded {step_dir} (saved as {source.layout}) into this run's layout {_layout(cfg)}"
+            + ("" if weights_only else "; random states start from the seed"))
+    log(f"loaded checkpoint {step_dir} in {time.time() - start:.2f} s")
     return int(client["step"]), int(client["consumed_samples"])
 
 
@@ -248,9 +298,11 @@ def resume_dir(cfg: Config) -> Optional[str]:
 
 
 def resolve_tag_dir(path: str) -> Path:
-    """A checkpoint directory (with ``latest``) or one of its step directories -> the step dir."""
+    """A checkpoint directory (with ``latest``) or one of its step directories -> the step dir
+    (its files checked against its manifest)."""
     p = Path(path)
     if (p / MARKER).is_file():
+        verify_files(p)
         return p
     return p / check_loadable(path)
 
@@ -264,7 +316,7 @@ def read_model_state(path: str) -> Tuple[Path, dict]:
     file = tag_dir / MODEL_FILE
     if not file.is_file():
         raise CheckpointError(f"{file} is missing: not a complete megatron_vist2 checkpoint")
-    state = _safe_load(str(file), map_location="cpu")
+    state = safe_load(str(file), map_location="cpu")
     if state.get("mp_world_size", 1) != 1:
         raise CheckpointError(f"{file}: tensor-parallel checkpoints (mp_world_size "
                               f"{state['mp_world_size']}) are not readable here yet")
