@@ -168,8 +168,11 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             return None
         sampler = GlobalBatchSampler(consumed_samples, cfg.parallel.micro_batch_size,
                                      cfg.parallel.global_batch_size, dp_rank, dp, global_batches)
+        # a generator of its own: starting an iterator would otherwise draw from the global
+        # generator and shift the dropout masks (a resumed run restores that generator)
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                          num_workers=cfg.data.num_workers, persistent_workers=False)
+                          num_workers=cfg.data.num_workers, persistent_workers=False,
+                          generator=torch.Generator().manual_seed(cfg.train.seed))
 
     valid_loader = loader(valid_set, 0, cfg.train.eval_batches)   # same samples for every layout
     probe_loader = None

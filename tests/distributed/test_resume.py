@@ -3,14 +3,20 @@ equals 4 steps straight (losses and eval loss, read from metrics.jsonl)."""
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, subprocess_env
 from tests.distributed.runs import losses, metrics, train, train_args
 
 
-def test_resume_continues_exactly(tiny_data, tmp_path):
-    train(tiny_data, tmp_path / "straight", "train.steps=4")
-    train(tiny_data, tmp_path / "split", "train.steps=2")
-    train(tiny_data, tmp_path / "split", "train.steps=4", f"checkpoint.load_dir={tmp_path / 'split' / 'ckpt'}")
+@pytest.mark.parametrize("extra", [[], ["model.llm.hidden_dropout=0.1", "model.llm.attention_dropout=0.1"]],
+                         ids=["no-dropout", "dropout"])
+def test_resume_continues_exactly(tiny_data, tmp_path, extra):
+    """With dropout the masks after the resume come from the restored random states."""
+    train(tiny_data, tmp_path / "straight", "train.steps=4", *extra)
+    train(tiny_data, tmp_path / "split", "train.steps=2", *extra)
+    train(tiny_data, tmp_path / "split", "train.steps=4", f"checkpoint.load_dir={tmp_path / 'split' / 'ckpt'}",
+          *extra)
     a, b = losses(tmp_path / "straight"), losses(tmp_path / "split")
     assert b[3] == a[3] and b[4] == a[4]
     assert [e["eval/loss"] for e in metrics(tmp_path / "straight") if e["step"] == 4 and "eval/loss" in e] == \
