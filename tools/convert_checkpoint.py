@@ -3,13 +3,15 @@
 
     python tools/convert_checkpoint.py --checkpoint runs/tiny-cpu/checkpoints --out exported/tiny-qwen3
 
-Reads checkpoints written by the trainer with TP = 1 and ZeRO 0-2 (full weights in one file).
-The directory loads offline with ``Qwen3ForCausalLM.from_pretrained(out)`` and gives the same
-logits as our model on text-only input (tested). The tokenizer is copied beside it: a Hugging
-Face tokenizer directory as is, a sentencepiece model as ``tokenizer.model``.
+Reads any checkpoint the trainer writes (any tensor/pipeline/data-parallel layout, ZeRO 0-3) or a
+consolidated one (tools/reshard_checkpoint.py), one parameter at a time, on the CPU. The
+directory loads offline with ``Qwen3ForCausalLM.from_pretrained(out)`` and gives the same logits
+as our model on text-only input (tested). The tokenizer is copied beside it: a Hugging Face
+tokenizer directory as is, a sentencepiece model as ``tokenizer.model``.
 """
 import argparse
 import shutil
+import time
 from pathlib import Path
 
 from megatron_vist2.errors import run_cli
@@ -23,10 +25,12 @@ def main():
     args = ap.parse_args()
     from megatron_vist2.config import config_from_dict, validate
     from megatron_vist2.convert.qwen3 import export_backbone
-    from megatron_vist2.training.checkpoint import read_model_state
-    tag_dir, state = read_model_state(args.checkpoint)
-    cfg = validate(config_from_dict(state["config"]))
-    out = export_backbone(state["module"], cfg, args.out, int(args.shard_gb * 2**30))
+    from megatron_vist2.convert.reshard import open_checkpoint
+    start = time.time()
+    source = open_checkpoint(args.checkpoint)
+    cfg = validate(config_from_dict(source.config))
+    out = export_backbone(lambda name: source.tensor(name, "param"), cfg, args.out,
+                          int(args.shard_gb * 2**30))
     tok = Path(cfg.data.tokenizer)
     if tok.is_dir():
         for f in tok.iterdir():
@@ -35,7 +39,8 @@ def main():
     elif tok.is_file():
         shutil.copy(tok, out / "tokenizer.model")
     print(f"wrote {out} (Qwen3ForCausalLM, {cfg.model.llm.num_layers} layers, vocab "
-          f"{cfg.model.llm.vocab_size}) from {tag_dir}")
+          f"{cfg.model.llm.vocab_size}) from {source.step_dir} (saved as {source.layout}) in "
+          f"{time.time() - start:.1f} s")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Iterator, Tuple
+from typing import Callable, Dict, Iterator, Tuple
 
 import torch
 
@@ -57,9 +57,10 @@ def hf_config(cfg: Config):
         max_position_embeddings=max(cfg.data.seq_length, 4096))
 
 
-def export_backbone(state: Dict[str, torch.Tensor], cfg: Config, out_dir: str,
+def export_backbone(weight: Callable[[str], torch.Tensor], cfg: Config, out_dir: str,
                     shard_bytes: int = 2 << 30) -> Path:
-    """Write ``state`` (our full, unsharded parameters) as a Qwen3ForCausalLM directory:
+    """Write the backbone as a Qwen3ForCausalLM directory, ``weight(name)`` giving each of our
+    full (unsharded) parameters in turn:
     config.json + safetensors shards (at most ``shard_bytes`` each, one shard in memory at a
     time) + an index. Written into a temporary directory, renamed when complete."""
     from safetensors.torch import save_file
@@ -79,7 +80,7 @@ def export_backbone(state: Dict[str, torch.Tensor], cfg: Config, out_dir: str,
             shard, size = {}, 0
 
     for ours, hf, vocab in name_pairs(cfg):
-        t = state[ours]
+        t = weight(ours)
         t = (t[:V] if vocab else t).contiguous().clone()
         if size + t.nbytes > shard_bytes:
             flush()

@@ -250,7 +250,10 @@ class ConsolidatedCheckpoint:
         self._where: Dict[str, Path] = {}
         self._files = {}
         for f in sorted(step_dir.glob("*.safetensors")):
-            self._files[f] = safe_open(str(f), framework="pt")
+            try:
+                self._files[f] = safe_open(str(f), framework="pt")
+            except Exception as exc:
+                raise CheckpointError(f"{f} cannot be read ({type(exc).__name__}: {exc})") from None
             for key in self._files[f].keys():
                 self._where[key] = f
         self._names = list(meta["parameters"])
@@ -418,3 +421,59 @@ def iter_full_parameters(source, names: Optional[Iterable[str]] = None):
     """(name, full fp32 weight) for every parameter of ``source`` (one at a time)."""
     for name in (names or source.names()):
         yield name, source.tensor(name, "param")
+
+
+@torch.no_grad()
+def load_weights(module: torch.nn.Module, source, tp: int = 1, tp_rank: int = 0, log=print) -> None:
+    """Copy ``source``'s weights into ``module`` (a whole model, e.g. for inference): every
+    parameter must be there and every tensor of the checkpoint must be used."""
+    named = dict(module.named_parameters())
+    have = set(source.names())
+    missing, extra = sorted(set(named) - have), sorted(have - set(named))
+    if missing or extra:
+        raise CheckpointError(
+            f"{source.step_dir} does not fit the configured model (another size or vocabulary?): "
+            + "; ".join(x for x in (f"missing {', '.join(missing[:4])}" if missing else "",
+                                    f"not in the model {', '.join(extra[:4])}" if extra else "") if x))
+    for name, p in named.items():
+        p.data.copy_(_local_part(source.tensor(name, "param"), p, name, tp, tp_rank, log).to(p.dtype))
+
+
+def write_consolidated(out_root: str, step_name: str, tensors: Iterable, manifest: dict,
+                       config: dict, meta: dict, shard_bytes: int = 2 << 30, log=print) -> Path:
+    """Write a consolidated checkpoint ``out_root/step_name`` (+ ``latest``): ``tensors`` yields
+    (name, kind, full tensor) and is written in safetensors shards of at most ``shard_bytes``
+    (one shard in memory at a time); ``meta`` (client state, lr schedule, optimizer step) goes
+    to consolidated.json. Written under a temporary name and renamed when complete."""
+    import yaml
+    from safetensors.torch import save_file
+    from ..training.checkpoint import write_atomic, write_manifest
+    root = Path(out_root)
+    final, tmp = root / step_name, root / f"{step_name}.partial"
+    if final.exists():
+        raise CheckpointError(f"{final} exists: choose a new output directory")
+    tmp.mkdir(parents=True, exist_ok=True)
+    shard, size, count, shapes = {}, 0, 0, {}
+
+    def flush():
+        nonlocal shard, size, count
+        if shard:
+            count += 1
+            save_file(shard, str(tmp / f"state-{count:05d}.safetensors"))
+            log(f"  wrote {tmp.name}/state-{count:05d}.safetensors ({size / 2 ** 20:,.1f} MiB)")
+            shard, size = {}, 0
+
+    for name, kind, t in tensors:
+        if size + t.nbytes > shard_bytes:
+            flush()
+        shard[f"{kind}/{name}"] = t.contiguous()
+        size += t.nbytes
+        if kind == "param":
+            shapes[name] = list(t.shape)
+    flush()
+    (tmp / "consolidated.json").write_text(json.dumps({**meta, "parameters": shapes}, indent=1))
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_manifest(tmp, **{**manifest, "format": CONSOLIDATED})
+    tmp.rename(final)
+    write_atomic(root / "latest", step_name)
+    return final

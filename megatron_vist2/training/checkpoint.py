@@ -80,7 +80,7 @@ def _fault_injection(step: int) -> None:
             os.kill(os.getpid(), 9)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
         fh.write(text)
@@ -93,7 +93,7 @@ def write_manifest(step_dir: Path, **fields) -> None:
     """Mark ``step_dir`` complete: ``fields`` plus every file in it with its size (written last)."""
     files = {str(f.relative_to(step_dir)): f.stat().st_size
              for f in sorted(step_dir.rglob("*")) if f.is_file() and f.name != MARKER}
-    _write_atomic(step_dir / MARKER, json.dumps({**fields, "files": files}, indent=1))
+    write_atomic(step_dir / MARKER, json.dumps({**fields, "files": files}, indent=1))
 
 
 def complete_tags(root: Path) -> List[str]:
@@ -154,7 +154,7 @@ def save_checkpoint(engine, cfg: Config, step: int, consumed_samples: int,
         if final.exists():                     # the same step saved again (e.g. a rerun)
             shutil.rmtree(final)
         partial.rename(final)
-        _write_atomic(root / "latest", tag)
+        write_atomic(root / "latest", tag)
         size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
         log(f"saved checkpoint {final} ({size / 2 ** 20:,.1f} MiB) in {time.time() - start:.2f} s")
         keep = cfg.checkpoint.keep_last
@@ -305,19 +305,3 @@ def resolve_tag_dir(path: str) -> Path:
         verify_files(p)
         return p
     return p / check_loadable(path)
-
-
-def read_model_state(path: str) -> Tuple[Path, dict]:
-    """-> (step dir, DeepSpeed's model-states dict), loaded with weights_only (no pickled code)."""
-    tag_dir = resolve_tag_dir(path)
-    if (tag_dir / "stage_00").is_dir():
-        raise CheckpointError(f"{tag_dir} is a pipeline-parallel checkpoint: not readable here yet "
-                              f"(train with parallel.pipeline_parallel=1 to export)")
-    file = tag_dir / MODEL_FILE
-    if not file.is_file():
-        raise CheckpointError(f"{file} is missing: not a complete megatron_vist2 checkpoint")
-    state = safe_load(str(file), map_location="cpu")
-    if state.get("mp_world_size", 1) != 1:
-        raise CheckpointError(f"{file}: tensor-parallel checkpoints (mp_world_size "
-                              f"{state['mp_world_size']}) are not readable here yet")
-    return tag_dir, state

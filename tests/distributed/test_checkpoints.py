@@ -96,17 +96,16 @@ def test_new_stage_starts_from_weights_and_keeps_frozen_parts(tiny_data, saved, 
     """checkpoint.init_from: the previous stage's weights, a fresh optimizer and step 0;
     train.freeze: the frozen parameters come out bit-identical, the others trained."""
     import torch
-    from megatron_vist2.training.checkpoint import read_model_state
+    from megatron_vist2.convert.reshard import open_checkpoint
     proc = train(tiny_data, tmp_path, "train.steps=2", f"checkpoint.init_from={saved / 'ckpt'}",
                  "train.freeze=[front.vision, layers.0]", "optim.lr_multipliers={front.aligner: 10}",
                  "data.readback_fraction=1.0", "train.ocr_probe_batches=1")
     assert f"initialised from the weights of {saved / 'ckpt'} (its step 3)" in proc.stdout
     assert "OCR read-back accuracy" in proc.stdout
-    before = read_model_state(str(saved / "ckpt"))[1]["module"]
-    _, after = read_model_state(str(tmp_path / "ckpt"))
+    old, new = open_checkpoint(str(saved / "ckpt")), open_checkpoint(str(tmp_path / "ckpt"))
+    before = {n: old.tensor(n) for n in old.names()}
+    after = {n: new.tensor(n) for n in new.names()}
     assert json.loads((tmp_path / "ckpt" / "step_0000002" / "complete.json").read_text())["consumed_samples"] == 32
-    after = after["module"]
-    before = {n: t for n, t in before.items() if isinstance(t, torch.Tensor)}   # not _extra_state
     frozen = [n for n in before if n.startswith(("front.vision.", "layers.0."))]
     assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
     trained = [n for n in before if n.startswith(("front.aligner.", "layers.1.", "head."))]

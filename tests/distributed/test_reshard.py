@@ -54,3 +54,59 @@ def test_resume_in_another_layout_continues_the_run(sources, tiny_data, tmp_path
         assert abs(got[step] - want[step]) <= 1e-5, (step, got, want)
     consumed = [e["train/consumed_samples"] for e in metrics(tmp_path) if "train/consumed_samples" in e]
     assert consumed == [48, 64]                # continued from the saved consumed_samples (32)
+
+
+def _tool(*args):
+    import subprocess
+    import sys
+    from tests.conftest import REPO, subprocess_env
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_consolidated_checkpoint_resumes_in_another_layout(sources, tiny_data, tmp_path):
+    """tools/reshard_checkpoint.py turns the TP2 shards into full tensors; a PP2 run resumes
+    from them and continues the TP2 run."""
+    _tool("tools/reshard_checkpoint.py", "--checkpoint", str(sources("tp2") / "ckpt" / "step_0000002"),
+          "--out", str(tmp_path / "consolidated"), "--shard-gb", "0.004")      # several shards
+    assert len(list((tmp_path / "consolidated" / "step_0000002").glob("*.safetensors"))) > 1
+    overrides, ranks = LAYOUTS["pp2"]
+    train(tiny_data, tmp_path / "run", "train.steps=4", *overrides,
+          f"checkpoint.load_dir={tmp_path / 'consolidated'}", ranks=ranks)
+    want, got = losses(sources("tp2")), losses(tmp_path / "run")
+    assert all(abs(got[s] - want[s]) <= 1e-5 for s in (3, 4)), (got, want)
+
+
+@pytest.mark.parametrize("source", ["tp2", "pp2", "dp2-zero3"])
+def test_export_from_any_layout_matches_transformers(dist_env, sources, source, tmp_path):
+    """The backbone exported from a TP2 / PP2 / ZeRO-3 checkpoint loads as Qwen3ForCausalLM and
+    gives our model's logits (our model built from the same checkpoint) on text-only input."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+    from megatron_vist2.inference.load import load_for_inference
+    from tests.inference_helpers import causal_text_batch
+    ckpt = sources(source) / "ckpt"
+    _tool("tools/convert_checkpoint.py", "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf"))
+    model, tok, cfg = load_for_inference(str(ckpt))
+    hf = Qwen3ForCausalLM.from_pretrained(str(tmp_path / "hf"), local_files_only=True).eval()
+    ids = tok.encode("The state of the union is strong, and the people are its strength.")
+    batch = causal_text_batch(ids, (cfg.model.chunk.image_height, cfg.model.chunk.image_width))
+    with torch.no_grad():
+        ours = model(batch)[:, 0, :cfg.model.llm.vocab_size]
+        theirs = hf(torch.tensor([ids])).logits[0]
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_inspect_reports_layout_step_and_parameters(sources):
+    import json
+    from megatron_vist2.config import config_from_dict, validate
+    from megatron_vist2.models.size import analytic_parameter_counts
+    out = json.loads(_tool("tools/inspect_checkpoint.py", str(sources("pp2") / "ckpt"), "--json"))
+    assert out["layout"]["pipeline_parallel"] == 2 and out["step"] == 4 and out["consumed_samples"] == 64
+    import yaml
+    saved = yaml.safe_load((sources("pp2") / "ckpt" / "step_0000004" / "config.yaml").read_text())
+    cfg = validate(config_from_dict(saved))
+    assert out["parameters"] == analytic_parameter_counts(cfg)["total"]
+    assert out["tensors"]["layers.3.mlp.down_proj.weight"] == [cfg.model.llm.hidden_size, cfg.model.llm.ffn_hidden_size]

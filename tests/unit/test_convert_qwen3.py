@@ -19,7 +19,7 @@ def ours_logits(model, cfg, ids):
 def test_export_loads_in_transformers_with_equal_logits(dist_env, tiny_data, tmp_path, tied):
     cfg, tok, ds, model = tiny_model(tiny_data, "model.init_std=0.1", f"model.llm.tie_embeddings={tied}")
     state = {n: p.detach() for n, p in model.named_parameters()}
-    out = export_backbone(state, cfg, str(tmp_path / "hf"), shard_bytes=1 << 20)   # several shards
+    out = export_backbone(state.__getitem__, cfg, str(tmp_path / "hf"), shard_bytes=1 << 20)   # several shards
     assert len(list(out.glob("*.safetensors"))) > 1
     hf = Qwen3ForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
     ids = [int(t) for t in ds.indexed.tokens(0, 0, 60)]

@@ -83,18 +83,17 @@ def test_generate_greedy_is_deterministic_and_bad_input_is_refused(setup):
 
 @pytest.fixture(scope="module")
 def fake_checkpoint(setup, tmp_path_factory):
-    """A step directory in the layout the trainer writes (DeepSpeed's model-states file, the
-    completion marker)."""
+    """A consolidated checkpoint of the model's weights (the format tools/reshard_checkpoint.py
+    writes; training layouts are read by the same reader, tests/distributed/test_reshard.py)."""
     from megatron_vist2.config import config_to_dict
-    from megatron_vist2.training.checkpoint import write_manifest
+    from megatron_vist2.convert.reshard import write_consolidated
     cfg, tok, ds, model = setup
-    step = tmp_path_factory.mktemp("ckpt") / "step_0000001"
-    step.mkdir()
-    torch.save({"module": model.state_dict(), "config": config_to_dict(cfg), "mp_world_size": 1,
-                "tokenizer_sha256": tok.sha256}, step / "mp_rank_00_model_states.pt")
-    write_manifest(step, step=1)
-    (step.parent / "latest").write_text(step.name)
-    return step.parent
+    root = tmp_path_factory.mktemp("ckpt")
+    write_consolidated(str(root), "step_0000001", ((n, "param", p.detach()) for n, p in model.named_parameters()),
+                       {"step": 1, "consumed_samples": 0, "layout": None}, config_to_dict(cfg),
+                       {"client": {"step": 1, "consumed_samples": 0, "tokenizer_sha256": tok.sha256}},
+                       shard_bytes=1 << 20)
+    return root
 
 
 def test_checkpoint_mismatches_are_refused(setup, fake_checkpoint, tmp_path):
@@ -115,11 +114,12 @@ def test_checkpoint_mismatches_are_refused(setup, fake_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="tokenizer mismatch"):
         load_for_inference(str(fake_checkpoint), tokenizer_path=str(other))
     broken = tmp_path / "broken" / "step_1"
-    broken.mkdir(parents=True)
-    data = (fake_checkpoint / "step_0000001" / "mp_rank_00_model_states.pt").read_bytes()
-    (broken / "mp_rank_00_model_states.pt").write_bytes(data[: len(data) // 2])
-    write_manifest(broken, step=1)           # a consistent marker over a damaged file
-    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+    import shutil
+    shutil.copytree(fake_checkpoint / "step_0000001", broken)
+    shard = sorted(broken.glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    write_manifest(broken, step=1, layout=None, format="consolidated")   # a consistent marker over a damaged file
+    with pytest.raises(CheckpointError, match="cannot be read"):
         load_for_inference(str(broken))
 
 
