@@ -8,14 +8,10 @@ and communication per step, without a GPU and without allocating the model.
 For every pipeline stage it joins a fake process group (torch's ``fake`` backend: collectives are
 no-ops) as that stage's first rank, builds megatron-core's groups for the whole world, and builds
 the real stage model on the meta device, so parameter counts are the code's, not a formula's.
-Memory per rank (estimate; bf16 weights with DeepSpeed, fp32 when train.dtype=fp32):
-  weights w B/param (/ dp under ZeRO-3); gradients w B/trainable param (/ dp from ZeRO-2);
-  optimizer 12 B (fp32 master + Adam moments; 8 in fp32) per trainable param (/ dp from ZeRO-1);
-  activations per layer and micro-batch s b h (10 + 24 / tp) w/2 B (34 / tp with sequence
-  parallelism; attention scores are never stored: sdpa/flex), 2 s b h B with full recomputation,
-  times the micro-batches in flight on the stage (1F1B: pipeline - stage); stage 0 adds the ViT
-  (patches x width x (10 + 24 / tp) per image), the last stage the fp32 logits (2 s b V / tp x 4 B).
-Exits 2 when a stage does not fit --gpu-memory-gib, with the numbers.
+Memory per rank and communication per step are estimates by the formulas of
+megatron_vist2/parallel/planner.py (its docstring; checked against measured memory by
+benchmarks/memory_estimate.py). Exits 2 when a stage does not fit --gpu-memory-gib, with the numbers.
+To rank all layouts of a preset by estimated throughput: tools/plan_layouts.py.
 """
 import argparse
 import sys
@@ -55,50 +51,6 @@ def stage_report(cfg, world: int, stage: int) -> dict:
         dist.destroy_process_group()
 
 
-def memory(cfg, world: int, r: dict) -> dict:
-    p, m, llm = cfg.parallel, cfg.model, cfg.model.llm
-    tp, pp = p.tensor_parallel, p.pipeline_parallel
-    dp = world // (tp * pp)
-    gas = p.global_batch_size // (p.micro_batch_size * dp)
-    w = 4 if cfg.train.dtype == "fp32" else 2
-    s, b, h = cfg.data.seq_length, p.micro_batch_size, llm.hidden_size
-    in_flight = min(pp - r["stage"], gas)
-    if cfg.train.activation_checkpointing == "full":
-        per_layer = 2 * s * b * h
-    else:
-        per_layer = s * b * h * (34 / tp if p.sequence_parallel else 10 + 24 / tp) * w / 2
-    act = per_layer * r["layers"] * in_flight
-    if r["first"]:
-        images = b * -(-s // (m.chunk.text_tokens + m.visual_tokens_per_chunk))
-        act += (images * m.patches_per_image * m.vision.hidden_size * (10 + 24 / tp) * w / 2
-                * m.vision.num_layers * in_flight)
-    if r["last"]:
-        from megatron_vist2.config import padded_vocab_size
-        act += 2 * s * b * padded_vocab_size(cfg) / tp * 4
-    return {
-        "weights": r["params"] * w / (dp if p.zero_stage == 3 else 1),
-        "gradients": r["trainable"] * w / (dp if p.zero_stage >= 2 else 1),
-        "optimizer": r["trainable"] * (8 if w == 4 else 12) / (dp if p.zero_stage >= 1 else 1),
-        "activations": act,
-    }
-
-
-def communication(cfg, world: int, r: dict) -> dict:
-    """Bytes each rank sends per optimizer step (ring collectives)."""
-    p, llm = cfg.parallel, cfg.model.llm
-    tp, pp = p.tensor_parallel, p.pipeline_parallel
-    dp = world // (tp * pp)
-    gas = p.global_batch_size // (p.micro_batch_size * dp)
-    w = 4 if cfg.train.dtype == "fp32" else 2
-    act = cfg.data.seq_length * p.micro_batch_size * llm.hidden_size * w
-    ring = lambda n: 2 * (n - 1) / n if n > 1 else 0.0                      # noqa: E731
-    return {
-        "data parallel": r["trainable"] * w * ring(dp) * (1.5 if p.zero_stage == 3 else 1.0),
-        "tensor parallel": 4 * act * ring(tp) * r["layers"] * gas,
-        "pipeline": (0 if r["last"] else 1) * 2 * act * gas,
-    }
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", required=True, help="preset name or YAML file (a stage config)")
@@ -108,6 +60,7 @@ def main():
     args = ap.parse_args()
     from megatron_vist2.config import load_config, validate
     from megatron_vist2.models.size import forward_flops
+    from megatron_vist2.parallel.planner import communication, memory
     from megatron_vist2.parallel import cpu_compat
     cpu_compat.install()
     cfg = validate(load_config(args.preset, args.overrides), args.world)
@@ -144,7 +97,7 @@ def main():
                         f"({parts}) > --gpu-memory-gib {args.gpu_memory_gib:g}; raise ZeRO, tensor or "
                         f"pipeline parallelism, or use train.activation_checkpointing=full")
     print(f"fits: the largest stage needs {total / GIB:.1f} GiB of {args.gpu_memory_gib:g} GiB per rank "
-          f"(estimate; see the formulas in this tool's help)")
+          f"(estimate; formulas: megatron_vist2/parallel/planner.py)")
 
 
 if __name__ == "__main__":

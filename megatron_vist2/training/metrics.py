@@ -33,6 +33,14 @@ def peak_memory_gb() -> float:
     return rss / (2 ** 30 if sys.platform == "darwin" else 2 ** 20)
 
 
+def memory_in_use_gb() -> float:
+    """Memory this process holds now: allocated GPU memory, or the resident set on the CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.memory_allocated() / 2 ** 30
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2 ** 30
+
+
 class MetricsLogger:
     def __init__(self, log_dir: str, enabled: bool, tensorboard: bool):
         self.enabled = enabled

@@ -36,7 +36,7 @@ from ..parallel.pipeline import PipelineSchedule, stage_part
 from ..parallel.random import seed_runtime_rng
 from .checkpoint import load_checkpoint, resume_dir, save_checkpoint
 from .deepspeed_config import deepspeed_config, resolve_dtype
-from .metrics import MetricsLogger, device_peak_tflops, peak_memory_gb
+from .metrics import MetricsLogger, device_peak_tflops, memory_in_use_gb, peak_memory_gb
 from .optim import build_optimizer, build_scheduler
 from .signals import StopOnSignal
 
@@ -141,6 +141,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     G = cfg.parallel.global_batch_size
     valid_set = build_dataset(cfg.data.valid_prefix, tokenizer, cfg, cfg.train.seed + 1000,
                               cfg.train.eval_batches * G)
+    memory_before_model = memory_in_use_gb()     # the model's share of peak memory = peak - this
     model = build_model(cfg, env)
     counts = analytic_parameter_counts(cfg)
     log.print(f"model: {counts['total']:,} parameters (vision {counts['vision']:,}, aligner "
@@ -196,6 +197,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         return loss
 
     eval_before = run_eval(step)
+    log.log(step, {"train/memory_before_model_gb": memory_before_model})
 
     phases = readback_phases(cfg)            # the read-back curriculum: (first step, share)
     train_iter, phase = None, None

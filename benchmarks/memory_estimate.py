@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""The planner's memory estimate (megatron_vist2/parallel/planner.py) against measured memory.
+
+    python benchmarks/memory_estimate.py [--steps 3]
+
+Each layout trains a model large enough that its states and activations dominate the process
+(LLM 8 x 512, FFN 1536, about 25 M parameters; fp32 on the CPU) through the real entry point,
+with glibc's malloc set to return freed blocks (MALLOC below).
+Measured: rank 0's peak memory (peak resident set on the CPU, max allocated on a GPU) minus what
+the process held just before the model was built (the runtime, libraries and datasets). Estimate:
+the planner's weights + gradients + optimizer + activations for rank 0's stage. Needs the data
+of the main job (examples/tiny_cpu/prepare_data.sh).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import machine
+from megatron_vist2.parallel.distributed import free_port
+
+MODEL = ["model.llm.num_layers=8", "model.llm.hidden_size=512", "model.llm.ffn_hidden_size=1536",
+         "model.llm.num_heads=8", "model.llm.num_kv_heads=4", "model.llm.head_dim=64",
+         "train.dtype=fp32", "data.num_workers=0"]
+# glibc's dynamic mmap threshold keeps freed large blocks in the heap, so the resident set of a
+# long-running process overstates its live tensors (by up to 2x here); a fixed threshold returns
+# them, and the resident set then follows live memory as a GPU's allocated counter does.
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+LAYOUTS = [   # name, ranks, overrides
+    ("1 rank, ZeRO-1", 1, ["parallel.zero_stage=1"]),
+    ("DP2, ZeRO-3", 2, ["parallel.zero_stage=3"]),
+    ("TP2, ZeRO-1", 2, ["parallel.tensor_parallel=2", "parallel.zero_stage=1"]),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--only", nargs="*", help="layout names to run (default: all)")
+    args = ap.parse_args()
+    from megatron_vist2.config import load_config, validate
+    from megatron_vist2.parallel.planner import memory, stage_sizes
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    print(f"machine: {machine()}")
+    print(f"{'layout':<16} {'estimate GiB':>12} {'(weights':>8} {'grads':>6} {'optim':>6} {'activ.)':>8} "
+          f"{'measured GiB':>12} {'estimate/measured':>17}")
+    for name, ranks, overrides in LAYOUTS:
+        if args.only and name not in args.only:
+            continue
+        with tempfile.TemporaryDirectory() as out:
+            trainer = ["--preset", "tiny-cpu", *MODEL, *overrides, f"train.steps={args.steps}",
+                       "train.log_interval=1", "train.eval_interval=0", "train.eval_batches=1",
+                       f"logging.dir={out}", f"checkpoint.save_dir={out}/ckpt", "logging.tensorboard=false"]
+            launcher = [sys.executable, "-m", "megatron_vist2.train"] if ranks == 1 else [
+                sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                "--master_port", str(free_port()), "--no-python", "./launch.sh"]
+            proc = subprocess.run([*launcher, *trainer], cwd=repo, env=env | MALLOC, capture_output=True,
+                                  text=True)
+            if proc.returncode:
+                sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+            rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+        before = next(r["train/memory_before_model_gb"] for r in rows if "train/memory_before_model_gb" in r)
+        peak = max(r["train/peak_memory_gb"] for r in rows if "train/peak_memory_gb" in r)
+        cfg = validate(load_config("tiny-cpu", [*MODEL, *overrides]), ranks)
+        est = memory(cfg, ranks, stage_sizes(cfg)[0])
+        total = sum(est.values()) / 2 ** 30
+        measured = peak - before
+        print(f"{name:<16} {total:>12.3f} {est['weights'] / 2**30:>8.3f} {est['gradients'] / 2**30:>6.3f} "
+              f"{est['optimizer'] / 2**30:>6.3f} {est['activations'] / 2**30:>8.3f} {measured:>12.3f} "
+              f"{total / measured:>17.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
