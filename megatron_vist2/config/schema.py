@@ -120,6 +120,10 @@ class DataConfig:
     # curriculum: [[step, share], ...] from each step on (e.g. [[0, 1.0], [500, 0.5], [1000, 0.0]]);
     # empty = readback_fraction throughout
     readback_schedule: List[List[float]] = field(default_factory=list)
+    # history-length curriculum: [[step, seq_length], ...] packs rows of that many tokens (more
+    # chunks of history per row) from each step on, up to data.seq_length (e.g. [[0, 2048],
+    # [5000, 4096], [10000, 8192]]); empty = data.seq_length throughout
+    seq_length_schedule: List[List[int]] = field(default_factory=list)
     num_workers: int = 1                           # DataLoader workers per rank (rendering runs there)
 
 

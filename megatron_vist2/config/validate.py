@@ -173,6 +173,18 @@ def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
                   or sched[0][0] != 0 or any(b[0] <= a[0] for a, b in zip(sched, sched[1:]))):
         out.append(f"data.readback_schedule {sched} must be [[step, share], ...] with steps 0, then "
                    f"increasing, and shares in [0, 1], e.g. [[0, 1.0], [500, 0.5], [1000, 0.0]]")
+    lengths = d.seq_length_schedule
+    if lengths and (any(len(e) != 2 or e[0] != int(e[0]) or e[1] != int(e[1]) for e in lengths)
+                    or lengths[0][0] != 0 or any(b[0] <= a[0] for a, b in zip(lengths, lengths[1:]))):
+        out.append(f"data.seq_length_schedule {lengths} must be [[step, seq_length], ...] with steps 0, "
+                   f"then increasing, e.g. [[0, 2048], [5000, 4096], [10000, 8192]]")
+    elif lengths:
+        for _, n in lengths:
+            if not L <= n <= d.seq_length or (p.sequence_parallel and n % p.tensor_parallel):
+                out.append(f"data.seq_length_schedule: {n} must be between one chunk ({L}) and "
+                           f"data.seq_length ({d.seq_length}, the longest row memory is planned for)"
+                           + (f" and divisible by parallel.tensor_parallel ({p.tensor_parallel})"
+                              if p.sequence_parallel else ""))
     if not 0.0 <= d.readback_fraction <= 1.0:
         out.append(f"data.readback_fraction must be in [0, 1], got {d.readback_fraction}")
     if d.num_workers < 0:

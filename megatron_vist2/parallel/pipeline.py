@@ -96,9 +96,8 @@ class PipelineSchedule:
         self.engine, self.dtype, self.device = engine, dtype, device
         self.part: StagePart = engine.module.part
         p = cfg.parallel
-        seq = cfg.data.seq_length // (p.tensor_parallel if p.sequence_parallel else 1)
-        self.hidden_shape = (seq, p.micro_batch_size, cfg.model.llm.hidden_size)
-        self.meta_shape = (len(META_FIELDS) + 2, p.micro_batch_size, cfg.data.seq_length)
+        self.cfg = cfg
+        self.use_sequence_length(cfg.data.seq_length)
         self.prev = None if self.part.first else parallel_state.get_pipeline_model_parallel_prev_rank()
         self.next = None if self.part.last else parallel_state.get_pipeline_model_parallel_next_rank()
         self.first_rank = parallel_state.get_pipeline_model_parallel_first_rank()
@@ -112,6 +111,13 @@ class PipelineSchedule:
         self.readback_hits = torch.zeros(2, device=device)
         if p.pipeline_parallel > 1 and p.zero_stage == 3:
             _install_zero3_stage_checks()
+
+    def use_sequence_length(self, seq_length: int) -> None:
+        """Rows of ``seq_length`` tokens from now on (the shapes later stages receive)."""
+        p = self.cfg.parallel
+        seq = seq_length // (p.tensor_parallel if p.sequence_parallel else 1)
+        self.hidden_shape = (seq, p.micro_batch_size, self.cfg.model.llm.hidden_size)
+        self.meta_shape = (len(META_FIELDS) + 2, p.micro_batch_size, seq_length)
 
     # ------------------------------------------------------------------ transfers
     def _empty_hidden(self) -> torch.Tensor:

@@ -121,15 +121,18 @@ def evaluate(schedule: PipelineSchedule, loader, num_micro: int) -> Tuple[float,
     return (totals[0] / totals[1].clamp(min=1.0)).item(), accuracy
 
 
-def readback_phases(cfg: Config) -> List[Tuple[int, float]]:
-    """(first step, read-back share) of each curriculum phase (one phase without a schedule)."""
-    if not cfg.data.readback_schedule:
-        return [(0, cfg.data.readback_fraction)]
-    return [(int(s), float(f)) for s, f in cfg.data.readback_schedule]
+def curriculum_phases(cfg: Config) -> List[Tuple[int, float, int]]:
+    """(first step, read-back share, sequence length) of each curriculum phase: a new phase
+    wherever data.readback_schedule or data.seq_length_schedule changes (one phase without)."""
+    shares = [(int(s), float(f)) for s, f in cfg.data.readback_schedule] or [(0, cfg.data.readback_fraction)]
+    lengths = [(int(s), int(n)) for s, n in cfg.data.seq_length_schedule] or [(0, cfg.data.seq_length)]
+    at = lambda sched, step: [v for s, v in sched if s <= step][-1]      # noqa: E731
+    starts = sorted({s for s, _ in shares} | {s for s, _ in lengths})
+    return [(s, at(shares, s), at(lengths, s)) for s in starts]
 
 
-def phase_at(phases: List[Tuple[int, float]], step: int) -> int:
-    return max(i for i, (start, _) in enumerate(phases) if start <= step)
+def phase_at(phases: List[Tuple[int, float, int]], step: int) -> int:
+    return max(i for i, (start, _, _) in enumerate(phases) if start <= step)
 
 
 def train(cfg: Config, env: DistEnv) -> TrainResult:
@@ -186,6 +189,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
 
     def run_eval(at_step: int) -> float:
         nonlocal ocr_accuracy
+        schedule.use_sequence_length(cfg.data.seq_length)      # validation rows are full length
         loss, _ = evaluate(schedule, valid_loader, cfg.train.eval_batches * gas)
         values, text = {"eval/loss": loss}, f"step {at_step}: eval loss {loss:.4f}"
         if cfg.train.ocr_probe_batches:
@@ -194,13 +198,15 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             text += f" | OCR read-back accuracy {ocr_accuracy:.1%} (chance {1 / cfg.model.llm.vocab_size:.2%})"
         log.print(text)
         log.log(at_step, values)
+        if phase is not None:
+            schedule.use_sequence_length(phases[phase][2])
         return loss
 
+    phases = curriculum_phases(cfg)          # read-back share and row length by step
+    train_iter, phase = None, None
     eval_before = run_eval(step)
     log.log(step, {"train/memory_before_model_gb": memory_before_model})
 
-    phases = readback_phases(cfg)            # the read-back curriculum: (first step, share)
-    train_iter, phase = None, None
     losses, tokens_seen, all_tokens, flops_seen = [], 0, 0, 0.0
     peak = device_peak_tflops(cfg.train.peak_tflops)
     t_start = t_last = time.time()
@@ -209,17 +215,21 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     stop = StopOnSignal(cfg.train.max_wall_minutes)
     stopped = False
     while step < cfg.train.steps:
-        if reads_data and phase != phase_at(phases, step):
-            # a new read-back share: the same corpus packed with it, read on from `consumed`
+        if phase != phase_at(phases, step):
+            # a new phase: the same corpus packed with its share and row length, read on from
+            # `consumed`; every stage switches its transfer shapes
             phase = phase_at(phases, step)
-            start, share = phases[phase]
+            start, share, seq_length = phases[phase]
             end = phases[phase + 1][0] if phase + 1 < len(phases) else cfg.train.steps
-            phase_cfg = replace(cfg, data=replace(cfg.data, readback_fraction=share))
-            train_set = build_dataset(cfg.data.train_prefix, tokenizer, phase_cfg, cfg.train.seed,
-                                      cfg.train.steps * G)
-            train_iter = iter(loader(train_set, consumed, min(end, cfg.train.steps) - step))
+            schedule.use_sequence_length(seq_length)
+            if reads_data:
+                phase_cfg = replace(cfg, data=replace(cfg.data, readback_fraction=share, seq_length=seq_length))
+                train_set = build_dataset(cfg.data.train_prefix, tokenizer, phase_cfg, cfg.train.seed,
+                                          cfg.train.steps * G)
+                train_iter = iter(loader(train_set, consumed, min(end, cfg.train.steps) - step))
             if len(phases) > 1:
-                log.print(f"step {step}: read-back share {share:g} (until step {end})")
+                log.print(f"step {step}: read-back share {share:g}, rows of {seq_length} tokens "
+                          f"(until step {end})")
         micro = [next(train_iter) for _ in range(gas)] if reads_data else None
         if micro:                              # counted on the host copies: no device sync
             new_tokens = int(sum((b.layout.kind != PAD).sum() for b in micro)) * dp  # text + visual
@@ -253,7 +263,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
                            interval * cfg.parallel.global_batch_size / (now - t_last),
                            "train/tflops_per_device": tflops, "train/loss_readback": readback_loss,
                            "train/loss_history": history_loss, "train/peak_memory_gb": memory,
-                           "train/consumed_samples": consumed}
+                           "train/consumed_samples": consumed, "train/seq_length": phases[phase][2]}
                     | ({"train/mfu": tflops / peak} if peak else {}))
             tokens_seen, flops_seen, t_last, last_logged = 0, 0.0, now, step
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:

@@ -128,9 +128,26 @@ def test_readback_curriculum_switches_share_at_the_scheduled_steps(tiny_data, tm
     steps 3-4 both kinds, steps 5-6 history only (the per-kind losses say which kinds a step had)."""
     import math
     proc = train(tiny_data, tmp_path, "train.steps=6", "data.readback_schedule=[[0, 1.0], [2, 0.5], [4, 0.0]]")
-    assert "step 2: read-back share 0.5 (until step 4)" in proc.stdout
+    assert "step 2: read-back share 0.5, rows of 272 tokens (until step 4)" in proc.stdout
     rows = {r["step"]: r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
             if "train/loss" in r}
     kinds = [(not math.isnan(rows[s]["train/loss_readback"]), not math.isnan(rows[s]["train/loss_history"]))
              for s in range(1, 7)]
     assert kinds == [(True, False)] * 2 + [(True, True)] * 2 + [(False, True)] * 2
+
+
+def test_history_length_curriculum_grows_rows_on_every_stage(tiny_data, tmp_path):
+    """data.seq_length_schedule [[0, 136], [2, 272]]: steps 1-2 train on rows of 136 tokens (the
+    same losses as a run with data.seq_length=136), steps 3-4 on rows of 272; a PP2 run switches
+    its stages' transfer shapes at the same step and gives the same losses."""
+    schedule = "data.seq_length_schedule=[[0, 136], [2, 272]]"
+    train(tiny_data, tmp_path / "short", "train.steps=2", "data.seq_length=136")
+    train(tiny_data, tmp_path / "one", "train.steps=4", schedule)
+    train(tiny_data, tmp_path / "pp2", "train.steps=4", schedule, "parallel.pipeline_parallel=2",
+          "parallel.micro_batch_size=4", ranks=2)
+    rows = [r for r in map(json.loads, (tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
+            if "train/loss" in r]
+    assert [r["train/seq_length"] for r in rows] == [136, 136, 272, 272]
+    short, one, pp2 = losses(tmp_path / "short"), losses(tmp_path / "one"), losses(tmp_path / "pp2")
+    assert [one[1], one[2]] == [short[1], short[2]]
+    assert all(abs(pp2[s] - one[s]) <= 1e-5 for s in (1, 2, 3, 4)), (pp2, one)
