@@ -8,14 +8,13 @@ adds them back (zeros: padded ids are never produced by the tokenizer).
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Tuple
 
 import torch
 
 from ..config import Config, padded_vocab_size
+from .hf_io import SafetensorsDir, check_all_used, check_fields, write_safetensors_dir
 
 # (our name, Hugging Face name, is a vocabulary matrix); "{i}" is the decoder layer index.
 QWEN3_MAP = (
@@ -60,71 +59,36 @@ def hf_config(cfg: Config):
 def export_backbone(weight: Callable[[str], torch.Tensor], cfg: Config, out_dir: str,
                     shard_bytes: int = 2 << 30) -> Path:
     """Write the backbone as a Qwen3ForCausalLM directory, ``weight(name)`` giving each of our
-    full (unsharded) parameters in turn:
-    config.json + safetensors shards (at most ``shard_bytes`` each, one shard in memory at a
-    time) + an index. Written into a temporary directory, renamed when complete."""
-    from safetensors.torch import save_file
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    full (unsharded) parameters in turn: config.json + safetensors shards (one in memory at a
+    time) + an index, renamed into place when complete."""
     V = cfg.model.llm.vocab_size
-    shard, size, files, index = {}, 0, [], {}
 
-    def flush():
-        nonlocal shard, size
-        if shard:
-            name = f"model-{len(files) + 1:05d}.safetensors"
-            save_file(shard, str(tmp / name), metadata={"format": "pt"})
-            files.append(name)
-            index.update({k: name for k in shard})
-            shard, size = {}, 0
-
-    for ours, hf, vocab in name_pairs(cfg):
-        t = weight(ours)
-        t = (t[:V] if vocab else t).contiguous().clone()
-        if size + t.nbytes > shard_bytes:
-            flush()
-        shard[hf] = t
-        size += t.nbytes
-    flush()
-    total = sum((tmp / f).stat().st_size for f in files)
-    (tmp / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": index}, indent=1))
-    hf_config(cfg).save_pretrained(str(tmp))
-    if out.exists():
-        raise FileExistsError(f"{out} exists: choose a new output directory")
-    os.replace(tmp, out)
-    return out
+    def tensors():
+        for ours, hf, vocab in name_pairs(cfg):
+            t = weight(ours)
+            yield hf, (t[:V] if vocab else t)
+    return write_safetensors_dir(tensors(), out_dir, shard_bytes, hf_config(cfg).save_pretrained)
 
 
 def import_backbone(hf_dir: str, cfg: Config) -> Dict[str, torch.Tensor]:
     """A Qwen3ForCausalLM directory -> our backbone's full parameters (vision encoder and aligner
-    are not part of it). The config must describe the same backbone; vocab rows are padded."""
-    from safetensors import safe_open
-    from ..errors import CheckpointError
-    d = Path(hf_dir)
-    hf = json.loads((d / "config.json").read_text())
+    are not part of it). The config must describe the same backbone; vocab rows are padded;
+    a tensor the mapping does not use is an error."""
+    d = SafetensorsDir(hf_dir)
     llm = cfg.model.llm
-    expect = {"hidden_size": llm.hidden_size, "num_hidden_layers": llm.num_layers,
-              "num_attention_heads": llm.num_heads, "num_key_value_heads": llm.num_kv_heads,
-              "intermediate_size": llm.ffn_hidden_size, "vocab_size": llm.vocab_size,
-              "tie_word_embeddings": llm.tie_embeddings}
-    wrong = {k: (hf.get(k), v) for k, v in expect.items() if hf.get(k) != v}
-    if wrong:
-        raise CheckpointError(f"{d / 'config.json'} does not match the configured backbone "
-                              f"(field: checkpoint vs config): {wrong}")
-    tensors = {}
-    for f in sorted(d.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as fh:
-            for k in fh.keys():
-                tensors[k] = fh.get_tensor(k)
+    check_fields(d.dir / "config.json", d.config(), {
+        "hidden_size": llm.hidden_size, "num_hidden_layers": llm.num_layers,
+        "num_attention_heads": llm.num_heads, "num_key_value_heads": llm.num_kv_heads,
+        "intermediate_size": llm.ffn_hidden_size, "vocab_size": llm.vocab_size,
+        "tie_word_embeddings": llm.tie_embeddings}, "backbone")
     Vp = padded_vocab_size(cfg)
-    out = {}
+    out, used = {}, set()
     for ours, name, vocab in name_pairs(cfg):
-        if name not in tensors:
-            raise CheckpointError(f"{d}: tensor '{name}' is missing")
-        t = tensors[name].float()
+        t = d.get(name).float()
+        used.add(name)
         if vocab:
             t = torch.cat([t, t.new_zeros(Vp - t.shape[0], t.shape[1])])
         out[ours] = t
+    # a tied checkpoint may still store lm_head.weight (equal to the embedding)
+    check_all_used(d.dir, d.names(), used, ["lm_head."] if llm.tie_embeddings else [])
     return out

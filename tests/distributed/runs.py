@@ -35,3 +35,11 @@ def metrics(out):
 
 def losses(out):
     return {e["step"]: e["train/loss"] for e in metrics(out) if "train/loss" in e}
+
+
+def tool(*args):
+    """Run a script (``tools/...``) with this interpreter; -> its stdout (it must succeed)."""
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout

@@ -5,7 +5,7 @@ equal the source's (1e-5): step 3 checks the weights, step 4 the optimizer state
 step count, learning rate) carried through the conversion."""
 import pytest
 
-from tests.distributed.runs import losses, metrics, train
+from tests.distributed.runs import losses, metrics, tool, train
 
 LAYOUTS = {   # name: (overrides, ranks)
     "single": ([], 1),
@@ -56,20 +56,10 @@ def test_resume_in_another_layout_continues_the_run(sources, tiny_data, tmp_path
     assert consumed == [48, 64]                # continued from the saved consumed_samples (32)
 
 
-def _tool(*args):
-    import subprocess
-    import sys
-    from tests.conftest import REPO, subprocess_env
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
-
-
 def test_consolidated_checkpoint_resumes_in_another_layout(sources, tiny_data, tmp_path):
     """tools/reshard_checkpoint.py turns the TP2 shards into full tensors; a PP2 run resumes
     from them and continues the TP2 run."""
-    _tool("tools/reshard_checkpoint.py", "--checkpoint", str(sources("tp2") / "ckpt" / "step_0000002"),
+    tool("tools/reshard_checkpoint.py", "--checkpoint", str(sources("tp2") / "ckpt" / "step_0000002"),
           "--out", str(tmp_path / "consolidated"), "--shard-gb", "0.004")      # several shards
     assert len(list((tmp_path / "consolidated" / "step_0000002").glob("*.safetensors"))) > 1
     overrides, ranks = LAYOUTS["pp2"]
@@ -88,7 +78,7 @@ def test_export_from_any_layout_matches_transformers(dist_env, sources, source, 
     from megatron_vist2.inference.load import load_for_inference
     from tests.inference_helpers import causal_text_batch
     ckpt = sources(source) / "ckpt"
-    _tool("tools/convert_checkpoint.py", "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf"))
+    tool("tools/convert_checkpoint.py", "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf"))
     model, tok, cfg = load_for_inference(str(ckpt))
     hf = Qwen3ForCausalLM.from_pretrained(str(tmp_path / "hf"), local_files_only=True).eval()
     ids = tok.encode("The state of the union is strong, and the people are its strength.")
@@ -103,7 +93,7 @@ def test_inspect_reports_layout_step_and_parameters(sources):
     import json
     from megatron_vist2.config import config_from_dict, validate
     from megatron_vist2.models.size import analytic_parameter_counts
-    out = json.loads(_tool("tools/inspect_checkpoint.py", str(sources("pp2") / "ckpt"), "--json"))
+    out = json.loads(tool("tools/inspect_checkpoint.py", str(sources("pp2") / "ckpt"), "--json"))
     assert out["layout"]["pipeline_parallel"] == 2 and out["step"] == 4 and out["consumed_samples"] == 64
     import yaml
     saved = yaml.safe_load((sources("pp2") / "ckpt" / "step_0000004" / "config.yaml").read_text())
