@@ -6,7 +6,7 @@ setup(
     description="Distributed pretraining of VIST2 models (vision-text context compression)",
     python_requires=">=3.11",
     packages=find_packages(include=["megatron_vist2", "megatron_vist2.*"]),
-    package_data={"megatron_vist2": ["config/presets/*.yaml", "data/fonts/*"]},
+    package_data={"megatron_vist2": ["config/presets/*.yaml", "data/fonts/*", "convert/remote_code/*.py"]},
     install_requires=[
         "torch==2.13.0",
         "deepspeed==0.19.8",

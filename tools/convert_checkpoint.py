@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
-"""Export the language backbone of a checkpoint as a Hugging Face Qwen3ForCausalLM directory.
+"""Export a checkpoint as a Hugging Face directory: the language backbone as a plain
+Qwen3ForCausalLM, or (--vist2) the whole VIST2 model for trust_remote_code.
 
     python tools/convert_checkpoint.py --checkpoint runs/tiny-cpu/checkpoints --out exported/tiny-qwen3
+    python tools/convert_checkpoint.py --checkpoint runs/tiny-cpu/checkpoints --out exported/tiny-vist2 --vist2
+
+The --vist2 directory holds the weights, configuration_vist2.py / modeling_vist2.py, the renderer's
+source and font and the tokenizer: AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+gives our logits on interleaved input and our engine's greedy tokens (tested).
 
 Reads any checkpoint the trainer writes (any tensor/pipeline/data-parallel layout, ZeRO 0-3) or a
 consolidated one (tools/reshard_checkpoint.py), one parameter at a time, on the CPU. The
@@ -22,6 +28,7 @@ def main():
     ap.add_argument("--checkpoint", required=True, help="checkpoint dir (with 'latest') or a step dir")
     ap.add_argument("--out", required=True, help="new output directory")
     ap.add_argument("--shard-gb", type=float, default=2.0, help="largest safetensors shard")
+    ap.add_argument("--vist2", action="store_true", help="the whole model (trust_remote_code), not the backbone")
     args = ap.parse_args()
     from megatron_vist2.config import config_from_dict, validate
     from megatron_vist2.convert.qwen3 import export_backbone
@@ -29,8 +36,14 @@ def main():
     start = time.time()
     source = open_checkpoint(args.checkpoint)
     cfg = validate(config_from_dict(source.config))
-    out = export_backbone(lambda name: source.tensor(name, "param"), cfg, args.out,
-                          int(args.shard_gb * 2**30))
+    weight = lambda name: source.tensor(name, "param")          # noqa: E731
+    if args.vist2:
+        from megatron_vist2.convert.vist2 import export_vist2
+        out = export_vist2(weight, cfg, cfg.data.tokenizer, args.out, int(args.shard_gb * 2**30))
+        print(f"wrote {out} (VIST2, trust_remote_code) from {source.step_dir} (saved as {source.layout}) "
+              f"in {time.time() - start:.1f} s")
+        return
+    out = export_backbone(weight, cfg, args.out, int(args.shard_gb * 2**30))
     tok = Path(cfg.data.tokenizer)
     if tok.is_dir():
         for f in tok.iterdir():

@@ -69,24 +69,39 @@ def test_consolidated_checkpoint_resumes_in_another_layout(sources, tiny_data, t
     assert all(abs(got[s] - want[s]) <= 1e-5 for s in (3, 4)), (got, want)
 
 
-@pytest.mark.parametrize("source", ["tp2", "pp2", "dp2-zero3"])
+@pytest.mark.parametrize("source", ["tp2", "pp2", "dp2-zero3", "kv1-tp2-zero3"])
 def test_export_from_any_layout_matches_transformers(dist_env, sources, source, tmp_path):
-    """The backbone exported from a TP2 / PP2 / ZeRO-3 checkpoint loads as Qwen3ForCausalLM and
-    gives our model's logits (our model built from the same checkpoint) on text-only input."""
+    """From a TP2 / PP2 / ZeRO-3 / TP2-with-one-KV-head checkpoint: the backbone loads as
+    Qwen3ForCausalLM and gives our text-only logits; the whole model (--vist2, trust_remote_code)
+    gives our logits on interleaved rows. "Ours" is our model built from the same checkpoint."""
     import torch
-    from transformers import Qwen3ForCausalLM
+    from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
+    from megatron_vist2.data.dataset import build_dataset, collate
     from megatron_vist2.inference.load import load_for_inference
     from tests.inference_helpers import causal_text_batch
     ckpt = sources(source) / "ckpt"
     tool("tools/convert_checkpoint.py", "--checkpoint", str(ckpt), "--out", str(tmp_path / "hf"))
+    tool("tools/convert_checkpoint.py", "--checkpoint", str(ckpt), "--out", str(tmp_path / "vist2"), "--vist2")
     model, tok, cfg = load_for_inference(str(ckpt))
+    V = cfg.model.llm.vocab_size
     hf = Qwen3ForCausalLM.from_pretrained(str(tmp_path / "hf"), local_files_only=True).eval()
     ids = tok.encode("The state of the union is strong, and the people are its strength.")
     batch = causal_text_batch(ids, (cfg.model.chunk.image_height, cfg.model.chunk.image_width))
     with torch.no_grad():
-        ours = model(batch)[:, 0, :cfg.model.llm.vocab_size]
+        ours = model(batch)[:, 0, :V]
         theirs = hf(torch.tensor([ids])).logits[0]
     assert (ours - theirs).abs().max().item() <= 1e-4
+    full = AutoModelForCausalLM.from_pretrained(str(tmp_path / "vist2"), trust_remote_code=True,
+                                                local_files_only=True).eval()
+    ds = build_dataset(cfg.data.valid_prefix, tok, cfg, 0, 2)
+    rows = collate([ds[0], ds[1]])
+    lay = rows.layout
+    with torch.no_grad():
+        ours = model(rows)[..., :V].transpose(0, 1)
+        theirs = full(rows.tokens, images=rows.images, kind=lay.kind, position_ids=lay.position,
+                      doc=lay.doc, chunk=lay.chunk, readback=lay.readback).logits
+    real = lay.kind >= 0
+    assert (ours[real] - theirs[real]).abs().max().item() <= 1e-4
 
 
 def test_inspect_reports_layout_step_and_parameters(sources):

@@ -1,0 +1,105 @@
+"""The whole VIST2 model as a Hugging Face directory loaded with ``trust_remote_code``: the
+backbone under ``language_model.`` (Qwen3ForCausalLM names, convert/qwen3.py's table), the ViT
+under ``vision_tower.`` (SigLIP names, convert/siglip.py's table), the aligner under
+``aligner.``; plus configuration_vist2.py / modeling_vist2.py (convert/remote_code/), the
+renderer's source and font, and the tokenizer, so the directory alone reproduces our outputs.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator, Tuple
+
+import torch
+
+from ..config import Config
+from ..data import renderer as renderer_module
+from . import qwen3, siglip
+from .hf_io import write_safetensors_dir
+
+REMOTE_CODE = Path(__file__).parent / "remote_code"
+ALIGNER_MAP = (("front.aligner.proj.weight", "aligner.proj.weight"),
+               ("front.aligner.proj.bias", "aligner.proj.bias"))
+# The renderer is bundled as source; its two package imports become local definitions.
+_RENDERER_IMPORTS = {
+    "from ..config.schema import ModelConfig, RenderConfig":
+        "ModelConfig = RenderConfig = object   # annotations only in this bundled copy",
+    "from ..errors import RenderOverflowError":
+        "class RenderOverflowError(ValueError):\n    pass",
+}
+
+
+def name_pairs(cfg: Config) -> Iterator[Tuple[str, str, bool]]:
+    """(our name, exported name, is a vocabulary matrix) for every tensor of the model."""
+    for ours, hf, vocab in qwen3.name_pairs(cfg):
+        yield ours, "language_model." + hf, vocab
+    for ours, hf in siglip.name_pairs(cfg, prefix="vision_tower."):
+        yield ours, hf, False
+    for ours, hf in ALIGNER_MAP:
+        yield ours, hf, False
+
+
+def hf_config(cfg: Config, tokenizer_file: str) -> dict:
+    m = cfg.model
+    v, r = m.vision, m.render
+    return {
+        "model_type": "vist2", "architectures": ["Vist2ForCausalLM"],
+        "auto_map": {"AutoConfig": "configuration_vist2.Vist2Config",
+                     "AutoModelForCausalLM": "modeling_vist2.Vist2ForCausalLM"},
+        "text_config": qwen3.hf_config(cfg).to_dict(),
+        "vision": {"num_layers": v.num_layers, "hidden_size": v.hidden_size, "num_heads": v.num_heads,
+                   "ffn_hidden_size": v.ffn_hidden_size, "patch_size": v.patch_size,
+                   "num_channels": v.num_channels, "layernorm_eps": v.layernorm_eps},
+        "aligner_merge": m.aligner.merge,
+        "chunk": {"text_tokens": m.chunk.text_tokens, "image_height": m.chunk.image_height,
+                  "image_width": m.chunk.image_width},
+        "render": {"font": Path(r.font).name, "font_size": r.font_size, "min_font_size": r.min_font_size,
+                   "mode": r.mode, "margin": r.margin, "line_spacing": r.line_spacing,
+                   "tab_width": r.tab_width},
+        "visual_tokens_per_chunk": m.visual_tokens_per_chunk,
+        "tokenizer_file": tokenizer_file,
+        "torch_dtype": "float32",
+    }
+
+
+def bundled_renderer_source() -> str:
+    source = Path(renderer_module.__file__).read_text()
+    for old, new in _RENDERER_IMPORTS.items():
+        if old not in source:
+            raise RuntimeError(f"data/renderer.py no longer has '{old}': update convert/vist2.py")
+        source = source.replace(old, new)
+    return source
+
+
+def export_vist2(weight: Callable[[str], torch.Tensor], cfg: Config, tokenizer_path: str,
+                 out_dir: str, shard_bytes: int = 2 << 30) -> Path:
+    """Write the full model (streaming, one shard in memory) with everything it needs to run."""
+    font = cfg.model.render.font
+    if font in renderer_module.NAMED_FONTS:
+        raise ValueError(f"model.render.font '{font}' is a face inside a font package; the export "
+                         f"bundles font files only (use a .ttf/.otf file)")
+    font_path = Path(renderer_module.font_source(font)[0])
+    tok = Path(tokenizer_path)
+    V = cfg.model.llm.vocab_size
+
+    def tensors():
+        for ours, hf, vocab in name_pairs(cfg):
+            t = weight(ours)
+            yield hf, (t[:V] if vocab else t)
+
+    def save_everything(where: str):
+        d = Path(where)
+        tokenizer_file = "tokenizer.model" if tok.is_file() else ""
+        (d / "config.json").write_text(json.dumps(hf_config(cfg, tokenizer_file), indent=1))
+        for f in ("configuration_vist2.py", "modeling_vist2.py"):
+            shutil.copy(REMOTE_CODE / f, d / f)
+        (d / "vist2_renderer.py").write_text(bundled_renderer_source())
+        shutil.copy(font_path, d / font_path.name)
+        if tok.is_file():
+            shutil.copy(tok, d / "tokenizer.model")
+        elif tok.is_dir():
+            for f in tok.iterdir():
+                if f.is_file():
+                    shutil.copy(f, d / f.name)
+    return write_safetensors_dir(tensors(), out_dir, shard_bytes, save_everything)
