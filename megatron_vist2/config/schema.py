@@ -42,6 +42,7 @@ class LLMConfig:
     rope_theta: float = 1_000_000.0
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
+    qk_norm: bool = True              # RMSNorm on each head's q and k (Qwen3); false: Llama-style
     hidden_dropout: float = 0.0       # on each attention / MLP output before the residual add
     attention_dropout: float = 0.0    # on attention probabilities (sdpa backend only)
 

@@ -82,8 +82,15 @@ class SafetensorsDir:
 
 
 def check_fields(where: Path, found: Dict, expect: Dict, what: str) -> None:
-    """Every ``expect`` field must equal ``found``'s; the error lists each mismatch."""
-    wrong = {k: (found.get(k), v) for k, v in expect.items() if found.get(k) != v}
+    """Every ``expect`` field must equal ``found``'s (floats to 1e-6 relative: configs store
+    them at different precisions); the error lists each mismatch."""
+    import math
+
+    def same(a, b):
+        if isinstance(a, float) or isinstance(b, float):
+            return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-6)
+        return a == b
+    wrong = {k: (found.get(k), v) for k, v in expect.items() if not same(found.get(k), v)}
     if wrong:
         raise CheckpointError(f"{where} does not match the configured {what} (field: checkpoint vs "
                               f"config): {wrong}")

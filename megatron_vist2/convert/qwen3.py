@@ -1,5 +1,6 @@
-"""The language backbone <-> Hugging Face ``Qwen3ForCausalLM``: one declarative name mapping, used
-by both export and import. Dimensions come from the config; nothing is hard-coded.
+"""The language backbone <-> Hugging Face ``Qwen3ForCausalLM`` (or ``LlamaForCausalLM`` when
+``model.llm.qk_norm`` is false: Llama is the same decoder without QK-norm): one declarative name
+mapping, used by both export and import. Dimensions come from the config; nothing is hard-coded.
 
 Layouts match one to one (separate Q/K/V and gate/up matrices, rotate-half RoPE, QK-norm, RMSNorm),
 so the only transform is the vocabulary: our embedding and output layer are padded to a multiple
@@ -40,15 +41,18 @@ def name_pairs(cfg: Config) -> Iterator[Tuple[str, str, bool]]:
     for ours, hf, vocab in QWEN3_MAP:
         if ours == "head.output.weight" and cfg.model.llm.tie_embeddings:
             continue
+        if "_norm.weight" in ours and ".attention." in ours and not cfg.model.llm.qk_norm:
+            continue                                   # q_norm / k_norm: Qwen3 only
         layers = range(cfg.model.llm.num_layers) if "{i}" in ours else [None]
         for i in layers:
             yield ours.format(i=i), hf.format(i=i), vocab
 
 
 def hf_config(cfg: Config):
-    from transformers import Qwen3Config
+    """Qwen3Config, or LlamaConfig for a backbone without QK-norm."""
+    from transformers import LlamaConfig, Qwen3Config
     llm = cfg.model.llm
-    return Qwen3Config(
+    return (Qwen3Config if llm.qk_norm else LlamaConfig)(
         vocab_size=llm.vocab_size, hidden_size=llm.hidden_size, intermediate_size=llm.ffn_hidden_size,
         num_hidden_layers=llm.num_layers, num_attention_heads=llm.num_heads,
         num_key_value_heads=llm.num_kv_heads, head_dim=llm.head_dim, rms_norm_eps=llm.norm_eps,
@@ -76,11 +80,16 @@ def import_backbone(hf_dir: str, cfg: Config) -> Dict[str, torch.Tensor]:
     a tensor the mapping does not use is an error."""
     d = SafetensorsDir(hf_dir)
     llm = cfg.model.llm
-    check_fields(d.dir / "config.json", d.config(), {
+    hf = dict(d.config())
+    hf["head_dim"] = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    hf["rope_theta"] = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta")
+    check_fields(d.dir / "config.json", hf, {
+        "model_type": "qwen3" if llm.qk_norm else "llama",      # llama: model.llm.qk_norm=false
         "hidden_size": llm.hidden_size, "num_hidden_layers": llm.num_layers,
         "num_attention_heads": llm.num_heads, "num_key_value_heads": llm.num_kv_heads,
-        "intermediate_size": llm.ffn_hidden_size, "vocab_size": llm.vocab_size,
-        "tie_word_embeddings": llm.tie_embeddings}, "backbone")
+        "head_dim": llm.head_dim, "intermediate_size": llm.ffn_hidden_size,
+        "vocab_size": llm.vocab_size, "tie_word_embeddings": llm.tie_embeddings,
+        "rope_theta": llm.rope_theta, "rms_norm_eps": llm.norm_eps}, "backbone")
     Vp = padded_vocab_size(cfg)
     out, used = {}, set()
     for ours, name, vocab in name_pairs(cfg):

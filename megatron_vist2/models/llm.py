@@ -13,7 +13,7 @@ def decoder_layer(llm: LLMConfig, mp: ModelParallelConfig, std: float) -> Block:
     out_std = scaled_std(std, llm.num_layers)
     return Block(
         SelfAttention(llm.hidden_size, llm.num_heads, llm.num_kv_heads, llm.head_dim, mp, std,
-                      out_std, bias=False, qk_norm_eps=llm.norm_eps, dropout=llm.attention_dropout),
+                      out_std, bias=False, qk_norm_eps=llm.norm_eps if llm.qk_norm else None, dropout=llm.attention_dropout),
         MLP(llm.hidden_size, llm.ffn_hidden_size, mp, std, out_std, gated=True, bias=False),
         lambda: nn.RMSNorm(llm.hidden_size, eps=llm.norm_eps),
         hidden_dropout=llm.hidden_dropout, sequence_parallel=mp.sequence_parallel)

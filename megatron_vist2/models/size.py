@@ -5,7 +5,7 @@ ViT (SigLIP shape, d = hidden, f = FFN, P = patches, C = channels, p = patch):
     + (d f + f) + (f d + d) (MLP), final LayerNorm 2d.
 Aligner: (k^2 d) D + D.
 LLM (D = hidden, F = FFN, h / g = query / KV heads, e = head dim, V = padded vocab):
-    embedding V D, per layer 2D (norms) + D h e + 2 D g e + h e D (q, k, v, o) + 2e (QK-norm)
+    embedding V D, per layer 2D (norms) + D h e + 2 D g e + h e D (q, k, v, o) + 2e (QK-norm, if on)
     + 3 D F (SwiGLU), final norm D, output layer V D unless tied.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ def analytic_parameter_counts(cfg: Config) -> Dict[str, int]:
     D, F, h, g, e = llm.hidden_size, llm.ffn_hidden_size, llm.num_heads, llm.num_kv_heads, llm.head_dim
     aligner = k * k * d * D + D
     V = padded_vocab_size(cfg)
-    layer = 2 * D + D * h * e + 2 * D * g * e + h * e * D + 2 * e + 3 * D * F
+    layer = 2 * D + D * h * e + 2 * D * g * e + h * e * D + (2 * e if llm.qk_norm else 0) + 3 * D * F
     lm = V * D + llm.num_layers * layer + D + (0 if llm.tie_embeddings else V * D)
     return {"vision": vision, "aligner": aligner, "llm": lm, "total": vision + aligner + lm}
 

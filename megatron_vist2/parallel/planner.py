@@ -83,7 +83,7 @@ def stage_sizes(cfg: Config) -> List[dict]:
     D, F, h, g, e = llm.hidden_size, llm.ffn_hidden_size, llm.num_heads, llm.num_kv_heads, llm.head_dim
     aligner = (m.aligner.merge ** 2 * d * D + D) // tp
     kv = 2 * D * g * e if tp > g else 2 * D * g * e // tp
-    layer = 2 * D + D * h * e // tp + kv + h * e * D // tp + 2 * e + 3 * D * F // tp
+    layer = 2 * D + D * h * e // tp + kv + h * e * D // tp + (2 * e if llm.qk_norm else 0) + 3 * D * F // tp
     vocab = padded_vocab_size(cfg) * D // tp
     counts = stage_layer_counts(cfg)
     stages = []
