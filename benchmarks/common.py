@@ -29,3 +29,28 @@ def paper_chunks(tokenizer_path: str, L: int, count: int):
         if len(out) >= count:
             return out[:count]
     return out
+
+
+def run_training(ranks: int, trainer_args, extra_env=None):
+    """Train through the real entry point (one process, or torchrun + launch.sh) with the
+    trainer's arguments, logging to a temporary directory -> (returncode, stderr, metrics rows)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from megatron_vist2.parallel.distributed import free_port
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env.update(extra_env or {})
+    launcher = [sys.executable, "-m", "megatron_vist2.train"] if ranks == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+        "--master_port", str(free_port()), "--no-python", "./launch.sh"]
+    with tempfile.TemporaryDirectory() as out:
+        proc = subprocess.run([*launcher, *trainer_args, f"logging.dir={out}", f"checkpoint.save_dir={out}/ckpt"],
+                              cwd=repo, env=env, capture_output=True, text=True)
+        log = Path(out) / "metrics.jsonl"
+        rows = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+    return proc.returncode, proc.stderr, rows

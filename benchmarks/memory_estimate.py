@@ -12,15 +12,9 @@ the planner's weights + gradients + optimizer + activations for rank 0's stage. 
 of the main job (examples/tiny_cpu/prepare_data.sh).
 """
 import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
-from common import machine
-from megatron_vist2.parallel.distributed import free_port
+from common import machine, run_training
 
 MODEL = ["model.llm.num_layers=8", "model.llm.hidden_size=512", "model.llm.ffn_hidden_size=1536",
          "model.llm.num_heads=8", "model.llm.num_kv_heads=4", "model.llm.head_dim=64",
@@ -43,27 +37,17 @@ def main():
     args = ap.parse_args()
     from megatron_vist2.config import load_config, validate
     from megatron_vist2.parallel.planner import memory, stage_sizes
-    repo = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     print(f"machine: {machine()}")
     print(f"{'layout':<16} {'estimate GiB':>12} {'(weights':>8} {'grads':>6} {'optim':>6} {'activ.)':>8} "
           f"{'measured GiB':>12} {'estimate/measured':>17}")
     for name, ranks, overrides in LAYOUTS:
         if args.only and name not in args.only:
             continue
-        with tempfile.TemporaryDirectory() as out:
-            trainer = ["--preset", "tiny-cpu", *MODEL, *overrides, f"train.steps={args.steps}",
-                       "train.log_interval=1", "train.eval_interval=0", "train.eval_batches=1",
-                       f"logging.dir={out}", f"checkpoint.save_dir={out}/ckpt", "logging.tensorboard=false"]
-            launcher = [sys.executable, "-m", "megatron_vist2.train"] if ranks == 1 else [
-                sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                "--master_port", str(free_port()), "--no-python", "./launch.sh"]
-            proc = subprocess.run([*launcher, *trainer], cwd=repo, env=env | MALLOC, capture_output=True,
-                                  text=True)
-            if proc.returncode:
-                sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-            rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+        rc, stderr, rows = run_training(ranks, [
+            "--preset", "tiny-cpu", *MODEL, *overrides, f"train.steps={args.steps}", "train.log_interval=1",
+            "train.eval_interval=0", "train.eval_batches=1", "logging.tensorboard=false"], MALLOC)
+        if rc:
+            sys.exit(f"{name} failed:\n{stderr[-3000:]}")
         before = next(r["train/memory_before_model_gb"] for r in rows if "train/memory_before_model_gb" in r)
         peak = max(r["train/peak_memory_gb"] for r in rows if "train/peak_memory_gb" in r)
         cfg = validate(load_config("tiny-cpu", [*MODEL, *overrides]), ranks)

@@ -7,15 +7,8 @@ every layout launched through the real entry point (torchrun + launch.sh) in thi
 Step time is the mean over the last half of the steps (the first ones include warm-up).
 """
 import argparse
-import json
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
-from common import machine
-from megatron_vist2.parallel.distributed import free_port
+from common import machine, run_training
 
 # name, tensor parallel, pipeline parallel, ZeRO stage, sequence parallel, micro-batch rows.
 # Pipeline rows use micro-batches of 4 (4 per step instead of 2: a smaller pipeline bubble).
@@ -30,35 +23,27 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--only", nargs="*", help="layout names to run (default: all), e.g. 'PP2, ZeRO-1'")
     args = ap.parse_args()
-    repo = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     print(f"machine: {machine()}")
     print(f"tiny-cpu, 2 ranks, global batch 16 rows x 272 tokens, {args.steps} steps")
     base = None
     for name, tp, pp, zero, sp, micro in LAYOUTS:
         if args.only and name not in args.only:
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                   "--master_port", str(free_port()), "--no-python", "./launch.sh", "--preset", "tiny-cpu",
-                   f"parallel.tensor_parallel={tp}", f"parallel.pipeline_parallel={pp}",
-                   f"parallel.zero_stage={zero}", f"parallel.micro_batch_size={micro}",
-                   f"parallel.sequence_parallel={str(sp).lower()}",
-                   f"train.steps={args.steps}", "train.log_interval=1", "train.eval_batches=1",
-                   "train.eval_interval=0", f"logging.dir={tmp}", f"checkpoint.save_dir={tmp}/ckpt"]
-            proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
-            if proc.returncode:
-                print(f"{name}: failed\n{proc.stderr[-2000:]}")
-                continue
-            log = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-            tail = [e for e in log if "train/tokens_per_s" in e][args.steps // 2:]
-            step = (tail[-1]["time"] - tail[0]["time"]) / (len(tail) - 1)     # wall clock per step
-            tps = sum(e["train/tokens_per_s"] for e in tail) / len(tail)       # text + visual tokens
-            base = base or step
-            loss = [e["train/loss"] for e in log if "train/loss" in e][-1]
-            print(f"{name:15s} {step:6.3f} s/step  {tps:9,.0f} tokens/s  ({base / step:.2f}x DP2 ZeRO-1)  "
-                  f"final loss {loss:.4f}")
+        rc, stderr, log = run_training(2, [
+            "--preset", "tiny-cpu", f"parallel.tensor_parallel={tp}", f"parallel.pipeline_parallel={pp}",
+            f"parallel.zero_stage={zero}", f"parallel.micro_batch_size={micro}",
+            f"parallel.sequence_parallel={str(sp).lower()}", f"train.steps={args.steps}",
+            "train.log_interval=1", "train.eval_batches=1", "train.eval_interval=0"])
+        if rc:
+            print(f"{name}: failed\n{stderr[-2000:]}")
+            continue
+        tail = [e for e in log if "train/tokens_per_s" in e][args.steps // 2:]
+        step = (tail[-1]["time"] - tail[0]["time"]) / (len(tail) - 1)     # wall clock per step
+        tps = sum(e["train/tokens_per_s"] for e in tail) / len(tail)       # text + visual tokens
+        base = base or step
+        loss = [e["train/loss"] for e in log if "train/loss" in e][-1]
+        print(f"{name:15s} {step:6.3f} s/step  {tps:9,.0f} tokens/s  ({base / step:.2f}x DP2 ZeRO-1)  "
+              f"final loss {loss:.4f}")
 
 
 if __name__ == "__main__":
