@@ -15,9 +15,14 @@ def ours_logits(model, cfg, ids):
         return model(batch)[:, 0, :cfg.model.llm.vocab_size]
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_export_loads_in_transformers_with_equal_logits(dist_env, tiny_data, tmp_path, tied):
-    cfg, tok, ds, model = tiny_model(tiny_data, "model.init_std=0.1", f"model.llm.tie_embeddings={tied}")
+@pytest.mark.parametrize("tied,multiple", [(True, 128), (False, 128), (True, 96), (False, 96)],
+                         ids=["tied", "untied", "tied-padded", "untied-padded"])
+def test_export_loads_in_transformers_with_equal_logits(dist_env, tiny_data, tmp_path, tied, multiple):
+    """multiple 96: the 512-token vocabulary is built as 576 rows; export drops the 64 padding rows."""
+    cfg, tok, ds, model = tiny_model(tiny_data, "model.init_std=0.1", f"model.llm.tie_embeddings={tied}",
+                                     f"model.llm.make_vocab_size_divisible_by={multiple}")
+    from megatron_vist2.config import padded_vocab_size
+    assert padded_vocab_size(cfg) == (576 if multiple == 96 else 512)
     state = {n: p.detach() for n, p in model.named_parameters()}
     out = export_backbone(state.__getitem__, cfg, str(tmp_path / "hf"), shard_bytes=1 << 20)   # several shards
     assert len(list(out.glob("*.safetensors"))) > 1
@@ -29,7 +34,9 @@ def test_export_loads_in_transformers_with_equal_logits(dist_env, tiny_data, tmp
 
 
 def test_import_from_transformers_gives_equal_logits(dist_env, tiny_data, tmp_path):
-    cfg, tok, ds, model = tiny_model(tiny_data, "model.llm.tie_embeddings=false")
+    """Into a padded vocabulary (576 rows for 512 tokens): the padding rows are added as zeros."""
+    cfg, tok, ds, model = tiny_model(tiny_data, "model.llm.tie_embeddings=false",
+                                     "model.llm.make_vocab_size_divisible_by=96")
     torch.manual_seed(5)
     hf = Qwen3ForCausalLM(hf_config(cfg)).eval()
     hf.save_pretrained(str(tmp_path / "hf"))
