@@ -92,7 +92,20 @@ def make_engine(cfg: Config, env: DistEnv, model: Vist2Model):
         model=model, optimizer=build_optimizer(model, cfg.optim),
         lr_scheduler=build_scheduler(cfg.optim, cfg.train.steps),
         config=deepspeed_config(cfg, env.world_size), dist_init_required=False, mpu=MegatronMPU())
+    if cfg.parallel.zero_stage == 0 and resolve_dtype(cfg) == torch.float32:
+        _keep_fp32_grad_norm(engine)
     return engine
+
+
+def _keep_fp32_grad_norm(engine) -> None:
+    """Without ZeRO in fp32 DeepSpeed clips with clip_grad_norm_ but drops the norm it computed
+    (get_global_grad_norm() stays None): the same call, its result kept for the logs."""
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    def clip_and_keep():
+        engine._global_grad_norm = float(clip_grad_norm_(parameters=engine.module.parameters(),
+                                                         max_norm=engine.gradient_clipping(), mpu=engine.mpu))
+    engine.clip_fp32_gradients = clip_and_keep
 
 
 def make_schedule(cfg: Config, env: DistEnv, engine) -> PipelineSchedule:

@@ -115,3 +115,12 @@ def test_inspect_reports_layout_step_and_parameters(sources):
     cfg = validate(config_from_dict(saved))
     assert out["parameters"] == analytic_parameter_counts(cfg)["total"]
     assert out["tensors"]["layers.3.mlp.down_proj.weight"] == [cfg.model.llm.hidden_size, cfg.model.llm.ffn_hidden_size]
+
+
+def test_zero0_reports_the_same_grad_norm_as_zero1(sources):
+    """Without ZeRO (fp32) DeepSpeed drops the clipping norm; the trainer keeps it: equal to the
+    norm DeepSpeed's ZeRO-1 path reports for the same steps."""
+    def norms(name):
+        return [e["train/grad_norm"] for e in metrics(sources(name)) if "train/grad_norm" in e]
+    zero0, zero1 = norms("single-zero0"), norms("single")
+    assert len(zero0) == 4 and all(abs(a - b) <= 1e-4 * b for a, b in zip(zero0, zero1)), (zero0, zero1)
