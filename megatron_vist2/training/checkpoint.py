@@ -218,7 +218,9 @@ def read_manifest(step_dir: Path) -> dict:
 def check_compatible(step_dir: Path, cfg: Config) -> bool:
     """The saved model must be this model; name every difference. -> whether the saved layout
     is this run's (else the checkpoint is resharded on load)."""
-    saved = yaml.safe_load((step_dir / "config.yaml").read_text())
+    from ..config import config_from_dict
+    # through the dataclasses: a field added since the save compares as its default
+    saved = config_to_dict(config_from_dict(yaml.safe_load((step_dir / "config.yaml").read_text())))
     ours = config_to_dict(cfg)
     diffs = []
 
