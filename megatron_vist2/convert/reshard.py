@@ -417,12 +417,6 @@ class _StateWriter:
                 state["step"] = torch.tensor(float(step))
 
 
-def iter_full_parameters(source, names: Optional[Iterable[str]] = None):
-    """(name, full fp32 weight) for every parameter of ``source`` (one at a time)."""
-    for name in (names or source.names()):
-        yield name, source.tensor(name, "param")
-
-
 @torch.no_grad()
 def load_weights(module: torch.nn.Module, source, tp: int = 1, tp_rank: int = 0, log=print) -> None:
     """Copy ``source``'s weights into ``module`` (a whole model, e.g. for inference): every
