@@ -39,19 +39,24 @@ def vist2_mask_mod(layout: TokenLayout) -> Callable:
       visual q in chunk i: visual k of chunks j <= i (bidirectional inside its own block).
       never across documents; a padding query sees only itself (keeps softmax finite).
     """
-    doc, chunk, kind, readback = layout.doc, layout.chunk, layout.kind, layout.readback
+    # One int64 per token, so a (q, k) pair costs two gathers instead of nine: document + 1
+    # (0 = padding) in bits 33+, chunk in bits 3-32, kind + 1 in bits 1-2, read-back in bit 0.
+    code = (((layout.doc + 1) << 33) | (layout.chunk << 3) | ((layout.kind + 1) << 1)
+            | layout.readback.long())
 
     def mask_mod(b, h, q, k):
-        qd, kd = doc[b, q], doc[b, k]
-        qc, kc = chunk[b, q], chunk[b, k]
-        qt, kt = kind[b, q] == TEXT, kind[b, k] == TEXT
-        qv, kv = kind[b, q] == VISUAL, kind[b, k] == VISUAL
+        cq, ck = code[b, q], code[b, k]
+        qd, kd = cq >> 33, ck >> 33
+        qc, kc = cq >> 3, ck >> 3                   # document and chunk: compared together
+        qkind, kkind = (cq >> 1) & 3, (ck >> 1) & 3
+        qt, kt = qkind == TEXT + 1, kkind == TEXT + 1
+        qv, kv = qkind == VISUAL + 1, kkind == VISUAL + 1
         text_sees_text = kt & (kc == qc) & (k <= q)
-        text_sees_image = kv & ((kc < qc) | (readback[b, q] & (kc == qc)))
+        text_sees_image = kv & ((kc < qc) | (((cq & 1) == 1) & (kc == qc)))
         image_sees_image = kv & (kc <= qc)
-        same_doc = (qd == kd) & (qd >= 0)
+        same_doc = (qd == kd) & (qd > 0)
         allowed = same_doc & ((qt & (text_sees_text | text_sees_image)) | (qv & image_sees_image))
-        return allowed | ((qd < 0) & (q == k))
+        return allowed | ((qd == 0) & (q == k))
 
     return mask_mod
 
