@@ -109,7 +109,11 @@ class _StageShard:
         model = _load(self.where / f"{tt}_model_states.pt")
         self.module, self.plain = model["module"], {}
         optim, order = model.get("optimizer"), stage.get("optimizer_order")
-        if optim and order:
+        if optim and "fp32_groups" in optim:       # bf16 without ZeRO: DeepSpeed's unfused optimizer
+            self.unreadable = (f"{self.where}: the optimizer state of a bf16 run without ZeRO cannot be "
+                               f"resharded (resume it in its saved layout, or start from its weights "
+                               f"with checkpoint.init_from)")
+        elif optim and order:
             for i, name in enumerate(order):
                 if i in optim["state"]:
                     self.plain[name] = optim["state"][i]
@@ -175,6 +179,8 @@ class _StageShard:
                 full = torch.cat([flat.read(start, part) for flat in self.zero3[kind]])
                 return full[:numel].view(shape).float()
             return self.flats[kind][g].read(start, numel).view(shape).float()
+        if kind != "param" and getattr(self, "unreadable", None):
+            raise CheckpointError(self.unreadable)
         if hasattr(self, "plain") and name in self.plain:
             return (self.module[name] if kind == "param" else self.plain[name][kind]).float()
         if kind != "param":
@@ -375,6 +381,11 @@ class _StateWriter:
                       or getattr(opt, "single_partition_of_fp32_groups", None)    # ZeRO-1/2
                       or getattr(opt, "fp32_groups_flat_partition", None))        # bf16, ZeRO-0
         self.zero3 = hasattr(opt, "fp32_partitioned_groups_flat")
+        if self.flats is None and hasattr(opt, "fp32_groups"):
+            raise CheckpointError(
+                "loading another layout's checkpoint into a bf16 run without ZeRO is not supported "
+                "(DeepSpeed's unfused optimizer keeps fp32 copies this loader does not fill): use "
+                "parallel.zero_stage=1 or higher, or resume in the saved layout")
         if with_state and self.flats is not None:
             for flat in self.flats:
                 self.base.state[flat] = {k: torch.zeros_like(flat) for k in OPTIMIZER_KINDS}
