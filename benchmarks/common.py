@@ -31,6 +31,18 @@ def paper_chunks(tokenizer_path: str, L: int, count: int):
     return out
 
 
+def layout_run_args(default_steps: int, layouts):
+    """--steps and --only (layout names) for the benchmarks that train one layout after another;
+    -> (args, the selected layouts: tuples whose first item is the name). Prints the machine."""
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=default_steps)
+    ap.add_argument("--only", nargs="*", help=f"layout names to run (default: all), e.g. '{layouts[-1][0]}'")
+    args = ap.parse_args()
+    print(f"machine: {machine()}")
+    return args, [x for x in layouts if not args.only or x[0] in args.only]
+
+
 def run_training(ranks: int, trainer_args, extra_env=None):
     """Train through the real entry point (one process, or torchrun + launch.sh) with the
     trainer's arguments, logging to a temporary directory -> (returncode, stderr, metrics rows)."""

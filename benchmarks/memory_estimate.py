@@ -11,10 +11,9 @@ the process held just before the model was built (the runtime, libraries and dat
 the planner's weights + gradients + optimizer + activations for rank 0's stage. Needs the data
 of the main job (examples/tiny_cpu/prepare_data.sh).
 """
-import argparse
 import sys
 
-from common import machine, run_training
+from common import layout_run_args, run_training
 
 MODEL = ["model.llm.num_layers=8", "model.llm.hidden_size=512", "model.llm.ffn_hidden_size=1536",
          "model.llm.num_heads=8", "model.llm.num_kv_heads=4", "model.llm.head_dim=64",
@@ -31,18 +30,12 @@ LAYOUTS = [   # name, ranks, overrides
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--only", nargs="*", help="layout names to run (default: all)")
-    args = ap.parse_args()
+    args, layouts = layout_run_args(3, LAYOUTS)
     from megatron_vist2.config import load_config, validate
     from megatron_vist2.parallel.planner import memory, stage_sizes
-    print(f"machine: {machine()}")
     print(f"{'layout':<16} {'estimate GiB':>12} {'(weights':>8} {'grads':>6} {'optim':>6} {'activ.)':>8} "
           f"{'measured GiB':>12} {'estimate/measured':>17}")
-    for name, ranks, overrides in LAYOUTS:
-        if args.only and name not in args.only:
-            continue
+    for name, ranks, overrides in layouts:
         rc, stderr, rows = run_training(ranks, [
             "--preset", "tiny-cpu", *MODEL, *overrides, f"train.steps={args.steps}", "train.log_interval=1",
             "train.eval_interval=0", "train.eval_batches=1", "logging.tensorboard=false"], MALLOC)

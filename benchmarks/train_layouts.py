@@ -6,9 +6,7 @@ every layout launched through the real entry point (torchrun + launch.sh) in thi
 
 Step time is the mean over the last half of the steps (the first ones include warm-up).
 """
-import argparse
-
-from common import machine, run_training
+from common import layout_run_args, run_training
 
 # name, tensor parallel, pipeline parallel, ZeRO stage, sequence parallel, micro-batch rows.
 # Pipeline rows use micro-batches of 4 (4 per step instead of 2: a smaller pipeline bubble).
@@ -19,16 +17,10 @@ LAYOUTS = [("DP2, ZeRO-1", 1, 1, 1, False, 8), ("DP2, ZeRO-3", 1, 1, 3, False, 8
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--only", nargs="*", help="layout names to run (default: all), e.g. 'PP2, ZeRO-1'")
-    args = ap.parse_args()
-    print(f"machine: {machine()}")
+    args, layouts = layout_run_args(30, LAYOUTS)
     print(f"tiny-cpu, 2 ranks, global batch 16 rows x 272 tokens, {args.steps} steps")
     base = None
-    for name, tp, pp, zero, sp, micro in LAYOUTS:
-        if args.only and name not in args.only:
-            continue
+    for name, tp, pp, zero, sp, micro in layouts:
         rc, stderr, log = run_training(2, [
             "--preset", "tiny-cpu", f"parallel.tensor_parallel={tp}", f"parallel.pipeline_parallel={pp}",
             f"parallel.zero_stage={zero}", f"parallel.micro_batch_size={micro}",

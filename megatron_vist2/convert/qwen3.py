@@ -15,7 +15,7 @@ from typing import Callable, Dict, Iterator, Tuple
 import torch
 
 from ..config import Config, padded_vocab_size
-from .hf_io import SafetensorsDir, check_all_used, check_fields, write_safetensors_dir
+from .hf_io import SafetensorsDir, check_all_used, check_fields, mapped_tensors, write_safetensors_dir
 
 # (our name, Hugging Face name, is a vocabulary matrix); "{i}" is the decoder layer index.
 QWEN3_MAP = (
@@ -65,13 +65,8 @@ def export_backbone(weight: Callable[[str], torch.Tensor], cfg: Config, out_dir:
     """Write the backbone as a Qwen3ForCausalLM directory, ``weight(name)`` giving each of our
     full (unsharded) parameters in turn: config.json + safetensors shards (one in memory at a
     time) + an index, renamed into place when complete."""
-    V = cfg.model.llm.vocab_size
-
-    def tensors():
-        for ours, hf, vocab in name_pairs(cfg):
-            t = weight(ours)
-            yield hf, (t[:V] if vocab else t)
-    return write_safetensors_dir(tensors(), out_dir, shard_bytes, hf_config(cfg).save_pretrained)
+    return write_safetensors_dir(mapped_tensors(name_pairs(cfg), weight, cfg.model.llm.vocab_size),
+                                 out_dir, shard_bytes, hf_config(cfg).save_pretrained)
 
 
 def import_backbone(hf_dir: str, cfg: Config) -> Dict[str, torch.Tensor]:

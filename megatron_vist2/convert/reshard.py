@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import CheckpointError
+from .hf_io import SafetensorsDir, write_shards
 
 KINDS = ("param", "exp_avg", "exp_avg_sq")
 OPTIMIZER_KINDS = KINDS[1:]
@@ -41,16 +42,23 @@ CONSOLIDATED = "consolidated"          # complete.json "format" of a consolidate
 
 
 # ------------------------------------------------------------------ what a checkpoint holds
+def full_shape(p: torch.nn.Parameter, tp: int):
+    """-> (the parameter's shape over all tensor-parallel ranks and ZeRO-3 partitions, the
+    dimension tensor parallelism splits it along or None when every rank holds all of it)."""
+    shape = list(getattr(p, "ds_shape", p.shape))
+    tp_dim = p.partition_dim if getattr(p, "tensor_model_parallel", False) else None
+    if tp_dim is not None:
+        shape[tp_dim] *= tp
+    return shape, tp_dim
+
+
 def describe_stage(module: torch.nn.Module, optimizer, tp: int) -> dict:
     """This rank's pipeline stage for ``tensors.json``: every parameter's full shape, the
     dimension tensor parallelism splits it along (None: replicated), whether it trains, and the
     optimizer's parameter order when the optimizer holds the parameters themselves (no ZeRO)."""
     params = {}
     for name, p in module.named_parameters():
-        shape = list(getattr(p, "ds_shape", p.shape))
-        tp_dim = p.partition_dim if getattr(p, "tensor_model_parallel", False) else None
-        if tp_dim is not None:
-            shape[tp_dim] *= tp
+        shape, tp_dim = full_shape(p, tp)
         params[name] = {"shape": shape, "tp_dim": tp_dim, "trainable": p.requires_grad}
     names = {id(p): n for n, p in module.named_parameters()}
     order = [names.get(id(p)) for g in getattr(optimizer, "param_groups", []) for p in g["params"]]
@@ -248,20 +256,11 @@ class ConsolidatedCheckpoint:
     named ``<kind>/<parameter>``, opened lazily."""
 
     def __init__(self, step_dir: Path, manifest: dict, config: dict):
-        from safetensors import safe_open
         self.step_dir, self.manifest, self.config = step_dir, manifest, config
         meta = json.loads((step_dir / "consolidated.json").read_text())
         self.client, self.lr_scheduler = meta["client"], meta.get("lr_scheduler")
         self.layout, self._step = manifest["layout"], meta.get("optimizer_step")
-        self._where: Dict[str, Path] = {}
-        self._files = {}
-        for f in sorted(step_dir.glob("*.safetensors")):
-            try:
-                self._files[f] = safe_open(str(f), framework="pt")
-            except Exception as exc:
-                raise CheckpointError(f"{f} cannot be read ({type(exc).__name__}: {exc})") from None
-            for key in self._files[f].keys():
-                self._where[key] = f
+        self._files = SafetensorsDir(str(step_dir))
         self._names = list(meta["parameters"])
         self._shapes = {n: tuple(s) for n, s in meta["parameters"].items()}
 
@@ -273,7 +272,7 @@ class ConsolidatedCheckpoint:
 
     def tensor(self, name: str, kind: str = "param") -> Optional[torch.Tensor]:
         key = f"{kind}/{name}"
-        return self._files[self._where[key]].get_tensor(key).float() if key in self._where else None
+        return self._files.get(key).float() if key in self._files else None
 
     def optimizer_step(self) -> Optional[int]:
         return self._step
@@ -307,11 +306,7 @@ def _local_part(full: torch.Tensor, p: torch.nn.Parameter, name: str, tp: int, t
                 log) -> torch.Tensor:
     """This rank's tensor-parallel part of ``full`` (vocabulary rows padded or cut when the
     padded vocabulary differs between the layouts)."""
-    shape = list(getattr(p, "ds_shape", p.shape))
-    tp_dim = p.partition_dim if getattr(p, "tensor_model_parallel", False) else None
-    want = list(shape)
-    if tp_dim is not None:
-        want[tp_dim] *= tp
+    want, tp_dim = full_shape(p, tp)
     if list(full.shape) != want:
         if full.dim() == 2 and full.shape[1] == want[1] and tp_dim == 0 and name.endswith(
                 ("embedding.weight", "output.weight")):
@@ -346,7 +341,6 @@ def load_full_state(engine, source, weights_only: bool, dp_group, log=print) -> 
                               f"this model: {', '.join(missing[:5])}")
     step = None if weights_only else source.optimizer_step()
     writer = _StateWriter(opt, dp_group, with_state=not weights_only and step is not None)
-    quiet = set()
     for name, p in named:
         values = {}
         for kind in (KINDS if writer.with_state and p.requires_grad else ("param",)):
@@ -354,9 +348,8 @@ def load_full_state(engine, source, weights_only: bool, dp_group, log=print) -> 
             if full is None:
                 raise CheckpointError(f"{source.step_dir} has no {kind} for {name} (was it frozen "
                                       f"when saved? then load it with checkpoint.init_from)")
-            values[kind] = _local_part(full, p, name, tp, tp_rank,
-                                       log if kind == "param" and name not in quiet else (lambda *_: None))
-            quiet.add(name)
+            # a vocabulary resize is reported once, for the weight
+            values[kind] = _local_part(full, p, name, tp, tp_rank, log if kind == "param" else (lambda *_: None))
         writer.write(p, values)
     writer.finish(step)
     if not weights_only:
@@ -451,31 +444,20 @@ def write_consolidated(out_root: str, step_name: str, tensors: Iterable, manifes
     (one shard in memory at a time); ``meta`` (client state, lr schedule, optimizer step) goes
     to consolidated.json. Written under a temporary name and renamed when complete."""
     import yaml
-    from safetensors.torch import save_file
     from ..training.checkpoint import write_atomic, write_manifest
     root = Path(out_root)
     final, tmp = root / step_name, root / f"{step_name}.partial"
     if final.exists():
         raise CheckpointError(f"{final} exists: choose a new output directory")
     tmp.mkdir(parents=True, exist_ok=True)
-    shard, size, count, shapes = {}, 0, 0, {}
+    shapes = {}
 
-    def flush():
-        nonlocal shard, size, count
-        if shard:
-            count += 1
-            save_file(shard, str(tmp / f"state-{count:05d}.safetensors"))
-            log(f"  wrote {tmp.name}/state-{count:05d}.safetensors ({size / 2 ** 20:,.1f} MiB)")
-            shard, size = {}, 0
-
-    for name, kind, t in tensors:
-        if size + t.nbytes > shard_bytes:
-            flush()
-        shard[f"{kind}/{name}"] = t.contiguous()
-        size += t.nbytes
-        if kind == "param":
-            shapes[name] = list(t.shape)
-    flush()
+    def keyed():
+        for name, kind, t in tensors:
+            if kind == "param":
+                shapes[name] = list(t.shape)
+            yield f"{kind}/{name}", t
+    write_shards(keyed(), tmp, shard_bytes, lambda n: f"state-{n:05d}.safetensors", log)
     (tmp / "consolidated.json").write_text(json.dumps({**meta, "parameters": shapes}, indent=1))
     (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     write_manifest(tmp, **{**manifest, "format": CONSOLIDATED})

@@ -16,7 +16,7 @@ import torch
 from ..config import Config
 from ..data import renderer as renderer_module
 from . import qwen3, siglip
-from .hf_io import write_safetensors_dir
+from .hf_io import mapped_tensors, write_safetensors_dir
 
 REMOTE_CODE = Path(__file__).parent / "remote_code"
 ALIGNER_MAP = (("front.aligner.proj.weight", "aligner.proj.weight"),
@@ -81,12 +81,6 @@ def export_vist2(weight: Callable[[str], torch.Tensor], cfg: Config, tokenizer_p
                          f"bundles font files only (use a .ttf/.otf file)")
     font_path = Path(renderer_module.font_source(font)[0])
     tok = Path(tokenizer_path)
-    V = cfg.model.llm.vocab_size
-
-    def tensors():
-        for ours, hf, vocab in name_pairs(cfg):
-            t = weight(ours)
-            yield hf, (t[:V] if vocab else t)
 
     def save_everything(where: str):
         d = Path(where)
@@ -102,4 +96,5 @@ def export_vist2(weight: Callable[[str], torch.Tensor], cfg: Config, tokenizer_p
             for f in tok.iterdir():
                 if f.is_file():
                     shutil.copy(f, d / f.name)
-    return write_safetensors_dir(tensors(), out_dir, shard_bytes, save_everything)
+    return write_safetensors_dir(mapped_tensors(name_pairs(cfg), weight, cfg.model.llm.vocab_size),
+                                 out_dir, shard_bytes, save_everything)
