@@ -23,7 +23,8 @@ def preflight(cfg: Config) -> None:
     from .data.dataset import parse_blend
     from .data.indexed import open_indexed
     from .data.tokenizer import load_tokenizer
-    from .training.checkpoint import check_compatible, resolve_tag_dir, resume_dir
+    from .checkpoint.format import resolve_tag_dir
+    from .training.checkpoint import check_compatible, resume_dir
 
     tok = load_tokenizer(cfg.data.tokenizer)
     if tok.vocab_size != cfg.model.llm.vocab_size:

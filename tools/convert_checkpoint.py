@@ -32,7 +32,7 @@ def main():
     args = ap.parse_args()
     from megatron_vist2.config import config_from_dict, validate
     from megatron_vist2.convert.qwen3 import export_backbone
-    from megatron_vist2.convert.reshard import open_checkpoint
+    from megatron_vist2.checkpoint.sources import open_checkpoint
     start = time.time()
     source = open_checkpoint(args.checkpoint)
     cfg = validate(config_from_dict(source.config))

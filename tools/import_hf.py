@@ -28,7 +28,7 @@ def main():
     import torch
     from megatron_vist2.config import config_to_dict, load_config, validate
     from megatron_vist2.convert.qwen3 import import_backbone
-    from megatron_vist2.convert.reshard import write_consolidated
+    from megatron_vist2.checkpoint.sources import write_consolidated
     from megatron_vist2.convert.siglip import import_vision
     from megatron_vist2.models.vist2 import StagePart, Vist2Model
     from megatron_vist2.parallel.distributed import init_distributed, shutdown

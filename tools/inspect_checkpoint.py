@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--params", action="store_true", help="list every parameter with its shape")
     ap.add_argument("--json", action="store_true", help="print everything as JSON")
     args = ap.parse_args()
-    from megatron_vist2.convert.reshard import open_checkpoint
+    from megatron_vist2.checkpoint.sources import open_checkpoint
     s = summary(open_checkpoint(args.checkpoint))
     if args.json:
         print(json.dumps(s, indent=1))

@@ -25,7 +25,7 @@ def main():
     ap.add_argument("--weights-only", action="store_true", help="leave out the optimizer state")
     ap.add_argument("--shard-gb", type=float, default=2.0, help="largest safetensors shard")
     args = ap.parse_args()
-    from megatron_vist2.convert.reshard import KINDS, open_checkpoint, write_consolidated
+    from megatron_vist2.checkpoint.sources import KINDS, open_checkpoint, write_consolidated
     start = time.time()
     source = open_checkpoint(args.checkpoint)
     names = source.names()

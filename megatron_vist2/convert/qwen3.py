@@ -15,7 +15,8 @@ from typing import Callable, Dict, Iterator, Tuple
 import torch
 
 from ..config import Config, padded_vocab_size
-from .hf_io import SafetensorsDir, check_all_used, check_fields, mapped_tensors, write_safetensors_dir
+from ..checkpoint.safetensors_io import SafetensorsDir
+from .hf_io import check_all_used, check_fields, mapped_tensors, write_safetensors_dir
 
 # (our name, Hugging Face name, is a vocabulary matrix); "{i}" is the decoder layer index.
 QWEN3_MAP = (

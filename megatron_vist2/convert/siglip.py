@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
-from .hf_io import SafetensorsDir, check_all_used, check_fields, write_safetensors_dir
+from ..checkpoint.safetensors_io import SafetensorsDir
+from .hf_io import check_all_used, check_fields, write_safetensors_dir
 
 PREFIX = "vision_model."     # the vision tower inside a SiglipModel (and in older saves)
 # (our name under front.vision, SigLIP's name under vision_model.); "{i}" is the layer index

@@ -1,11 +1,12 @@
 """Build an inference model from one of our checkpoints: any training layout (TP/PP/DP, ZeRO
-0-3) or a consolidated checkpoint, read as full weights (convert/reshard.py)."""
+0-3) or a consolidated checkpoint, read as full weights (checkpoint/sources.py)."""
 from __future__ import annotations
 
 from typing import Iterable, Tuple
 
 from ..config import Config, apply_overrides, config_from_dict, validate
-from ..convert.reshard import load_weights, open_checkpoint
+from ..checkpoint.reshard import load_weights
+from ..checkpoint.sources import open_checkpoint
 from ..data.tokenizer import Tokenizer, load_tokenizer
 from ..errors import CheckpointError
 from ..models.vist2 import Vist2Model

@@ -1,16 +1,7 @@
 """Checkpoints: DeepSpeed writes each rank's shards, we make the whole atomic.
 
-Layout of ``checkpoint.save_dir``::
-
-    latest                      names the newest *complete* checkpoint (replaced atomically)
-    step_0000100/
-      complete.json             written last: step, samples, layout, and every file with its size
-      config.yaml               the run's config
-      tensors.json              every parameter's full shape and tensor-parallel split (resharding)
-      rng/rank_NNNNN.pt         each rank's random-generator states
-      mp_rank_00_model_states.pt, *_optim_states.pt ...   DeepSpeed's shards (one set per
-      stage_SS/ ...                                        pipeline stage with pipeline parallelism)
-    step_0000110.partial/       a save that did not finish (a killed rank): ignored, reported
+The directory's layout and its files are checkpoint/format.py (a ``step_NNNNNNN`` directory per
+checkpoint, ``latest``, the ``complete.json`` manifest written last).
 
 Protocol: every rank writes its shards into ``<tag>.partial``; after a barrier rank 0 writes
 ``complete.json``, renames the directory to ``<tag>``, replaces ``latest`` and removes the oldest
@@ -20,7 +11,7 @@ config and the layout before DeepSpeed reads anything, and reads with ``weights_
 
 Resuming in the saved layout hands the shards to DeepSpeed and restores every rank's random
 state (bit-exact). Another layout (TP, PP, DP size or ZeRO stage), or a consolidated checkpoint,
-goes through convert/reshard.py: full tensors sliced for the new layout, optimizer state
+goes through checkpoint/reshard.py: full tensors sliced for the new layout, optimizer state
 included; random states then start from the seed (each layout draws its own streams).
 """
 from __future__ import annotations
@@ -30,24 +21,20 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import yaml
 from megatron.core import parallel_state
 
+from ..checkpoint.format import (CONSOLIDATED, PARTIAL, TENSORS_FILE, complete_tags, describe_stage,
+                                 partial_checkpoints, read_manifest, resolve_tag_dir, safe_load, write_atomic,
+                                 write_manifest)
+from ..checkpoint.reshard import load_full_state
+from ..checkpoint.sources import open_checkpoint
 from ..config import Config, config_to_dict
-from ..convert.reshard import CONSOLIDATED, TENSORS_FILE, describe_stage, load_full_state, open_checkpoint
 from ..errors import CheckpointError
-
-MARKER = "complete.json"
-PARTIAL = ".partial"
-MODEL_FILE = "mp_rank_00_model_states.pt"
-# DeepSpeed classes its optimizer shards pickle; everything else must be plain tensors/containers.
-_SAFE_DEEPSPEED_GLOBALS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler",
-                           "deepspeed.runtime.zero.config.ZeroStageEnum",
-                           "deepspeed.utils.tensor_fragment.fragment_address")
 
 
 # Model settings that do not change the weights: a run may resume with other values.
@@ -78,27 +65,6 @@ def _fault_injection(step: int) -> None:
         _, rank, at = spec.split(":")
         if dist.get_rank() == int(rank) and step == int(at):
             os.kill(os.getpid(), 9)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
-def write_manifest(step_dir: Path, **fields) -> None:
-    """Mark ``step_dir`` complete: ``fields`` plus every file in it with its size (written last)."""
-    files = {str(f.relative_to(step_dir)): f.stat().st_size
-             for f in sorted(step_dir.rglob("*")) if f.is_file() and f.name != MARKER}
-    write_atomic(step_dir / MARKER, json.dumps({**fields, "files": files}, indent=1))
-
-
-def complete_tags(root: Path) -> List[str]:
-    """Complete checkpoints under ``root``, oldest first."""
-    return sorted(p.name for p in root.glob("step_*") if (p / MARKER).is_file() and p.is_dir())
 
 
 def _rng_states() -> dict:
@@ -166,55 +132,6 @@ def save_checkpoint(engine, cfg: Config, step: int, consumed_samples: int,
     return str(final)
 
 
-def partial_checkpoints(root: Path) -> List[str]:
-    return sorted(p.name for p in Path(root).glob(f"step_*{PARTIAL}"))
-
-
-def check_loadable(load_dir: str) -> str:
-    """Return the tag to load from ``load_dir`` or raise CheckpointError saying what is wrong."""
-    root = Path(load_dir)
-    if not root.is_dir():
-        raise CheckpointError(f"checkpoint directory {root} does not exist or is not a directory "
-                              f"(checkpoint.load_dir)")
-    latest = root / "latest"
-    try:
-        tag = latest.read_text().strip()
-    except OSError as exc:
-        raise CheckpointError(f"{latest}: cannot read the 'latest' file ({exc.strerror}); is "
-                              f"{root} a megatron_vist2 checkpoint directory?") from None
-    step_dir = root / tag
-    if not step_dir.is_dir():
-        raise CheckpointError(f"{latest} names '{tag}', but {step_dir} is missing")
-    verify_files(step_dir)
-    return tag
-
-
-def verify_files(step_dir: Path) -> dict:
-    """Every file the manifest lists is there with its size; -> the manifest."""
-    manifest = read_manifest(step_dir)
-    for name, size in manifest["files"].items():
-        f = step_dir / name
-        if not f.is_file():
-            raise CheckpointError(f"{f} is missing (listed in {step_dir / MARKER}); the checkpoint "
-                                  f"is damaged: restore it or load an older one")
-        if f.stat().st_size != size:
-            raise CheckpointError(f"{f} has {f.stat().st_size} bytes but was written with {size} "
-                                  f"(truncated or replaced); the checkpoint is damaged: restore it "
-                                  f"or load an older one")
-    return manifest
-
-
-def read_manifest(step_dir: Path) -> dict:
-    marker = step_dir / MARKER
-    if not marker.is_file():
-        raise CheckpointError(f"{step_dir} has no {MARKER}: the save did not finish (or the "
-                              f"directory is not a megatron_vist2 checkpoint)")
-    try:
-        return json.loads(marker.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{marker} cannot be read ({exc})") from None
-
-
 def check_compatible(step_dir: Path, cfg: Config) -> bool:
     """The saved model must be this model; name every difference. -> whether the saved layout
     is this run's (else the checkpoint is resharded on load)."""
@@ -237,23 +154,6 @@ def check_compatible(step_dir: Path, cfg: Config) -> bool:
         raise CheckpointError(f"{step_dir} holds a different model:\n  - " + "\n  - ".join(diffs)
                               + "\nload a checkpoint of this model or change the model config to match")
     return read_manifest(step_dir)["layout"] == _layout(cfg)
-
-
-def safe_load(path: str, map_location=None, mmap: bool = False):
-    import importlib
-    classes = []
-    for name in _SAFE_DEEPSPEED_GLOBALS:
-        module, attr = name.rsplit(".", 1)
-        try:
-            classes.append(getattr(importlib.import_module(module), attr))
-        except (ImportError, AttributeError):
-            pass
-    try:
-        with torch.serialization.safe_globals(classes):
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as exc:                  # truncated, corrupt, or pickled code
-        raise CheckpointError(f"{path} cannot be loaded safely ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0]})") from None
 
 
 def load_checkpoint(engine, cfg: Config, load_dir: str, log=print, weights_only: bool = False
@@ -297,13 +197,3 @@ def resume_dir(cfg: Config) -> Optional[str]:
     if cfg.checkpoint.auto_resume and (root / "latest").is_file():
         return str(root)
     return None
-
-
-def resolve_tag_dir(path: str) -> Path:
-    """A checkpoint directory (with ``latest``) or one of its step directories -> the step dir
-    (its files checked against its manifest)."""
-    p = Path(path)
-    if (p / MARKER).is_file():
-        verify_files(p)
-        return p
-    return p / check_loadable(path)

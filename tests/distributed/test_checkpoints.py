@@ -96,7 +96,7 @@ def test_new_stage_starts_from_weights_and_keeps_frozen_parts(tiny_data, saved, 
     """checkpoint.init_from: the previous stage's weights, a fresh optimizer and step 0;
     train.freeze: the frozen parameters come out bit-identical, the others trained."""
     import torch
-    from megatron_vist2.convert.reshard import open_checkpoint
+    from megatron_vist2.checkpoint.sources import open_checkpoint
     proc = train(tiny_data, tmp_path, "train.steps=2", f"checkpoint.init_from={saved / 'ckpt'}",
                  "train.freeze=[front.vision, layers.0]", "optim.lr_multipliers={front.aligner: 10}",
                  "data.readback_fraction=1.0", "train.ocr_probe_batches=1")

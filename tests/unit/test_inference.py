@@ -86,7 +86,7 @@ def fake_checkpoint(setup, tmp_path_factory):
     """A consolidated checkpoint of the model's weights (the format tools/reshard_checkpoint.py
     writes; training layouts are read by the same reader, tests/distributed/test_reshard.py)."""
     from megatron_vist2.config import config_to_dict
-    from megatron_vist2.convert.reshard import write_consolidated
+    from megatron_vist2.checkpoint.sources import write_consolidated
     cfg, tok, ds, model = setup
     root = tmp_path_factory.mktemp("ckpt")
     write_consolidated(str(root), "step_0000001", ((n, "param", p.detach()) for n, p in model.named_parameters()),
@@ -99,7 +99,7 @@ def fake_checkpoint(setup, tmp_path_factory):
 def test_checkpoint_mismatches_are_refused(setup, fake_checkpoint, tmp_path):
     from megatron_vist2.errors import CheckpointError
     from megatron_vist2.inference.load import load_for_inference
-    from megatron_vist2.training.checkpoint import write_manifest
+    from megatron_vist2.checkpoint.format import write_manifest
     cfg, tok, ds, model = setup
     loaded, _, _ = load_for_inference(str(fake_checkpoint))
     want = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}

@@ -1,0 +1,77 @@
+"""Directories of safetensors shards, shared by the Hugging Face mappings (convert/) and by
+consolidated checkpoints: streaming writes (one shard in memory) and lazy reads."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Tuple
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..errors import CheckpointError
+
+
+def write_shards(tensors: Iterable[Tuple[str, torch.Tensor]], directory: Path, shard_bytes: int,
+                 file_name: Callable[[int], str], log: Callable[[str], None] = lambda _: None
+                 ) -> Dict[str, str]:
+    """Write (key, tensor) pairs into ``directory`` as safetensors files of at most
+    ``shard_bytes`` (``file_name(n)`` names the n-th, from 1), one shard in memory at a time;
+    -> key -> file name."""
+    shard, size, count, index = {}, 0, 0, {}
+
+    def flush():
+        nonlocal shard, size, count
+        if shard:
+            count += 1
+            name = file_name(count)
+            save_file(shard, str(directory / name), metadata={"format": "pt"})
+            log(f"  wrote {directory.name}/{name} ({size / 2 ** 20:,.1f} MiB)")
+            index.update({k: name for k in shard})
+            shard, size = {}, 0
+
+    for key, t in tensors:
+        t = t.contiguous().clone()        # a slice (e.g. vocabulary rows) must not pin its base
+        if size + t.nbytes > shard_bytes:
+            flush()
+        shard[key] = t
+        size += t.nbytes
+    flush()
+    return index
+
+
+class SafetensorsDir:
+    """The tensors of a Hugging Face directory, read one at a time (``get(name)``)."""
+
+    def __init__(self, hf_dir: str):
+        self.dir = Path(hf_dir)
+        files = sorted(self.dir.glob("*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{self.dir} holds no *.safetensors files (a Hugging Face model "
+                                  f"directory saved with safe_serialization is expected)")
+        self._open, self._where = {}, {}
+        for f in files:
+            try:
+                self._open[f] = safe_open(str(f), framework="pt")
+            except Exception as exc:               # truncated or not a safetensors file
+                raise CheckpointError(f"{f} cannot be read ({type(exc).__name__}: {exc})") from None
+            for k in self._open[f].keys():
+                self._where[k] = f
+
+    def names(self):
+        return list(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self._where:
+            raise CheckpointError(f"{self.dir}: tensor '{name}' is missing")
+        return self._open[self._where[name]].get_tensor(name)
+
+    def config(self) -> dict:
+        path = self.dir / "config.json"
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing: not a Hugging Face model directory")
+        return json.loads(path.read_text())
