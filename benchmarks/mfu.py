@@ -37,7 +37,7 @@ def main():
     tok, data = "data/tokenizer/sotu.model", "data/sotu_train"
     if not Path(tok).is_file() or not Path(data + ".idx").is_file():
         sys.exit(f"{tok} / {data}.idx missing: run `bash examples/tiny_cpu/run.sh train.steps=1` first")
-    from megatron_vist2.config import load_config, validate_for_training
+    from megatron_vist2.config import load_config, validate
     from megatron_vist2.data.dataset import PackedVist2Dataset, collate
     from megatron_vist2.data.indexed import open_indexed
     from megatron_vist2.data.tokenizer import load_tokenizer
@@ -52,7 +52,7 @@ def main():
                                     f"parallel.global_batch_size={mb}", "parallel.zero_stage=0",
                                     f"train.steps={args.steps + args.warmup}", *args.overrides])
     env = init_distributed(1, 1)
-    cfg = validate_for_training(cfg, 1)
+    cfg = validate(cfg, 1)
     tokenizer = load_tokenizer(tok)
     dataset = PackedVist2Dataset(open_indexed(data, tokenizer), tokenizer, cfg, cfg.train.seed)
     engine = make_engine(cfg, env, build_model(cfg, env))
@@ -65,7 +65,7 @@ def main():
     for batch in batches:
         sync()
         start = time.perf_counter()
-        train_step(schedule, [batch.to(env.device)], 1, 1)
+        train_step(schedule, [batch.to(env.device)], 1, 1, cfg.data.seq_length)
         sync()
         times.append(time.perf_counter() - start)
     t, f = sum(times[args.warmup:]), sum(flops[args.warmup:])

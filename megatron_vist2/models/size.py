@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Dict
 
 from ..config.schema import Config
-from ..config.validate import name_under, padded_vocab_size
+from ..config.derived import name_under, padded_vocab_size
 
 
 def analytic_parameter_counts(cfg: Config) -> Dict[str, int]:

@@ -20,7 +20,7 @@ import torch.nn as nn
 from megatron.core import ModelParallelConfig, tensor_parallel
 
 from ..config.schema import Config, ModelConfig
-from ..config.validate import padded_vocab_size
+from ..config.derived import padded_vocab_size
 from .aligner import Aligner
 from .attention import VISUAL, TokenLayout, build_mask
 from .llm import LMHead, decoder_layer
@@ -180,21 +180,3 @@ class Vist2Model(nn.Module):
         aligner = count(self.front.aligner) if self.front is not None else 0
         total = count(self)
         return {"vision": vision, "aligner": aligner, "llm": total - vision - aligner, "total": total}
-
-
-def masked_token_losses(logits: torch.Tensor, batch: Vist2Batch) -> torch.Tensor:
-    """Next-token cross-entropy per position [seq, batch], 0 outside the loss mask.
-
-    Only text tokens are ever targets (``labels``/``loss_mask`` come from the packer): a text token
-    predicts the next token of its chunk, and the first token of chunk i is predicted by the last
-    visual token of V_{i-1} (or of V_i in read-back mode), i.e. from the images alone.
-    """
-    # megatron's kernel overwrites its input (max-subtract, exp): never hand it the caller's tensor
-    work = logits.clone() if logits.dtype == torch.float32 else logits.float()
-    per_token = tensor_parallel.vocab_parallel_cross_entropy(work, batch.labels.t().contiguous())
-    return per_token * batch.loss_mask.t().to(per_token.dtype)
-
-
-def token_losses(logits: torch.Tensor, batch: Vist2Batch) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Sum of next-token cross-entropy over the loss mask, and the number of masked tokens."""
-    return masked_token_losses(logits, batch).sum(), batch.loss_mask.sum()

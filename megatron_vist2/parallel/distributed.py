@@ -59,10 +59,6 @@ def init_distributed(tensor_parallel: int = 1, pipeline_parallel: int = 1,
     return DistEnv(rank, world, local_rank, device)
 
 
-def data_parallel_group():
-    return parallel_state.get_data_parallel_group()
-
-
 def shutdown() -> None:
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()

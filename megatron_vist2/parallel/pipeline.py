@@ -20,22 +20,29 @@ between neighbouring stages with torch.distributed point-to-point calls (NCCL or
     of vocab x hidden / tp, as megatron's embedding all-reduce.
   - Gradient norms: the DeepSpeed ``mpu`` adapter reports the tensor x pipeline group as the
     model-parallel group, so clipping sees the whole model.
+  - The schedule is task-agnostic (as megatron-core's, which calls the loss function the forward
+    step returns): on the last stage it calls the ``loss_fn(output, batch) -> (loss_sum, stats)``
+    it is handed, back-propagates ``loss_sum`` and adds ``stats`` (None: nothing to add) into the
+    caller's accumulator. The objective itself is training/loss.py. The row length comes with
+    each call (a curriculum changes it; evaluation rows are full length).
 """
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import deepspeed
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state, tensor_parallel
+from megatron.core import parallel_state
 
 from ..config import Config, stage_layers
 from ..models.attention import TokenLayout
-from ..models.vist2 import StagePart, Vist2Batch, masked_token_losses
+from ..models.vist2 import StagePart, Vist2Batch
 
 META_FIELDS = ("doc", "chunk", "kind", "readback", "position")   # + labels, loss_mask
+# (stage output, batch) -> (summed loss, statistics to accumulate or None); last stage only
+LossFn = Callable[[torch.Tensor, Vist2Batch], Tuple[torch.Tensor, Optional[torch.Tensor]]]
 
 
 def stage_part(cfg: Config) -> StagePart:
@@ -97,7 +104,6 @@ class PipelineSchedule:
         self.part: StagePart = engine.module.part
         p = cfg.parallel
         self.cfg = cfg
-        self.use_sequence_length(cfg.data.seq_length)
         self.prev = None if self.part.first else parallel_state.get_pipeline_model_parallel_prev_rank()
         self.next = None if self.part.last else parallel_state.get_pipeline_model_parallel_next_rank()
         self.first_rank = parallel_state.get_pipeline_model_parallel_first_rank()
@@ -105,15 +111,11 @@ class PipelineSchedule:
         self.group = parallel_state.get_pipeline_model_parallel_group()
         self.tied = engine.module.tied and not (self.part.first and self.part.last)
         self.output_weight: Optional[torch.Tensor] = None
-        # last stage, training: loss sum and target count of read-back and of history chunks;
-        # evaluation: correct greedy predictions and targets in read-back chunks
-        self.split = torch.zeros(4, device=device)
-        self.readback_hits = torch.zeros(2, device=device)
         if p.pipeline_parallel > 1 and p.zero_stage == 3:
             _install_zero3_stage_checks()
 
-    def use_sequence_length(self, seq_length: int) -> None:
-        """Rows of ``seq_length`` tokens from now on (the shapes later stages receive)."""
+    def _use_rows_of(self, seq_length: int) -> None:
+        """This call's rows have ``seq_length`` tokens (the shapes later stages receive)."""
         p = self.cfg.parallel
         seq = seq_length // (p.tensor_parallel if p.sequence_parallel else 1)
         self.hidden_shape = (seq, p.micro_batch_size, self.cfg.model.llm.hidden_size)
@@ -154,8 +156,10 @@ class PipelineSchedule:
             self.output_weight.requires_grad_()
 
     # ------------------------------------------------------------------ one micro-batch
-    def _forward(self, batch: Optional[Vist2Batch], hidden, meta):
-        """-> (stage output, metadata); on the last stage the output is the summed token loss."""
+    def _forward(self, batch: Optional[Vist2Batch], hidden, meta, loss_fn: LossFn,
+                 stats: Optional[torch.Tensor]):
+        """-> (stage output, metadata); on the last stage the output is ``loss_fn``'s summed loss
+        (its statistics added into ``stats``)."""
         if self.part.first:
             meta = pack_metadata(batch)
             out = self.engine(batch)
@@ -163,19 +167,9 @@ class PipelineSchedule:
             batch = unpack_metadata(meta)
             out = self.engine(batch, hidden=hidden, output_weight=self.output_weight)
         if self.part.last:
-            per_token = masked_token_losses(out, batch)
-            readback = batch.layout.readback.t()
-            targets = batch.loss_mask.t() > 0
-            if self.engine.module.training:
-                self.split += torch.stack([per_token[readback].sum(), (targets & readback).sum(),
-                                           per_token[~readback].sum(), (targets & ~readback).sum()]
-                                          ).detach().float()
-            elif (targets & readback).any():   # OCR read-back probe: greedy token = the text?
-                # (TP ranks hold the same batch, so they agree on taking this collective)
-                predicted = tensor_parallel.gather_from_tensor_model_parallel_region(out).argmax(-1)
-                hit = (predicted == batch.labels.t()) & targets & readback
-                self.readback_hits += torch.stack([hit.sum(), (targets & readback).sum()]).float()
-            out = per_token.sum()
+            out, extra = loss_fn(out, batch)
+            if extra is not None and stats is not None:
+                stats += extra
         return out, meta
 
     def _backward(self, inp, out, grad, scale, final: bool):
@@ -210,9 +204,13 @@ class PipelineSchedule:
 
     # ------------------------------------------------------------------ schedules
     def train_step(self, micro_batches: Optional[List[Vist2Batch]], num_micro: int,
-                   count: Optional[torch.Tensor], dp: int) -> float:
-        """1F1B over ``num_micro`` micro-batches (given on the first stage only). ``count``: the
-        global number of loss targets of the step (first stage). Returns the step's mean loss."""
+                   count: Optional[torch.Tensor], dp: int, seq_length: int, loss_fn: LossFn,
+                   stats: Optional[torch.Tensor] = None) -> float:
+        """1F1B over ``num_micro`` micro-batches of rows of ``seq_length`` tokens (given on the
+        first stage only). ``count``: the global number of loss targets of the step (first stage).
+        ``loss_fn``'s statistics are added into ``stats`` (last stage). Returns the step's mean
+        loss."""
+        self._use_rows_of(seq_length)
         count = self._broadcast(count if self.part.first else torch.zeros(()), self.first_rank)
         scale = dp * num_micro / count.clamp(min=1.0)
         self._sync_tied_weight()
@@ -226,7 +224,7 @@ class PipelineSchedule:
 
         def forward(hidden, meta):
             nonlocal loss_sum
-            out, meta = self._forward(next(fed), hidden, meta)
+            out, meta = self._forward(next(fed), hidden, meta, loss_fn, stats)
             if self.part.last:
                 loss_sum = loss_sum + out.detach().float()
             pending.append((hidden, out))
@@ -271,25 +269,26 @@ class PipelineSchedule:
         return self._step_loss(loss_sum, count)
 
     @torch.no_grad()
-    def evaluate(self, micro_batches: Optional[Iterable[Vist2Batch]], num_micro: int
-                 ) -> torch.Tensor:
-        """Forward only; -> [summed loss, targets, correct greedy predictions in read-back chunks,
-        read-back targets] over this data-parallel rank's batches, non-zero on the last stage."""
+    def evaluate(self, micro_batches: Optional[Iterable[Vist2Batch]], num_micro: int, seq_length: int,
+                 loss_fn: LossFn, stats: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Forward only over rows of ``seq_length`` tokens; -> [summed loss, targets] over this
+        data-parallel rank's batches, non-zero on the last stage (``loss_fn``'s statistics added
+        into ``stats``)."""
+        self._use_rows_of(seq_length)
         self._sync_tied_weight()
-        self.readback_hits.zero_()
         loss_sum = torch.zeros((), device=self.device)
         count = torch.zeros((), device=self.device)
         feed = (b.to(self.device) for b in micro_batches) if micro_batches is not None else [None] * num_micro
         for batch in feed:
             hidden, meta = self._recv_forward() if self.prev is not None else (None, None)
-            out, meta = self._forward(batch, hidden, meta)
+            out, meta = self._forward(batch, hidden, meta, loss_fn, stats)
             if self.next is not None:
                 _exchange(self._forward_sends(out, meta), [])
             else:
                 loss_sum += out.float()
                 count += unpack_metadata(meta).loss_mask.sum()
         self.output_weight = None
-        return torch.cat([torch.stack([loss_sum, count]), self.readback_hits])
+        return torch.stack([loss_sum, count])
 
     def _step_loss(self, loss_sum: torch.Tensor, count: torch.Tensor) -> float:
         """The last stage's loss, averaged over data-parallel ranks, known to every stage."""
@@ -297,18 +296,6 @@ class PipelineSchedule:
         dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
         total = self._broadcast(total, self.last_rank)
         return (total / count.clamp(min=1.0)).item()
-
-    def loss_split(self) -> Tuple[float, float]:
-        """Mean training loss on read-back chunks and on history chunks since the last call
-        (nan where there were none); a collective: every rank calls it at the same step."""
-        totals = self.split.clone()
-        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
-        totals = self._broadcast(totals, self.last_rank)
-        self.split.zero_()
-
-        def mean(total, count):
-            return (total / count).item() if count > 0 else float("nan")
-        return mean(totals[0], totals[1]), mean(totals[2], totals[3])
 
     def share_from_last(self, value: torch.Tensor) -> torch.Tensor:
         """Every stage gets the last stage's ``value`` (e.g. an evaluation loss)."""

@@ -1,5 +1,6 @@
 """Progress output: one console line per log interval (rank 0), TensorBoard scalars and a JSONL
-log of every logged value; the device's peak FLOP/s and memory for MFU and memory columns."""
+log of every logged value; the device's peak FLOP/s and memory for MFU and memory columns; the
+training log line with its throughput counters (``StepMeter``)."""
 from __future__ import annotations
 
 import json
@@ -7,9 +8,13 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
+
+from ..config import Config
+from ..models.attention import PAD
+from ..models.size import training_flops
 
 # Dense bf16 peak of a device, by a substring of its name (SXM parts).
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -70,3 +75,49 @@ class MetricsLogger:
             self.jsonl.close()
             if self.writer is not None:
                 self.writer.close()
+
+
+class StepMeter:
+    """Tokens and model FLOPs of the global batches since the last log line (counted on the
+    first stage's host copies, times dp: every data-parallel rank trains as many), and the line."""
+
+    def __init__(self, cfg: Config, dp: int, world_size: int, step: int):
+        self.cfg, self.dp, self.world_size = cfg, dp, world_size
+        self.peak = device_peak_tflops(cfg.train.peak_tflops)
+        self.tokens, self.all_tokens, self.flops = 0, 0, 0.0
+        self.t_start = self.t_last = time.time()
+        self.last_logged = step
+
+    def count(self, micro: List) -> None:
+        new_tokens = int(sum((b.layout.kind != PAD).sum() for b in micro)) * self.dp   # text + visual
+        self.tokens, self.all_tokens = self.tokens + new_tokens, self.all_tokens + new_tokens
+        # model FLOPs of the global batch (this rank's x dp)
+        self.flops += self.dp * sum(training_flops(self.cfg, b.layout, b.images.shape[0], self.cfg.train.freeze)
+                                    for b in micro)
+
+    def log(self, log: MetricsLogger, step: int, loss: float, engine, split: Tuple[float, float],
+            consumed: int, seq_length: int) -> None:
+        """Print and record step ``step``'s line; ``split``: the mean loss on read-back and on
+        history chunks since the last line."""
+        cfg, peak = self.cfg, self.peak
+        now = time.time()
+        tps = self.tokens / (now - self.t_last)
+        grad_norm = engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        lr = engine.get_lr()[0]
+        interval = step - self.last_logged
+        tflops = self.flops / (now - self.t_last) / self.world_size / 1e12      # per device
+        readback_loss, history_loss = split
+        memory = peak_memory_gb()
+        log.print(f"step {step}/{cfg.train.steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm "
+                  f"{grad_norm:.3f} | {tps:,.0f} tok/s | {(now - self.t_last) / interval:.2f} s/step | "
+                  f"{tflops:.2f} TFLOP/s" + (f" ({tflops / peak:.1%} MFU)" if peak else "")
+                  + f" | {memory:.1f} GB")
+        log.log(step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                       "train/tokens_per_s": tps, "train/samples_per_s":
+                       interval * cfg.parallel.global_batch_size / (now - self.t_last),
+                       "train/tflops_per_device": tflops, "train/loss_readback": readback_loss,
+                       "train/loss_history": history_loss, "train/peak_memory_gb": memory,
+                       "train/consumed_samples": consumed, "train/seq_length": seq_length}
+                | ({"train/mfu": tflops / peak} if peak else {}))
+        self.tokens, self.flops, self.t_last, self.last_logged = 0, 0.0, now, step

@@ -9,6 +9,10 @@ batch (all micro-batches, all data-parallel ranks). The global target count is a
 each micro-batch then back-propagates sum * (dp * gas) / count, which DeepSpeed's averaging over
 ranks and accumulation steps turns into exactly d(sum / count). The result does not depend on
 how the global batch is split across ranks and micro-batches.
+
+Reading order: ``train`` (the loop), ``setup`` (model, engine, schedule, validation data,
+resume), ``train_step`` and ``evaluate`` (one call of the pipeline schedule each, with the VIST2
+loss of training/loss.py); the curriculum is training/curriculum.py, the log line metrics.py.
 """
 from __future__ import annotations
 
@@ -24,19 +28,20 @@ from torch.utils.data import DataLoader
 
 from ..config import Config, data_parallel_size, gradient_accumulation_steps, name_under
 from ..data.dataset import GlobalBatchSampler, build_dataset, collate
-from ..data.tokenizer import load_tokenizer
-from ..models.attention import PAD
-from ..models.size import analytic_parameter_counts, training_flops
+from ..data.tokenizer import Tokenizer, load_tokenizer
+from ..models.size import analytic_parameter_counts
 from ..models.vist2 import Vist2Batch, Vist2Model
 from ..parallel.deepspeed_mpu import MegatronMPU
-from ..parallel.distributed import DistEnv, data_parallel_group
+from ..parallel.distributed import DistEnv
 from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
 from ..parallel.pipeline import PipelineSchedule, stage_part
 from ..parallel.random import seed_runtime_rng
 from .checkpoint import load_checkpoint, resume_dir, save_checkpoint
+from .curriculum import Curriculum
 from .deepspeed_config import deepspeed_config, resolve_dtype
-from .metrics import MetricsLogger, device_peak_tflops, memory_in_use_gb, peak_memory_gb
+from .loss import PROBE_STATS, SPLIT_STATS, readback_probe_loss, split_means, training_loss
+from .metrics import MetricsLogger, StepMeter, memory_in_use_gb
 from .optim import build_optimizer, build_scheduler
 from .signals import StopOnSignal
 
@@ -55,7 +60,7 @@ class TrainResult:
 
 def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     value = value.detach().clone().float()
-    dist.all_reduce(value, group=data_parallel_group())
+    dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
     return value
 
 
@@ -113,44 +118,65 @@ def make_schedule(cfg: Config, env: DistEnv, engine) -> PipelineSchedule:
 
 
 def train_step(schedule: PipelineSchedule, micro_batches: Optional[List[Vist2Batch]],
-               num_micro: int, dp: int) -> float:
-    """One optimizer step over ``num_micro`` micro-batches; ``micro_batches`` on the first
-    pipeline stage only (every rank without pipeline parallelism). Returns the step's loss."""
+               num_micro: int, dp: int, seq_length: int, split: Optional[torch.Tensor] = None) -> float:
+    """One optimizer step over ``num_micro`` micro-batches of rows of ``seq_length`` tokens;
+    ``micro_batches`` on the first pipeline stage only (every rank without pipeline parallelism);
+    the loss split by chunk mode is added into ``split`` (training/loss.py). Returns the step's
+    loss."""
     count = None
     if micro_batches is not None:
         count = _all_reduce_sum(sum(b.loss_mask.sum() for b in micro_batches))
-    return schedule.train_step(micro_batches, num_micro, count, dp)
+    return schedule.train_step(micro_batches, num_micro, count, dp, seq_length, training_loss, split)
 
 
-def evaluate(schedule: PipelineSchedule, loader, num_micro: int) -> Tuple[float, float]:
+def evaluate(schedule: PipelineSchedule, loader, num_micro: int, seq_length: int) -> Tuple[float, float]:
     """-> (mean loss, read-back accuracy) over the validation batches (``loader`` on the first
     stage only, else None). Read-back accuracy: the share of text targets in read-back chunks
     that the greedy prediction gets right, i.e. does the model read chunk i's text off V_i
     (nan without read-back chunks)."""
     schedule.engine.eval()
-    totals = schedule.share_from_last(_all_reduce_sum(schedule.evaluate(loader, num_micro)))
+    hits = torch.zeros(PROBE_STATS, device=schedule.device)
+    sums = schedule.evaluate(loader, num_micro, seq_length, readback_probe_loss, hits)
+    totals = schedule.share_from_last(_all_reduce_sum(torch.cat([sums, hits])))
     schedule.engine.train()
     accuracy = (totals[2] / totals[3]).item() if totals[3] > 0 else float("nan")
     return (totals[0] / totals[1].clamp(min=1.0)).item(), accuracy
 
 
-def curriculum_phases(cfg: Config) -> List[Tuple[int, float, int]]:
-    """(first step, read-back share, sequence length) of each curriculum phase: a new phase
-    wherever data.readback_schedule or data.seq_length_schedule changes (one phase without)."""
-    shares = [(int(s), float(f)) for s, f in cfg.data.readback_schedule] or [(0, cfg.data.readback_fraction)]
-    lengths = [(int(s), int(n)) for s, n in cfg.data.seq_length_schedule] or [(0, cfg.data.seq_length)]
-    at = lambda sched, step: [v for s, v in sched if s <= step][-1]      # noqa: E731
-    starts = sorted({s for s, _ in shares} | {s for s, _ in lengths})
-    return [(s, at(shares, s), at(lengths, s)) for s in starts]
+@dataclass
+class Run:
+    """What ``setup`` builds for the loop."""
+    cfg: Config
+    log: MetricsLogger
+    tokenizer: Tokenizer
+    engine: object
+    schedule: PipelineSchedule
+    dp: int
+    gas: int
+    reads_data: bool                          # first pipeline stage: later ones get metadata
+    valid_loader: Optional[DataLoader]
+    probe_loader: Optional[DataLoader]
+    step: int                                 # where training starts (0, or the resumed step)
+    consumed: int
+    memory_before_model: float
 
 
-def phase_at(phases: List[Tuple[int, float, int]], step: int) -> int:
-    return max(i for i, (start, _, _) in enumerate(phases) if start <= step)
+def loader(cfg: Config, dataset, consumed_samples: int, global_batches: int, dp: int) -> DataLoader:
+    """This data-parallel rank's micro-batches of ``global_batches`` global batches, from sample
+    ``consumed_samples`` on (tensor-parallel peers read the same data)."""
+    sampler = GlobalBatchSampler(consumed_samples, cfg.parallel.micro_batch_size, cfg.parallel.global_batch_size,
+                                 parallel_state.get_data_parallel_rank(), dp, global_batches)
+    # a generator of its own: starting an iterator would otherwise draw from the global
+    # generator and shift the dropout masks (a resumed run restores that generator)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                      num_workers=cfg.data.num_workers, persistent_workers=False,
+                      generator=torch.Generator().manual_seed(cfg.train.seed))
 
 
-def train(cfg: Config, env: DistEnv) -> TrainResult:
+def setup(cfg: Config, env: DistEnv) -> Run:
+    """Model, engine and schedule of this rank's stage, the validation and OCR-probe data, and
+    the starting point (a resumed run, or a new stage initialised from a previous one)."""
     dp = data_parallel_size(cfg, env.world_size)
-    dp_rank = parallel_state.get_data_parallel_rank()      # tensor-parallel peers read the same data
     gas = gradient_accumulation_steps(cfg, env.world_size)
     log = MetricsLogger(cfg.logging.dir, env.is_main, cfg.logging.tensorboard)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
@@ -167,7 +193,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
               f"accumulation={gas} zero={cfg.parallel.zero_stage}")
     engine = make_engine(cfg, env, model)
     schedule = make_schedule(cfg, env, engine)
-    reads_data = model.part.first              # later pipeline stages get metadata with activations
+    reads_data = model.part.first
 
     step, consumed = 0, 0
     start_from = resume_dir(cfg)
@@ -180,121 +206,92 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         log.print(f"initialised from the weights of {cfg.checkpoint.init_from} (its step {prev_step}); "
                   f"new optimizer and schedule")
 
-    def loader(dataset, consumed_samples, global_batches):
-        if not reads_data:
-            return None
-        sampler = GlobalBatchSampler(consumed_samples, cfg.parallel.micro_batch_size,
-                                     cfg.parallel.global_batch_size, dp_rank, dp, global_batches)
-        # a generator of its own: starting an iterator would otherwise draw from the global
-        # generator and shift the dropout masks (a resumed run restores that generator)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                          num_workers=cfg.data.num_workers, persistent_workers=False,
-                          generator=torch.Generator().manual_seed(cfg.train.seed))
-
-    valid_loader = loader(valid_set, 0, cfg.train.eval_batches)   # same samples for every layout
-    probe_loader = None
+    valid_loader = probe_loader = None
+    if reads_data:                             # the same validation samples for every layout
+        valid_loader = loader(cfg, valid_set, 0, cfg.train.eval_batches, dp)
     if cfg.train.ocr_probe_batches:            # the validation text, every chunk read back
         probe_cfg = replace(cfg, data=replace(cfg.data, readback_fraction=1.0))
         probe_set = build_dataset(cfg.data.valid_prefix, tokenizer, probe_cfg, cfg.train.seed + 2000,
                                   cfg.train.ocr_probe_batches * G)
-        probe_loader = loader(probe_set, 0, cfg.train.ocr_probe_batches)
+        if reads_data:
+            probe_loader = loader(cfg, probe_set, 0, cfg.train.ocr_probe_batches, dp)
+    return Run(cfg, log, tokenizer, engine, schedule, dp, gas, reads_data, valid_loader, probe_loader,
+               step, consumed, memory_before_model)
+
+
+def run_eval(run: Run, at_step: int) -> Tuple[float, Optional[float]]:
+    """Validation loss (and, with train.ocr_probe_batches, the OCR read-back accuracy), logged;
+    validation rows are full length whatever the curriculum's phase."""
+    cfg = run.cfg
+    loss, _ = evaluate(run.schedule, run.valid_loader, cfg.train.eval_batches * run.gas, cfg.data.seq_length)
+    values, text = {"eval/loss": loss}, f"step {at_step}: eval loss {loss:.4f}"
     ocr_accuracy = None
+    if cfg.train.ocr_probe_batches:
+        _, ocr_accuracy = evaluate(run.schedule, run.probe_loader, cfg.train.ocr_probe_batches * run.gas,
+                                   cfg.data.seq_length)
+        values["eval/ocr_readback_accuracy"] = ocr_accuracy
+        text += f" | OCR read-back accuracy {ocr_accuracy:.1%} (chance {1 / cfg.model.llm.vocab_size:.2%})"
+    run.log.print(text)
+    run.log.log(at_step, values)
+    return loss, ocr_accuracy
 
-    def run_eval(at_step: int) -> float:
-        nonlocal ocr_accuracy
-        schedule.use_sequence_length(cfg.data.seq_length)      # validation rows are full length
-        loss, _ = evaluate(schedule, valid_loader, cfg.train.eval_batches * gas)
-        values, text = {"eval/loss": loss}, f"step {at_step}: eval loss {loss:.4f}"
-        if cfg.train.ocr_probe_batches:
-            _, ocr_accuracy = evaluate(schedule, probe_loader, cfg.train.ocr_probe_batches * gas)
-            values["eval/ocr_readback_accuracy"] = ocr_accuracy
-            text += f" | OCR read-back accuracy {ocr_accuracy:.1%} (chance {1 / cfg.model.llm.vocab_size:.2%})"
-        log.print(text)
-        log.log(at_step, values)
-        if phase is not None:
-            schedule.use_sequence_length(phases[phase][2])
-        return loss
 
-    phases = curriculum_phases(cfg)          # read-back share and row length by step
-    train_iter, phase = None, None
-    eval_before = run_eval(step)
-    log.log(step, {"train/memory_before_model_gb": memory_before_model})
+def start_phase(run: Run, curriculum: Curriculum, phase, step: int, consumed: int):
+    """A new curriculum phase: the same corpus packed with its share and row length, read on
+    from ``consumed`` -> its micro-batches (None on later pipeline stages)."""
+    batches = None
+    if run.reads_data:
+        train_set = curriculum.dataset(phase, run.tokenizer)
+        batches = iter(loader(run.cfg, train_set, consumed, min(phase.end, run.cfg.train.steps) - step, run.dp))
+    if len(curriculum) > 1:
+        run.log.print(f"step {step}: read-back share {phase.readback_share:g}, rows of {phase.seq_length} "
+                      f"tokens (until step {phase.end})")
+    return batches
 
-    losses, tokens_seen, all_tokens, flops_seen = [], 0, 0, 0.0
-    peak = device_peak_tflops(cfg.train.peak_tflops)
-    t_start = t_last = time.time()
-    last_logged = step
+
+def train(cfg: Config, env: DistEnv) -> TrainResult:
+    run = setup(cfg, env)
+    step, consumed = run.step, run.consumed
+    curriculum = Curriculum(cfg)               # read-back share and row length by step
+    eval_before, ocr_accuracy = run_eval(run, step)
     last_eval = eval_before
+    run.log.log(step, {"train/memory_before_model_gb": run.memory_before_model})
+    split = torch.zeros(SPLIT_STATS, device=env.device)     # loss by chunk mode since the last log
+    meter = StepMeter(cfg, run.dp, env.world_size, step)
     stop = StopOnSignal(cfg.train.max_wall_minutes)
-    stopped = False
+    losses, stopped, phase, batches = [], False, None, None
     while step < cfg.train.steps:
-        if phase != phase_at(phases, step):
-            # a new phase: the same corpus packed with its share and row length, read on from
-            # `consumed`; every stage switches its transfer shapes
-            phase = phase_at(phases, step)
-            start, share, seq_length = phases[phase]
-            end = phases[phase + 1][0] if phase + 1 < len(phases) else cfg.train.steps
-            schedule.use_sequence_length(seq_length)
-            if reads_data:
-                phase_cfg = replace(cfg, data=replace(cfg.data, readback_fraction=share, seq_length=seq_length))
-                train_set = build_dataset(cfg.data.train_prefix, tokenizer, phase_cfg, cfg.train.seed,
-                                          cfg.train.steps * G)
-                train_iter = iter(loader(train_set, consumed, min(end, cfg.train.steps) - step))
-            if len(phases) > 1:
-                log.print(f"step {step}: read-back share {share:g}, rows of {seq_length} tokens "
-                          f"(until step {end})")
-        micro = [next(train_iter) for _ in range(gas)] if reads_data else None
-        if micro:                              # counted on the host copies: no device sync
-            new_tokens = int(sum((b.layout.kind != PAD).sum() for b in micro)) * dp  # text + visual
-            tokens_seen, all_tokens = tokens_seen + new_tokens, all_tokens + new_tokens
-            # model FLOPs of the global batch (this rank's x dp)
-            flops_seen += dp * sum(training_flops(cfg, b.layout, b.images.shape[0], cfg.train.freeze)
-                                   for b in micro)
+        if phase is None or curriculum.index_at(step) != phase.index:
+            phase = curriculum.phase(step)
+            batches = start_phase(run, curriculum, phase, step, consumed)
+        micro = [next(batches) for _ in range(run.gas)] if run.reads_data else None
+        if micro:
+            meter.count(micro)                 # on the host copies: no device sync
             micro = [b.to(env.device) for b in micro]
-        loss = train_step(schedule, micro, gas, dp)
+        loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, split)
         if loss != loss or loss in (float("inf"), float("-inf")):
             raise FloatingPointError(f"loss is {loss} at step {step + 1}: stopping (lower optim.lr?)")
         step += 1
         consumed += cfg.parallel.global_batch_size
         losses.append(loss)
         if step % cfg.train.log_interval == 0 or step == cfg.train.steps:
-            now = time.time()
-            tps = tokens_seen / (now - t_last)
-            grad_norm = engine.get_global_grad_norm()
-            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-            lr = engine.get_lr()[0]
-            interval = step - last_logged
-            tflops = flops_seen / (now - t_last) / env.world_size / 1e12      # per device
-            readback_loss, history_loss = schedule.loss_split()
-            memory = peak_memory_gb()
-            log.print(f"step {step}/{cfg.train.steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm "
-                      f"{grad_norm:.3f} | {tps:,.0f} tok/s | {(now - t_last) / interval:.2f} s/step | "
-                      f"{tflops:.2f} TFLOP/s" + (f" ({tflops / peak:.1%} MFU)" if peak else "")
-                      + f" | {memory:.1f} GB")
-            log.log(step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                           "train/tokens_per_s": tps, "train/samples_per_s":
-                           interval * cfg.parallel.global_batch_size / (now - t_last),
-                           "train/tflops_per_device": tflops, "train/loss_readback": readback_loss,
-                           "train/loss_history": history_loss, "train/peak_memory_gb": memory,
-                           "train/consumed_samples": consumed, "train/seq_length": phases[phase][2]}
-                    | ({"train/mfu": tflops / peak} if peak else {}))
-            tokens_seen, flops_seen, t_last, last_logged = 0, 0.0, now, step
+            meter.log(run.log, step, loss, run.engine, split_means(split, run.schedule), consumed,
+                      phase.seq_length)
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:
-            last_eval = run_eval(step)
-        if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 \
-                and step < cfg.train.steps:
-            save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256, log.print)
+            last_eval, ocr_accuracy = run_eval(run, step)
+        if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step < cfg.train.steps:
+            save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print)
         if stop.should_stop():
-            log.print(f"{stop.received or 'stop requested on another rank'}: saving at step {step} and exiting")
+            run.log.print(f"{stop.received or 'stop requested on another rank'}: saving at step {step} and exiting")
             stopped = True
             break
     stop.restore()
-    elapsed = time.time() - t_start
+    elapsed = time.time() - meter.t_start
     if stopped:                                # no final evaluation: the grace period is short
         eval_after = last_eval
     else:
-        eval_after = run_eval(step)
-    path = save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256, log.print)
-    log.close()
+        eval_after, ocr_accuracy = run_eval(run, step)
+    path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print)
+    run.log.close()
     return TrainResult(step, consumed, losses, eval_before, eval_after,
-                       all_tokens / max(elapsed, 1e-9), path, ocr_accuracy)
+                       meter.all_tokens / max(elapsed, 1e-9), path, ocr_accuracy)

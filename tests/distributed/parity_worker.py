@@ -11,7 +11,7 @@ from megatron.core import parallel_state
 from torch.utils.data import DataLoader
 
 from megatron_vist2.config import (data_parallel_size, gradient_accumulation_steps, load_config,
-                                   validate_for_training)
+                                   validate)
 from megatron_vist2.data.dataset import GlobalBatchSampler, PackedVist2Dataset, collate
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
@@ -35,7 +35,7 @@ def run(cfg, env, layout, tok):
         it = iter(DataLoader(ds, batch_sampler=sampler, collate_fn=collate))
     seed_runtime_rng(cfg.train.seed)           # both sides draw dropout masks from the seed's start
     losses = [train_step(schedule, [next(it) for _ in range(gas)] if it is not None else None,
-                         gas, dp)
+                         gas, dp, cfg.data.seq_length)
               for _ in range(STEPS)]
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=layout.zero == 3):
         state = full_parameters(engine.module)
@@ -58,7 +58,7 @@ def main(root, out_path):
             continue
         parallel_state.destroy_model_parallel()
         parallel_state.initialize_model_parallel(layout.tp, layout.pp, create_gloo_process_groups=False)
-        cfg = validate_for_training(load_config("tiny-cpu", scenario_overrides(data, layout)),
+        cfg = validate(load_config("tiny-cpu", scenario_overrides(data, layout)),
                                     env.world_size)
         results[name] = run(cfg, env, layout, tok)
         print(f"rank {env.rank}: {name} losses {results[name]['losses']}", flush=True)
