@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, ConfigError, config_to_dict, load_config, validate_for_training
+from .config import Config, ConfigError, config_to_dict, load_config, validate
 from .errors import CheckpointError, run_cli
 
 
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = load_config(args.preset, args.overrides)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    validate_for_training(cfg, world_size)
+    validate(cfg, world_size)
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         return

@@ -58,14 +58,14 @@ def main():
     ap.add_argument("--gpu-memory-gib", type=float, default=80.0, help="memory per GPU (H100: 80)")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.tensor_parallel=8")
     args = ap.parse_args()
-    from megatron_vist2.config import load_config, validate
+    from megatron_vist2.config import data_parallel_size, load_config, validate
     from megatron_vist2.models.size import forward_flops
     from megatron_vist2.parallel.planner import communication, memory
     from megatron_vist2.parallel import cpu_compat
     cpu_compat.install()
     cfg = validate(load_config(args.preset, args.overrides), args.world)
     p = cfg.parallel
-    dp = args.world // (p.tensor_parallel * p.pipeline_parallel)
+    dp = data_parallel_size(cfg, args.world)
     print(f"{args.preset} on {args.world} ranks: TP {p.tensor_parallel} x PP {p.pipeline_parallel} x "
           f"DP {dp}, ZeRO-{p.zero_stage}, micro-batch {p.micro_batch_size} x {cfg.data.seq_length} tokens, "
           f"global batch {p.global_batch_size}, activation checkpointing {cfg.train.activation_checkpointing}")

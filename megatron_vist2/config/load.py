@@ -35,12 +35,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None:
             return None
         return _coerce(value, args[0], where)
-    if origin is dict:                               # Dict[str, X]
+    if origin is typing.Literal:                     # a choice: its values' type here, the
+        tp = type(typing.get_args(tp)[0])            # value itself in validate.py (with the rest)
+    elif origin is dict:                             # Dict[str, X]
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
         _, item = typing.get_args(tp)
         return {str(k): _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
-    if origin is list:                               # List[X]
+    elif origin is list:                             # List[X]
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
         (item,) = typing.get_args(tp)

@@ -7,7 +7,14 @@ Every field has a default; presets (YAML files in ``presets/``) and dotted comma
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Literal, Optional
+
+# The allowed values of each choice field, declared once: validate.py checks them by these types.
+RenderMode = Literal["fit", "strict"]
+AttentionBackend = Literal["sdpa", "flex"]
+ZeroStage = Literal[0, 1, 2, 3]
+Dtype = Literal["auto", "fp32", "bf16"]
+ActivationCheckpointing = Literal["none", "full", "selective"]
 
 
 @dataclass
@@ -61,7 +68,7 @@ class RenderConfig:
     font: str = "DejaVuSansMono.ttf"   # a file in megatron_vist2/data/fonts, or an absolute path
     font_size: int = 12
     min_font_size: int = 6             # fit mode shrinks down to this size, then raises
-    mode: str = "fit"                  # "fit" (shrink until it fits) or "strict" (raise on overflow)
+    mode: RenderMode = "fit"                  # "fit" (shrink until it fits) or "strict" (raise on overflow)
     margin: int = 2                    # pixels left blank on every side
     line_spacing: int = 1              # extra pixels between lines
     tab_width: int = 4                 # a tab becomes this many spaces
@@ -75,7 +82,7 @@ class ModelConfig:
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     init_std: float = 0.02
-    attention_backend: str = "sdpa"   # "sdpa" (dense bool mask, built per forward) or "flex" (block-sparse)
+    attention_backend: AttentionBackend = "sdpa"   # "sdpa" (dense bool mask, built per forward) or "flex" (block-sparse)
 
     @property
     def patches_per_image(self) -> int:
@@ -102,7 +109,7 @@ class ParallelConfig:
     # decoder layers per pipeline stage, first to last (e.g. [1, 3]: the first stage also runs
     # the ViT, aligner and embedding); null = an even split
     pipeline_layers: Optional[List[int]] = None
-    zero_stage: int = 0
+    zero_stage: ZeroStage = 0
     micro_batch_size: int = 1          # rows per rank per forward
     global_batch_size: int = 8         # rows per optimizer step, over all data-parallel ranks
     # data_parallel is derived: world_size / (tensor_parallel * pipeline_parallel)
@@ -146,8 +153,8 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 1000
     seed: int = 1234
-    dtype: str = "auto"                # "auto" = bf16 on GPU, fp32 on CPU; or "fp32" / "bf16"
-    activation_checkpointing: str = "none"   # "none", "full" (each decoder block) or "selective" (attention)
+    dtype: Dtype = "auto"                # "auto" = bf16 on GPU, fp32 on CPU; or "fp32" / "bf16"
+    activation_checkpointing: ActivationCheckpointing = "none"   # "none", "full" (each decoder block) or "selective" (attention)
     log_interval: int = 10
     eval_interval: int = 200
     eval_batches: int = 8              # global batches in one evaluation (the first of the valid set)
@@ -185,6 +192,3 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     preset: str = ""                   # the preset this config started from (informational)
 
-
-# Public list so docs/tests can enumerate sections.
-SECTIONS: List[str] = ["model", "parallel", "data", "optim", "train", "checkpoint", "logging"]

@@ -1,51 +1,17 @@
-"""Checks that run before any process group or model exists.
+"""Checks that run before any process group or model exists, one function per config section.
 
 Each check names the field and says what to do. ``validate`` collects every problem so a user
-fixes a config in one pass rather than one error per launch.
+fixes a config in one pass rather than one error per launch. The allowed values of a choice field
+are its ``Literal`` type in schema.py (the loader checks the type, this module the value).
 """
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import List, Optional
 
 from .load import ConfigError
 from .schema import Config
-
-
-def data_parallel_size(cfg: Config, world_size: int) -> int:
-    return world_size // (cfg.parallel.tensor_parallel * cfg.parallel.pipeline_parallel)
-
-
-def gradient_accumulation_steps(cfg: Config, world_size: int) -> int:
-    dp = data_parallel_size(cfg, world_size)
-    return cfg.parallel.global_batch_size // (cfg.parallel.micro_batch_size * dp)
-
-
-def name_under(name: str, prefix: str) -> bool:
-    """Is parameter (or module) ``name`` inside ``prefix`` (``train.freeze``,
-    ``optim.lr_multipliers``)? ``front.vision`` covers ``front.vision.x`` but not ``front.visionx``."""
-    return name == prefix or name.startswith(prefix + ".")
-
-
-def stage_layer_counts(cfg: Config) -> List[int]:
-    """Decoder layers held by each pipeline stage, first to last."""
-    p, n = cfg.parallel, cfg.model.llm.num_layers
-    if p.pipeline_layers is not None:
-        return list(p.pipeline_layers)
-    return [n // p.pipeline_parallel] * p.pipeline_parallel
-
-
-def stage_layers(cfg: Config, stage: int) -> range:
-    """Global indices of the decoder layers on pipeline stage ``stage``."""
-    counts = stage_layer_counts(cfg)
-    start = sum(counts[:stage])
-    return range(start, start + counts[stage])
-
-
-def padded_vocab_size(cfg: Config) -> int:
-    """Vocabulary as built: padded so every tensor-parallel rank holds an equal slice."""
-    llm = cfg.model.llm
-    multiple = llm.make_vocab_size_divisible_by * cfg.parallel.tensor_parallel
-    return -(-llm.vocab_size // multiple) * multiple
 
 
 def _model_problems(cfg: Config) -> List[str]:
@@ -100,15 +66,11 @@ def _model_problems(cfg: Config) -> List[str]:
         if val % tp:
             out.append(f"parallel.tensor_parallel ({tp}) must divide {name} ({val}); "
                        f"use a tensor_parallel that divides it")
-    if r.mode not in ("fit", "strict"):
-        out.append(f"model.render.mode must be 'fit' or 'strict', got '{r.mode}'")
     if r.min_font_size > r.font_size:
         out.append(f"model.render.min_font_size ({r.min_font_size}) must be <= "
                    f"model.render.font_size ({r.font_size})")
     if r.margin < 0 or r.line_spacing < 0 or r.tab_width < 0:
         out.append("model.render.margin, line_spacing and tab_width must be >= 0")
-    if m.attention_backend not in ("sdpa", "flex"):
-        out.append(f"model.attention_backend must be 'sdpa' or 'flex', got '{m.attention_backend}'")
     for name, p in (("model.llm.hidden_dropout", llm.hidden_dropout),
                     ("model.llm.attention_dropout", llm.attention_dropout)):
         if not 0.0 <= p < 1.0:
@@ -121,8 +83,23 @@ def _model_problems(cfg: Config) -> List[str]:
     return out
 
 
-def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
-    p, d, o, t = cfg.parallel, cfg.data, cfg.optim, cfg.train
+def _choice_problems(section, where: str) -> List[str]:
+    """Every ``Literal`` field of ``section`` (and its sub-sections) holds one of its values
+    (declared once, in schema.py)."""
+    out = []
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value, tp, path = getattr(section, f.name), hints[f.name], f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            out += _choice_problems(value, path)
+        elif typing.get_origin(tp) is typing.Literal and value not in typing.get_args(tp):
+            allowed = [repr(v) for v in typing.get_args(tp)]
+            out.append(f"{path} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
+    return out
+
+
+def _positive_problems(cfg: Config) -> List[str]:
+    p, d, t = cfg.parallel, cfg.data, cfg.train
     out = []
     for name, val in (("parallel.tensor_parallel", p.tensor_parallel),
                       ("parallel.pipeline_parallel", p.pipeline_parallel),
@@ -132,10 +109,12 @@ def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
                       ("train.log_interval", t.log_interval), ("train.eval_batches", t.eval_batches)):
         if val <= 0:
             out.append(f"{name} must be a positive integer, got {val}")
-    if out:
-        return out
-    if p.zero_stage not in (0, 1, 2, 3):
-        out.append(f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}")
+    return out
+
+
+def _parallel_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
+    p, d = cfg.parallel, cfg.data
+    out = []
     n = cfg.model.llm.num_layers
     if p.pipeline_layers is not None:
         if len(p.pipeline_layers) != p.pipeline_parallel or any(c < 0 for c in p.pipeline_layers) \
@@ -164,6 +143,12 @@ def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
     if p.sequence_parallel and d.seq_length % p.tensor_parallel:
         out.append(f"data.seq_length ({d.seq_length}) must be divisible by parallel.tensor_parallel "
                    f"({p.tensor_parallel}) with sequence parallelism")
+    return out
+
+
+def _data_problems(cfg: Config) -> List[str]:
+    p, d = cfg.parallel, cfg.data
+    out = []
     L = cfg.model.chunk.text_tokens
     if d.seq_length < L:
         out.append(f"data.seq_length ({d.seq_length}) must hold at least one chunk "
@@ -189,6 +174,12 @@ def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
         out.append(f"data.readback_fraction must be in [0, 1], got {d.readback_fraction}")
     if d.num_workers < 0:
         out.append(f"data.num_workers must be >= 0, got {d.num_workers}")
+    return out
+
+
+def _optim_problems(cfg: Config) -> List[str]:
+    o = cfg.optim
+    out = []
     if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
         out.append(f"optim.lr must be > 0 and 0 <= optim.min_lr <= optim.lr (got lr={o.lr}, "
                    f"min_lr={o.min_lr})")
@@ -196,11 +187,12 @@ def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
         out.append(f"optim.grad_clip must be >= 0 (0 disables clipping), got {o.grad_clip}")
     if o.warmup_steps < 0:
         out.append(f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
-    if t.activation_checkpointing not in ("none", "full", "selective"):
-        out.append(f"train.activation_checkpointing must be 'none', 'full' or 'selective', got "
-                   f"'{t.activation_checkpointing}'")
-    if t.dtype not in ("auto", "fp32", "bf16"):
-        out.append(f"train.dtype must be 'auto', 'fp32' or 'bf16', got '{t.dtype}'")
+    return out
+
+
+def _train_problems(cfg: Config) -> List[str]:
+    o, t = cfg.optim, cfg.train
+    out = []
     n_layers = cfg.model.llm.num_layers
     parts = {"front", "front.vision", "front.aligner", "front.embedding", "layers", "head"}
     for prefix in t.freeze + list(o.lr_multipliers):
@@ -217,21 +209,29 @@ def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
         out.append(f"train.ocr_probe_batches must be >= 0, got {t.ocr_probe_batches}")
     if t.max_wall_minutes < 0:
         out.append(f"train.max_wall_minutes must be >= 0 (0 = no limit), got {t.max_wall_minutes}")
+    return out
+
+
+def _checkpoint_problems(cfg: Config) -> List[str]:
+    out = []
     if cfg.checkpoint.keep_last < 0:
         out.append(f"checkpoint.keep_last must be >= 0 (0 keeps every checkpoint), got {cfg.checkpoint.keep_last}")
-    if t.eval_interval < 0 or cfg.checkpoint.save_interval < 0:
+    if cfg.train.eval_interval < 0 or cfg.checkpoint.save_interval < 0:
         out.append("train.eval_interval and checkpoint.save_interval must be >= 0 (0 = off)")
     return out
 
 
+def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
+    out = _positive_problems(cfg)
+    if out:                                   # the checks below divide by these
+        return out
+    return (_parallel_problems(cfg, world_size) + _data_problems(cfg) + _optim_problems(cfg)
+            + _train_problems(cfg) + _checkpoint_problems(cfg))
+
+
 def validate(cfg: Config, world_size: Optional[int] = None) -> Config:
     """Raise one ConfigError listing every problem; return cfg unchanged when it is sound."""
-    problems = _model_problems(cfg) + _run_problems(cfg, world_size)
+    problems = _model_problems(cfg) + _choice_problems(cfg, "") + _run_problems(cfg, world_size)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return cfg
-
-
-def validate_for_training(cfg: Config, world_size: int) -> Config:
-    """``validate`` for a training run (the place for what only the trainer cannot do yet)."""
-    return validate(cfg, world_size)

@@ -7,10 +7,14 @@ so checkpoints do not depend on the mode.
 """
 from __future__ import annotations
 
+import typing
+
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (CheckpointImpl,
                                                                          checkpoint_wrapper)
 
-MODES = ("none", "full", "selective")
+from ..config.schema import ActivationCheckpointing
+
+MODES = typing.get_args(ActivationCheckpointing)
 
 
 def apply_activation_checkpointing(model, mode: str) -> None:

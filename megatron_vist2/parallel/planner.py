@@ -48,7 +48,9 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
 from ..config.schema import Config
-from ..config.validate import name_under, padded_vocab_size, stage_layer_counts
+from ..config.derived import data_parallel_size, name_under, padded_vocab_size, stage_layer_counts
+from ..config.validate import validate
+from ..errors import ConfigError
 from ..models.size import forward_flops
 
 GIB = 2 ** 30
@@ -106,7 +108,7 @@ def stage_sizes(cfg: Config) -> List[dict]:
 
 def _degrees(cfg: Config, world: int):
     p = cfg.parallel
-    dp = world // (p.tensor_parallel * p.pipeline_parallel)
+    dp = data_parallel_size(cfg, world)
     return p.tensor_parallel, p.pipeline_parallel, dp, p.global_batch_size // (p.micro_batch_size * dp)
 
 
@@ -223,8 +225,6 @@ def plan_layouts(cfg: Config, cluster: Cluster, top: int = 10) -> List[Plan]:
     """Layouts of ``cfg`` on ``cluster`` that pass the config's validation and fit the usable GPU
     memory, fastest first (ties: less memory first): TP in 1..gpus_per_node, PP dividing the layers, ZeRO 1-3, micro-batch
     1-8, with and without full recomputation (sequence parallelism whenever TP > 1)."""
-    from ..config.validate import validate
-    from ..errors import ConfigError
     plans = []
     tps = [t for t in (1, 2, 4, 8) if t <= cluster.gpus_per_node and cluster.world % t == 0]
     for tp in tps:

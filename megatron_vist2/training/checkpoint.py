@@ -33,7 +33,7 @@ from ..checkpoint.format import (CONSOLIDATED, PARTIAL, TENSORS_FILE, complete_t
                                  write_manifest)
 from ..checkpoint.reshard import load_full_state
 from ..checkpoint.sources import open_checkpoint
-from ..config import Config, config_to_dict
+from ..config import Config, config_to_dict, data_parallel_size
 from ..errors import CheckpointError
 
 
@@ -45,7 +45,7 @@ def _layout(cfg: Config) -> Dict[str, int]:
     world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
     p = cfg.parallel
     return {"tensor_parallel": p.tensor_parallel, "pipeline_parallel": p.pipeline_parallel,
-            "data_parallel": world // (p.tensor_parallel * p.pipeline_parallel),
+            "data_parallel": data_parallel_size(cfg, world),
             "zero_stage": p.zero_stage}
 
 

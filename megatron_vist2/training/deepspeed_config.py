@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..config.schema import Config
-from ..config.validate import gradient_accumulation_steps
+from ..config.derived import gradient_accumulation_steps
 
 
 def resolve_dtype(cfg: Config) -> torch.dtype:

@@ -8,7 +8,7 @@ import math
 import torch
 
 from ..config.schema import OptimConfig
-from ..config.validate import name_under
+from ..config.derived import name_under
 
 
 def lr_multiplier(name: str, multipliers) -> float:
