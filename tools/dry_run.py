@@ -61,8 +61,8 @@ def main():
     from megatron_vist2.config import data_parallel_size, load_config, validate
     from megatron_vist2.models.size import forward_flops
     from megatron_vist2.parallel.planner import communication, memory
-    from megatron_vist2.parallel import cpu_compat
-    cpu_compat.install()
+    from megatron_vist2.parallel import compat
+    compat.install_cpu_shims()
     cfg = validate(load_config(args.preset, args.overrides), args.world)
     p = cfg.parallel
     dp = data_parallel_size(cfg, args.world)

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from . import cpu_compat
+from . import compat
 
 
 @dataclass
@@ -52,7 +52,7 @@ def init_distributed(tensor_parallel: int = 1, pipeline_parallel: int = 1,
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
-    cpu_compat.install()
+    compat.install_cpu_shims()
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_parallel, pipeline_parallel,
                                                  create_gloo_process_groups=False)

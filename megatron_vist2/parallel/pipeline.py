@@ -39,6 +39,7 @@ from megatron.core import parallel_state
 from ..config import Config, stage_layers
 from ..models.attention import TokenLayout
 from ..models.vist2 import StagePart, Vist2Batch
+from . import compat
 
 META_FIELDS = ("doc", "chunk", "kind", "readback", "position")   # + labels, loss_mask
 # (stage output, batch) -> (summed loss, statistics to accumulate or None); last stage only
@@ -76,26 +77,6 @@ def _exchange(sends: List[Tuple[torch.Tensor, int]], recvs: List[Tuple[torch.Ten
             work.wait()
 
 
-def _same_trace_within_data_parallel_group(ints: List[int]) -> None:
-    """ZeRO-3 checks, while it records its first module trace, that every rank of the *world*
-    saw the same modules (a broadcast from rank 0). Pipeline stages hold different modules by
-    design; the ranks that must agree are the stage's data-parallel group, which partitions the
-    same parameters. Same check, right group. (Ids are compared relative to the smallest:
-    DeepSpeed numbers modules with a process-wide counter, which can start at different values
-    on different ranks when a process has built other ZeRO-3 engines before.)"""
-    group = parallel_state.get_data_parallel_group()
-    seen = [None] * dist.get_world_size(group)
-    base = min(ints, default=0)
-    dist.all_gather_object(seen, [i - base for i in ints], group=group)
-    if any(s != seen[0] for s in seen):
-        raise RuntimeError(f"ZeRO-3 module traces differ between data-parallel ranks: {seen}")
-
-
-def _install_zero3_stage_checks() -> None:
-    from deepspeed.runtime.zero import partitioned_param_coordinator
-    partitioned_param_coordinator.assert_ints_same_as_other_ranks = _same_trace_within_data_parallel_group
-
-
 class PipelineSchedule:
     """Runs one stage's share of a training step or an evaluation pass."""
 
@@ -111,8 +92,10 @@ class PipelineSchedule:
         self.group = parallel_state.get_pipeline_model_parallel_group()
         self.tied = engine.module.tied and not (self.part.first and self.part.last)
         self.output_weight: Optional[torch.Tensor] = None
+        if p.zero_stage == 3:
+            compat.check_zero3_micro_steps()
         if p.pipeline_parallel > 1 and p.zero_stage == 3:
-            _install_zero3_stage_checks()
+            compat.install_zero3_stage_checks()
 
     def _use_rows_of(self, seq_length: int) -> None:
         """This call's rows have ``seq_length`` tokens (the shapes later stages receive)."""
@@ -197,9 +180,7 @@ class PipelineSchedule:
         # ZeRO-3 moves to its next accumulation micro-step (add, not overwrite, the gradient
         # partitions) at the start of the next forward; in 1F1B two backwards can follow each
         # other, so advance it here, after every backward. (Idempotent for the next forward.)
-        clear = getattr(self.engine.optimizer, "clear_backward_seen_flag", None)
-        if clear is not None:
-            clear()
+        compat.clear_backward_seen_flag(self.engine.optimizer)
         self.engine.step()
 
     # ------------------------------------------------------------------ schedules

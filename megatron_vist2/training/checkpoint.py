@@ -35,6 +35,7 @@ from ..checkpoint.reshard import load_full_state
 from ..checkpoint.sources import open_checkpoint
 from ..config import Config, config_to_dict, data_parallel_size
 from ..errors import CheckpointError
+from ..parallel import compat
 
 
 # Model settings that do not change the weights: a run may resume with other values.
@@ -169,7 +170,7 @@ def load_checkpoint(engine, cfg: Config, load_dir: str, log=print, weights_only:
     start = time.time()
     if same_layout and read_manifest(step_dir).get("format") != CONSOLIDATED:
         save_dir, ds_tag = _stage_location(step_dir)
-        engine.checkpoint_engine.load = safe_load   # DeepSpeed's own reader: weights_only=False
+        compat.load_checkpoints_safely(engine, safe_load)
         path, client = engine.load_checkpoint(str(save_dir), tag=ds_tag, load_module_only=weights_only,
                                               load_optimizer_states=not weights_only,
                                               load_lr_scheduler_states=not weights_only)

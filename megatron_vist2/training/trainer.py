@@ -33,6 +33,7 @@ from ..models.size import analytic_parameter_counts
 from ..models.vist2 import Vist2Batch, Vist2Model
 from ..parallel.deepspeed_mpu import MegatronMPU
 from ..parallel.distributed import DistEnv
+from ..parallel import compat
 from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
 from ..parallel.pipeline import PipelineSchedule, stage_part
@@ -98,19 +99,8 @@ def make_engine(cfg: Config, env: DistEnv, model: Vist2Model):
         lr_scheduler=build_scheduler(cfg.optim, cfg.train.steps),
         config=deepspeed_config(cfg, env.world_size), dist_init_required=False, mpu=MegatronMPU())
     if cfg.parallel.zero_stage == 0 and resolve_dtype(cfg) == torch.float32:
-        _keep_fp32_grad_norm(engine)
+        compat.keep_fp32_grad_norm(engine)
     return engine
-
-
-def _keep_fp32_grad_norm(engine) -> None:
-    """Without ZeRO in fp32 DeepSpeed clips with clip_grad_norm_ but drops the norm it computed
-    (get_global_grad_norm() stays None): the same call, its result kept for the logs."""
-    from deepspeed.runtime.utils import clip_grad_norm_
-
-    def clip_and_keep():
-        engine._global_grad_norm = float(clip_grad_norm_(parameters=engine.module.parameters(),
-                                                         max_norm=engine.gradient_clipping(), mpu=engine.mpu))
-    engine.clip_fp32_gradients = clip_and_keep
 
 
 def make_schedule(cfg: Config, env: DistEnv, engine) -> PipelineSchedule:
