@@ -16,6 +16,13 @@ LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_A
 TEST_VOCAB = 512
 
 
+def pytest_collection_modifyitems(items):
+    """Every test under tests/distributed launches ranks: the slow tier (pytest.ini)."""
+    for item in items:
+        if "distributed" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.slow)
+
+
 def subprocess_env(**extra) -> dict:
     """Environment for child launches: without this process's own rank variables."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
@@ -56,6 +63,16 @@ def dist_env():
     """torch.distributed (gloo, world 1) + megatron parallel state, once per test session."""
     from megatron_vist2.parallel.distributed import init_distributed
     return init_distributed(1, 1)
+
+
+def safetensors_tensors(directory: Path) -> dict:
+    """name -> tensor of every *.safetensors file in ``directory`` (read with safetensors itself,
+    not the package's reader)."""
+    from safetensors.torch import load_file
+    out = {}
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        out |= load_file(str(f))
+    return out
 
 
 def tiny_model(data: SimpleNamespace, *extra: str, world_size: int = None):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..checkpoint.safetensors_io import SafetensorsDir
-from .hf_io import check_all_used, check_fields, write_safetensors_dir
+from .hf_io import check_all_used, check_fields
 
 PREFIX = "vision_model."     # the vision tower inside a SiglipModel (and in older saves)
 # (our name under front.vision, SigLIP's name under vision_model.); "{i}" is the layer index
@@ -106,11 +106,3 @@ def import_vision(hf_dir: str, cfg: Config, log=print) -> Dict[str, torch.Tensor
     if ignored:
         log(f"not used by VIST2 (attention-pooling head / text tower): {len(ignored)} tensor(s) of {d.dir}")
     return out
-
-
-def export_vision(weight: Callable[[str], torch.Tensor], cfg: Config, out_dir: str,
-                  shard_bytes: int = 2 << 30):
-    """Our vision encoder as a SiglipVisionModel directory (square chunk images only)."""
-    config = hf_config(cfg)
-    return write_safetensors_dir(((hf, weight(ours)) for ours, hf in name_pairs(cfg)), out_dir,
-                                 shard_bytes, config.save_pretrained)

@@ -16,7 +16,7 @@ from megatron_vist2.data.dataset import GlobalBatchSampler, PackedVist2Dataset, 
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.parallel.distributed import init_distributed
-from megatron_vist2.parallel.gather import full_parameters
+from tests.distributed.gather import full_parameters
 from megatron_vist2.parallel.random import seed_runtime_rng
 from megatron_vist2.training.trainer import build_model, make_engine, make_schedule, train_step
 from tests.distributed.scenario import SCENARIOS, STEPS, scenario_overrides

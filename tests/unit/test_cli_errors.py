@@ -3,8 +3,11 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 
 from ..conftest import REPO, subprocess_env, tiny_overrides
+
+pytestmark = pytest.mark.slow              # every test runs the command line in a subprocess
 
 
 def run(*args):

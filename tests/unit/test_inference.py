@@ -123,6 +123,7 @@ def test_checkpoint_mismatches_are_refused(setup, fake_checkpoint, tmp_path):
         load_for_inference(str(broken))
 
 
+@pytest.mark.slow                          # the generate command line in subprocesses
 def test_generate_cli_streams_and_reports(fake_checkpoint):
     import subprocess
     import sys

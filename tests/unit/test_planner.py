@@ -21,6 +21,7 @@ LAYOUTS = [   # (preset, world, overrides)
 ]
 
 
+@pytest.mark.slow                          # tools/dry_run.py in a subprocess
 @pytest.mark.parametrize("preset,world,overrides", LAYOUTS, ids=[f"{p}-{w}" for p, w, _ in LAYOUTS])
 def test_parameters_per_rank_equal_the_built_stage_models(preset, world, overrides):
     proc = subprocess.run([sys.executable, "tools/dry_run.py", "--preset", preset, "--world", str(world),

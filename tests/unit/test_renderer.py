@@ -31,6 +31,7 @@ def digest(renderer):
     return hashlib.sha256(b"".join(renderer.render(s).tobytes() for s in SAMPLES)).hexdigest()
 
 
+@pytest.mark.slow                          # a second Python process
 def test_bit_identical_in_another_process():
     here = digest(Renderer.from_model_config(load_config("tiny-cpu").model))
     out = subprocess.run([sys.executable, "-c", HASH_SCRIPT.format(samples=SAMPLES)], cwd=REPO,

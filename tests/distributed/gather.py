@@ -1,4 +1,5 @@
-"""Full (unsharded) parameters from a tensor-parallel model: every rank gets the whole tensor."""
+"""Full (unsharded) parameters from a tensor-parallel model: every rank gets the whole tensor (the
+parity tests compare them with the single-process reference)."""
 from __future__ import annotations
 
 from typing import Dict
