@@ -94,9 +94,16 @@ def _by_rank(files: List[Path]) -> List[Path]:
 
 
 # ------------------------------------------------------------------ one (stage, TP rank) of a layout
-# Each reader holds the tensors one tensor-parallel rank of one pipeline stage held, data-parallel
-# shards merged, behind one interface: ``tensor(name, kind)`` (None: not held) and ``steps`` (the
-# optimizer step count of each group it read).
+class ShardReader(Protocol):
+    """The tensors one tensor-parallel rank of one pipeline stage held, data-parallel shards
+    merged; one class per DeepSpeed layout below."""
+    steps: List[int]        # the optimizer step count of each group it read
+
+    def tensor(self, name: str, kind: str) -> Optional[torch.Tensor]:
+        """This rank's ``kind`` of ``name``; None when not held (a frozen parameter's optimizer
+        state)."""
+
+
 class _PlainShard:
     """ZeRO-0: the weights and the torch optimizer's own state."""
 
@@ -193,7 +200,7 @@ class _Zero3Shard:
         return None
 
 
-def _open_shard(where: Path, tp_rank: int, dp: int, zero_stage: int, stage: dict):
+def _open_shard(where: Path, tp_rank: int, dp: int, zero_stage: int, stage: dict) -> ShardReader:
     """The reader for one (pipeline stage, tensor-parallel rank) of a DeepSpeed checkpoint."""
     tt = f"mp_rank_{tp_rank:02d}"
     if zero_stage == 3:
@@ -219,12 +226,12 @@ class ShardedCheckpoint:
                 f"resumed in the layout it was saved with, {layout}")
         self.stages = json.loads(described.read_text())["stages"]
         tp, pp = layout["tensor_parallel"], layout["pipeline_parallel"]
-        self._shards: Dict[tuple, object] = {}
+        self._shards: Dict[tuple, ShardReader] = {}
         self._stage_of = {name: s for s, st in enumerate(self.stages) for name in st["params"]}
         self.lr_scheduler = client.get("lr_scheduler")
         self.tp, self.pp = tp, pp
 
-    def _shard(self, stage: int, tp_rank: int):
+    def _shard(self, stage: int, tp_rank: int) -> ShardReader:
         key = (stage, tp_rank)
         if key not in self._shards:
             where = self.step_dir if self.pp == 1 else self.step_dir / f"stage_{stage:02d}"
