@@ -16,10 +16,24 @@ LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_A
 TEST_VOCAB = 512
 
 
+# In-process tests that each took 40-200 s in the fast tier's first measurement (docs/performance.md,
+# "Test suite"): a compile, real pretrained weights, or many model builds. Listed here rather
+# than decorated so the tier is decided in one place.
+HEAVY = {
+    "tests/unit/test_convert_vist2.py::test_exported_vist2_matches_our_model_and_engine",
+    "tests/unit/test_convert_llama.py::test_packaged_llama_imports_with_equal_logits_and_round_trips",
+    "tests/unit/test_flex_attention.py::test_flex_equals_dense_sdpa",
+    "tests/unit/test_inference.py::test_consistency_law_batch_of_mixed_lengths_and_phases",
+    "tests/unit/test_inference.py::test_generate_greedy_is_deterministic_and_bad_input_is_refused",
+    "tests/unit/test_activation_checkpointing.py::test_checkpointing_keeps_loss_and_gradients",
+}
+
+
 def pytest_collection_modifyitems(items):
-    """Every test under tests/distributed launches ranks: the slow tier (pytest.ini)."""
+    """The slow tier (pytest.ini): every test under tests/distributed (it launches ranks) and the
+    HEAVY ones; tests that launch a subprocess carry the marker themselves."""
     for item in items:
-        if "distributed" in Path(str(item.fspath)).parts:
+        if "distributed" in Path(str(item.fspath)).parts or item.nodeid.split("[")[0] in HEAVY:
             item.add_marker(pytest.mark.slow)
 
 
