@@ -51,15 +51,8 @@ def sampled_sha256(path) -> str:
     return h.hexdigest()
 
 
-def write_indexed(prefix: str, documents: Iterable[Tuple], tokenizer: Tokenizer,
-                  with_mask: bool = False, extra=None) -> dict:
-    """Write (name, token ids, response mask or None[, source]) documents, streamed (memory is a
-    few integers per document); return the manifest. Consecutive documents of one source form
-    one entry of the manifest's ``sources`` (first document, documents, tokens). ``extra``: a
-    function returning more manifest fields, called once the documents are written."""
-    prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    tmp = prefix.with_name(prefix.name + ".tmp")
+def _write_tmp(tmp: Path, documents, tokenizer, with_mask: bool, extra):
+    """The files of a dataset under the temporary prefix ``tmp``, manifest last."""
     dtype = token_dtype(tokenizer.vocab_size)
     tokens = IndexedDatasetBuilder(f"{tmp}.bin", dtype=dtype)
     masks = IndexedDatasetBuilder(f"{tmp}-mask.bin", dtype=np.uint8) if with_mask else None
@@ -98,6 +91,24 @@ def write_indexed(prefix: str, documents: Iterable[Tuple], tokenizer: Tokenizer,
         **(extra() if extra else {}),
     }
     Path(f"{tmp}.json").write_text(json.dumps(manifest, indent=1))
+    return files, manifest
+
+
+def write_indexed(prefix: str, documents: Iterable[Tuple], tokenizer: Tokenizer,
+                  with_mask: bool = False, extra=None) -> dict:
+    """Write (name, token ids, response mask or None[, source]) documents, streamed (memory is a
+    few integers per document); return the manifest. Consecutive documents of one source form
+    one entry of the manifest's ``sources`` (first document, documents, tokens). ``extra``: a
+    function returning more manifest fields, called once the documents are written."""
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    tmp = prefix.with_name(prefix.name + ".tmp")
+    try:
+        files, manifest = _write_tmp(tmp, documents, tokenizer, with_mask, extra)
+    except BaseException:               # an error or an interrupt: leave nothing half-written
+        for ext in (".bin", ".idx", "-mask.bin", "-mask.idx", ".json"):
+            Path(f"{tmp}{ext}").unlink(missing_ok=True)
+        raise
     for ext in files + [".json"]:                  # the manifest goes last: it marks completeness
         os.replace(f"{tmp}{ext}", f"{prefix}{ext}")
     return manifest

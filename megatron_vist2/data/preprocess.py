@@ -186,9 +186,12 @@ def preprocess_units(units: Sequence[Unit], tokenizer_path: str, output_prefix: 
             part_prefixes.append(prefix)
             per_source.append({"source": unit.label, "documents": manifest["num_documents"],
                                "tokens": manifest["num_tokens"], "bytes": manifest["bytes"]})
+    except BaseException:
+        _rmdir_if_empty(parts_dir)          # finished parts stay: the next run resumes from them
+        raise
     finally:
         if pool is not None:
-            pool.close()
+            pool.terminate()
             pool.join()
     meter.finish()
     parts = [open_indexed(p, tok, verify="none") for p in part_prefixes]
@@ -212,8 +215,12 @@ def _remove_parts(parts_dir: Path, pattern: str = "part-") -> None:
     """Delete the part files this tool writes (nothing else), then the folder if it is empty."""
     for f in parts_dir.glob(pattern + "*"):
         f.unlink()
+    _rmdir_if_empty(parts_dir)
+
+
+def _rmdir_if_empty(folder: Path) -> None:
     try:
-        parts_dir.rmdir()
+        folder.rmdir()
     except OSError:
         pass
 
