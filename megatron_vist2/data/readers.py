@@ -91,6 +91,15 @@ def _values(where: str, values, fields: Sequence[str]) -> Tuple[str, ...]:
     return tuple(values)
 
 
+def _utf8(data: bytes, path: Path, base: int, where: str) -> str:
+    """Decode, or name the file and the byte offset (``base`` + position in ``data``)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path}: byte {base + exc.start} {where}is not valid UTF-8; convert "
+                          f"the file to UTF-8 (e.g. iconv -t utf-8)") from None
+
+
 # ---- JSON lines -------------------------------------------------------------------------------
 
 def _open_stream(src: Source):
@@ -130,11 +139,7 @@ def _iter_jsonl(src: Source, fields: Sequence[str]):
                                   f"re-create or remove the file") from None
             lineno += 1
             start, offset = offset, offset + len(line)
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise CorpusError(f"{src.path}: byte {start + exc.start} {what}(line {lineno}) is "
-                                  f"not valid UTF-8; convert the file to UTF-8 (e.g. iconv -t utf-8)") from None
+            text = _utf8(line, src.path, start, f"{what}(line {lineno}) ")
             if not text.strip():
                 continue
             where = f"{src.path}:{lineno}"
@@ -219,11 +224,7 @@ def _iter_txt(root: Path):
             data = f.read_bytes()
         except OSError as exc:
             raise CorpusError(f"cannot read input file {f}: {exc.strerror or exc}") from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CorpusError(f"{f}: byte {exc.start} is not valid UTF-8; convert the file to "
-                              f"UTF-8 (e.g. iconv -t utf-8)") from None
+        text = _utf8(data, f, 0, "")
         if not text.strip():
             raise CorpusError(f"{f}: empty document; remove the file or give it text")
         yield str(f.relative_to(root)), (text,)
