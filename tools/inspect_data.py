@@ -4,6 +4,11 @@
     python tools/inspect_data.py --preset tiny-cpu --stats                 # dataset statistics
     python tools/inspect_data.py --preset tiny-cpu --row 3 --out row.png   # one packed row as a picture
     python tools/inspect_data.py --preset tiny-cpu --check-render          # does every chunk fit its image?
+    python tools/inspect_data.py --preset tiny-cpu --verify                # full checksums of every file
+    python tools/inspect_data.py --prefix data/sotu_train --verify         # one dataset, any config
+
+--stats and --verify cover every dataset of a blend (data.train_prefix = "0.7 a 0.3 b"); --stats
+lists, per dataset and per input source recorded in its manifest, documents, tokens and chunks.
 
 The picture shows, for every visual block of the row, the rendered image next to the text it was
 rendered from, and the row's attention mask (query down, key across): text->text in blue,
@@ -16,10 +21,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from megatron_vist2.config import load_config, validate
-from megatron_vist2.data.dataset import PackedVist2Dataset, collate
+from megatron_vist2.data.dataset import PackedVist2Dataset, collate, parse_blend
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
-from megatron_vist2.errors import run_cli
+from megatron_vist2.errors import DatasetError, run_cli
 from megatron_vist2.models.attention import PAD, TEXT, VISUAL, dense_mask
 
 
@@ -36,6 +41,30 @@ def stats(ds: PackedVist2Dataset, name: str) -> None:
     print(f"  {len(ds.rows):,} rows of {S} tokens: {len(segs) / len(ds.rows):.2f} segments and "
           f"{images / len(ds.rows):.1f} images per row, padding {100 * (1 - used / (len(ds.rows) * S)):.2f} %")
     print(f"  L = {L} text tokens per chunk, m = {m} visual tokens, rho = {L // m}")
+
+
+def source_stats(ds: PackedVist2Dataset) -> None:
+    """Documents, tokens and chunks (of L tokens) per input source recorded in the manifest."""
+    lengths = ds.indexed.lengths.astype(np.int64)
+    for src in ds.indexed.manifest.get("sources", []):
+        part = lengths[src["first_document"]:src["first_document"] + src["documents"]]
+        chunks = int((-(-part // ds.L)).sum())
+        print(f"  source {src['source']}: {src['documents']:,} documents, {int(part.sum()):,} tokens, "
+              f"{chunks:,} chunks")
+
+
+def verify(prefixes, tok) -> int:
+    """Full checksums and consistency of every dataset; returns how many failed."""
+    failed = 0
+    for prefix in prefixes:
+        try:
+            docs = open_indexed(prefix, tok, verify="full")
+            print(f"verified {prefix}: {len(docs):,} documents, {docs.manifest['num_tokens']:,} tokens, "
+                  f"every file matches its checksum")
+        except DatasetError as exc:
+            failed += 1
+            print(f"FAILED {prefix}: {exc}")
+    return failed
 
 
 def check_render(ds: PackedVist2Dataset) -> int:
@@ -106,19 +135,31 @@ def main():
     ap.add_argument("--check-render", action="store_true", help="lay out every chunk; exit 2 if any overflows")
     ap.add_argument("--row", type=int, help="global sample index of the row to draw")
     ap.add_argument("--out", default="row.png")
+    ap.add_argument("--verify", action="store_true", help="full checksums of every dataset file; exit 2 if any differs")
+    ap.add_argument("--prefix", help="inspect this dataset (or blend spec) instead of the config's")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     cfg = validate(load_config(args.preset, args.overrides))
     tok = load_tokenizer(cfg.data.tokenizer)
-    prefix = cfg.data.train_prefix if args.split == "train" else cfg.data.valid_prefix
-    ds = PackedVist2Dataset(open_indexed(prefix, tok), tok, cfg, cfg.train.seed)
+    spec = args.prefix or (cfg.data.train_prefix if args.split == "train" else cfg.data.valid_prefix)
+    prefixes = [p for _, p in parse_blend(spec)]
+    if args.verify:
+        both = [cfg.data.train_prefix, cfg.data.valid_prefix] if not args.prefix else [spec]
+        if verify(dict.fromkeys(p for b in both for _, p in parse_blend(b)), tok):
+            raise SystemExit(2)
+        if not (args.stats or args.check_render or args.row is not None):
+            return
+    datasets = [PackedVist2Dataset(open_indexed(p, tok), tok, cfg, cfg.train.seed) for p in prefixes]
     if args.stats or (args.row is None and not args.check_render):
-        stats(ds, prefix)
-    if args.check_render and check_render(ds):
+        for p, ds in zip(prefixes, datasets):
+            stats(ds, p)
+            source_stats(ds)
+    if args.check_render and sum(check_render(ds) for ds in datasets):
         raise SystemExit(2)
     if args.row is not None:
+        ds = datasets[0]
         row_picture(ds, args.row).save(args.out)
-        print(f"wrote {args.out}: row {args.row} (dataset row {ds.row_index(args.row)})")
+        print(f"wrote {args.out}: row {args.row} of {prefixes[0]} (dataset row {ds.row_index(args.row)})")
 
 
 if __name__ == "__main__":

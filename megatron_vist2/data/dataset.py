@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..config.schema import Config
 from ..errors import ConfigError
-from ..models.attention import TokenLayout
+from ..models.attention import TEXT, TokenLayout
 from ..models.vist2 import Vist2Batch
 from .indexed import IndexedDocs, open_indexed
 from .packing import assemble_row, pack_segments, segment_document
@@ -65,7 +65,13 @@ class PackedVist2Dataset(Dataset):
                                              "position", "labels", "loss_mask")}
         out["images"] = np.stack(images) if images else \
             np.zeros((0, self.renderer.height, self.renderer.width), np.uint8)
+        out["source"] = 0
         return out
+
+    @property
+    def sources(self) -> List[str]:
+        """Names of the sources a sample's ``source`` index refers to (one: this dataset)."""
+        return [self.indexed.prefix]
 
 
 def parse_blend(spec: str) -> List[Tuple[float, str]]:
@@ -92,8 +98,9 @@ class BlendedDataset(Dataset):
     possible) and are cached under ``cache_dir``, keyed by the inputs."""
 
     def __init__(self, datasets: Sequence[Dataset], weights: Sequence[float], size: int,
-                 cache_dir: str, key: str):
+                 cache_dir: str, key: str, names: Sequence[str] = ()):
         self.datasets, self.size = list(datasets), size
+        self.sources = list(names) or [str(i) for i in range(len(self.datasets))]
         digest = hashlib.sha256(json.dumps([key, list(weights), size]).encode()).hexdigest()[:16]
         path = Path(cache_dir) / f"blend_{digest}.npz"
         if path.is_file():
@@ -117,7 +124,10 @@ class BlendedDataset(Dataset):
     def __getitem__(self, g: int):
         if g >= self.size:
             raise IndexError(f"sample {g} is past the blend's {self.size} samples")
-        return self.datasets[self.index[g]][int(self.sample_index[g])]
+        sample = self.datasets[self.index[g]][int(self.sample_index[g])]
+        if isinstance(sample, dict):     # which part of the blend: tokens per source in the metrics
+            sample = {**sample, "source": int(self.index[g])}
+        return sample
 
 
 def build_dataset(spec: str, tokenizer: Tokenizer, cfg: Config, seed: int, num_samples: int):
@@ -129,7 +139,8 @@ def build_dataset(spec: str, tokenizer: Tokenizer, cfg: Config, seed: int, num_s
         return parts[0]
     key = json.dumps([[p.indexed.manifest["sha256"][".idx"] for p in parts], seed,
                       cfg.data.seq_length, cfg.model.chunk.text_tokens, cfg.data.readback_fraction])
-    return BlendedDataset(parts, [w for w, _ in blend], num_samples, cfg.data.cache_dir, key)
+    return BlendedDataset(parts, [w for w, _ in blend], num_samples, cfg.data.cache_dir, key,
+                          names=[p for _, p in blend])
 
 
 def collate(samples: List[dict]) -> Vist2Batch:
@@ -139,7 +150,20 @@ def collate(samples: List[dict]) -> Vist2Batch:
                          readback=stack("readback"), position=stack("position"))
     images = torch.from_numpy(np.concatenate([s["images"] for s in samples]))
     return Vist2Batch(tokens=stack("tokens"), layout=layout, images=images,
-                      labels=stack("labels"), loss_mask=stack("loss_mask"))
+                      labels=stack("labels"), loss_mask=stack("loss_mask"),
+                      source=torch.tensor([s.get("source", 0) for s in samples], dtype=torch.int64))
+
+
+def tokens_per_source(batches: Iterable[Vist2Batch], num_sources: int) -> np.ndarray:
+    """Text tokens each source contributed to ``batches`` (int64 [num_sources]): the rows' TEXT
+    positions (every corpus token placed in a row is one), summed by the row's ``source``. Per
+    rank: sum the result over data-parallel ranks for the run's totals."""
+    counts = np.zeros(num_sources, np.int64)
+    for b in batches:
+        per_row = (b.layout.kind == TEXT).sum(dim=1).cpu().numpy()
+        src = np.zeros(len(per_row), np.int64) if b.source is None else b.source.cpu().numpy()
+        counts += np.bincount(src, weights=per_row, minlength=num_sources).astype(np.int64)
+    return counts
 
 
 class GlobalBatchSampler(Sampler):

@@ -1,23 +1,46 @@
-"""Corpus -> tokenized indexed datasets, split by document, in parallel worker processes.
+"""Corpus -> tokenized indexed datasets, split by document: streaming, in worker processes,
+resumable per input shard.
 
-Documents are tokenized by a pool of workers (each loads the tokenizer once) in input order, so
-the output is identical for any number of workers. Instruction data (prompt/response pairs) is
-stored as prompt + response tokens with a response mask (1 on response tokens).
+Two phases. (1) Each input unit (a file, or a folder of .txt) is read as a stream, tokenized in
+batches by a pool of workers (each loads the tokenizer once; results are taken in input order,
+so the output is identical for any number of workers) and written to its own part dataset
+``<prefix>.parts/part-NNNNNN`` under a temporary name, renamed when complete. A re-run skips
+every part whose manifest records the same input (path, size, mtime), tokenizer and fields, so
+an interrupted run resumes without redoing finished shards. (2) Documents are assigned to
+train/valid/test by a seeded permutation of their global index and copied from the parts into
+``<prefix>_<split>`` in input order (token copies only); the parts are then removed. The outputs
+depend only on the inputs, the tokenizer, the split and the seed: a resumed run writes the same
+bytes as an uninterrupted one.
+
+Memory is bounded independently of the corpus size: at most ``2 x workers`` batches of
+``BATCH_BYTES`` of text (and their tokens) are in flight, readers hold one line or one record
+batch, and the indexed writers keep ~40 bytes per document (megatron-core's builder keeps the
+lengths list), plus 8 bytes per document for the split permutation in phase 2.
+
+Instruction data (prompt/response pairs) is stored as prompt + response tokens with a response
+mask (1 on response tokens).
 """
 from __future__ import annotations
 
 import multiprocessing as mp
-import sys
-import time
-from typing import Dict, List, Optional, Sequence, Tuple
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import ConfigError
-from .indexed import write_indexed
+from ..errors import ConfigError, CorpusError, DatasetError
+from .corpus import TEXT_FIELDS
+from .indexed import open_indexed, write_indexed
+from .progress import Progress
+from .readers import Source, iter_source
 from .tokenizer import load_tokenizer
 
 SPLITS = ("train", "valid", "test")
+BATCH_BYTES, BATCH_DOCS = 1 << 20, 1024      # one task for a worker: about 1 MB of text
+FAULT_ENV = "MEGATRON_VIST2_FAIL_AFTER_PARTS"  # tests: stop after this many parts are written
 _worker_tokenizer = None
 
 
@@ -37,6 +60,10 @@ def _encode(item: Tuple) -> Tuple[str, np.ndarray, Optional[np.ndarray], int]:
     p, r = tok.encode(prompt), tok.encode(response)
     mask = np.r_[np.zeros(len(p), np.uint8), np.ones(len(r), np.uint8)]
     return name, np.asarray(p + r, np.int32), mask, len((prompt + response).encode("utf-8"))
+
+
+def _encode_batch(batch: List[Tuple]) -> List[Tuple]:
+    return [_encode(item) for item in batch]
 
 
 def parse_split(spec: str) -> Tuple[float, float, float]:
@@ -61,44 +88,157 @@ def assign_splits(num_docs: int, weights: Sequence[float], seed: int) -> np.ndar
         raise ConfigError(f"{num_docs} documents are too few for the split {list(weights)}: "
                           f"train would be empty")
     order = np.random.default_rng(seed).permutation(num_docs)
-    split = np.zeros(num_docs, np.int64)
+    split = np.zeros(num_docs, np.int8)
     split[order[:counts[0]]] = 1
     split[order[counts[0]:counts[0] + counts[1]]] = 2
     return split
 
 
-def preprocess(items: Sequence[Tuple], tokenizer_path: str, output_prefix: str, split: str = "95,5,0",
-               workers: int = 1, seed: int = 1234, progress: bool = True) -> Dict[str, dict]:
-    """Tokenize ``items`` and write ``<prefix>_<split>`` datasets; return their manifests."""
+@dataclass
+class Unit:
+    """One resumable piece of input: ``key`` identifies its contents (None: never reused)."""
+    label: str
+    size: int
+    items: Callable[[], Iterable[Tuple]]
+    key: Optional[dict]
+
+
+def source_units(sources: Sequence[Source], fields: Sequence[str] = TEXT_FIELDS) -> List[Unit]:
+    def unit(src):
+        key = {"source": str(src.path.resolve()), "format": src.fmt, "fields": list(fields),
+               **src.fingerprint()}
+        return Unit(src.label, key["bytes"],
+                    lambda: ((name, *values) for name, values in iter_source(src, fields)), key)
+    return [unit(s) for s in sources]
+
+
+def _batches(items: Iterable[Tuple]) -> Iterator[List[Tuple]]:
+    batch, size = [], 0
+    for item in items:
+        batch.append(item)
+        size += sum(len(x) for x in item[1:])
+        if size >= BATCH_BYTES or len(batch) >= BATCH_DOCS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _encoded(items: Iterable[Tuple], pool, workers: int) -> Iterator[Tuple]:
+    """Tokenized items in input order; the reader runs here, at most 2 x workers batches ahead."""
+    if pool is None:
+        for batch in _batches(items):
+            yield from _encode_batch(batch)
+        return
+    pending = deque()
+    for batch in _batches(items):
+        pending.append(pool.apply_async(_encode_batch, (batch,)))
+        if len(pending) >= 2 * workers:
+            yield from pending.popleft().get()
+    while pending:
+        yield from pending.popleft().get()
+
+
+def _part_done(prefix: str, key: dict, tok) -> Optional[dict]:
+    """The manifest of a finished part for this input, or None when it must be (re)made."""
+    if not Path(f"{prefix}.json").is_file():
+        return None
+    try:
+        part = open_indexed(prefix, tok)
+    except DatasetError:
+        return None
+    return part.manifest if part.manifest.get("input") == key else None
+
+
+def preprocess_units(units: Sequence[Unit], tokenizer_path: str, output_prefix: str,
+                     split: str = "95,5,0", workers: int = 1, seed: int = 1234,
+                     progress: bool = True, instruction: bool = False) -> Dict[str, dict]:
+    """Tokenize ``units`` and write ``<prefix>_<split>`` datasets; return their manifests plus
+    '_stats' (bytes, seconds, resumed parts, per-source documents/tokens/bytes)."""
     tok = load_tokenizer(tokenizer_path)
     weights = parse_split(split)
-    which = assign_splits(len(items), weights, seed)
-    instruction = len(items[0]) == 3
-    t0, done_bytes = time.time(), 0
-    encoded: List[Tuple] = []
+    parts_dir = Path(f"{output_prefix}.parts")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    meter = Progress(sum(u.size for u in units), len(units), enabled=progress, workers=workers)
+    fail_after = int(os.environ.get(FAULT_ENV, "-1"))
     pool = mp.get_context("fork").Pool(workers, _init_worker, (tokenizer_path,)) if workers > 1 else None
+    if pool is None:
+        _init_worker(tokenizer_path)
+    part_prefixes, per_source, resumed, written = [], [], 0, 0
     try:
-        if pool is None:
-            _init_worker(tokenizer_path)
-            results = map(_encode, items)
-        else:
-            results = pool.imap(_encode, items, chunksize=max(1, len(items) // (workers * 16)))
-        for k, res in enumerate(results, 1):
-            encoded.append(res)
-            done_bytes += res[3]
-            if progress and (k % 25 == 0 or k == len(items)):
-                rate = done_bytes / 1e6 / max(time.time() - t0, 1e-9)
-                print(f"\r  tokenized {k}/{len(items)} documents, {done_bytes / 1e6:.1f} MB "
-                      f"({rate:.1f} MB/s, {workers} worker{'s' if workers > 1 else ''})",
-                      end="\n" if k == len(items) else "", file=sys.stderr, flush=True)
+        for k, unit in enumerate(units):
+            prefix = str(parts_dir / f"part-{k:06d}")
+            key = None if unit.key is None else {**unit.key, "tokenizer_sha256": tok.sha256}
+            manifest = _part_done(prefix, key, tok) if key is not None else None
+            reused = manifest is not None
+            if not reused:
+                if written == fail_after:
+                    raise SystemExit(f"fault injection ({FAULT_ENV}): stopped after {written} parts")
+                docs = meter.track(_encoded(unit.items(), pool, workers))
+                manifest = write_indexed(prefix, docs, tok, with_mask=instruction,
+                                         extra=lambda: {"input": key, "bytes": meter.unit_bytes})
+                written += 1
+                if manifest["num_documents"] == 0:
+                    _remove_parts(parts_dir, f"part-{k:06d}")
+                    raise CorpusError(f"input {unit.label} holds no documents; remove it from the inputs")
+            resumed += reused
+            meter.unit_done(unit.size, resumed=reused)
+            part_prefixes.append(prefix)
+            per_source.append({"source": unit.label, "documents": manifest["num_documents"],
+                               "tokens": manifest["num_tokens"], "bytes": manifest["bytes"]})
+    except BaseException:
+        _rmdir_if_empty(parts_dir)          # finished parts stay: the next run resumes from them
+        raise
     finally:
         if pool is not None:
-            pool.close()
+            pool.terminate()
             pool.join()
+    meter.finish()
+    parts = [open_indexed(p, tok, verify="none") for p in part_prefixes]
+    total = sum(len(p) for p in parts)
+    if total < 2:
+        raise ConfigError(f"the corpus has {total} document(s); a split needs at least 2")
+    which = assign_splits(total, weights, seed)
     manifests = {}
     for s, name in enumerate(SPLITS):
-        docs = [(n, ids, mask) for (n, ids, mask, _), w in zip(encoded, which) if w == s]
-        if docs:
-            manifests[name] = write_indexed(f"{output_prefix}_{name}", docs, tok, with_mask=instruction)
-    manifests["_stats"] = {"bytes": done_bytes, "seconds": time.time() - t0}
+        if weights[s] > 0:
+            manifests[name] = write_indexed(f"{output_prefix}_{name}", _split_docs(parts, units, which, s),
+                                            tok, with_mask=instruction)
+    del parts
+    _remove_parts(parts_dir)
+    manifests["_stats"] = {"bytes": sum(p["bytes"] for p in per_source), "seconds": meter.elapsed(),
+                           "resumed_parts": resumed, "sources": per_source}
     return manifests
+
+
+def _remove_parts(parts_dir: Path, pattern: str = "part-") -> None:
+    """Delete the part files this tool writes (nothing else), then the folder if it is empty."""
+    for f in parts_dir.glob(pattern + "*"):
+        f.unlink()
+    _rmdir_if_empty(parts_dir)
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _split_docs(parts, units, which: np.ndarray, s: int) -> Iterator[Tuple]:
+    """Documents of split ``s`` from the parts in input order, as (name, ids, mask, source)."""
+    base = 0
+    for part, unit in zip(parts, units):
+        for d in np.flatnonzero(which[base:base + len(part)] == s):
+            yield f"{unit.label} document {d}", part.tokens(int(d)), part.response_mask(int(d)), unit.label
+        base += len(part)
+
+
+def preprocess(items: Sequence[Tuple], tokenizer_path: str, output_prefix: str, split: str = "95,5,0",
+               workers: int = 1, seed: int = 1234, progress: bool = True) -> Dict[str, dict]:
+    """In-memory items (name, text) or (name, prompt, response) as one unit (not resumable)."""
+    if not items:
+        raise ConfigError("no documents to preprocess")
+    unit = Unit("items", sum(len(x) for it in items for x in it[1:]), lambda: items, None)
+    return preprocess_units([unit], tokenizer_path, output_prefix, split, workers, seed, progress,
+                            instruction=len(items[0]) == 3)

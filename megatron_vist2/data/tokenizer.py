@@ -7,7 +7,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, List
+from typing import Iterable, Iterator, List, Optional
 
 import sentencepiece as spm
 
@@ -97,10 +97,43 @@ def load_tokenizer(path: str) -> Tokenizer:
                          f"(data.tokenizer)")
 
 
+MAX_SENTENCE_BYTES = 1 << 14     # sentencepiece's max_sentence_length: longer lines it drops
+
+
+def split_long_lines(lines: Iterable[str], max_bytes: int = MAX_SENTENCE_BYTES,
+                     stats: Optional[dict] = None) -> Iterator[str]:
+    """Lines of at most ``max_bytes`` UTF-8 bytes: a longer line is cut after the last space of
+    each window (else at a character boundary), so sentencepiece drops nothing. ``stats`` (if
+    given) counts 'lines', 'split' (lines that were longer) and 'pieces' (what they became)."""
+    stats = {} if stats is None else stats
+    for key in ("lines", "split", "pieces"):
+        stats.setdefault(key, 0)
+    for line in lines:
+        stats["lines"] += 1
+        data = line.encode("utf-8")
+        if len(data) <= max_bytes:
+            yield line
+            continue
+        stats["split"] += 1
+        while data:
+            cut = len(data) if len(data) <= max_bytes else max_bytes
+            while cut < len(data) and data[cut] & 0xC0 == 0x80:   # not inside a character
+                cut -= 1
+            space = data.rfind(b" ", 0, cut)
+            if cut < len(data) and space > cut // 2:
+                cut = space + 1
+            piece, data = data[:cut].decode("utf-8"), data[cut:]
+            if piece.strip():
+                stats["pieces"] += 1
+                yield piece
+
+
 def train_sentencepiece(texts: Iterable[str], output: str, vocab_size: int,
                         model_type: str = "unigram", user_symbols: Iterable[str] = (),
-                        num_threads: int = os.cpu_count() or 1, seed: int = 1) -> Path:
+                        num_threads: int = os.cpu_count() or 1, seed: int = 1,
+                        stats: Optional[dict] = None) -> Path:
     """Train on an iterator of texts (one sentence per line) and write ``output`` atomically.
+    Lines longer than sentencepiece's limit are split, not dropped (``split_long_lines``).
     The file is byte-identical from run to run (fixed seed; the temporary path sentencepiece
     records as ``model_prefix`` is blanked), so its sha256 identifies the vocabulary."""
     output = Path(output)
@@ -110,9 +143,10 @@ def train_sentencepiece(texts: Iterable[str], output: str, vocab_size: int,
         spm.set_random_generator_seed(seed)
         try:
             spm.SentencePieceTrainer.Train(
-                sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=vocab_size,
+                sentence_iterator=split_long_lines(texts, MAX_SENTENCE_BYTES, stats),
+                model_prefix=prefix, vocab_size=vocab_size,
                 model_type=model_type, character_coverage=1.0, byte_fallback=True,
-                max_sentence_length=1 << 14, input_sentence_size=300_000,
+                max_sentence_length=MAX_SENTENCE_BYTES, input_sentence_size=300_000,
                 shuffle_input_sentence=True, num_threads=num_threads,
                 user_defined_symbols=list(user_symbols), minloglevel=2)
         except RuntimeError as exc:   # e.g. vocab smaller than the corpus's character set

@@ -37,9 +37,11 @@ class Vist2Batch:
     images: torch.Tensor      # uint8 [num_images, H, W]
     labels: torch.Tensor      # int64 [batch, seq]: the text token this position's output predicts
     loss_mask: torch.Tensor   # float [batch, seq]: 1 where ``labels`` is a trained target
+    source: Optional[torch.Tensor] = None   # int64 [batch]: blend source of each row (data/dataset.py)
 
     def to(self, device) -> "Vist2Batch":
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)}
+        moved = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                 for f in fields(self)}
         return Vist2Batch(**moved)
 
 

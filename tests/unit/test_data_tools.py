@@ -29,7 +29,7 @@ def test_indexed_round_trip(tmp_path, vocab, dtype):
     m = write_indexed(str(tmp_path / "ds"), [(f"d{i}", d, k) for i, (d, k) in enumerate(zip(docs, masks))],
                       tok, with_mask=True)
     assert m["dtype"] == np.dtype(dtype).name and m["num_tokens"] == sum(map(len, docs))
-    ds = open_indexed(str(tmp_path / "ds"), tok, verify_checksums=True)
+    ds = open_indexed(str(tmp_path / "ds"), tok, verify="full")
     assert len(ds) == len(docs)
     for i, (d, k) in enumerate(zip(docs, masks)):
         np.testing.assert_array_equal(ds.tokens(i), d)
@@ -51,8 +51,10 @@ def test_corrupt_and_mismatched_files_are_named(tmp_path):
     write_indexed(str(tmp_path / "b"), a[:1], tok)
     # .idx from another dataset
     shutil.copy(tmp_path / "b.idx", tmp_path / "a.idx")
-    with pytest.raises(DatasetError, match=r"a\.idx lists 1 documents"):
+    with pytest.raises(DatasetError, match=r"a\.idx: contents differ from the checksum in .*a\.json"):
         open_indexed(str(tmp_path / "a"), tok)
+    with pytest.raises(DatasetError, match=r"a\.idx lists 1 documents"):   # without the checksums
+        open_indexed(str(tmp_path / "a"), tok, verify="none")
     # wrong dtype for the vocabulary (a dataset built for a small vocab, opened with a large one)
     write_indexed(str(tmp_path / "c"), a, tok)
     with pytest.raises(DatasetError, match=r"c\.json: built with another tokenizer"):
