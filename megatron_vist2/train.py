@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from .config import Config, ConfigError, config_to_dict, load_config, validate_for_training
-from .errors import CheckpointError, run_cli
+from .errors import run_cli
 
 
 def preflight(cfg: Config) -> None:
@@ -24,6 +24,7 @@ def preflight(cfg: Config) -> None:
     from .data.indexed import open_indexed
     from .data.tokenizer import load_tokenizer
     from .training.checkpoint import check_compatible, resolve_tag_dir, resume_dir
+    from .training.safeguards import check_dir_writable, check_tokenizer_identity
 
     tok = load_tokenizer(cfg.data.tokenizer)
     if tok.vocab_size != cfg.model.llm.vocab_size:
@@ -33,17 +34,17 @@ def preflight(cfg: Config) -> None:
     for spec in (cfg.data.train_prefix, cfg.data.valid_prefix):
         for _, prefix in parse_blend(spec):
             open_indexed(prefix, tok)
-    for start_from in (resume_dir(cfg), cfg.checkpoint.init_from):
+    resumed = resume_dir(cfg, log=print)   # refuses to start over complete checkpoints
+    for field, start_from in (("checkpoint.load_dir" if cfg.checkpoint.load_dir else "checkpoint.save_dir",
+                               resumed), ("checkpoint.init_from", cfg.checkpoint.init_from)):
         if start_from:
-            check_compatible(resolve_tag_dir(start_from), cfg)
-    save = Path(cfg.checkpoint.save_dir)
-    try:
-        save.mkdir(parents=True, exist_ok=True)
-        probe = save / f".write_probe_{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise CheckpointError(f"checkpoint.save_dir {save} is not writable ({exc.strerror})") from None
+            step_dir = resolve_tag_dir(start_from)
+            check_compatible(step_dir, cfg)
+            check_tokenizer_identity(step_dir, tok, field, cfg.checkpoint.allow_new_tokenizer)
+        if resumed:                        # a resumed run continues its own stage: no init_from
+            break
+    check_dir_writable(cfg.checkpoint.save_dir, "checkpoint.save_dir")
+    check_dir_writable(cfg.logging.dir, "logging.dir")
 
 
 def parse_args(argv=None):

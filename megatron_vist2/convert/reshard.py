@@ -439,16 +439,16 @@ def load_weights(module: torch.nn.Module, source, tp: int = 1, tp_rank: int = 0,
 
 def write_consolidated(out_root: str, step_name: str, tensors: Iterable, manifest: dict,
                        config: dict, meta: dict, shard_bytes: int = 2 << 30, log=print) -> Path:
-    """Write a consolidated checkpoint ``out_root/step_name`` (+ ``latest``): ``tensors`` yields
+    """Write a consolidated checkpoint ``out_root/step_name`` (+ ``latest``) into a new or empty
+    ``out_root`` (anything else is refused: it may hold another run's checkpoints): ``tensors`` yields
     (name, kind, full tensor) and is written in safetensors shards of at most ``shard_bytes``
     (one shard in memory at a time); ``meta`` (client state, lr schedule, optimizer step) goes
     to consolidated.json. Written under a temporary name and renamed when complete."""
     import yaml
     from ..training.checkpoint import write_atomic, write_manifest
-    root = Path(out_root)
+    from ..training.safeguards import advance_latest, check_writable_target
+    root = check_writable_target(out_root)     # never into another run's checkpoints
     final, tmp = root / step_name, root / f"{step_name}.partial"
-    if final.exists():
-        raise CheckpointError(f"{final} exists: choose a new output directory")
     tmp.mkdir(parents=True, exist_ok=True)
     shapes = {}
 
@@ -462,5 +462,5 @@ def write_consolidated(out_root: str, step_name: str, tensors: Iterable, manifes
     (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     write_manifest(tmp, **{**manifest, "format": CONSOLIDATED})
     tmp.rename(final)
-    write_atomic(root / "latest", step_name)
+    advance_latest(root, step_name, write_atomic)
     return final

@@ -34,10 +34,11 @@ from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
 from ..parallel.pipeline import PipelineSchedule, stage_part
 from ..parallel.random import seed_runtime_rng
-from .checkpoint import load_checkpoint, resume_dir, save_checkpoint
+from .checkpoint import load_checkpoint, resolve_tag_dir, resume_dir, save_checkpoint
 from .deepspeed_config import deepspeed_config, resolve_dtype
 from .metrics import MetricsLogger, device_peak_tflops, memory_in_use_gb, peak_memory_gb
 from .optim import build_optimizer, build_scheduler
+from .safeguards import raise_diverged
 from .signals import StopOnSignal
 
 
@@ -171,8 +172,10 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
 
     step, consumed = 0, 0
     start_from = resume_dir(cfg)
+    path = None                                # the newest checkpoint of this run
     if start_from:
         step, consumed = load_checkpoint(engine, cfg, start_from, log.print)
+        path = str(resolve_tag_dir(start_from))          # a complete checkpoint is never re-saved
         log.print(f"resumed from {start_from} at step {step} ({consumed} samples)"
                   + ("; train.steps is reached: nothing left to train" if step >= cfg.train.steps else ""))
     elif cfg.checkpoint.init_from:             # a new stage: the previous stage's weights only
@@ -225,7 +228,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     t_start = t_last = time.time()
     last_logged = step
     last_eval = eval_before
-    stop = StopOnSignal(cfg.train.max_wall_minutes)
+    stop = StopOnSignal(cfg.train.max_wall_minutes, env.device)
     stopped = False
     while step < cfg.train.steps:
         if phase != phase_at(phases, step):
@@ -253,7 +256,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             micro = [b.to(env.device) for b in micro]
         loss = train_step(schedule, micro, gas, dp)
         if loss != loss or loss in (float("inf"), float("-inf")):
-            raise FloatingPointError(f"loss is {loss} at step {step + 1}: stopping (lower optim.lr?)")
+            raise_diverged(loss, step + 1, cfg.checkpoint.save_dir)
         step += 1
         consumed += cfg.parallel.global_batch_size
         losses.append(loss)
@@ -283,7 +286,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             last_eval = run_eval(step)
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 \
                 and step < cfg.train.steps:
-            save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256, log.print)
+            path = save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256, log.print)
         if stop.should_stop():
             log.print(f"{stop.received or 'stop requested on another rank'}: saving at step {step} and exiting")
             stopped = True
@@ -294,7 +297,8 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         eval_after = last_eval
     else:
         eval_after = run_eval(step)
-    path = save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256, log.print)
+    if path is None or not path.endswith(f"step_{step:07d}"):
+        path = save_checkpoint(engine, cfg, step, consumed, tokenizer.sha256, log.print)
     log.close()
     return TrainResult(step, consumed, losses, eval_before, eval_after,
                        all_tokens / max(elapsed, 1e-9), path, ocr_accuracy)
