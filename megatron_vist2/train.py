@@ -20,12 +20,16 @@ from .errors import run_cli
 
 def preflight(cfg: Config) -> None:
     """Input checks that need files, not processes: tokenizer, datasets, checkpoint dirs."""
+    from .config.sanity import available_memory_bytes, memory_problem
     from .data.dataset import parse_blend
     from .data.indexed import open_indexed
     from .data.tokenizer import load_tokenizer
     from .training.checkpoint import check_compatible, resolve_tag_dir, resume_dir
     from .training.safeguards import check_dir_writable, check_tokenizer_identity
 
+    problem = memory_problem(cfg, int(os.environ.get("WORLD_SIZE", "1")), available_memory_bytes(_device()))
+    if problem:                                 # before any file is read or process started
+        raise ConfigError(problem)
     tok = load_tokenizer(cfg.data.tokenizer)
     if tok.vocab_size != cfg.model.llm.vocab_size:
         raise ConfigError(f"model.llm.vocab_size is {cfg.model.llm.vocab_size} but the tokenizer "
@@ -96,6 +100,13 @@ def main(argv=None) -> None:
         print(f"tensorboard     tensorboard --logdir {summary['tensorboard']}")
         print(f"checkpoint      {result.checkpoint}")
     shutdown()
+
+
+def _device():
+    import torch
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def _cuda() -> bool:

@@ -438,7 +438,8 @@ def load_weights(module: torch.nn.Module, source, tp: int = 1, tp_rank: int = 0,
 
 
 def write_consolidated(out_root: str, step_name: str, tensors: Iterable, manifest: dict,
-                       config: dict, meta: dict, shard_bytes: int = 2 << 30, log=print) -> Path:
+                       config: dict, meta: dict, shard_bytes: int = 2 << 30, log=print,
+                       tokenizer: Optional[str] = None) -> Path:
     """Write a consolidated checkpoint ``out_root/step_name`` (+ ``latest``) into a new or empty
     ``out_root`` (anything else is refused: it may hold another run's checkpoints): ``tensors`` yields
     (name, kind, full tensor) and is written in safetensors shards of at most ``shard_bytes``
@@ -446,7 +447,7 @@ def write_consolidated(out_root: str, step_name: str, tensors: Iterable, manifes
     to consolidated.json. Written under a temporary name and renamed when complete."""
     import yaml
     from ..training.checkpoint import write_atomic, write_manifest
-    from ..training.safeguards import advance_latest, check_writable_target
+    from ..training.safeguards import advance_latest, check_writable_target, store_tokenizer
     root = check_writable_target(out_root)     # never into another run's checkpoints
     final, tmp = root / step_name, root / f"{step_name}.partial"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -460,7 +461,8 @@ def write_consolidated(out_root: str, step_name: str, tensors: Iterable, manifes
     write_shards(keyed(), tmp, shard_bytes, lambda n: f"state-{n:05d}.safetensors", log)
     (tmp / "consolidated.json").write_text(json.dumps({**meta, "parameters": shapes}, indent=1))
     (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    write_manifest(tmp, **{**manifest, "format": CONSOLIDATED})
+    stored = store_tokenizer(tmp, tokenizer) if tokenizer else {}    # tools find it from anywhere
+    write_manifest(tmp, **{**manifest, **stored, "format": CONSOLIDATED})
     tmp.rename(final)
     advance_latest(root, step_name, write_atomic)
     return final
