@@ -97,6 +97,9 @@ def main(argv=None) -> None:
                                  f"tokenizer with chat_template is needed); drop --chat")
         prompt = tok.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
+    if not args.baseline:                      # compressed chunks are read from their renders
+        from .data.font_coverage import warn_missing_glyphs
+        warn_missing_glyphs(cfg.model.render, [prompt], "the prompt", lambda m: print(m, file=sys.stderr))
     engine = Vist2Engine(model, tok, cfg, compress=not args.baseline, max_context=args.max_context)
     ids = tok.encode(prompt)
     if len(ids) >= args.max_context:

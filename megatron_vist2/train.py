@@ -37,7 +37,11 @@ def preflight(cfg: Config) -> None:
                           f"model.llm.vocab_size={tok.vocab_size}")
     for spec in (cfg.data.train_prefix, cfg.data.valid_prefix):
         for _, prefix in parse_blend(spec):
-            open_indexed(prefix, tok)
+            docs = open_indexed(prefix, tok)
+            if spec == cfg.data.valid_prefix:  # a sample the font must draw (checked once)
+                from .data.font_coverage import warn_missing_glyphs
+                warn_missing_glyphs(cfg.model.render, (tok.decode(docs.tokens(d)) for d in range(min(32, len(docs)))),
+                                    f"the first documents of {prefix}")
     resumed = resume_dir(cfg, log=print)   # refuses to start over complete checkpoints
     for field, start_from in (("checkpoint.load_dir" if cfg.checkpoint.load_dir else "checkpoint.save_dir",
                                resumed), ("checkpoint.init_from", cfg.checkpoint.init_from)):

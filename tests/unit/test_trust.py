@@ -158,3 +158,19 @@ def test_stop_flag_lives_on_the_run_device(monkeypatch):
     finally:
         stop.restore()
     assert seen == [(torch.device("meta"), torch.int32)]
+
+
+def test_characters_the_font_cannot_draw_are_counted_once_with_the_fix():
+    """DejaVu Sans Mono has Latin but no CJK; the bundled Noto Sans CJK has both; neither has
+    this emoji (the fonts' published coverage)."""
+    from types import SimpleNamespace
+    from megatron_vist2.data.font_coverage import missing_glyphs, warn_missing_glyphs
+    text = "State of the Union 国情咨文 😀 ok"
+    assert set(missing_glyphs("DejaVuSansMono.ttf", 9, [text])) == set("国情咨文😀")
+    assert set(missing_glyphs("noto-sans-cjk-sc", 9, [text])) == {"😀"}
+    logged = []
+    warning = warn_missing_glyphs(SimpleNamespace(font="DejaVuSansMono.ttf", font_size=9), [text, "文"],
+                                  "the prompt", logged.append)
+    assert logged == [warning] and "6 characters (5 distinct" in warning
+    assert "model.render.font=noto-sans-cjk-sc" in warning
+    assert warn_missing_glyphs(SimpleNamespace(font="DejaVuSansMono.ttf", font_size=9), ["plain"], "x") is None
