@@ -258,3 +258,14 @@ def raise_diverged(loss: float, step: int, save_dir: str) -> None:
         + (f"Restart from the last good checkpoint ({Path(save_dir) / latest}; auto-resume picks it) "
            if latest else "Restart ")
         + "with a lower optim.lr, more optim.warmup_steps or optim.grad_clip > 0")
+
+
+def inject_nan_fault(module, step: int) -> None:
+    """Tests only: ``MEGATRON_VIST2_FAULT=nan-weights:STEP`` puts a NaN into the first parameter
+    after optimizer step STEP, as an update that diverges while its loss is still finite does
+    (an fp32 learning rate large enough to do it for real cannot be converted by torch's Adam)."""
+    spec = os.environ.get("MEGATRON_VIST2_FAULT", "")
+    if spec == f"nan-weights:{step}":
+        import torch
+        with torch.no_grad():
+            next(module.parameters()).view(-1)[0] = float("nan")

@@ -38,7 +38,7 @@ from .checkpoint import load_checkpoint, resolve_tag_dir, resume_dir, save_check
 from .deepspeed_config import deepspeed_config, resolve_dtype
 from .metrics import MetricsLogger, device_peak_tflops, memory_in_use_gb, peak_memory_gb
 from .optim import build_optimizer, build_scheduler
-from .safeguards import raise_diverged
+from .safeguards import inject_nan_fault, raise_diverged
 from .signals import StopOnSignal
 
 
@@ -255,6 +255,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
                                    for b in micro)
             micro = [b.to(env.device) for b in micro]
         loss = train_step(schedule, micro, gas, dp)
+        inject_nan_fault(engine.module, step + 1)          # tests only (MEGATRON_VIST2_FAULT)
         if loss != loss or loss in (float("inf"), float("-inf")):
             raise_diverged(loss, step + 1, cfg.checkpoint.save_dir)
         step += 1
