@@ -74,3 +74,19 @@ def edit_manifest(step_dir, **fields):
     manifest = json.loads(path.read_text())
     manifest.update(fields)
     path.write_text(json.dumps(manifest))
+
+
+def remanifest(step_dir):
+    """Rewrite complete.json's file list after a case edited the step directory on purpose."""
+    from megatron_vist2.training.checkpoint import write_manifest
+    manifest = json.loads((step_dir / "complete.json").read_text())
+    manifest.pop("files")
+    write_manifest(step_dir, **manifest)
+
+
+def edit_saved_config(step_dir, edit):
+    import yaml
+    cfg = yaml.safe_load((step_dir / "config.yaml").read_text())
+    edit(cfg)
+    (step_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    remanifest(step_dir)

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from tests.bad_input.conftest import copy_ckpt, edit_manifest
+from tests.bad_input.conftest import copy_ckpt, edit_manifest, edit_saved_config
 from tests.bad_input.harness import Case, check
 
 STEP = "step_0000002"
@@ -31,29 +31,12 @@ def damaged(kind):
         elif kind == "no-stored-tokenizer":
             (d / "tokenizer.model").unlink()
             edit_manifest(d, tokenizer_path=str(ctx.tmp / "moved.model"))
-            import yaml
-            cfg = yaml.safe_load((d / "config.yaml").read_text())
-            cfg["data"]["tokenizer"] = "relative/tok.model"
-            (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-            from megatron_vist2.training.checkpoint import write_manifest
-            import json
-            m = json.loads((d / "complete.json").read_text())
-            m.pop("files")
-            write_manifest(d, **m)
+            edit_saved_config(d, lambda cfg: cfg["data"].update(tokenizer="relative/tok.model"))
     return setup
 
 
 def other_model(ctx):
-    import yaml
-    d = copy_ckpt(ctx) / STEP
-    cfg = yaml.safe_load((d / "config.yaml").read_text())
-    cfg["model"]["llm"]["num_layers"] = 2
-    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-    from megatron_vist2.training.checkpoint import write_manifest
-    import json
-    m = json.loads((d / "complete.json").read_text())
-    m.pop("files")
-    write_manifest(d, **m)
+    edit_saved_config(copy_ckpt(ctx) / STEP, lambda cfg: cfg["model"]["llm"].update(num_layers=2))
 
 
 def nonempty(name):

@@ -174,3 +174,12 @@ def test_characters_the_font_cannot_draw_are_counted_once_with_the_fix():
     assert logged == [warning] and "6 characters (5 distinct" in warning
     assert "model.render.font=noto-sans-cjk-sc" in warning
     assert warn_missing_glyphs(SimpleNamespace(font="DejaVuSansMono.ttf", font_size=9), ["plain"], "x") is None
+
+
+def test_a_full_disk_during_a_save_says_so(tmp_path):
+    import errno
+    from megatron_vist2.errors import CheckpointError
+    from megatron_vist2.training.safeguards import disk_errors
+    with pytest.raises(CheckpointError, match=r"saving to .* failed: the disk is full .* 'latest' are untouched"):
+        with disk_errors(tmp_path):
+            raise OSError(errno.ENOSPC, "No space left on device")
