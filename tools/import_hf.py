@@ -35,8 +35,8 @@ def main():
         if d and not Path(d).is_dir():
             raise UserError(f"{flag} {d} does not exist or is not a directory (a Hugging Face model "
                             f"directory with config.json and *.safetensors is expected)")
-    if not (args.llm or args.siglip):
-        ap.error("give --llm and/or --siglip: there is nothing to import")
+    if not (args.llm or args.siglip):          # a random-init checkpoint (e.g. for measurements)
+        print("note: neither --llm nor --siglip given: every part keeps the preset's initialisation")
     import torch
     from megatron_vist2.config import config_to_dict, load_config, validate
     from megatron_vist2.convert.qwen3 import import_backbone, overrides_from_hf
