@@ -32,6 +32,8 @@ setup(
         # datasets: the tests write Hugging Face save_to_disk directories with the real library
         "dev": ["pytest==9.2.0", "gguf==0.19.0", "datasets==5.2.0"],
         "bench": ["matplotlib==3.11.2"],          # plots of benchmarks/inference.py
-        "gpu": ["apex"],
+        # No "gpu" extra: NVIDIA apex is not on PyPI (the PyPI project "apex" is an unrelated web
+        # package). It is optional (megatron-core falls back to torch norms and optimizers); to
+        # use its fused kernels, build it from source: docs/trust.md, "GPU install".
     },
 )

@@ -68,9 +68,12 @@ def corpus_tokens(tok, n):
 @torch.no_grad()
 def run(model, tok, cfg, prompt, gen, compress):
     engine = Vist2Engine(model, tok, cfg, compress=compress, max_context=len(prompt) + gen + 1)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()                                     # GPU work is asynchronous: finish it before a clock read
     t0 = time.perf_counter()
     logits = engine.prefill([prompt])
     token = logits.argmax(-1)
+    sync()
     ttft = time.perf_counter() - t0
     prefill_flops = dict(engine.stats.flops)
     prefill_render = engine.stats.render_seconds
@@ -78,6 +81,7 @@ def run(model, tok, cfg, prompt, gen, compress):
     for _ in range(gen):
         t = time.perf_counter()
         token = engine.step(token).argmax(-1)
+        sync()
         steps.append(time.perf_counter() - t)
     decode_flops = {k: (v - prefill_flops.get(k, 0)) / gen for k, v in engine.stats.flops.items()}
     return {"ttft_s": ttft, "decode_s": float(np.mean(steps)), "tokens_per_s": 1 / float(np.mean(steps)),
@@ -132,8 +136,15 @@ def main():
                     help="use the prompts whose target length is at least this many words")
     ap.add_argument("--write-cap", type=int, default=4096, help="max tokens generated per prompt")
     ap.add_argument("--out", default="docs/figures")
+    ap.add_argument("--no-plot", action="store_true", help="print the numbers only (no matplotlib needed)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    if not args.no_plot:                       # checked before the sweep, not after it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            ap.error("matplotlib is not installed (the plots need it): pip install -e '.[bench]' "
+                     "(or pip install matplotlib==3.11.2), or pass --no-plot")
     torch.set_num_threads(os.cpu_count() or 1)
     init_distributed(1, 1)
     cfg = validate(load_config(args.preset, args.overrides))
@@ -195,8 +206,11 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     (out / "inference_results.json").write_text(json.dumps({"sweep": results, "writing": writing},
                                                            indent=1, default=float))
-    plot(results, out)
-    print(f"\nwrote {out}/ttft.png, decode_latency.png, kv_bytes.png, inference_results.json")
+    if args.no_plot:
+        print(f"\nwrote {out}/inference_results.json (--no-plot)")
+    else:
+        plot(results, out)
+        print(f"\nwrote {out}/ttft.png, decode_latency.png, kv_bytes.png, inference_results.json")
 
 
 if __name__ == "__main__":

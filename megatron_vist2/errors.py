@@ -41,3 +41,6 @@ def run_cli(main: Callable[[], None]) -> None:
     except (UserError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as exc:      # a second Ctrl-C in training, or Ctrl-C in a tool
+        print(f"interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
+        sys.exit(130)

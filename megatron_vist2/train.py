@@ -15,17 +15,22 @@ from pathlib import Path
 import yaml
 
 from .config import Config, ConfigError, config_to_dict, load_config, validate
-from .errors import CheckpointError, run_cli
+from .errors import run_cli
 
 
 def preflight(cfg: Config) -> None:
     """Input checks that need files, not processes: tokenizer, datasets, checkpoint dirs."""
+    from .config.sanity import available_memory_bytes, memory_problem
     from .data.dataset import parse_blend
     from .data.indexed import open_indexed
     from .data.tokenizer import load_tokenizer
     from .checkpoint.format import resolve_tag_dir
     from .training.checkpoint import check_compatible, resume_dir
+    from .checkpoint.safeguards import check_dir_writable, check_tokenizer_identity
 
+    problem = memory_problem(cfg, int(os.environ.get("WORLD_SIZE", "1")), available_memory_bytes(_device()))
+    if problem:                                 # before any file is read or process started
+        raise ConfigError(problem)
     tok = load_tokenizer(cfg.data.tokenizer)
     if tok.vocab_size != cfg.model.llm.vocab_size:
         raise ConfigError(f"model.llm.vocab_size is {cfg.model.llm.vocab_size} but the tokenizer "
@@ -33,18 +38,22 @@ def preflight(cfg: Config) -> None:
                           f"model.llm.vocab_size={tok.vocab_size}")
     for spec in (cfg.data.train_prefix, cfg.data.valid_prefix):
         for _, prefix in parse_blend(spec):
-            open_indexed(prefix, tok)
-    for start_from in (resume_dir(cfg), cfg.checkpoint.init_from):
+            docs = open_indexed(prefix, tok)
+            if spec == cfg.data.valid_prefix:  # a sample the font must draw (checked once)
+                from .data.font_coverage import warn_missing_glyphs
+                warn_missing_glyphs(cfg.model.render, (tok.decode(docs.tokens(d)) for d in range(min(32, len(docs)))),
+                                    f"the first documents of {prefix}")
+    resumed = resume_dir(cfg, log=print)   # refuses to start over complete checkpoints
+    for field, start_from in (("checkpoint.load_dir" if cfg.checkpoint.load_dir else "checkpoint.save_dir",
+                               resumed), ("checkpoint.init_from", cfg.checkpoint.init_from)):
         if start_from:
-            check_compatible(resolve_tag_dir(start_from), cfg)
-    save = Path(cfg.checkpoint.save_dir)
-    try:
-        save.mkdir(parents=True, exist_ok=True)
-        probe = save / f".write_probe_{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise CheckpointError(f"checkpoint.save_dir {save} is not writable ({exc.strerror})") from None
+            step_dir = resolve_tag_dir(start_from)
+            check_compatible(step_dir, cfg)
+            check_tokenizer_identity(step_dir, tok, field, cfg.checkpoint.allow_new_tokenizer)
+        if resumed:                        # a resumed run continues its own stage: no init_from
+            break
+    check_dir_writable(cfg.checkpoint.save_dir, "checkpoint.save_dir")
+    check_dir_writable(cfg.logging.dir, "logging.dir")
 
 
 def parse_args(argv=None):
@@ -96,6 +105,13 @@ def main(argv=None) -> None:
         print(f"tensorboard     tensorboard --logdir {summary['tensorboard']}")
         print(f"checkpoint      {result.checkpoint}")
     shutdown()
+
+
+def _device():
+    import torch
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def _cuda() -> bool:

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Export a checkpoint as a Hugging Face directory: the language backbone as a plain
-Qwen3ForCausalLM, or (--vist2) the whole VIST2 model for trust_remote_code.
+Qwen3ForCausalLM (LlamaForCausalLM for a backbone without QK-norm), or (--vist2) the whole VIST2
+model for trust_remote_code. The output directory must be new (or empty); the tokenizer comes
+from the checkpoint's stored copy, so the export works from any working directory.
 
     python tools/convert_checkpoint.py --checkpoint runs/tiny-cpu/checkpoints --out exported/tiny-qwen3
     python tools/convert_checkpoint.py --checkpoint runs/tiny-cpu/checkpoints --out exported/tiny-vist2 --vist2
@@ -29,31 +31,43 @@ def main():
     ap.add_argument("--out", required=True, help="new output directory")
     ap.add_argument("--shard-gb", type=float, default=2.0, help="largest safetensors shard")
     ap.add_argument("--vist2", action="store_true", help="the whole model (trust_remote_code), not the backbone")
+    ap.add_argument("--tokenizer", help="the tokenizer to bundle (default: the copy stored in the checkpoint, "
+                                        "else the path its config names)")
     args = ap.parse_args()
+    if args.shard_gb <= 0:
+        ap.error(f"--shard-gb must be > 0, got {args.shard_gb}")
     from megatron_vist2.config import config_from_dict, validate
-    from megatron_vist2.convert.qwen3 import export_backbone
+    from megatron_vist2.convert.qwen3 import export_backbone, hf_class_name
     from megatron_vist2.checkpoint.sources import open_checkpoint
+    from megatron_vist2.data.tokenizer import load_tokenizer
+    from megatron_vist2.checkpoint.safeguards import check_writable_target, find_tokenizer
+    check_writable_target(args.out)                # before reading anything
     start = time.time()
     source = open_checkpoint(args.checkpoint)
     cfg = validate(config_from_dict(source.config))
+    # the export must carry its tokenizer: refuse rather than write a directory without one
+    tok = Path(find_tokenizer(source.step_dir, cfg.data.tokenizer, source.client.get("tokenizer_sha256"),
+                              args.tokenizer))
+    tokenizer = load_tokenizer(str(tok))
     weight = lambda name: source.tensor(name, "param")          # noqa: E731
     if args.vist2:
         from megatron_vist2.convert.vist2 import export_vist2
-        out = export_vist2(weight, cfg, cfg.data.tokenizer, args.out, int(args.shard_gb * 2**30))
+        out = export_vist2(weight, cfg, str(tok), args.out, int(args.shard_gb * 2**30))
         print(f"wrote {out} (VIST2, trust_remote_code) from {source.step_dir} (saved as {source.layout}) "
-              f"in {time.time() - start:.1f} s")
+              f"in {time.time() - start:.1f} s; load it with AutoModelForCausalLM.from_pretrained"
+              f"({str(out)!r}, trust_remote_code=True)")
         return
-    out = export_backbone(weight, cfg, args.out, int(args.shard_gb * 2**30))
-    tok = Path(cfg.data.tokenizer)
+    out = export_backbone(weight, cfg, args.out, int(args.shard_gb * 2**30), tokenizer)
     if tok.is_dir():
         for f in tok.iterdir():
             if f.is_file():
                 shutil.copy(f, out / f.name)
-    elif tok.is_file():
+    else:
         shutil.copy(tok, out / "tokenizer.model")
-    print(f"wrote {out} (Qwen3ForCausalLM, {cfg.model.llm.num_layers} layers, vocab "
+    name = hf_class_name(cfg)
+    print(f"wrote {out} ({name}, {cfg.model.llm.num_layers} layers, vocab "
           f"{cfg.model.llm.vocab_size}) from {source.step_dir} (saved as {source.layout}) in "
-          f"{time.time() - start:.1f} s")
+          f"{time.time() - start:.1f} s; load it with transformers.{name}.from_pretrained({str(out)!r})")
 
 
 if __name__ == "__main__":

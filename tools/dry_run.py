@@ -58,6 +58,10 @@ def main():
     ap.add_argument("--gpu-memory-gib", type=float, default=80.0, help="memory per GPU (H100: 80)")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.tensor_parallel=8")
     args = ap.parse_args()
+    if args.world < 1:
+        ap.error(f"--world must be >= 1 (the number of ranks), got {args.world}")
+    if not args.gpu_memory_gib > 0:
+        ap.error(f"--gpu-memory-gib must be > 0, got {args.gpu_memory_gib}")
     from megatron_vist2.config import data_parallel_size, load_config, validate
     from megatron_vist2.models.size import forward_flops
     from megatron_vist2.parallel.planner import communication, memory

@@ -29,6 +29,13 @@ def main():
                         default=getattr(defaults, field), help=f"default {getattr(defaults, field)}")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. parallel.global_batch_size=1024")
     args = ap.parse_args()
+    if args.world < 1:
+        ap.error(f"--world must be >= 1 (the number of GPUs), got {args.world}")
+    if args.top < 1:
+        ap.error(f"--top must be >= 1, got {args.top}")
+    for field in ("gpus_per_node", "gpu_memory_gib", "peak_tflops", "efficiency", "nvlink_gbps", "network_gbps"):
+        if not getattr(args, field) > 0:
+            ap.error(f"--{field.replace('_', '-')} must be > 0, got {getattr(args, field)}")
     from megatron_vist2.config import load_config
     from megatron_vist2.parallel.planner import plan_layouts
     cfg = load_config(args.preset, args.overrides)

@@ -21,11 +21,16 @@ from megatron_vist2.errors import run_cli
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="checkpoint dir (with 'latest') or a step dir")
-    ap.add_argument("--out", required=True, help="output checkpoint directory (new step dir + latest)")
+    ap.add_argument("--out", required=True, help="a new (or empty) output checkpoint directory")
     ap.add_argument("--weights-only", action="store_true", help="leave out the optimizer state")
     ap.add_argument("--shard-gb", type=float, default=2.0, help="largest safetensors shard")
     args = ap.parse_args()
+    if args.shard_gb <= 0:
+        ap.error(f"--shard-gb must be > 0, got {args.shard_gb}")
     from megatron_vist2.checkpoint.sources import KINDS, open_checkpoint, write_consolidated
+    from megatron_vist2.errors import TokenizerError
+    from megatron_vist2.checkpoint.safeguards import check_writable_target, find_tokenizer
+    check_writable_target(args.out)                # before reading anything
     start = time.time()
     source = open_checkpoint(args.checkpoint)
     names = source.names()
@@ -49,8 +54,14 @@ def main():
     manifest = {"step": client["step"], "consumed_samples": client["consumed_samples"],
                 "layout": None, "source_layout": source.layout,
                 "tokenizer_sha256": client["tokenizer_sha256"]}
+    try:                                       # carried along: exports of the output need it
+        tokenizer = find_tokenizer(source.step_dir, source.config["data"]["tokenizer"],
+                                   client["tokenizer_sha256"])
+    except TokenizerError as exc:
+        tokenizer = None
+        print(f"note: the output will not carry the tokenizer ({exc})")
     out = write_consolidated(args.out, source.step_dir.name, tensors(), manifest, source.config,
-                             meta, int(args.shard_gb * 2 ** 30))
+                             meta, int(args.shard_gb * 2 ** 30), tokenizer=tokenizer)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"wrote {out} ({size / 2 ** 20:,.1f} MiB{', weights only' if args.weights_only else ''}) "
           f"in {time.time() - start:.1f} s")

@@ -72,6 +72,13 @@ def check_loadable(load_dir: str) -> str:
     try:
         tag = latest.read_text().strip()
     except OSError as exc:
+        complete, unfinished = complete_tags(root), partial_checkpoints(root)
+        if complete:                           # 'latest' lost: the newest complete checkpoint
+            return complete[-1]
+        if unfinished:
+            raise CheckpointError(f"{root} holds only an unfinished save ({', '.join(unfinished)}): the "
+                                  f"run that wrote it stopped while saving, so there is no checkpoint "
+                                  f"to load; load an older checkpoint or start without one") from None
         raise CheckpointError(f"{latest}: cannot read the 'latest' file ({exc.strerror}); is "
                               f"{root} a megatron_vist2 checkpoint directory?") from None
     step_dir = root / tag

@@ -37,6 +37,7 @@ from ..errors import CheckpointError
 from .format import (CONSOLIDATED, MODEL_FILE, TENSORS_FILE, read_manifest, resolve_tag_dir, safe_load,
                      write_atomic, write_manifest)
 from .safetensors_io import SafetensorsDir, write_shards
+from .safeguards import advance_latest, check_writable_target, store_tokenizer
 
 KINDS = ("param", "exp_avg", "exp_avg_sq")
 OPTIMIZER_KINDS = KINDS[1:]
@@ -311,15 +312,15 @@ def open_checkpoint(path: str) -> CheckpointSource:
 
 
 def write_consolidated(out_root: str, step_name: str, tensors: Iterable, manifest: dict,
-                       config: dict, meta: dict, shard_bytes: int = 2 << 30, log=print) -> Path:
-    """Write a consolidated checkpoint ``out_root/step_name`` (+ ``latest``): ``tensors`` yields
+                       config: dict, meta: dict, shard_bytes: int = 2 << 30, log=print,
+                       tokenizer: Optional[str] = None) -> Path:
+    """Write a consolidated checkpoint ``out_root/step_name`` (+ ``latest``) into a new or empty
+    ``out_root`` (anything else is refused: it may hold another run's checkpoints): ``tensors`` yields
     (name, kind, full tensor) and is written in safetensors shards of at most ``shard_bytes``
     (one shard in memory at a time); ``meta`` (client state, lr schedule, optimizer step) goes
     to consolidated.json. Written under a temporary name and renamed when complete."""
-    root = Path(out_root)
+    root = check_writable_target(out_root)     # never into another run's checkpoints
     final, tmp = root / step_name, root / f"{step_name}.partial"
-    if final.exists():
-        raise CheckpointError(f"{final} exists: choose a new output directory")
     tmp.mkdir(parents=True, exist_ok=True)
     shapes = {}
 
@@ -331,7 +332,8 @@ def write_consolidated(out_root: str, step_name: str, tensors: Iterable, manifes
     write_shards(keyed(), tmp, shard_bytes, lambda n: f"state-{n:05d}.safetensors", log)
     (tmp / "consolidated.json").write_text(json.dumps({**meta, "parameters": shapes}, indent=1))
     (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    write_manifest(tmp, **{**manifest, "format": CONSOLIDATED})
+    stored = store_tokenizer(tmp, tokenizer) if tokenizer else {}    # tools find it from anywhere
+    write_manifest(tmp, **{**manifest, **stored, "format": CONSOLIDATED})
     tmp.rename(final)
-    write_atomic(root / "latest", step_name)
+    advance_latest(root, step_name, write_atomic)
     return final

@@ -88,11 +88,14 @@ def _merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
 
 def _read_yaml(path: Path) -> Dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path} is empty: a config file needs at least 'base: <preset>' or some "
+                          f"fields (presets: {', '.join(available_presets())})")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -112,6 +115,13 @@ def _resolve_yaml(name_or_path: str, seen: tuple = ()) -> Dict[str, Any]:
     data = _read_yaml(path)
     base = data.pop("base", None)
     if base is not None:
+        beside = path.parent / str(base)       # a relative path is relative to the including file
+        if str(base).endswith((".yaml", ".yml")) and not Path(str(base)).is_absolute():
+            if beside.exists():
+                base = beside
+            elif not Path(str(base)).exists():   # (older configs: relative to the working directory)
+                raise ConfigError(f"{path}: base '{base}' not found (looked for {beside}, relative to "
+                                  f"the including file)")
         data = _merge(_resolve_yaml(str(base), seen + (str(path),)), data)
     return data
 

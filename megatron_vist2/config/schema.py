@@ -173,6 +173,9 @@ class CheckpointConfig:
     auto_resume: bool = True           # without load_dir: continue from save_dir's `latest` if any
     init_from: Optional[str] = None    # a new stage: weights of this checkpoint, fresh optimizer
     keep_last: int = 0                 # keep the newest N complete checkpoints (0 = keep all)
+    # resume / init_from with a tokenizer other than the checkpoint's (every embedding row then
+    # means another piece): refused unless this says the change is intended
+    allow_new_tokenizer: bool = False
 
 
 @dataclass

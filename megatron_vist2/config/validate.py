@@ -11,6 +11,7 @@ import typing
 from typing import List, Optional
 
 from .load import ConfigError
+from .sanity import value_problems
 from .schema import Config
 
 
@@ -232,6 +233,7 @@ def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
 def validate(cfg: Config, world_size: Optional[int] = None) -> Config:
     """Raise one ConfigError listing every problem; return cfg unchanged when it is sound."""
     problems = _model_problems(cfg) + _choice_problems(cfg, "") + _run_problems(cfg, world_size)
+    problems += value_problems(cfg, sizes_valid=not problems)      # config/sanity.py
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return cfg

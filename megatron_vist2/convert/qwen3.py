@@ -16,7 +16,8 @@ import torch
 
 from ..config import Config, padded_vocab_size
 from ..checkpoint.safetensors_io import SafetensorsDir
-from .hf_io import check_all_used, check_fields, mapped_tensors, write_safetensors_dir
+from ..errors import CheckpointError
+from .hf_io import check_all_used, mapped_tensors, write_safetensors_dir
 
 # (our name, Hugging Face name, is a vocabulary matrix); "{i}" is the decoder layer index.
 QWEN3_MAP = (
@@ -49,25 +50,99 @@ def name_pairs(cfg: Config) -> Iterator[Tuple[str, str, bool]]:
             yield ours.format(i=i), hf.format(i=i), vocab
 
 
-def hf_config(cfg: Config):
-    """Qwen3Config, or LlamaConfig for a backbone without QK-norm."""
+def hf_class_name(cfg: Config) -> str:
+    """The transformers class that loads the exported backbone."""
+    return "Qwen3ForCausalLM" if cfg.model.llm.qk_norm else "LlamaForCausalLM"
+
+
+def hf_config(cfg: Config, tokenizer=None):
+    """Qwen3Config, or LlamaConfig for a backbone without QK-norm: architectures, context length
+    (data.seq_length, at least 4096) and, given the tokenizer, its special tokens."""
     from transformers import LlamaConfig, Qwen3Config
+    from .tokens import special_token_ids
     llm = cfg.model.llm
     return (Qwen3Config if llm.qk_norm else LlamaConfig)(
         vocab_size=llm.vocab_size, hidden_size=llm.hidden_size, intermediate_size=llm.ffn_hidden_size,
         num_hidden_layers=llm.num_layers, num_attention_heads=llm.num_heads,
         num_key_value_heads=llm.num_kv_heads, head_dim=llm.head_dim, rms_norm_eps=llm.norm_eps,
         rope_theta=llm.rope_theta, tie_word_embeddings=llm.tie_embeddings,
-        max_position_embeddings=max(cfg.data.seq_length, 4096))
+        max_position_embeddings=max(cfg.data.seq_length, 4096), architectures=[hf_class_name(cfg)],
+        **(special_token_ids(tokenizer) if tokenizer is not None else {}))
 
 
 def export_backbone(weight: Callable[[str], torch.Tensor], cfg: Config, out_dir: str,
-                    shard_bytes: int = 2 << 30) -> Path:
-    """Write the backbone as a Qwen3ForCausalLM directory, ``weight(name)`` giving each of our
-    full (unsharded) parameters in turn: config.json + safetensors shards (one in memory at a
-    time) + an index, renamed into place when complete."""
+                    shard_bytes: int = 2 << 30, tokenizer=None) -> Path:
+    """Write the backbone as a Qwen3ForCausalLM (LlamaForCausalLM) directory, ``weight(name)``
+    giving each of our full (unsharded) parameters in turn: config.json + safetensors shards (one
+    in memory at a time) + an index, renamed into place when complete."""
     return write_safetensors_dir(mapped_tensors(name_pairs(cfg), weight, cfg.model.llm.vocab_size),
-                                 out_dir, shard_bytes, hf_config(cfg).save_pretrained)
+                                 out_dir, shard_bytes, hf_config(cfg, tokenizer).save_pretrained)
+
+
+# config.json field (after _hf_fields) -> our field; the import derives the model from these
+HF_FIELDS = {"qk_norm": "model.llm.qk_norm", "vocab_size": "model.llm.vocab_size",
+             "hidden_size": "model.llm.hidden_size", "num_hidden_layers": "model.llm.num_layers",
+             "num_attention_heads": "model.llm.num_heads", "num_key_value_heads": "model.llm.num_kv_heads",
+             "head_dim": "model.llm.head_dim", "intermediate_size": "model.llm.ffn_hidden_size",
+             "rope_theta": "model.llm.rope_theta", "rms_norm_eps": "model.llm.norm_eps",
+             "tie_word_embeddings": "model.llm.tie_embeddings"}
+ARCHITECTURES = {"qwen3": True, "llama": False}       # model_type -> QK-norm
+
+
+def _hf_fields(where: Path, hf: dict) -> dict:
+    """config.json -> the HF_FIELDS values (defaults filled as transformers fills them); a model
+    our backbone cannot be is refused by name."""
+    kind = hf.get("model_type")
+    if kind not in ARCHITECTURES:
+        raise CheckpointError(f"{where}: model_type '{kind}' is not supported; the backbone imports "
+                              f"{' and '.join(sorted(ARCHITECTURES))} (Qwen3ForCausalLM, LlamaForCausalLM)")
+    rope = hf.get("rope_scaling") or (hf.get("rope_parameters") or {})
+    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+        raise CheckpointError(f"{where}: rope scaling '{rope.get('rope_type', rope.get('type'))}' is not "
+                              f"supported (our RoPE is the plain rotate-half one)")
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise CheckpointError(f"{where}: attention_bias / mlp_bias are not supported (our projections "
+                              f"have no bias)")
+    out = {k: hf.get(k) for k in HF_FIELDS}
+    out["qk_norm"] = ARCHITECTURES[kind]
+    out["head_dim"] = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    out["num_key_value_heads"] = hf.get("num_key_value_heads") or hf["num_attention_heads"]
+    out["rope_theta"] = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta") or 10000.0
+    out["rms_norm_eps"] = hf.get("rms_norm_eps") or 1e-6
+    out["tie_word_embeddings"] = bool(hf.get("tie_word_embeddings", False))   # both classes default to untied
+    missing = [k for k, v in out.items() if v is None]
+    if missing:
+        raise CheckpointError(f"{where} has no {', '.join(missing)}: not a complete {kind} config")
+    return out
+
+
+def _same(a, b) -> bool:
+    import math
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(float(a), float(b), rel_tol=1e-6)
+    return a == b
+
+
+def _yaml(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def overrides_from_hf(hf_dir: str) -> list:
+    """The dotted overrides that make our backbone the one in ``hf_dir``'s config.json (and its
+    tokenizer, when the directory holds one, data.tokenizer)."""
+    d = Path(hf_dir)
+    path = d / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: not a Hugging Face model directory")
+    import json
+    try:
+        hf = _hf_fields(path, json.loads(path.read_text()))
+    except ValueError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+    out = [f"{field}={_yaml(hf[name])}" for name, field in HF_FIELDS.items()]
+    if any((d / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        out.append(f"data.tokenizer={d.resolve()}")
+    return out
 
 
 def import_backbone(hf_dir: str, cfg: Config) -> Dict[str, torch.Tensor]:
@@ -76,16 +151,14 @@ def import_backbone(hf_dir: str, cfg: Config) -> Dict[str, torch.Tensor]:
     a tensor the mapping does not use is an error."""
     d = SafetensorsDir(hf_dir)
     llm = cfg.model.llm
-    hf = dict(d.config())
-    hf["head_dim"] = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
-    hf["rope_theta"] = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta")
-    check_fields(d.dir / "config.json", hf, {
-        "model_type": "qwen3" if llm.qk_norm else "llama",      # llama: model.llm.qk_norm=false
-        "hidden_size": llm.hidden_size, "num_hidden_layers": llm.num_layers,
-        "num_attention_heads": llm.num_heads, "num_key_value_heads": llm.num_kv_heads,
-        "head_dim": llm.head_dim, "intermediate_size": llm.ffn_hidden_size,
-        "vocab_size": llm.vocab_size, "tie_word_embeddings": llm.tie_embeddings,
-        "rope_theta": llm.rope_theta, "rms_norm_eps": llm.norm_eps}, "backbone")
+    hf = _hf_fields(d.dir / "config.json", d.config())
+    ours = {field: getattr(llm, field.split(".")[-1]) for field in HF_FIELDS.values()}
+    wrong = [f"{name} = {hf[name]!r} but {field} = {ours[field]!r}: set {field}={_yaml(hf[name])}"
+             for name, field in HF_FIELDS.items() if not _same(hf[name], ours[field])]
+    if wrong:
+        raise CheckpointError(f"{d.dir / 'config.json'} does not match the configured backbone:\n  - "
+                              + "\n  - ".join(wrong) + "\n(tools/import_hf.py sets these from config.json "
+                              "unless an override says otherwise)")
     Vp = padded_vocab_size(cfg)
     out, used = {}, set()
     for ours, name, vocab in name_pairs(cfg):

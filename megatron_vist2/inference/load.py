@@ -10,6 +10,7 @@ from ..checkpoint.sources import open_checkpoint
 from ..data.tokenizer import Tokenizer, load_tokenizer
 from ..errors import CheckpointError
 from ..models.vist2 import Vist2Model
+from ..checkpoint.safeguards import find_tokenizer
 
 
 def load_for_inference(checkpoint: str, overrides: Iterable[str] = (),
@@ -19,8 +20,9 @@ def load_for_inference(checkpoint: str, overrides: Iterable[str] = (),
     data["parallel"] = {**data.get("parallel", {}), "tensor_parallel": 1, "pipeline_parallel": 1,
                         "sequence_parallel": False}      # one process holds the whole model
     cfg = validate(config_from_dict(apply_overrides(data, overrides)))
-    tok = load_tokenizer(tokenizer_path or cfg.data.tokenizer)
     want = source.client.get("tokenizer_sha256")
+    # the checkpoint's stored copy first: the config's path may be relative to another directory
+    tok = load_tokenizer(find_tokenizer(source.step_dir, cfg.data.tokenizer, want, tokenizer_path))
     if want and tok.sha256 != want:
         raise CheckpointError(f"tokenizer mismatch: {tok.path} (sha256 {tok.sha256[:12]}..) is not "
                               f"the tokenizer {source.step_dir} was trained with ({want[:12]}..)")

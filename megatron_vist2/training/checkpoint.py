@@ -28,7 +28,7 @@ import torch.distributed as dist
 import yaml
 from megatron.core import parallel_state
 
-from ..checkpoint.format import (CONSOLIDATED, PARTIAL, TENSORS_FILE, complete_tags, describe_stage,
+from ..checkpoint.format import (CONSOLIDATED, MARKER, PARTIAL, TENSORS_FILE, complete_tags, describe_stage,
                                  partial_checkpoints, read_manifest, resolve_tag_dir, safe_load, write_atomic,
                                  write_manifest)
 from ..checkpoint.reshard import load_full_state
@@ -36,6 +36,7 @@ from ..checkpoint.sources import open_checkpoint
 from ..config import Config, config_to_dict, data_parallel_size
 from ..errors import CheckpointError
 from ..parallel import compat
+from ..checkpoint.safeguards import advance_latest, disk_errors, refuse_non_finite, start_point, store_tokenizer
 
 
 # Model settings that do not change the weights: a run may resume with other values.
@@ -95,6 +96,18 @@ def save_checkpoint(engine, cfg: Config, step: int, consumed_samples: int,
     tag = f"step_{step:07d}"
     partial, final = root / f"{tag}{PARTIAL}", root / tag
     start = time.time()
+    refuse_non_finite(engine.module, step, str(root), engine.device)   # collective, before any write
+    if (final / MARKER).is_file():            # never replace a complete checkpoint
+        raise CheckpointError(f"{final} already exists (a complete checkpoint): not overwriting it; "
+                              f"set checkpoint.save_dir to a new directory")
+    with disk_errors(root):
+        _save_checkpoint(engine, cfg, step, consumed_samples, tokenizer_sha256, log, tag, partial,
+                         final, start)
+    return str(final)
+
+
+def _save_checkpoint(engine, cfg, step, consumed_samples, tokenizer_sha256, log, tag, partial, final, start):
+    root = final.parent
     if dist.get_rank() == 0:
         shutil.rmtree(partial, ignore_errors=True)          # left by an earlier crash
     dist.barrier()
@@ -116,12 +129,12 @@ def save_checkpoint(engine, cfg: Config, step: int, consumed_samples: int,
         ordered = [d for _, d in sorted(x for x in stages if x is not None)]
         (partial / TENSORS_FILE).write_text(json.dumps({"stages": ordered}))
         (partial / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        stored = store_tokenizer(partial, cfg.data.tokenizer)     # tools find it from anywhere
         write_manifest(partial, step=step, consumed_samples=consumed_samples, layout=_layout(cfg),
-                       tokenizer_sha256=tokenizer_sha256)
-        if final.exists():                     # the same step saved again (e.g. a rerun)
-            shutil.rmtree(final)
+                       tokenizer_sha256=tokenizer_sha256, **stored)
         partial.rename(final)
-        write_atomic(root / "latest", tag)
+        if not advance_latest(root, tag, write_atomic):
+            log(f"{root / 'latest'} names a newer checkpoint than {tag}: left as it is")
         size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
         log(f"saved checkpoint {final} ({size / 2 ** 20:,.1f} MiB) in {time.time() - start:.2f} s")
         keep = cfg.checkpoint.keep_last
@@ -130,7 +143,6 @@ def save_checkpoint(engine, cfg: Config, step: int, consumed_samples: int,
                 shutil.rmtree(root / old)
                 log(f"removed old checkpoint {root / old} (checkpoint.keep_last={keep})")
     dist.barrier()
-    return str(final)
 
 
 def check_compatible(step_dir: Path, cfg: Config) -> bool:
@@ -189,12 +201,11 @@ def load_checkpoint(engine, cfg: Config, load_dir: str, log=print, weights_only:
     return int(client["step"]), int(client["consumed_samples"])
 
 
-def resume_dir(cfg: Config) -> Optional[str]:
+def resume_dir(cfg: Config, log=lambda *_: None) -> Optional[str]:
     """Where this run resumes from: ``checkpoint.load_dir``, else (``checkpoint.auto_resume``) the
-    save directory when it holds a complete checkpoint, else nowhere."""
-    if cfg.checkpoint.load_dir:
-        return cfg.checkpoint.load_dir
-    root = Path(cfg.checkpoint.save_dir)
-    if cfg.checkpoint.auto_resume and (root / "latest").is_file():
-        return str(root)
-    return None
+    save directory when it holds a complete checkpoint (its newest complete step when 'latest'
+    is missing), else nowhere; CheckpointError when starting would overwrite a complete
+    checkpoint (training/safeguards.py)."""
+    c = cfg.checkpoint
+    return start_point(c.save_dir, c.load_dir, c.auto_resume, c.init_from, log)
+

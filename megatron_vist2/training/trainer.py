@@ -38,12 +38,14 @@ from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
 from ..parallel.pipeline import PipelineSchedule, stage_part
 from ..parallel.random import seed_runtime_rng
+from ..checkpoint.format import resolve_tag_dir
 from .checkpoint import load_checkpoint, resume_dir, save_checkpoint
 from .curriculum import Curriculum
 from .deepspeed_config import deepspeed_config, resolve_dtype
 from .loss import PROBE_STATS, SPLIT_STATS, readback_probe_loss, split_means, training_loss
 from .metrics import MetricsLogger, StepMeter, memory_in_use_gb
 from .optim import build_optimizer, build_scheduler
+from ..checkpoint.safeguards import inject_nan_fault, raise_diverged
 from .signals import StopOnSignal
 
 
@@ -149,6 +151,7 @@ class Run:
     step: int                                 # where training starts (0, or the resumed step)
     consumed: int
     memory_before_model: float
+    checkpoint: Optional[str] = None          # the resumed checkpoint (never saved again)
 
 
 def loader(cfg: Config, dataset, consumed_samples: int, global_batches: int, dp: int) -> DataLoader:
@@ -187,8 +190,10 @@ def setup(cfg: Config, env: DistEnv) -> Run:
 
     step, consumed = 0, 0
     start_from = resume_dir(cfg)
+    path = None                                # the newest checkpoint of this run
     if start_from:
         step, consumed = load_checkpoint(engine, cfg, start_from, log.print)
+        path = str(resolve_tag_dir(start_from))          # a complete checkpoint is never re-saved
         log.print(f"resumed from {start_from} at step {step} ({consumed} samples)"
                   + ("; train.steps is reached: nothing left to train" if step >= cfg.train.steps else ""))
     elif cfg.checkpoint.init_from:             # a new stage: the previous stage's weights only
@@ -206,7 +211,7 @@ def setup(cfg: Config, env: DistEnv) -> Run:
         if reads_data:
             probe_loader = loader(cfg, probe_set, 0, cfg.train.ocr_probe_batches, dp)
     return Run(cfg, log, tokenizer, engine, schedule, dp, gas, reads_data, valid_loader, probe_loader,
-               step, consumed, memory_before_model)
+               step, consumed, memory_before_model, path)
 
 
 def run_eval(run: Run, at_step: int) -> Tuple[float, Optional[float]]:
@@ -248,8 +253,9 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     run.log.log(step, {"train/memory_before_model_gb": run.memory_before_model})
     split = torch.zeros(SPLIT_STATS, device=env.device)     # loss by chunk mode since the last log
     meter = StepMeter(cfg, run.dp, env.world_size, step)
-    stop = StopOnSignal(cfg.train.max_wall_minutes)
+    stop = StopOnSignal(cfg.train.max_wall_minutes, env.device)
     losses, stopped, phase, batches = [], False, None, None
+    path = run.checkpoint                      # the newest checkpoint of this run
     while step < cfg.train.steps:
         if phase is None or curriculum.index_at(step) != phase.index:
             phase = curriculum.phase(step)
@@ -259,8 +265,9 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             meter.count(micro)                 # on the host copies: no device sync
             micro = [b.to(env.device) for b in micro]
         loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, split)
+        inject_nan_fault(run.engine.module, step + 1)      # tests only (MEGATRON_VIST2_FAULT)
         if loss != loss or loss in (float("inf"), float("-inf")):
-            raise FloatingPointError(f"loss is {loss} at step {step + 1}: stopping (lower optim.lr?)")
+            raise_diverged(loss, step + 1, cfg.checkpoint.save_dir)
         step += 1
         consumed += cfg.parallel.global_batch_size
         losses.append(loss)
@@ -270,7 +277,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:
             last_eval, ocr_accuracy = run_eval(run, step)
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step < cfg.train.steps:
-            save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print)
+            path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print)
         if stop.should_stop():
             run.log.print(f"{stop.received or 'stop requested on another rank'}: saving at step {step} and exiting")
             stopped = True
@@ -281,7 +288,8 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         eval_after = last_eval
     else:
         eval_after, ocr_accuracy = run_eval(run, step)
-    path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print)
+    if path is None or not path.endswith(f"step_{step:07d}"):      # a resumed run at its end
+        path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print)
     run.log.close()
     return TrainResult(step, consumed, losses, eval_before, eval_after,
                        meter.all_tokens / max(elapsed, 1e-9), path, ocr_accuracy)
