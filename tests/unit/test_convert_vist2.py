@@ -9,7 +9,7 @@ from megatron_vist2.data.dataset import collate
 from tests.conftest import tiny_model
 
 
-def test_exported_vist2_matches_our_model_and_engine(dist_env, tiny_data, tmp_path):
+def test_exported_vist2_matches_our_model(dist_env, tiny_data, tmp_path):
     cfg, tok, ds, model = tiny_model(tiny_data, "model.init_std=0.1", "data.readback_fraction=0.5",
                                      "model.llm.tie_embeddings=false")
     state = {n: p.detach() for n, p in model.named_parameters()}

@@ -201,7 +201,7 @@ class Vist2ForCausalLM(PreTrainedModel, GenerationMixin):
     def render(self, chunk_ids: List[List[int]]) -> torch.Tensor:
         """Token ids of finished chunks -> their images, uint8 [n, H, W]."""
         renderer, decode = self._assets()
-        return torch.from_numpy(np.stack([renderer.render(decode(ids)) for ids in chunk_ids]))
+        return torch.from_numpy(np.stack([renderer.render_chunk(ids, decode) for ids in chunk_ids]))
 
     # ------------------------------------------------------------ forward over a packed layout
     def forward(self, input_ids, images=None, kind=None, position_ids=None, doc=None, chunk=None,
