@@ -1,8 +1,9 @@
 """The whole VIST2 model as a Hugging Face directory loaded with ``trust_remote_code``: the
 backbone under ``language_model.`` (Qwen3ForCausalLM names, convert/qwen3.py's table), the ViT
 under ``vision_tower.`` (SigLIP names, convert/siglip.py's table), the aligner under
-``aligner.``; plus configuration_vist2.py / modeling_vist2.py (convert/remote_code/), the
-renderer's source and font, and the tokenizer, so the directory alone reproduces our outputs.
+``aligner.``; plus configuration_vist2.py / modeling_vist2.py / generation_vist2.py
+(convert/remote_code/), the renderer's and the KV cache's source, the font and the tokenizer, so
+the directory alone reproduces our outputs.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from . import qwen3, siglip
 from .hf_io import mapped_tensors, write_safetensors_dir
 
 REMOTE_CODE = Path(__file__).parent / "remote_code"
+KV_CACHE_SOURCE = Path(__file__).parents[1] / "inference" / "cache.py"   # the engine's cache, bundled
 REMOTE_CODE_FILES = ("configuration_vist2.py", "modeling_vist2.py", "generation_vist2.py")
 ALIGNER_MAP = (("front.aligner.proj.weight", "aligner.proj.weight"),
                ("front.aligner.proj.bias", "aligner.proj.bias"))
@@ -91,6 +93,7 @@ def export_vist2(weight: Callable[[str], torch.Tensor], cfg: Config, tokenizer_p
         for f in REMOTE_CODE_FILES:
             shutil.copy(REMOTE_CODE / f, d / f)
         (d / "vist2_renderer.py").write_text(bundled_renderer_source())
+        shutil.copy(KV_CACHE_SOURCE, d / "vist2_kv_cache.py")             # imports torch only
         shutil.copy(font_path, d / font_path.name)
         assets = [font_path.name]
         if tok.is_file():

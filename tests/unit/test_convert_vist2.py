@@ -14,7 +14,7 @@ def test_exported_vist2_matches_our_model(dist_env, tiny_data, tmp_path):
                                      "model.llm.tie_embeddings=false")
     state = {n: p.detach() for n, p in model.named_parameters()}
     out = export_vist2(state.__getitem__, cfg, cfg.data.tokenizer, str(tmp_path / "vist2"), shard_bytes=1 << 20)
-    assert {"modeling_vist2.py", "generation_vist2.py", "vist2_renderer.py", "tokenizer.model", "DejaVuSansMono.ttf"} <= \
+    assert {"modeling_vist2.py", "generation_vist2.py", "vist2_renderer.py", "vist2_kv_cache.py", "tokenizer.model", "DejaVuSansMono.ttf"} <= \
         {f.name for f in out.iterdir()}
     hf = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True, local_files_only=True).eval()
 

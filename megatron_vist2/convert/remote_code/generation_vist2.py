@@ -22,34 +22,23 @@ from transformers import GenerationConfig
 from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
                                                     TopKLogitsWarper, TopPLogitsWarper)
 
+from .vist2_kv_cache import KVCache
 
-class Vist2Cache:
-    """Per layer [batch, kv_heads, slots, head_dim] keys and values. Slots per row: ``[0, V)``
-    visual tokens of finished chunks, ``[V, V + L)`` text of the current chunk, one scratch slot.
-    Writes go to ``write_slots`` (set before each forward); eviction resets ``text_len``."""
 
-    def __init__(self, layers, batch, kv_heads, head_dim, visual_slots, text_slots, dtype, device):
-        self.visual_slots, self.slots = visual_slots, visual_slots + text_slots + 1
-        self.scratch = self.slots - 1
-        shape = (layers, batch, kv_heads, self.slots, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.visual_len = torch.zeros(batch, dtype=torch.long, device=device)
-        self.text_len = torch.zeros(batch, dtype=torch.long, device=device)
-        self.rows, self.write_slots = slice(0, batch), None
+class Vist2Cache(KVCache):
+    """megatron_vist2's engine cache (inference/cache.py, bundled as vist2_kv_cache.py): per layer
+    [batch, kv_heads, slots, head_dim]; per row ``[0, V)`` visual tokens of finished chunks,
+    ``[V, V + L)`` text of the current chunk, one scratch slot; eviction resets ``text_len``.
+    Here it also serves as Qwen3's cache object: ``update`` writes at ``write_slots``."""
 
-    @property
-    def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.rows, self.write_slots = slice(0, self.k.shape[1]), None
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         """Qwen3Attention's hook: store the new K/V of ``rows`` at ``write_slots`` [rows, q] and
         return every slot of those rows (the attention mask says which count)."""
-        K, V = self.k[layer_idx, self.rows], self.v[layer_idx, self.rows]
-        idx = self.write_slots[:, None, :, None].expand(-1, K.shape[1], -1, K.shape[3])
-        K.scatter_(2, idx, key_states.to(K.dtype))
-        V.scatter_(2, idx, value_states.to(V.dtype))
-        return K, V
+        return self.layer(layer_idx, self.rows, self.write_slots).store(key_states, value_states)
 
     def get_seq_length(self, layer_idx=0):   # asked by transformers only when no positions are given
         return 0
