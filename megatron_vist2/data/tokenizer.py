@@ -86,6 +86,25 @@ class HFTokenizer(Tokenizer):
                                clean_up_tokenization_spaces=False)
 
 
+def tokenizer_from_gguf(gguf_file: str, out_dir: str) -> Path:
+    """Write the vocabulary inside a GGUF file (a llama.cpp model or vocab-only file) as a Hugging
+    Face tokenizer directory (tokenizer.json, tokenizer_config.json, the chat template if the
+    file has one): transformers' GGUF reader (needs the ``gguf`` package), offline; atomic."""
+    from transformers import AutoTokenizer
+    src, out = Path(gguf_file), Path(out_dir)
+    if not src.is_file():
+        raise TokenizerError(f"GGUF file '{src}' not found")
+    if out.exists():
+        raise TokenizerError(f"'{out}' exists: choose a new directory for the tokenizer")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name, local_files_only=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tok.save_pretrained(tmp)
+        os.replace(tmp, out)
+        os.makedirs(tmp)                  # so the context manager's cleanup finds its directory
+    return out
+
+
 def load_tokenizer(path: str) -> Tokenizer:
     p = Path(path)
     if p.is_dir():

@@ -146,7 +146,7 @@ class Vist2Engine:
         last visual token of each (each predicts the next chunk's first token)."""
         t0 = time.perf_counter()
         images = torch.from_numpy(
-            np.stack([self.renderer.render(self.tokenizer.decode(ids)) for ids in chunk_ids]))
+            np.stack([self.renderer.render_chunk(ids, self.tokenizer.decode) for ids in chunk_ids]))
         self.stats.render_seconds += time.perf_counter() - t0
         c, m = self.cache, self.m
         vis = self.model.front.encode_images(images.to(self.device))          # [k, m, H]

@@ -7,7 +7,8 @@ class Vist2Config(PretrainedConfig):
     sub_configs = {"text_config": Qwen3Config}
 
     def __init__(self, text_config=None, vision=None, aligner_merge=2, chunk=None, render=None,
-                 visual_tokens_per_chunk=8, tokenizer_file="tokenizer.model", **kwargs):
+                 visual_tokens_per_chunk=8, tokenizer_file="tokenizer.model", asset_files=None,
+                 tokenizer_vocab_size=None, **kwargs):
         if not isinstance(text_config, Qwen3Config):   # the backbone's config
             text_config = Qwen3Config(**(text_config or {}))
         self.text_config = text_config
@@ -16,5 +17,7 @@ class Vist2Config(PretrainedConfig):
         self.chunk = chunk or {}                    # text_tokens (L), image_height, image_width
         self.render = render or {}                  # the renderer's settings (font file beside)
         self.visual_tokens_per_chunk = visual_tokens_per_chunk
-        self.tokenizer_file = tokenizer_file
+        self.tokenizer_file = tokenizer_file        # a sentencepiece model; "" = HF tokenizer files
+        self.asset_files = asset_files or []         # font + tokenizer files: save_pretrained copies them
+        self.tokenizer_vocab_size = tokenizer_vocab_size   # checked against the tokenizer at load
         super().__init__(**kwargs)

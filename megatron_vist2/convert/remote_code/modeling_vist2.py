@@ -6,23 +6,26 @@ of the current one.
 
 - ``forward`` takes a packed layout (token ids, chunk images, and per token: document, chunk,
   kind, read-back flag, compressed position) and applies the VIST2 attention rule.
-- ``generate`` (greedy) keeps the context compressed: after every L text tokens the finished
-  chunk is detokenized, rendered (bundled renderer and font), encoded, and from then on only its
-  m visual tokens are attended (its text is evicted); the next chunk's first token is predicted
-  from the last visual token. Each step recomputes the compressed context (no KV cache): simple,
-  exact, and the same tokens as megatron_vist2's engine.
+- ``generate`` keeps the context compressed with a KV cache (generation_vist2.py): after every
+  L text tokens the finished chunk is detokenized, rendered (bundled renderer and font), encoded
+  and prefilled as its m visual tokens, and its text K/V is evicted; the next chunk's first token
+  is predicted from the last visual token. Greedy or sampling, padded batches (rows at different
+  chunk phases), the same tokens as megatron_vist2's engine.
+- ``save_pretrained`` carries the font and tokenizer files along with the weights and code.
 """
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import PreTrainedModel, Qwen3ForCausalLM
+from transformers import GenerationMixin, PreTrainedModel, Qwen3ForCausalLM
 from transformers.modeling_outputs import CausalLMOutput
 
+from .generation_vist2 import generate as cached_generate
 from .configuration_vist2 import Vist2Config
 from .vist2_renderer import Renderer
 
@@ -130,7 +133,7 @@ def vist2_mask(doc, chunk, kind, readback):
     return (allowed | ((qd < 0) & (q == k)))[:, None]
 
 
-class Vist2ForCausalLM(PreTrainedModel):
+class Vist2ForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = Vist2Config
     base_model_prefix = "vist2"
     _no_split_modules = ["_Layer"]
@@ -152,28 +155,53 @@ class Vist2ForCausalLM(PreTrainedModel):
         """uint8 [n, H, W] -> visual tokens [n, m, hidden]."""
         return self.aligner(self.vision_tower(images))
 
+    def asset_files(self) -> List[str]:
+        """Files beside the weights that rendering needs: the font and the tokenizer."""
+        files = list(getattr(self.config, "asset_files", None) or [])
+        return files or [self.config.render["font"], self.config.tokenizer_file]
+
+    def _source_dir(self) -> Path:
+        where = Path(self.config._name_or_path)
+        missing = [f for f in self.asset_files() if f and not (where / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"the VIST2 model directory '{where}' lacks {missing}, which rendering needs (the "
+                f"font and tokenizer travel with the weights): re-export it with "
+                f"tools/convert_checkpoint.py --vist2, or copy it with save_pretrained")
+        return where
+
     def _assets(self):
         if self._renderer is None:
-            where = Path(self.config._name_or_path)
+            where = self._source_dir()
             render = dict(self.config.render)
             render["font"] = str(where / render["font"])          # the bundled font file
             c = self.config.chunk
-            self._renderer = Renderer(SimpleNamespace(**render), c["image_height"], c["image_width"])
-            if (where / self.config.tokenizer_file).is_file():
+            renderer = Renderer(SimpleNamespace(**render), c["image_height"], c["image_width"])
+            if self.config.tokenizer_file and (where / self.config.tokenizer_file).is_file():
                 import sentencepiece as spm
                 sp = spm.SentencePieceProcessor(model_file=str(where / self.config.tokenizer_file))
-                self._tokenizer = lambda ids: sp.DecodeIds([int(i) for i in ids])
+                size, decode = sp.GetPieceSize(), lambda ids: sp.DecodeIds([int(i) for i in ids])
             else:
                 from transformers import AutoTokenizer
                 tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True)
-                self._tokenizer = lambda ids: tok.decode([int(i) for i in ids], skip_special_tokens=False,
-                                                         clean_up_tokenization_spaces=False)
+                size = len(tok)
+                decode = lambda ids: tok.decode([int(i) for i in ids], skip_special_tokens=False,   # noqa: E731
+                                                clean_up_tokenization_spaces=False)
+            expected = getattr(self.config, "tokenizer_vocab_size", None) or self.config.text_config.vocab_size
+            if size != expected:
+                raise ValueError(f"the tokenizer in '{where}' has {size} entries but this checkpoint was "
+                                 f"trained with a {expected}-entry vocabulary: put the training "
+                                 f"tokenizer's files in the directory")
+            self._renderer, self._tokenizer = renderer, decode
         return self._renderer, self._tokenizer
+
+    def decode(self, ids: List[int]) -> str:
+        return self._assets()[1](ids)
 
     def render(self, chunk_ids: List[List[int]]) -> torch.Tensor:
         """Token ids of finished chunks -> their images, uint8 [n, H, W]."""
         renderer, decode = self._assets()
-        return torch.from_numpy(np.stack([renderer.render(decode(ids)) for ids in chunk_ids]))
+        return torch.from_numpy(np.stack([renderer.render_chunk(ids, decode) for ids in chunk_ids]))
 
     # ------------------------------------------------------------ forward over a packed layout
     def forward(self, input_ids, images=None, kind=None, position_ids=None, doc=None, chunk=None,
@@ -194,34 +222,23 @@ class Vist2ForCausalLM(PreTrainedModel):
         return CausalLMOutput(logits=out.logits)
 
     # ------------------------------------------------------------ compressed generation
-    def next_token_logits(self, ids: List[int]) -> torch.Tensor:
-        """Logits for the token after ``ids`` with the context compressed: every finished chunk
-        as its m visual tokens (positions [j m, (j+1) m)), the current chunk as text (positions
-        from j m). A chunk just finished predicts from its last visual token."""
-        L, m = self.L, self.m
-        full = len(ids) // L
-        tail = ids[full * L:]
-        n = full * m + len(tail)
-        kind = torch.tensor([VISUAL] * (full * m) + [TEXT] * len(tail))[None]
-        chunk = torch.tensor([j for j in range(full) for _ in range(m)] + [full] * len(tail))[None]
-        position = torch.tensor(list(range(full * m)) + [full * m + t for t in range(len(tail))])[None]
-        tokens = torch.tensor([0] * (full * m) + list(tail))[None]
-        images = self.render([ids[j * L:(j + 1) * L] for j in range(full)]) if full else None
-        out = self.forward(tokens, images=images, kind=kind, position_ids=position,
-                           doc=torch.zeros(1, n, dtype=torch.long), chunk=chunk,
-                           readback=torch.zeros(1, n, dtype=torch.bool))
-        return out.logits[0, -1]
+    def generate(self, input_ids, attention_mask=None, generation_config=None, streamer=None,
+                 seed=None, **kwargs) -> torch.Tensor:
+        """Cached generation with running compression -> [B, input + new] token ids (finished
+        rows padded with ``pad_token_id``). transformers' conventions: ``generation_config`` and
+        its fields as keyword arguments (``max_new_tokens`` or ``max_length``, ``do_sample``,
+        ``temperature``, ``top_k``, ``top_p``, ``eos_token_id``, ``pad_token_id``,
+        ``stop_strings``), ``attention_mask`` for padded batches (left or right), ``streamer``.
+        Sampling draws from torch's global generator (``transformers.set_seed``) or, with
+        ``seed=``, from a generator of its own."""
+        return cached_generate(self, input_ids, attention_mask, generation_config,
+                               streamer, seed, **kwargs)
 
-    @torch.no_grad()
-    def generate(self, input_ids, max_new_tokens: int = 32, eos_token_id: Optional[int] = None,
-                 do_sample: bool = False, **kwargs) -> torch.Tensor:
-        """Greedy decoding with the compressed context -> [1, prompt + new] token ids."""
-        if do_sample:
-            raise NotImplementedError("this exported VIST2 model decodes greedily (do_sample=False)")
-        ids = [int(t) for t in torch.as_tensor(input_ids).reshape(-1)]
-        for _ in range(max_new_tokens):
-            nxt = int(self.next_token_logits(ids).argmax())
-            ids.append(nxt)
-            if eos_token_id is not None and nxt == eos_token_id:
-                break
-        return torch.tensor([ids])
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save (weights, config, the .py files) plus the font and tokenizer files."""
+        where = self._source_dir()
+        super().save_pretrained(save_directory, *args, **kwargs)
+        out = Path(save_directory)
+        for f in self.asset_files():
+            if f and (where / f).resolve() != (out / f).resolve():
+                shutil.copy(where / f, out / f)
