@@ -32,6 +32,7 @@ def load_baseline():
     spec = importlib.util.spec_from_loader("megatron_vist2.data._baseline_preprocess", loader=None)
     mod = importlib.util.module_from_spec(spec)
     mod.__package__ = "megatron_vist2.data"
+    sys.modules[spec.name] = mod          # so that pool workers can unpickle its functions
     exec(compile(src, f"{BASELINE}:preprocess.py", "exec"), mod.__dict__)
     return mod
 
@@ -74,7 +75,9 @@ def rss_now() -> float:
 
 def child(*args) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", *args], cwd=REPO,
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"child run {args} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -31,7 +31,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 import numpy as np
 
-from ..errors import ConfigError, CorpusError, DatasetError
+from ..errors import ConfigError, CorpusError, DatasetError, UserError
 from .corpus import TEXT_FIELDS
 from .indexed import open_indexed, write_indexed
 from .progress import Progress
@@ -186,6 +186,10 @@ def preprocess_units(units: Sequence[Unit], tokenizer_path: str, output_prefix: 
             part_prefixes.append(prefix)
             per_source.append({"source": unit.label, "documents": manifest["num_documents"],
                                "tokens": manifest["num_tokens"], "bytes": manifest["bytes"]})
+    except KeyboardInterrupt:
+        _rmdir_if_empty(parts_dir)
+        raise UserError(f"interrupted: {len(part_prefixes)} finished shard(s) kept in {parts_dir}; "
+                        f"run the same command again to resume") from None
     except BaseException:
         _rmdir_if_empty(parts_dir)          # finished parts stay: the next run resumes from them
         raise
