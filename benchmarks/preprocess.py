@@ -86,6 +86,7 @@ def main():
     ap.add_argument("--tokenizer", default="data/tokenizer/sotu.model")
     ap.add_argument("--repeat", type=int, default=1, help="corpus copies for the throughput runs")
     ap.add_argument("--mem-repeats", default="1,4", help="corpus copies for the memory runs")
+    ap.add_argument("--memory-only", action="store_true", help="skip the throughput runs")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -98,7 +99,7 @@ def main():
         corpus = Path(tmp) / "c1.jsonl"
         mb = write_corpus(corpus, args.repeat) / 1e6
         print(f"throughput: {mb:.1f} MB .jsonl, tokenizer {args.tokenizer}")
-        for workers in (1, 2):
+        for workers in () if args.memory_only else (1, 2):
             r = {k: child(k, str(corpus), args.tokenizer, f"{tmp}/{k}{workers}", str(workers))
                  for k in ("baseline", "streaming")}
             rate = {k: v["bytes"] / 1e6 / v["seconds"] / workers for k, v in r.items()}
