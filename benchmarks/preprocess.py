@@ -32,6 +32,7 @@ def load_baseline():
     spec = importlib.util.spec_from_loader("megatron_vist2.data._baseline_preprocess", loader=None)
     mod = importlib.util.module_from_spec(spec)
     mod.__package__ = "megatron_vist2.data"
+    sys.modules[spec.name] = mod          # so that pool workers can unpickle its functions
     exec(compile(src, f"{BASELINE}:preprocess.py", "exec"), mod.__dict__)
     return mod
 
@@ -74,7 +75,9 @@ def rss_now() -> float:
 
 def child(*args) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", *args], cwd=REPO,
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"child run {args} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -83,6 +86,7 @@ def main():
     ap.add_argument("--tokenizer", default="data/tokenizer/sotu.model")
     ap.add_argument("--repeat", type=int, default=1, help="corpus copies for the throughput runs")
     ap.add_argument("--mem-repeats", default="1,4", help="corpus copies for the memory runs")
+    ap.add_argument("--memory-only", action="store_true", help="skip the throughput runs")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -95,7 +99,7 @@ def main():
         corpus = Path(tmp) / "c1.jsonl"
         mb = write_corpus(corpus, args.repeat) / 1e6
         print(f"throughput: {mb:.1f} MB .jsonl, tokenizer {args.tokenizer}")
-        for workers in (1, 2):
+        for workers in () if args.memory_only else (1, 2):
             r = {k: child(k, str(corpus), args.tokenizer, f"{tmp}/{k}{workers}", str(workers))
                  for k in ("baseline", "streaming")}
             rate = {k: v["bytes"] / 1e6 / v["seconds"] / workers for k, v in r.items()}

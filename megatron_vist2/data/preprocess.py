@@ -31,7 +31,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 import numpy as np
 
-from ..errors import ConfigError, CorpusError, DatasetError
+from ..errors import ConfigError, CorpusError, DatasetError, UserError
 from .corpus import TEXT_FIELDS
 from .indexed import open_indexed, write_indexed
 from .progress import Progress
@@ -186,6 +186,10 @@ def preprocess_units(units: Sequence[Unit], tokenizer_path: str, output_prefix: 
             part_prefixes.append(prefix)
             per_source.append({"source": unit.label, "documents": manifest["num_documents"],
                                "tokens": manifest["num_tokens"], "bytes": manifest["bytes"]})
+    except KeyboardInterrupt:
+        _rmdir_if_empty(parts_dir)
+        raise UserError(f"interrupted: {len(part_prefixes)} finished shard(s) kept in {parts_dir}; "
+                        f"run the same command again to resume") from None
     except BaseException:
         _rmdir_if_empty(parts_dir)          # finished parts stay: the next run resumes from them
         raise
@@ -194,17 +198,16 @@ def preprocess_units(units: Sequence[Unit], tokenizer_path: str, output_prefix: 
             pool.terminate()
             pool.join()
     meter.finish()
-    parts = [open_indexed(p, tok, verify="none") for p in part_prefixes]
-    total = sum(len(p) for p in parts)
+    sizes = [s["documents"] for s in per_source]
+    total = sum(sizes)
     if total < 2:
         raise ConfigError(f"the corpus has {total} document(s); a split needs at least 2")
     which = assign_splits(total, weights, seed)
     manifests = {}
     for s, name in enumerate(SPLITS):
         if weights[s] > 0:
-            manifests[name] = write_indexed(f"{output_prefix}_{name}", _split_docs(parts, units, which, s),
-                                            tok, with_mask=instruction)
-    del parts
+            docs = _split_docs(part_prefixes, sizes, [u.label for u in units], which, s, tok)
+            manifests[name] = write_indexed(f"{output_prefix}_{name}", docs, tok, with_mask=instruction)
     _remove_parts(parts_dir)
     manifests["_stats"] = {"bytes": sum(p["bytes"] for p in per_source), "seconds": meter.elapsed(),
                            "resumed_parts": resumed, "sources": per_source}
@@ -225,13 +228,16 @@ def _rmdir_if_empty(folder: Path) -> None:
         pass
 
 
-def _split_docs(parts, units, which: np.ndarray, s: int) -> Iterator[Tuple]:
-    """Documents of split ``s`` from the parts in input order, as (name, ids, mask, source)."""
+def _split_docs(prefixes, sizes, labels, which: np.ndarray, s: int, tok) -> Iterator[Tuple]:
+    """Documents of split ``s`` from the parts in input order, as (name, ids, mask, source).
+    One part is mapped at a time, so the pages read stay bounded too."""
     base = 0
-    for part, unit in zip(parts, units):
-        for d in np.flatnonzero(which[base:base + len(part)] == s):
-            yield f"{unit.label} document {d}", part.tokens(int(d)), part.response_mask(int(d)), unit.label
-        base += len(part)
+    for prefix, n, label in zip(prefixes, sizes, labels):
+        part = open_indexed(prefix, tok, verify="none")
+        for d in np.flatnonzero(which[base:base + n] == s):
+            yield f"{label} document {d}", part.tokens(int(d)), part.response_mask(int(d)), label
+        del part
+        base += n
 
 
 def preprocess(items: Sequence[Tuple], tokenizer_path: str, output_prefix: str, split: str = "95,5,0",
