@@ -5,7 +5,7 @@ a CPU), compiled flex_attention for every mask (the VIST2 rule's block mask on t
 on the blocked row, and a causal block mask), plus SDPA's causal kernel as a reference; every
 length in one run, ratios to causal (flex) printed.
 
-    python benchmarks/attention_cost.py --preset 0.6b --seqs 2048,8192        # CPU: forward
+    python benchmarks/attention_cost.py --preset bench-cpu --seqs 2048,8192   # CPU: forward
     python benchmarks/attention_cost.py --preset 8b --seqs 8192               # on a GPU
 
 The row is one long document (paper chunking at the preset's L and m), laid out by the packer
@@ -20,8 +20,7 @@ import torch
 from common import machine
 
 def timed(fn, steps: int) -> float:
-    for _ in range(3):
-        fn()
+    fn()                                       # compiles (once per mask structure and length)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
     times = []

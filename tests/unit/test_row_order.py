@@ -33,12 +33,14 @@ def random_rows(rng, ds, count):
     return rows
 
 
-def per_target(model, samples):
+def per_target(model, samples, backward=True):
     """{(row, doc, chunk, kind, position of the predictor): loss} and the parameter gradients."""
     model.zero_grad()
     batch = collate(samples)
-    losses = masked_token_losses(model(batch), batch).t()            # [batch, seq]
-    losses.sum().backward()
+    with torch.set_grad_enabled(backward):
+        losses = masked_token_losses(model(batch), batch).t()        # [batch, seq]
+    if backward:
+        losses.sum().backward()
     lay, out = batch.layout, {}
     for b, s in zip(*torch.nonzero(batch.loss_mask, as_tuple=True)):
         key = (int(b), int(lay.doc[b, s]), int(lay.chunk[b, s]), int(lay.kind[b, s]), int(lay.position[b, s]))
@@ -52,12 +54,13 @@ def test_blocked_order_equals_interleaved(dist_env, tiny_data, backend):
     cfg, tok, ds, model = tiny_model(tiny_data, f"model.attention_backend={backend}", "model.init_std=0.1")
     model.train()
     rows = random_rows(np.random.default_rng(3), ds, 4)
-    ref, ref_grads = per_target(model, [ds.build_row(r, "interleaved") for r in rows])
-    got, grads = per_target(model, [ds.build_row(r, "blocked") for r in rows])
+    backward = backend == "sdpa"                 # flex_attention has no backward on the CPU
+    ref, ref_grads = per_target(model, [ds.build_row(r, "interleaved") for r in rows], backward)
+    got, grads = per_target(model, [ds.build_row(r, "blocked") for r in rows], backward)
     assert sorted(ref) == sorted(got) and len(ref) > 100
     for key, (loss, label) in ref.items():
         assert got[key][1] == label and abs(got[key][0] - loss) <= 1e-5, key
-    assert sorted(ref_grads) == sorted(grads)
+    assert sorted(ref_grads) == sorted(grads) and (len(grads) > 10 or not backward)
     for name, g in ref_grads.items():       # 1e-5 of the gradient's scale (sums in another order)
         assert (grads[name] - g).abs().max().item() <= 1e-5 * max(1.0, g.abs().max().item()), name
 
