@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""The VIST2 attention against plain causal attention at the same length: one layer's attention
-(a preset's heads and head size), forward + backward (forward only on a CPU), compiled flex_attention for both masks
-(the VIST2 rule's block mask vs a causal block mask), plus SDPA's causal kernel as a reference.
+"""The VIST2 attention in both physical row orders against plain causal attention at the same
+length: one layer's attention (a preset's heads and head size), forward + backward (forward only on
+a CPU), compiled flex_attention for every mask (the VIST2 rule's block mask on the interleaved and
+on the blocked row, and a causal block mask), plus SDPA's causal kernel as a reference; every
+length in one run, ratios to causal (flex) printed.
 
-    python benchmarks/attention_cost.py --preset 8b --seq 8192          # on a GPU (goal: <= 1.3x)
-    python benchmarks/attention_cost.py --preset tiny-cpu --seq 1024    # on the CPU (slow compile)
+    python benchmarks/attention_cost.py --preset bench-cpu --seqs 2048,8192   # CPU: forward
+    python benchmarks/attention_cost.py --preset 8b --seqs 8192               # on a GPU
 
-The row is one document of chunks T_1 V_1 T_2 V_2 ... (L text + m visual tokens each), the
-layout training rows have; the ratio is VIST2 time / causal time in the same process.
+The row is one long document (paper chunking at the preset's L and m), laid out by the packer
+(data/packing.py) in each order; the tile counts beside the times come from
+models/block_sparsity.py.
 """
 import argparse
 import time
@@ -16,23 +19,8 @@ import torch
 
 from common import machine
 
-
-def chunked_layout(seq: int, L: int, m: int):
-    from megatron_vist2.models.attention import TEXT, VISUAL, TokenLayout
-    kind, chunk = [], []
-    i = 0
-    while len(kind) < seq:
-        kind += [TEXT] * L + [VISUAL] * m
-        chunk += [i] * (L + m)
-        i += 1
-    kind, chunk = torch.tensor(kind[:seq])[None], torch.tensor(chunk[:seq])[None]
-    zeros = torch.zeros_like(kind)
-    return TokenLayout(doc=zeros, chunk=chunk, kind=kind, readback=zeros.bool(), position=zeros)
-
-
 def timed(fn, steps: int) -> float:
-    for _ in range(3):
-        fn()
+    fn()                                       # compiles (once per mask structure and length)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
     times = []
@@ -44,55 +32,68 @@ def timed(fn, steps: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def row(L: int, m: int, seq: int, order: str):
+    import numpy as np
+    from megatron_vist2.data.packing import pack_segments, segment_document
+    from megatron_vist2.models.block_sparsity import row_layout
+    segs = segment_document(0, 2 * seq, L, m, seq, 0.0, np.random.default_rng(0))
+    return row_layout(pack_segments(segs, L, m, seq)[0], L, m, seq, order)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", default="8b")
-    ap.add_argument("--seq", type=int, default=8192)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--preset", default="0.6b")
+    ap.add_argument("--seqs", default="2048,8192", help="row lengths, comma-separated")
+    ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args()
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     from megatron_vist2.config import load_config
     from megatron_vist2.models.attention import block_mask
+    from megatron_vist2.models.block_sparsity import block_counts
     cfg = load_config(args.preset)
     llm = cfg.model.llm
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    backward = dev == "cuda"                  # flex_attention has no backward on the CPU
     print(f"machine: {machine()} | {torch.cuda.get_device_name() if dev == 'cuda' else 'CPU'}")
     L, m = cfg.model.chunk.text_tokens, cfg.model.visual_tokens_per_chunk
-    layout = chunked_layout(args.seq, L, m)
-    layout = type(layout)(**{k: v.to(dev) for k, v in vars(layout).items()})
-    vist2 = block_mask(layout)
-    causal = create_block_mask(lambda b, h, q, k: k <= q, 1, None, args.seq, args.seq, device=dev)
-    shape = (1, llm.num_heads, args.seq, llm.head_dim)
-    kv_shape = (1, llm.num_kv_heads, args.seq, llm.head_dim)
-    backward = dev == "cuda"                  # flex_attention has no backward on the CPU
-    q = torch.randn(shape, device=dev, dtype=dtype, requires_grad=backward)
-    k = torch.randn(kv_shape, device=dev, dtype=dtype, requires_grad=backward)
-    v = torch.randn(kv_shape, device=dev, dtype=dtype, requires_grad=backward)
+    print(f"{args.preset}: {llm.num_heads} heads x {llm.head_dim}, KV heads {llm.num_kv_heads}, "
+          f"L = {L}, m = {m}, {dtype}, "
+          f"{'forward + backward' if backward else 'forward only (no flex backward on a CPU)'}, "
+          f"median of {args.steps}")
     flex = torch.compile(flex_attention, dynamic=False)
     gqa = llm.num_heads != llm.num_kv_heads
+    for seq in (int(x) for x in args.seqs.split(",")):
+        shape = (1, llm.num_heads, seq, llm.head_dim)
+        kv_shape = (1, llm.num_kv_heads, seq, llm.head_dim)
+        q = torch.randn(shape, device=dev, dtype=dtype, requires_grad=backward)
+        k = torch.randn(kv_shape, device=dev, dtype=dtype, requires_grad=backward)
+        v = torch.randn(kv_shape, device=dev, dtype=dtype, requires_grad=backward)
 
-    def run(mask):
-        def step():
-            out = flex(q, k, v, block_mask=mask, enable_gqa=gqa)
+        def run(mask):
+            def step():
+                out = flex(q, k, v, block_mask=mask, enable_gqa=gqa)
+                if backward:
+                    out.sum().backward()
+            return step
+
+        def sdpa_causal():
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
             if backward:
                 out.sum().backward()
-        return step
 
-    def sdpa_causal():
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        if backward:
-            out.sum().backward()
-
-    t_vist2, t_causal, t_sdpa = (timed(f, args.steps) for f in (run(vist2), run(causal), sdpa_causal))
-    density = vist2.sparsity() if hasattr(vist2, "sparsity") else float("nan")
-    print(f"{args.preset}: {llm.num_heads} heads x {llm.head_dim}, KV heads {llm.num_kv_heads}, "
-          f"{args.seq} tokens (L = {L}, m = {m}), {dtype}, "
-          f"{'forward + backward' if backward else 'forward only (no flex backward on a CPU)'}, median of {args.steps}")
-    print(f"  VIST2 mask (flex)   {t_vist2 * 1e3:9.2f} ms   block sparsity {density:.1f} %")
-    print(f"  causal (flex)       {t_causal * 1e3:9.2f} ms   block sparsity {causal.sparsity():.1f} %")
-    print(f"  causal (sdpa)       {t_sdpa * 1e3:9.2f} ms")
-    print(f"  VIST2 / causal (flex) = {t_vist2 / t_causal:.2f}x   (goal at 8K on a GPU: <= 1.3x)")
+        causal = create_block_mask(lambda b, h, qi, ki: ki <= qi, 1, None, seq, seq, device=dev)
+        t_causal = timed(run(causal), args.steps)
+        print(f"\n{seq} tokens")
+        print(f"  causal (flex)             {t_causal * 1e3:9.2f} ms   1.00x")
+        for order in ("interleaved", "blocked"):
+            layout = row(L, m, seq, order).to(dev)
+            c = block_counts(layout.to("cpu"))
+            t = timed(run(block_mask(layout)), args.steps)
+            print(f"  VIST2 {order:11s} (flex) {t * 1e3:9.2f} ms   {t / t_causal:.2f}x   tiles: "
+                  f"{c.full} full + {c.partial} partial of {(seq // 128) * (seq // 128 + 1) // 2} causal")
+        t_sdpa = timed(sdpa_causal, args.steps)
+        print(f"  causal (sdpa)             {t_sdpa * 1e3:9.2f} ms   {t_sdpa / t_causal:.2f}x")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,12 @@ rendering time. Then the crossover lengths, a long-writing workload from LongBen
 (its prompts, generation to their target length, capped by --write-cap), and PNG plots.
 
     python benchmarks/inference.py [--preset bench-cpu] [--lengths 1024,2048,...] [--gen 128]
+    python benchmarks/inference.py --ttft-only --lengths 2048,4096,8192,16384   # prefill only
+
+A third system, transformers' Qwen3ForCausalLM on the same backbone weights (exported with
+convert/qwen3.py, fp32, sdpa), is timed for the time to first token (one forward over the prompt
+computing the last position's logits, then the argmax), so the engine's baseline is measured
+against the library a user would otherwise run.
 
 Cost model (docs/spec.md), for a context of n text tokens at rho = L / m:
   KV entries: n/rho + L (VIST2) vs n; prefill LLM tokens: n/rho + tail vs n, plus ViT + aligner
@@ -65,6 +71,24 @@ def corpus_tokens(tok, n):
     raise SystemExit(f"the corpus has fewer than {n} tokens")
 
 
+def transformers_backbone(model, cfg, out_dir: Path):
+    """Our backbone exported to Qwen3ForCausalLM (same weights), loaded fp32 with sdpa."""
+    from transformers import AutoModelForCausalLM
+    from megatron_vist2.convert.qwen3 import export_backbone
+    state = {n: p.detach() for n, p in model.named_parameters()}
+    path = export_backbone(state.__getitem__, cfg, str(out_dir))
+    return AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=torch.float32,
+                                                attn_implementation="sdpa").eval()
+
+
+@torch.no_grad()
+def transformers_ttft(hf, prompt) -> float:
+    ids = torch.tensor([prompt])
+    t0 = time.perf_counter()
+    hf(input_ids=ids, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1)
+    return time.perf_counter() - t0
+
+
 @torch.no_grad()
 def run(model, tok, cfg, prompt, gen, compress):
     engine = Vist2Engine(model, tok, cfg, compress=compress, max_context=len(prompt) + gen + 1)
@@ -83,8 +107,9 @@ def run(model, tok, cfg, prompt, gen, compress):
         token = engine.step(token).argmax(-1)
         sync()
         steps.append(time.perf_counter() - t)
-    decode_flops = {k: (v - prefill_flops.get(k, 0)) / gen for k, v in engine.stats.flops.items()}
-    return {"ttft_s": ttft, "decode_s": float(np.mean(steps)), "tokens_per_s": 1 / float(np.mean(steps)),
+    decode_flops = {k: (v - prefill_flops.get(k, 0)) / max(gen, 1) for k, v in engine.stats.flops.items()}
+    decode = float(np.mean(steps)) if steps else float("nan")
+    return {"ttft_s": ttft, "decode_s": decode, "tokens_per_s": 1 / decode,
             "kv_bytes": engine.cache.nbytes, "prefill_flops": prefill_flops,
             "decode_flops_per_token": decode_flops, "render_prefill_s": prefill_render,
             "render_decode_s": engine.stats.render_seconds - prefill_render,
@@ -137,6 +162,8 @@ def main():
     ap.add_argument("--write-cap", type=int, default=4096, help="max tokens generated per prompt")
     ap.add_argument("--out", default="docs/figures")
     ap.add_argument("--no-plot", action="store_true", help="print the numbers only (no matplotlib needed)")
+    ap.add_argument("--ttft-only", action="store_true",
+                    help="time to first token of the three systems only (no decode, no LongBench-Write)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     if not args.no_plot:                       # checked before the sweep, not after it
@@ -157,16 +184,33 @@ def main():
           f"L = {L}, m = {m}, rho = {L // m}, random weights, fp32, greedy")
     lengths = [int(x) for x in args.lengths.split(",")]
     text = corpus_tokens(tok, max(lengths))
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        hf = transformers_backbone(model, cfg, Path(tmp) / "qwen3")
+    transformers_ttft(hf, text[:64])                                   # warm-up
+    if args.ttft_only:
+        run(model, tok, cfg, text[:64], 0, False)                          # warm-up
+        run(model, tok, cfg, text[:128], 0, True)
+        print(f"{'prompt':>7s} {'transformers':>13s} {'baseline':>9s} {'vist2':>9s} "
+              f"{'transformers/baseline':>22s} {'transformers/vist2':>19s}")
+        for n in lengths:
+            t_hf = transformers_ttft(hf, text[:n])
+            b, v = (run(model, tok, cfg, text[:n], 0, c)["ttft_s"] for c in (False, True))
+            print(f"{n:7d} {t_hf:12.3f}s {b:8.3f}s {v:8.3f}s {t_hf / b:22.2f} {t_hf / v:19.2f}")
+        return
     results = []
     for n in lengths:
         row = {"n": n, "predicted": predicted(cfg, n, args.gen)}
         for system, compress in (("baseline", False), ("vist2", True)):
             row[system] = run(model, tok, cfg, text[:n], args.gen, compress)
+        row["transformers_ttft_s"] = t_hf = transformers_ttft(hf, text[:n])
         b, v = row["baseline"], row["vist2"]
         p = row["predicted"]
         print(f"\nprompt {n} tokens, {args.gen} generated")
         print(f"  time to first token  baseline {b['ttft_s']:8.3f}s  vist2 {v['ttft_s']:8.3f}s  "
               f"speed-up {b['ttft_s'] / v['ttft_s']:5.2f}x  (LLM prefill tokens predicted x{p['prefill_llm_token_ratio']:.3f})")
+        print(f"                       transformers {t_hf:8.3f}s: / baseline {t_hf / b['ttft_s']:5.2f}x, "
+              f"/ vist2 {t_hf / v['ttft_s']:5.2f}x")
         print(f"  decode per token     baseline {b['decode_s'] * 1e3:8.2f}ms vist2 {v['decode_s'] * 1e3:8.2f}ms "
               f"speed-up {b['decode_s'] / v['decode_s']:5.2f}x  (predicted: linear x{p['decode_linear_ratio']:.2f}, "
               f"keys x{p['decode_keys_ratio']:.3f})")

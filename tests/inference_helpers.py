@@ -5,6 +5,7 @@ from megatron.core import tensor_parallel
 
 from megatron_vist2.data.dataset import collate
 from megatron_vist2.data.packing import Segment, assemble_row
+from megatron_vist2.models.attention import VISUAL
 
 
 def streams(ds, lengths, seed=0):
@@ -28,8 +29,13 @@ def teacher_forced(model, ds, stream):
     logits = tensor_parallel.gather_from_tensor_model_parallel_region(model(collate([sample])))
     logits = logits[:, 0, :ds.tokenizer.vocab_size]
     preds = np.nonzero(row.loss_mask)[0]
-    assert list(row.labels[preds]) == stream[1:]          # predictors in target order 1..n-1
-    return {i + 1: logits[p] for i, p in enumerate(preds)}
+    # the stream index each predictor's target has, from its metadata (any physical row order):
+    # text token t of chunk c predicts c L + t + 1; the last visual token of V_c predicts (c + 1) L
+    text_index = row.chunk[preds] * L + row.position[preds] - row.chunk[preds] * m + 1
+    target = np.where(row.kind[preds] == VISUAL, (row.chunk[preds] + 1) * L, text_index)
+    assert sorted(target) == list(range(1, len(stream)))
+    assert [stream[t] for t in target] == list(row.labels[preds])
+    return {int(t): logits[p] for t, p in zip(target, preds)}
 
 
 def engine_logits(engine, streams_, prompt_lens, L):

@@ -54,12 +54,13 @@ class PackedVist2Dataset(Dataset):
     def __getitem__(self, g: int) -> dict:
         return self.build_row(self.rows[self.row_index(g)])
 
-    def build_row(self, segments) -> dict:
-        """Lay out, label and render one row made of ``segments`` (numpy arrays, for collate)."""
+    def build_row(self, segments, order: str = "blocked") -> dict:
+        """Lay out, label and render one row made of ``segments`` (numpy arrays, for collate);
+        ``order``: the physical token order (data/packing.py; the loss does not depend on it)."""
         toks = [self.indexed.tokens(s.doc_index, s.start, s.length) for s in segments]
         masks = None if self.indexed.mask_ds is None else \
             [self.indexed.response_mask(s.doc_index, s.start, s.length) for s in segments]
-        row = assemble_row(segments, toks, self.L, self.m, self.S, masks)
+        row = assemble_row(segments, toks, self.L, self.m, self.S, masks, order)
         images = [self.renderer.render_chunk(ids, self.tokenizer.decode) for ids in row.image_chunks]
         out = {k: getattr(row, k) for k in ("tokens", "doc", "chunk", "kind", "readback",
                                              "position", "labels", "loss_mask")}

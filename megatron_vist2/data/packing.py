@@ -3,7 +3,11 @@
 A *segment* is a window of consecutive chunks of one document, short enough to always fit a row
 (``max_chunks_per_segment``). Each segment is laid out as the
 spec says: ``T_1 V_1 T_2 V_2 ... V_{n-1} T_n``; a chunk in read-back mode puts its V_i before
-its T_i and always has one (the last chunk too). Segments fill rows of ``seq_length`` tokens in
+its T_i and always has one (the last chunk too). That is the *logical* (interleaved) order; rows
+are stored in the *blocked* physical order (``reorder``): all visual tokens of the row, then all
+text tokens, then padding. The mask, RoPE positions and labels come from per-token metadata, so
+the order changes no loss; it only lets a block-sparse kernel skip most 128 x 128 tiles
+(tools/block_mask_report.py). Segments fill rows of ``seq_length`` tokens in
 order; one that does not fit the rest of a row is split at a chunk boundary, so the padding at
 the end of a row (kind PAD, doc -1) is shorter than L + m tokens. Every token of every document
 lands in exactly one segment; nothing is dropped (the only remainder is that padding).
@@ -107,10 +111,17 @@ class RowArrays:
     image_chunks: List[np.ndarray]   # token ids of each visual block's chunk, in row order
 
 
+ORDERS = ("blocked", "interleaved")
+
+
 def assemble_row(segments: Sequence[Segment], doc_tokens: Sequence[np.ndarray], L: int, m: int,
-                 seq_length: int, response_masks: Optional[Sequence[np.ndarray]] = None) -> RowArrays:
+                 seq_length: int, response_masks: Optional[Sequence[np.ndarray]] = None,
+                 order: str = "blocked") -> RowArrays:
     """Lay out a row; ``doc_tokens[i]`` holds the text tokens of ``segments[i]``. With
-    ``response_masks`` (instruction data), only targets whose mask is 1 carry loss."""
+    ``response_masks`` (instruction data), only targets whose mask is 1 carry loss. ``order``:
+    the physical token order (``reorder``)."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown row order '{order}' (expected one of {', '.join(ORDERS)})")
     S = seq_length
     row = RowArrays(tokens=np.zeros(S, np.int64), doc=np.full(S, -1, np.int64),
                     chunk=np.zeros(S, np.int64), kind=np.full(S, PAD, np.int64),
@@ -153,4 +164,18 @@ def assemble_row(segments: Sequence[Segment], doc_tokens: Sequence[np.ndarray], 
                 put_visual(c)
     if pos > S:
         raise ValueError(f"row overflows: {pos} tokens > seq_length {S}")
-    return row
+    return reorder(row, order)
+
+
+def reorder(row: RowArrays, order: str) -> RowArrays:
+    """Permute an interleaved row's tokens, with their metadata and labels, into ``order``.
+    'blocked': every visual token of the row first, then every text token, then the padding, each
+    kind in its interleaved order (segments in row order, chunks in order), so the visual blocks
+    keep the order of ``image_chunks`` and each text chunk stays contiguous and in order."""
+    if order == "interleaved":
+        return row
+    rank = np.where(row.kind == VISUAL, 0, np.where(row.kind == TEXT, 1, 2))
+    perm = np.argsort(rank, kind="stable")
+    return RowArrays(**{f: getattr(row, f)[perm] for f in
+                        ("tokens", "doc", "chunk", "kind", "readback", "position", "labels", "loss_mask")},
+                     image_chunks=row.image_chunks)

@@ -8,6 +8,7 @@ Nothing grows by concatenation: writes go to precomputed slots, eviction is rese
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -29,18 +30,21 @@ class KVCache:
         """Bytes held by the cache tensors (what the KV memory really is)."""
         return self.k.nbytes + self.v.nbytes
 
-    def layer(self, index: int, rows: slice, write_slots: torch.Tensor) -> "LayerWrite":
-        return LayerWrite(self, index, rows, write_slots)
+    def layer(self, index: int, rows: slice, write_slots: torch.Tensor,
+              visible: Optional[int] = None) -> "LayerWrite":
+        return LayerWrite(self, index, rows, write_slots, visible)
 
 
 @dataclass
 class LayerWrite:
     """One layer's part of one forward: store new K/V at ``write_slots`` [rows, q] and hand
-    back every slot of those rows (the attention mask says which ones count)."""
+    back every slot of those rows (the attention mask says which ones count), or only the first
+    ``visible`` slots (a prefill that attends to exactly those, with no mask tensor)."""
     cache: KVCache
     index: int
     rows: slice
     write_slots: torch.Tensor
+    visible: Optional[int] = None
 
     def store(self, k: torch.Tensor, v: torch.Tensor):
         """k, v [rows, kv_heads, q, head_dim] -> all keys/values [rows, kv_heads, slots, head_dim]."""
@@ -49,4 +53,6 @@ class LayerWrite:
         idx = self.write_slots[:, None, :, None].expand(-1, K.shape[1], -1, K.shape[3])
         K.scatter_(2, idx, k.to(K.dtype))
         V.scatter_(2, idx, v.to(V.dtype))
+        if self.visible is not None:
+            return K[:, :, :self.visible], V[:, :, :self.visible]
         return K, V

@@ -8,8 +8,9 @@ text K/V of the current chunk.
     finishes it is not run as text at all: the chunk is detokenized, rendered, encoded and
     prefilled as m visual tokens, its text K/V is evicted, and the next token's logits come from
     the last visual token, exactly as training predicts a chunk's first token from V_{j}.
-Baseline (``compress=False``): the same backbone and code path with every token as text at
-position t and a full text cache.
+Baseline (``compress=False``): the same backbone with every token as text at position t and a
+full text cache; its prefill is one forward on SDPA's causal kernel (no mask tensor), its decode
+the VIST2 text path.
 
 Consistency law (tested): the logits equal the teacher-forced training forward under the VIST2
 mask. Sequences of a batch may be at different chunk phases; rows that sit out a step write to a
@@ -29,6 +30,7 @@ from megatron.core import tensor_parallel
 from ..config import Config
 from ..data.renderer import Renderer
 from ..errors import UserError
+from ..models.attention import CAUSAL
 from ..models.size import forward_flops
 from ..models.vist2 import Vist2Model
 from .cache import KVCache
@@ -110,12 +112,27 @@ class Vist2Engine:
         return logits[..., :self.vocab].float()
 
     def _run(self, rows: slice, hidden: torch.Tensor, positions: torch.Tensor,
-             slots: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """hidden [q, nb, H] through every layer with the cache; positions/slots [nb, q]."""
+             slots: torch.Tensor, mask, visible: Optional[int] = None) -> torch.Tensor:
+        """hidden [q, nb, H] through every layer with the cache; positions/slots [nb, q];
+        ``visible``: attend to the first ``visible`` slots only (see KVCache.layer)."""
         rope = self.model.rotary(positions)
         for i, layer in enumerate(self.model.layers.values()):
-            hidden = layer(hidden, rope, mask, self.cache.layer(i, rows, slots))
+            hidden = layer(hidden, rope, mask, self.cache.layer(i, rows, slots, visible))
         return hidden
+
+    def _causal_prefill(self, row: int, ids: List[int], last_only: bool) -> torch.Tensor:
+        """Baseline prefill of an empty row: the whole prompt in one forward on SDPA's causal
+        kernel (slots and positions 0..n-1, no mask tensor) -> logits [n or 1, V]."""
+        n = len(ids)
+        if int(self.cache.text_len[row]) or int(self.cache.visual_len[row]):
+            raise InferenceError(f"row {row} is not empty: call reset() before prefilling it again")
+        slots = torch.arange(n, device=self.device)[None]
+        hidden = self.model.front.embedding(torch.tensor([ids], device=self.device)).transpose(0, 1)
+        out = self._run(slice(row, row + 1), hidden, slots, slots, CAUSAL, visible=n)
+        self.cache.text_len[row] = n
+        self.stats.flops["llm_linear"] += n * self.llm_flops_per_token
+        self.stats.flops["llm_attention"] += self.attn_flops_per_key * n * (n + 1) // 2
+        return self._logits(out[-1:, 0] if last_only else out[:, 0])
 
     def _text_forward(self, rows: slice, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """tokens [nb, q] as text of each row's current chunk -> logits [nb, q, V].
@@ -183,7 +200,7 @@ class Vist2Engine:
             if len(prompt) > self.max_context:
                 raise InferenceError(f"prompt {row} has {len(prompt)} tokens, more than the engine's "
                                      f"max_context {self.max_context}: shorten it or raise max_context")
-            out.append(self.prefill_logits(row, prompt)[-1])
+            out.append(self.prefill_logits(row, prompt, last_only=True)[-1])
         return torch.stack(out)
 
     def reset(self) -> None:
@@ -193,9 +210,10 @@ class Vist2Engine:
         self.chunk_tokens = [[] for _ in range(self.batch)]
         self.length = [0] * self.batch
 
-    def prefill_logits(self, row: int, prompt: List[int]) -> torch.Tensor:
-        """Prefill one row; logits [n, V] for every position that predicts a next token:
-        VIST2: the last visual token of each full chunk, then each tail token; baseline: each token."""
+    def prefill_logits(self, row: int, prompt: List[int], last_only: bool = False) -> torch.Tensor:
+        """Prefill one (empty) row; logits [n, V] for every position that predicts a next token:
+        VIST2: the last visual token of each full chunk, then each tail token; baseline: each token
+        (``last_only``: the baseline computes the last one only)."""
         rows = slice(row, row + 1)
         active = torch.ones(1, dtype=torch.bool, device=self.device)
         self.length[row] = len(prompt)
@@ -207,7 +225,7 @@ class Vist2Engine:
 
         if not self.compress:
             self.chunk_tokens[row] = prompt
-            return torch.cat(text(prompt))
+            return self._causal_prefill(row, prompt, last_only)
         full = len(prompt) // self.L
         chunks = [prompt[i * self.L:(i + 1) * self.L] for i in range(full)]
         group = max(1, self.prefill_block // self.m)

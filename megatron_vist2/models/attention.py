@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 TEXT, VISUAL, PAD = 0, 1, -1
+CAUSAL = "causal"     # a mask ``attend`` takes: plain causal over equal query and key lengths
 
 
 @dataclass
@@ -85,10 +86,17 @@ def block_mask(layout: TokenLayout, block_size: int = 128):
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, dropout_p: float = 0.0) -> torch.Tensor:
     """Scaled dot-product attention over [batch, heads, seq, head_dim].
 
-    ``mask``: None (full bidirectional), a bool tensor [batch, 1, seq, seq], or a flex BlockMask.
+    ``mask``: None (full bidirectional), ``CAUSAL`` (SDPA's causal kernel: no mask tensor; the
+    queries and keys must be the same positions), a bool tensor [batch, 1, seq, seq], or a flex
+    BlockMask.
     Grouped-query attention: k/v may have fewer heads than q (query head i uses kv head
     i // (heads / kv_heads), as in Hugging Face's repeat_kv).
     """
+    if isinstance(mask, str):
+        if mask != CAUSAL or q.shape[2] != k.shape[2]:
+            raise ValueError(f"mask '{mask}': only '{CAUSAL}' over as many keys as queries")
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p,
+                                              enable_gqa=k.shape[1] != q.shape[1])
     if mask is None or isinstance(mask, torch.Tensor):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                               enable_gqa=k.shape[1] != q.shape[1])

@@ -29,7 +29,8 @@ A GPU's allocator and a CPU's malloc add fragmentation on top; benchmarks/memory
 compares the estimate with measured peaks.
 
 Step time (seconds) of one optimizer step:
-  compute   training FLOPs of the global batch (3x the forward; 4x with full recomputation)
+  compute   training FLOPs of the global batch (3x the forward; 4x with full recomputation;
+            attention: the keys of every tile a block-sparse kernel computes, row_training_flops)
             / world / (peak x efficiency), times the 1F1B bubble (gas + pp - 1) / gas
   TP        bytes each rank moves in TP all-reduces (4 per layer and micro-batch, ring) /
             NVLink bandwidth when TP stays inside a node, else the network's
@@ -170,13 +171,16 @@ def communication(cfg: Config, world: int, r: dict) -> Dict[str, float]:
 
 
 def row_training_flops(cfg: Config) -> float:
-    """Model FLOPs (forward + backward) of one full training row, from the spec's cost formulas:
-    linear layers per position, attention per attended key (text sees its chunk causally and
-    the visual tokens of earlier chunks), the ViT and aligner per chunk image."""
+    """FLOPs (forward + backward) a block-sparse attention kernel spends on one full training row:
+    linear layers per position, attention per *computed* key: every key of every 128 x 128 tile
+    the VIST2 mask does not leave empty, counted on a row of one long document in the packer's
+    order (models/block_sparsity.py; a kernel pays for whole tiles, not for allowed pairs), and
+    the ViT and aligner per chunk image."""
+    from ..models.block_sparsity import BLOCK, full_row_counts
     f, m, s = forward_flops(cfg), cfg.model, cfg.data.seq_length
     L, k = m.chunk.text_tokens, m.visual_tokens_per_chunk
     chunks = -(-s // (L + k))
-    keys = (chunks - 1) * k / 2 + L / 2            # mean keys per query over the row
+    keys = full_row_counts(L, k, s, cfg.data.readback_fraction).computed * BLOCK ** 2 / s   # per query
     forward = s * (f.llm_linear_per_token + f.llm_attention_per_key * keys) + chunks * (
         f.vision_per_image + f.aligner_per_image)
     return 3 * forward

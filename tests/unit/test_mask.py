@@ -1,7 +1,7 @@
 """The VIST2 layout, mask, positions and labels against a brute-force reading of the spec.
 
 The reference below is written token by token from docs/spec.md and shares no code with the
-package: it lists the tokens of a packed row, then decides every (query, key) pair with the
+package: it lists the tokens of a packed row (in either physical order), then decides every (query, key) pair with the
 spec's sentences, using the token's index *inside its chunk* for causality (the package uses the
 row index), and the spec's 1-based position formulas.
 """
@@ -13,8 +13,10 @@ from megatron_vist2.data.packing import Segment, assemble_row
 from megatron_vist2.models.attention import PAD, TEXT, VISUAL, TokenLayout, dense_mask
 
 
-def spec_tokens(docs, L, m):
-    """docs: list of (num_text_tokens, readback flags). -> list of dicts, one per token."""
+def spec_tokens(docs, L, m, order="interleaved"):
+    """docs: list of (num_text_tokens, readback flags). -> list of dicts, one per token, in the
+    spec's physical order: 'interleaved' (T_1 V_1 T_2 ...) or 'blocked' (every visual token of the
+    row, then every text token, each in interleaved order, then padding)."""
     out = []
     for slot, (length, flags) in enumerate(docs):
         n = -(-length // L)
@@ -28,6 +30,8 @@ def spec_tokens(docs, L, m):
                 out += visual + text
             else:
                 out += text + (visual if i < n else [])  # V_N is never needed
+    if order == "blocked":
+        out = [t for t in out if t["kind"] == "V"] + [t for t in out if t["kind"] == "T"]
     return out
 
 
@@ -52,20 +56,24 @@ def random_docs(rng, L, max_chunks):
     return docs
 
 
-def build(docs, L, m, seq):
+def build(docs, L, m, seq, order):
     segs = [Segment(i, 0, length, flags) for i, (length, flags) in enumerate(docs)]
     toks = [np.arange(1000 * (i + 1), 1000 * (i + 1) + length) for i, (length, _) in enumerate(docs)]
-    return assemble_row(segs, toks, L, m, seq), toks
+    return assemble_row(segs, toks, L, m, seq, order=order), toks
 
 
+ORDERS = ["interleaved", "blocked"]
+
+
+@pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("L, m", [(8, 2), (6, 3), (4, 4), (16, 4)])
-def test_layout_mask_positions_equal_brute_force(L, m):
+def test_layout_mask_positions_equal_brute_force(L, m, order):
     rng = np.random.default_rng(L * 100 + m)
     for trial in range(25):
         docs = random_docs(rng, L, max_chunks=5)
-        ref = spec_tokens(docs, L, m)
+        ref = spec_tokens(docs, L, m, order)
         seq = len(ref) + int(rng.integers(0, 5))                  # some padding
-        row, _ = build(docs, L, m, seq)
+        row, _ = build(docs, L, m, seq, order)
         kinds = {"T": TEXT, "V": VISUAL}
         # layout and positions
         for s, tok in enumerate(ref):
@@ -105,13 +113,14 @@ def spec_targets(ref):
     return pairs
 
 
-def test_labels_are_next_text_tokens_only():
+@pytest.mark.parametrize("order", ORDERS)
+def test_labels_are_next_text_tokens_only(order):
     rng = np.random.default_rng(7)
     L, m = 8, 2
     for _ in range(40):
         docs = random_docs(rng, L, max_chunks=5)
-        ref = spec_tokens(docs, L, m)
-        row, toks = build(docs, L, m, len(ref) + 3)
+        ref = spec_tokens(docs, L, m, order)
+        row, toks = build(docs, L, m, len(ref) + 3, order)
         want_mask = np.zeros(len(row.labels), np.float32)
         want_labels = np.zeros(len(row.labels), np.int64)
         for pred, target in spec_targets(ref):
