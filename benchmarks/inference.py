@@ -77,7 +77,7 @@ def transformers_backbone(model, cfg, out_dir: Path):
     from megatron_vist2.convert.qwen3 import export_backbone
     state = {n: p.detach() for n, p in model.named_parameters()}
     path = export_backbone(state.__getitem__, cfg, str(out_dir))
-    return AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=torch.float32,
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32,
                                                 attn_implementation="sdpa").eval()
 
 
