@@ -14,7 +14,7 @@ from tests.conftest import tiny_overrides
 
 def write_checkpoint(root, cfg, tok, model, step=2, config_edit=None, tokenizer=True):
     from megatron_vist2.config import config_to_dict
-    from megatron_vist2.convert.reshard import write_consolidated
+    from megatron_vist2.checkpoint.sources import write_consolidated
     config = config_to_dict(cfg)
     if config_edit:
         config_edit(config)

@@ -100,7 +100,7 @@ def test_preprocess_train_export_generate(real_tok, dist_env, tmp_path):
     from megatron_vist2.data.tokenizer import load_tokenizer
     from megatron_vist2.inference.engine import SamplingParams, Vist2Engine
     from megatron_vist2.models import Vist2Model
-    from megatron_vist2.models.vist2 import token_losses
+    from megatron_vist2.training.loss import token_losses
     from tests.conftest import tiny_overrides
     name, path = real_tok
     tok = load_tokenizer(str(path))

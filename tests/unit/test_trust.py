@@ -91,7 +91,7 @@ def test_llama_backbone_export_names_llama(tiny_data, tiny_parts, tmp_path, caps
 def test_import_builds_the_config_from_config_json(tiny_data, tiny_parts, hf_qwen3, tmp_path):
     """The backbone's shape comes from config.json: a preset of another size imports without
     hand-typed overrides (before: a field-by-field mismatch error)."""
-    from megatron_vist2.convert.reshard import open_checkpoint
+    from megatron_vist2.checkpoint.sources import open_checkpoint
     code = invoke("tools/import_hf.py", ["--preset", "tiny-cpu", "--llm", str(hf_qwen3), "--out",
                                          str(tmp_path / "init"), f"data.tokenizer={tiny_data.tokenizer}"])
     assert code == 0
