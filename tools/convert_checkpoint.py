@@ -47,7 +47,7 @@ def main():
     cfg = validate(config_from_dict(source.config))
     # the export must carry its tokenizer: refuse rather than write a directory without one
     tok = Path(find_tokenizer(source.step_dir, cfg.data.tokenizer, source.client.get("tokenizer_sha256"),
-                              args.tokenizer))
+                              args.tokenizer, identify=lambda p: load_tokenizer(p).sha256))
     tokenizer = load_tokenizer(str(tok))
     weight = lambda name: source.tensor(name, "param")          # noqa: E731
     if args.vist2:

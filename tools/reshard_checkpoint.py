@@ -30,6 +30,7 @@ def main():
     from megatron_vist2.checkpoint.sources import KINDS, open_checkpoint, write_consolidated
     from megatron_vist2.errors import TokenizerError
     from megatron_vist2.checkpoint.safeguards import check_writable_target, find_tokenizer
+    from megatron_vist2.data.tokenizer import load_tokenizer
     check_writable_target(args.out)                # before reading anything
     start = time.time()
     source = open_checkpoint(args.checkpoint)
@@ -56,7 +57,8 @@ def main():
                 "tokenizer_sha256": client["tokenizer_sha256"]}
     try:                                       # carried along: exports of the output need it
         tokenizer = find_tokenizer(source.step_dir, source.config["data"]["tokenizer"],
-                                   client["tokenizer_sha256"])
+                                   client["tokenizer_sha256"],
+                                   identify=lambda p: load_tokenizer(p).sha256)
     except TokenizerError as exc:
         tokenizer = None
         print(f"note: the output will not carry the tokenizer ({exc})")

@@ -169,11 +169,13 @@ def store_tokenizer(step_dir: Path, tokenizer_path: str) -> dict:
     return {"tokenizer_path": str(src.resolve())}
 
 
-def find_tokenizer(step_dir: Path, configured: str, sha256: Optional[str], override: Optional[str] = None) -> str:
+def find_tokenizer(step_dir: Path, configured: str, sha256: Optional[str], override: Optional[str] = None,
+                   identify=None) -> str:
     """The tokenizer of a checkpoint wherever a tool runs: ``override`` (a flag), else the copy
     stored in the step directory, else the recorded absolute path, else the config's path when
-    it exists (relative to the working directory). TokenizerError naming what was tried."""
-    from ..data.tokenizer import load_tokenizer
+    it exists (relative to the working directory). ``identify(path) -> sha256`` checks a candidate
+    against ``sha256`` (the data layer's tokenizer loader; this package does not import it).
+    TokenizerError naming what was tried."""
     if override:
         return override
     tried = []
@@ -186,7 +188,7 @@ def find_tokenizer(step_dir: Path, configured: str, sha256: Optional[str], overr
             if candidate:
                 tried.append(str(candidate))
             continue
-        if sha256 and load_tokenizer(str(candidate)).sha256 != sha256:
+        if sha256 and identify is not None and identify(str(candidate)) != sha256:
             tried.append(f"{candidate} (another tokenizer)")
             continue
         return str(candidate)

@@ -1,12 +1,12 @@
 """Values that pass the type and layout checks but cannot work: non-finite numbers, settings out
 of their meaningful range, and sizes no machine holds (validate() calls ``value_problems``; the
-trainer's preflight calls ``memory_problem`` once it knows the device)."""
+memory estimate against the device is parallel/planner.py ``memory_problem``, in the trainer's
+preflight)."""
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from typing import List, Optional
+from typing import List
 
 from .schema import Config
 
@@ -53,31 +53,3 @@ def value_problems(cfg: Config, sizes_valid: bool = True) -> List[str]:
             out.append(f"the model would have {total:.3g} parameters (model.llm / model.vision sizes): "
                        f"far beyond any machine; check the sizes for extra digits")
     return out
-
-
-def available_memory_bytes(device) -> Optional[int]:
-    """Memory one rank can use: the GPU's, or on the CPU the host's shared by its local ranks."""
-    import torch
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return host // max(1, local)
-
-
-def memory_problem(cfg: Config, world: int, available: Optional[int]) -> Optional[str]:
-    """The planner's per-rank estimate (parallel/planner.py) against ``available`` bytes."""
-    if not available:
-        return None
-    from ..parallel.planner import memory, stage_sizes
-    worst = max((sum(memory(cfg, world, r).values()), r["stage"]) for r in stage_sizes(cfg))
-    if worst[0] <= available:
-        return None
-    gib = 2 ** 30
-    return (f"this run needs about {worst[0] / gib:,.1f} GiB per rank (pipeline stage {worst[1]}, the "
-            f"planner's estimate: tools/dry_run.py shows the parts) but a rank has {available / gib:,.1f} GiB: "
-            f"use a smaller model, raise parallel.zero_stage / tensor_parallel / pipeline_parallel, lower "
-            f"parallel.micro_batch_size or data.seq_length, or train.activation_checkpointing=full")

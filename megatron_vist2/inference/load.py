@@ -22,7 +22,8 @@ def load_for_inference(checkpoint: str, overrides: Iterable[str] = (),
     cfg = validate(config_from_dict(apply_overrides(data, overrides)))
     want = source.client.get("tokenizer_sha256")
     # the checkpoint's stored copy first: the config's path may be relative to another directory
-    tok = load_tokenizer(find_tokenizer(source.step_dir, cfg.data.tokenizer, want, tokenizer_path))
+    tok = load_tokenizer(find_tokenizer(source.step_dir, cfg.data.tokenizer, want, tokenizer_path,
+                                         identify=lambda p: load_tokenizer(p).sha256))
     if want and tok.sha256 != want:
         raise CheckpointError(f"tokenizer mismatch: {tok.path} (sha256 {tok.sha256[:12]}..) is not "
                               f"the tokenizer {source.step_dir} was trained with ({want[:12]}..)")

@@ -45,6 +45,7 @@ their values.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
@@ -263,3 +264,31 @@ def plan_layouts(cfg: Config, cluster: Cluster, top: int = 10) -> List[Plan]:
                             c.parallel.global_batch_size * c.data.seq_length / step, times))
     plans.sort(key=lambda x: (-x.tokens_per_s, x.memory_gib))
     return plans[:top]
+
+
+# ------------------------------------------------------------------ the trainer's preflight
+def available_memory_bytes(device) -> Optional[int]:
+    """Memory one rank can use: the GPU's, or on the CPU the host's shared by its local ranks."""
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return host // max(1, local)
+
+
+def memory_problem(cfg: Config, world: int, available: Optional[int]) -> Optional[str]:
+    """The planner's per-rank estimate (parallel/planner.py) against ``available`` bytes."""
+    if not available:
+        return None
+    worst = max((sum(memory(cfg, world, r).values()), r["stage"]) for r in stage_sizes(cfg))
+    if worst[0] <= available:
+        return None
+    gib = 2 ** 30
+    return (f"this run needs about {worst[0] / gib:,.1f} GiB per rank (pipeline stage {worst[1]}, the "
+            f"planner's estimate: tools/dry_run.py shows the parts) but a rank has {available / gib:,.1f} GiB: "
+            f"use a smaller model, raise parallel.zero_stage / tensor_parallel / pipeline_parallel, lower "
+            f"parallel.micro_batch_size or data.seq_length, or train.activation_checkpointing=full")
