@@ -26,6 +26,11 @@ HEAVY = {
     "tests/unit/test_inference.py::test_consistency_law_batch_of_mixed_lengths_and_phases",
     "tests/unit/test_inference.py::test_generate_greedy_is_deterministic_and_bad_input_is_refused",
     "tests/unit/test_activation_checkpointing.py::test_checkpointing_keeps_loss_and_gradients",
+    "tests/unit/test_hf_generate_vist2.py::test_cached_generate_equals_engine_in_a_batch_at_different_phases",
+    "tests/unit/test_hf_generate_vist2.py::test_max_length_eos_stop_strings_and_streamer",
+    "tests/unit/test_real_tokenizers.py::test_preprocess_train_export_generate",
+    "tests/unit/test_flops.py::test_attended_pairs_equal_brute_force",
+    "tests/unit/test_data_trust.py::test_inspect_data_verify_names_the_file",
 }
 
 
