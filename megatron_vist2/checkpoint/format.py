@@ -53,9 +53,19 @@ def write_manifest(step_dir: Path, **fields) -> None:
     write_atomic(step_dir / MARKER, json.dumps({**fields, "files": files}, indent=1))
 
 
+def step_of(tag: str) -> int:
+    """``step_0000800`` (or ``step_0000800.partial``) -> 800; -1 for anything else."""
+    try:
+        return int(tag.split("_", 1)[1].split(".")[0])
+    except (IndexError, ValueError):
+        return -1
+
+
 def complete_tags(root: Path) -> List[str]:
-    """Complete checkpoints under ``root``, oldest first."""
-    return sorted(p.name for p in root.glob("step_*") if (p / MARKER).is_file() and p.is_dir())
+    """Complete checkpoints under ``root``, oldest first (by step number: names stay ordered past
+    seven digits); [] when ``root`` does not exist."""
+    return sorted((p.name for p in Path(root).glob("step_*") if p.is_dir() and (p / MARKER).is_file()),
+                  key=step_of)
 
 
 def partial_checkpoints(root: Path) -> List[str]:

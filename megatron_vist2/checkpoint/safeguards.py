@@ -20,36 +20,17 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, Optional
 
 from ..errors import CheckpointError, ConfigError, TokenizerError
+from .format import MARKER, complete_tags, partial_checkpoints, step_of
 
-from .format import MARKER         # (the step directory marker)
 LATEST = "latest"
 TOKENIZER_FILE = "tokenizer.model"     # a sentencepiece tokenizer stored in a step directory
 TOKENIZER_DIR = "tokenizer"            # a Hugging Face tokenizer directory stored in one
 
 
 # ------------------------------------------------------------------ save directories
-def _step_of(tag: str) -> int:
-    try:
-        return int(tag.split("_", 1)[1].split(".")[0])
-    except (IndexError, ValueError):
-        return -1
-
-
-def complete_steps(root: Path) -> List[str]:
-    """Complete checkpoints (step directories with a marker) under ``root``, oldest first."""
-    if not root.is_dir():
-        return []
-    return sorted((p.name for p in root.glob("step_*") if p.is_dir() and (p / MARKER).is_file()),
-                  key=_step_of)
-
-
-def unfinished_saves(root: Path) -> List[str]:
-    return sorted(p.name for p in root.glob("step_*.partial")) if root.is_dir() else []
-
-
 def read_latest(root: Path) -> Optional[str]:
     try:
         return (root / LATEST).read_text().strip() or None
@@ -62,7 +43,7 @@ def start_point(save_dir: str, load_dir: Optional[str], auto_resume: bool,
     """Where a run resumes from (None: from scratch or ``init_from``), or CheckpointError when
     starting would overwrite a complete checkpoint in ``save_dir``."""
     root = Path(save_dir)
-    complete, partial = complete_steps(root), unfinished_saves(root)
+    complete, partial = complete_tags(root), partial_checkpoints(root)
     source = load_dir or None
     if source is None and auto_resume and complete:
         latest = read_latest(root)
@@ -81,7 +62,7 @@ def start_point(save_dir: str, load_dir: Optional[str], auto_resume: bool,
             f"checkpoint.load_dir) or set checkpoint.save_dir to a new directory")
     if complete and source is not None:
         resumed = _resumed_step(source)
-        newer = [t for t in complete if _step_of(t) > resumed]
+        newer = [t for t in complete if step_of(t) > resumed]
         if newer:
             raise CheckpointError(
                 f"checkpoint.save_dir {root} holds complete checkpoints newer than the one this run "
@@ -97,16 +78,16 @@ def start_point(save_dir: str, load_dir: Optional[str], auto_resume: bool,
 def _resumed_step(path: str) -> int:
     p = Path(path)
     if (p / MARKER).is_file():
-        return _step_of(p.name)
-    latest = read_latest(p) or (complete_steps(p) or [None])[-1]
-    return _step_of(latest) if latest else -1
+        return step_of(p.name)
+    latest = read_latest(p) or (complete_tags(p) or [None])[-1]
+    return step_of(latest) if latest else -1
 
 
 def advance_latest(root: Path, tag: str, write_atomic) -> bool:
     """Point ``root/latest`` at ``tag`` unless it already names a newer complete checkpoint
     (-> False). The one rule every writer of ``latest`` follows: it never moves backwards."""
     current = read_latest(root)
-    if current is not None and _step_of(current) > _step_of(tag) and (root / current / MARKER).is_file():
+    if current is not None and step_of(current) > step_of(tag) and (root / current / MARKER).is_file():
         return False
     write_atomic(root / LATEST, tag)
     return True
