@@ -18,7 +18,6 @@ as our model on text-only input (tested). The tokenizer is copied beside it: a H
 tokenizer directory as is, a sentencepiece model as ``tokenizer.model``.
 """
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ def main():
     from megatron_vist2.convert.qwen3 import export_backbone, hf_class_name
     from megatron_vist2.checkpoint.sources import open_checkpoint
     from megatron_vist2.data.tokenizer import load_tokenizer
-    from megatron_vist2.checkpoint.safeguards import check_writable_target, find_tokenizer
+    from megatron_vist2.checkpoint.safeguards import check_writable_target, copy_tokenizer, find_tokenizer
     check_writable_target(args.out)                # before reading anything
     start = time.time()
     source = open_checkpoint(args.checkpoint)
@@ -58,12 +57,7 @@ def main():
               f"({str(out)!r}, trust_remote_code=True)")
         return
     out = export_backbone(weight, cfg, args.out, int(args.shard_gb * 2**30), tokenizer)
-    if tok.is_dir():
-        for f in tok.iterdir():
-            if f.is_file():
-                shutil.copy(f, out / f.name)
-    else:
-        shutil.copy(tok, out / "tokenizer.model")
+    copy_tokenizer(tok, out, "tokenizer.model")
     name = hf_class_name(cfg)
     print(f"wrote {out} ({name}, {cfg.model.llm.num_layers} layers, vocab "
           f"{cfg.model.llm.vocab_size}) from {source.step_dir} (saved as {source.layout}) in "

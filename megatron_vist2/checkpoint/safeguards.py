@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 from ..errors import CheckpointError, ConfigError, TokenizerError
 from .format import MARKER, complete_tags, partial_checkpoints, step_of
@@ -137,16 +137,28 @@ def _saved_tokenizer_setting(step_dir: Path) -> Optional[str]:
         return None
 
 
+def copy_tokenizer(src: Path, dest: Path, file_name: str = TOKENIZER_FILE) -> List[str]:
+    """Copy a tokenizer into ``dest``: a sentencepiece file as ``file_name``, a Hugging Face
+    tokenizer directory as its files; -> the names written (the one rule for checkpoints and
+    exports)."""
+    src = Path(src)
+    if src.is_file():
+        shutil.copy(src, dest / file_name)
+        return [file_name]
+    names = []
+    if src.is_dir():
+        dest.mkdir(exist_ok=True)
+        for f in sorted(src.iterdir()):
+            if f.is_file():
+                shutil.copy(f, dest / f.name)
+                names.append(f.name)
+    return names
+
+
 def store_tokenizer(step_dir: Path, tokenizer_path: str) -> dict:
     """Copy the tokenizer into a step directory (a few MB at most); -> manifest fields."""
     src = Path(tokenizer_path)
-    if src.is_file():
-        shutil.copy(src, step_dir / TOKENIZER_FILE)
-    elif src.is_dir():
-        (step_dir / TOKENIZER_DIR).mkdir(exist_ok=True)
-        for f in src.iterdir():
-            if f.is_file():
-                shutil.copy(f, step_dir / TOKENIZER_DIR / f.name)
+    copy_tokenizer(src, step_dir / TOKENIZER_DIR if src.is_dir() else step_dir)
     return {"tokenizer_path": str(src.resolve())}
 
 

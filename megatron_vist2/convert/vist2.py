@@ -17,6 +17,7 @@ import torch
 from ..config import Config
 from ..data import renderer as renderer_module
 from ..data.tokenizer import load_tokenizer
+from ..checkpoint.safeguards import copy_tokenizer
 from . import qwen3, siglip
 from .hf_io import mapped_tensors, write_safetensors_dir
 
@@ -95,15 +96,7 @@ def export_vist2(weight: Callable[[str], torch.Tensor], cfg: Config, tokenizer_p
         (d / "vist2_renderer.py").write_text(bundled_renderer_source())
         shutil.copy(KV_CACHE_SOURCE, d / "vist2_kv_cache.py")             # imports torch only
         shutil.copy(font_path, d / font_path.name)
-        assets = [font_path.name]
-        if tok.is_file():
-            shutil.copy(tok, d / "tokenizer.model")
-            assets.append("tokenizer.model")
-        elif tok.is_dir():
-            for f in sorted(tok.iterdir()):
-                if f.is_file():
-                    shutil.copy(f, d / f.name)
-                    assets.append(f.name)
+        assets = [font_path.name] + copy_tokenizer(tok, d, "tokenizer.model")
         config = hf_config(cfg, tokenizer_file, assets, load_tokenizer(str(tok)).vocab_size)
         (d / "config.json").write_text(json.dumps(config, indent=1))
     return write_safetensors_dir(mapped_tensors(name_pairs(cfg), weight, cfg.model.llm.vocab_size),
