@@ -77,11 +77,13 @@ def tiny_overrides(data: SimpleNamespace, *extra: str) -> list:
             "data.num_workers=0", "train.dtype=fp32", *extra]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def dist_env():
-    """torch.distributed (gloo, world 1) + megatron parallel state, once per test session."""
+    """torch.distributed (gloo, world 1) + megatron parallel state, once per test session, set up
+    before any test and owned by the session: entry points run in-process (train, import_hf, ...)
+    find them initialised and leave them so, whatever order the tests run in."""
     from megatron_vist2.parallel.distributed import init_distributed
-    return init_distributed(1, 1)
+    return init_distributed(1, 1, own=False)
 
 
 def safetensors_tensors(directory: Path) -> dict:

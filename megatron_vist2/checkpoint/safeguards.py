@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional
 
 from ..errors import CheckpointError, ConfigError, TokenizerError
-from .format import MARKER, complete_tags, partial_checkpoints, step_of
+from .format import MARKER, check_loadable, complete_tags, partial_checkpoints, step_of
 
 LATEST = "latest"
 TOKENIZER_FILE = "tokenizer.model"     # a sentencepiece tokenizer stored in a step directory
@@ -45,6 +45,8 @@ def start_point(save_dir: str, load_dir: Optional[str], auto_resume: bool,
     root = Path(save_dir)
     complete, partial = complete_tags(root), partial_checkpoints(root)
     source = load_dir or None
+    if source is not None and not (Path(source) / MARKER).is_file():
+        check_loadable(source)          # a wrong load_dir is named first, before any overwrite rule
     if source is None and auto_resume and complete:
         latest = read_latest(root)
         if latest is None or not (root / latest / MARKER).is_file():

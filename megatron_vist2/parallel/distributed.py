@@ -18,6 +18,9 @@ from megatron.core import parallel_state
 from . import compat
 
 
+_created: set = set()   # what init_distributed set up itself (shutdown tears down only that)
+
+
 @dataclass
 class DistEnv:
     rank: int
@@ -38,7 +41,9 @@ def free_port() -> int:
 
 
 def init_distributed(tensor_parallel: int = 1, pipeline_parallel: int = 1,
-                     timeout_minutes: int = 30) -> DistEnv:
+                     timeout_minutes: int = 30, own: bool = True) -> DistEnv:
+    """``own=False``: the caller (a test session, a notebook) keeps what is set up here, and no
+    later ``shutdown()`` in this process tears it down."""
     if "RANK" not in os.environ:                      # bare single-process run
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -50,17 +55,25 @@ def init_distributed(tensor_parallel: int = 1, pipeline_parallel: int = 1,
     if cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        if own:
+            _created.add("process_group")
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
     compat.install_cpu_shims()
     if not parallel_state.model_parallel_is_initialized():
+        if own:
+            _created.add("model_parallel")
         parallel_state.initialize_model_parallel(tensor_parallel, pipeline_parallel,
                                                  create_gloo_process_groups=False)
     return DistEnv(rank, world, local_rank, device)
 
 
 def shutdown() -> None:
-    if parallel_state.model_parallel_is_initialized():
+    """Tear down what init_distributed created in this process, and only that: an entry point
+    called inside a process whose caller set up the groups (a test session, a notebook) leaves
+    them working for the caller."""
+    if "model_parallel" in _created and parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
-    if dist.is_initialized():
+    if "process_group" in _created and dist.is_initialized():
         dist.destroy_process_group()
+    _created.clear()

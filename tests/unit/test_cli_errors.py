@@ -55,7 +55,7 @@ def test_empty_document(tmp_path, tiny_data):
 
 
 def test_unreadable_checkpoint_dir(tmp_path, tiny_data):
-    args = ["-m", "megatron_vist2.train", *tiny_overrides(tiny_data)]
+    args = ["-m", "megatron_vist2.train", *tiny_overrides(tiny_data), f"checkpoint.save_dir={tmp_path / 'save'}"]
     assert_clean_error(*run(*args, f"checkpoint.load_dir={tmp_path / 'nope'}"),
                        "does not exist or is not a directory (checkpoint.load_dir)")
     assert_clean_error(*run(*args, f"checkpoint.load_dir={tmp_path}"),
