@@ -132,7 +132,7 @@ class RunHealth:
     """The training loop's side of run health: ``start_step`` before a step, ``end_step`` after it
     (-> a rollback target or None), ``close`` at the end."""
 
-    def __init__(self, run, env, step: int):
+    def __init__(self, run, env):
         self.run, self.cfg, self.h = run, run.cfg, run.cfg.train.health
         self.rank, self.world, self.device = env.rank, env.world_size, env.device
         self.faults = Faults(env.rank)

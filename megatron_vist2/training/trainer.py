@@ -261,7 +261,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     stop = StopOnSignal(cfg.train.max_wall_minutes, env.device)
     losses, stopped, phase, batches = [], False, None, None
     path = run.checkpoint                      # the newest checkpoint of this run
-    health = RunHealth(run, env, step)         # skipped non-finite steps, spikes, stragglers, hangs
+    health = RunHealth(run, env)               # skipped non-finite steps, spikes, stragglers, hangs
     while step < cfg.train.steps:
         if phase is None or curriculum.index_at(step) != phase.index:
             phase = curriculum.phase(step)

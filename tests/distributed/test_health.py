@@ -9,8 +9,6 @@ never saw it), torch AdamW with the trainer's parameter groups, and the learning
 *applied* update from the warm-up formula lr_k = 1e-3 (k + 1) / 10 (a skipped step does not
 advance the schedule)."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,24 +18,29 @@ from megatron_vist2.data.dataset import PackedVist2Dataset, collate
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.models import Vist2Model
-from megatron_vist2.parallel.distributed import free_port
 from megatron_vist2.training.loss import token_losses
-from tests.conftest import REPO, subprocess_env
 from tests.distributed.health_worker import G, overrides
+from tests.distributed.parity import launch_worker
 
 
 @pytest.fixture(scope="module")
 def results(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("health") / "results.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), "tests/distributed/health_worker.py", str(tiny_data.root), str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return torch.load(out, weights_only=False), proc.stdout + proc.stderr
+    return launch_worker(2, tiny_data, tmp_path_factory.mktemp("health") / "results.pt",
+                         "tests/distributed/health_worker.py")
+
+
+_REFERENCES = {}
 
 
 def reference(tiny_data, tmp_path, batches):
-    """Weights after one AdamW update per global batch index in ``batches``."""
+    """Weights after one AdamW update per global batch index in ``batches`` (once per list)."""
+    key = tuple(batches)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = _reference(tiny_data, tmp_path, batches)
+    return _REFERENCES[key]
+
+
+def _reference(tiny_data, tmp_path, batches):
     cfg = validate(load_config("tiny-cpu", overrides(tiny_data, tmp_path)))
     tok = load_tokenizer(cfg.data.tokenizer)
     ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, cfg.train.seed)
@@ -70,7 +73,7 @@ def metrics(text):
 
 
 @pytest.mark.parametrize("name", ["nan-loss-rank1-zero1", "nan-grad-rank0-zero3", "nan-grad-rank0-pp2"])
-def test_a_non_finite_step_is_skipped_on_every_rank(results, tiny_data, tmp_path, name):
+def test_a_non_finite_step_is_skipped_on_every_rank(results, dist_env, tiny_data, tmp_path, name):
     """Step 2's batch (global batch 1) is never trained on; 3 updates applied on every rank."""
     got = results[0][name]
     assert got["steps"] == 4 and got["consumed"] == 4 * G
@@ -88,12 +91,12 @@ def test_a_non_finite_step_is_skipped_on_every_rank(results, tiny_data, tmp_path
 def test_repeated_nans_stop_with_the_last_good_checkpoint_intact(results):
     got = results[0]["stop-then"]
     assert "error" in got, "the run did not stop"
-    assert "2 steps in a row (3..4)" in got["error"] and "step_0000002" in got["error"]
+    assert "2 steps in a row (3..4, train.health.max_consecutive_skips)" in got["error"] and "step_0000002" in got["error"]
     assert got["before"] == got["after"] and any(k.startswith("step_0000002/") for k in got["before"])
     assert got["adam_steps"] == [[2], [2]]
 
 
-def test_a_spike_rolls_back_to_the_last_checkpoint_and_skips_its_window(results, tiny_data, tmp_path):
+def test_a_spike_rolls_back_to_the_last_checkpoint_and_skips_its_window(results, dist_env, tiny_data, tmp_path):
     """Spike at step 4 (batches 0-3 read); checkpoint at step 2; skip 2 batches after the spike:
     steps 3..6 train on global batches 6..9."""
     got = results[0]["rollback"]
