@@ -246,14 +246,14 @@ def check_dir_writable(path: str, field: str) -> None:
                           f"this user can write") from None
 
 
-def raise_diverged(loss: float, step: int, save_dir: str) -> None:
-    """The loss went non-finite: stop with the way back (the last complete checkpoint, which
-    refuse_non_finite guarantees holds finite weights)."""
+def raise_diverged(reason: str, save_dir: str) -> None:
+    """Training diverged (``reason``): stop with the way back (the last complete checkpoint,
+    which refuse_non_finite guarantees holds finite weights)."""
     latest = read_latest(Path(save_dir))
     raise CheckpointError(
-        f"the loss is {loss} at step {step}: training diverged; nothing was saved from this point. "
+        f"{reason}; nothing was saved from this point. "
         + (f"Restart from the last good checkpoint ({Path(save_dir) / latest}; auto-resume picks it) "
-           if latest else "Restart ")
+           if latest else "No checkpoint was saved before. Restart ")
         + "with a lower optim.lr, more optim.warmup_steps or optim.grad_clip > 0")
 
 

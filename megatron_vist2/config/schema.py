@@ -15,6 +15,7 @@ AttentionBackend = Literal["sdpa", "flex"]
 ZeroStage = Literal[0, 1, 2, 3]
 Dtype = Literal["auto", "fp32", "bf16"]
 ActivationCheckpointing = Literal["none", "full", "selective"]
+SpikeMode = Literal["off", "log", "rollback"]
 
 
 @dataclass
@@ -150,6 +151,22 @@ class OptimConfig:
 
 
 @dataclass
+class HealthConfig:
+    """Run health (training/health.py, docs/training.md "Run health")."""
+    # a step with a non-finite loss or gradient on any rank is skipped on every rank; this many
+    # skips in a row stop the run (the last good checkpoint stays as it is)
+    max_consecutive_skips: int = 5
+    spike_mode: SpikeMode = "log"      # loss spikes: "off", "log" or "rollback" (to the last checkpoint)
+    spike_window: int = 100            # the z-score's moving window of recent losses (steps)
+    spike_zscore: float = 6.0          # a loss this many standard deviations above the window's mean is a spike
+    spike_skip_batches: int = 100      # rollback: global batches after the spike that are never trained on
+    # watchdog: a step running longer than max(watchdog_floor_s, watchdog_multiple x median step
+    # time) dumps this rank's Python stacks to <logging.dir>/watchdog/; 0 = no watchdog
+    watchdog_multiple: float = 10.0
+    watchdog_floor_s: float = 120.0
+
+
+@dataclass
 class TrainConfig:
     steps: int = 1000
     seed: int = 1234
@@ -163,6 +180,7 @@ class TrainConfig:
     # parameter-name prefixes kept fixed in this stage, e.g. [front.vision] or [layers, head]
     freeze: List[str] = field(default_factory=list)
     ocr_probe_batches: int = 0         # read-back accuracy probe at each evaluation (global batches)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
 
 @dataclass

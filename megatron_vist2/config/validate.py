@@ -222,12 +222,34 @@ def _checkpoint_problems(cfg: Config) -> List[str]:
     return out
 
 
+def _health_problems(cfg: Config) -> List[str]:
+    h, out = cfg.train.health, []
+    if h.max_consecutive_skips < 1:
+        out.append(f"train.health.max_consecutive_skips must be >= 1 (skips in a row before the run "
+                   f"stops), got {h.max_consecutive_skips}")
+    if h.spike_window < 2:
+        out.append(f"train.health.spike_window must be >= 2 (losses in the z-score's window), got {h.spike_window}")
+    if h.spike_zscore <= 0:
+        out.append(f"train.health.spike_zscore must be > 0 (standard deviations), got {h.spike_zscore}")
+    if h.spike_skip_batches < 0:
+        out.append(f"train.health.spike_skip_batches must be >= 0, got {h.spike_skip_batches}")
+    if h.spike_mode == "rollback" and cfg.checkpoint.save_interval <= 0:
+        out.append("train.health.spike_mode=rollback needs checkpoints to roll back to: set "
+                   "checkpoint.save_interval > 0 (or spike_mode=log)")
+    if h.watchdog_multiple != 0 and h.watchdog_multiple <= 1:
+        out.append(f"train.health.watchdog_multiple must be > 1 (times the median step time) or 0 "
+                   f"(no watchdog), got {h.watchdog_multiple}")
+    if h.watchdog_floor_s <= 0:
+        out.append(f"train.health.watchdog_floor_s must be > 0 (seconds), got {h.watchdog_floor_s}")
+    return out
+
+
 def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
     out = _positive_problems(cfg)
     if out:                                   # the checks below divide by these
         return out
     return (_parallel_problems(cfg, world_size) + _data_problems(cfg) + _optim_problems(cfg)
-            + _train_problems(cfg) + _checkpoint_problems(cfg))
+            + _train_problems(cfg) + _checkpoint_problems(cfg) + _health_problems(cfg))
 
 
 def validate(cfg: Config, world_size: Optional[int] = None) -> Config:

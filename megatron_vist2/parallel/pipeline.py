@@ -92,6 +92,7 @@ class PipelineSchedule:
         self.group = parallel_state.get_pipeline_model_parallel_group()
         self.tied = engine.module.tied and not (self.part.first and self.part.last)
         self.output_weight: Optional[torch.Tensor] = None
+        self.update_guard = None                 # training/health.py NonFiniteGuard (the trainer sets it)
         if p.zero_stage == 3:
             compat.check_zero3_micro_steps()
         if p.pipeline_parallel > 1 and p.zero_stage == 3:
@@ -170,10 +171,12 @@ class PipelineSchedule:
             self.engine.backward(surrogate, scale_wrt_gas=False)
         return None if self.part.first else inp.grad
 
-    def _step(self, final: bool) -> None:
+    def _step(self, final: bool, loss_sum: Optional[torch.Tensor] = None) -> None:
         """After a backward's gradient has gone to the previous stage. DeepSpeed updates only at
         the accumulation boundary (the final micro-batch), where it runs collectives over the
-        model-parallel group (gradient norm): everything another stage waits for is sent first."""
+        model-parallel group (gradient norm): everything another stage waits for is sent first.
+        There ``update_guard`` (training/health.py, when set) decides, with one collective over
+        the world, whether this update is applied (``loss_sum``: this stage's, last stage)."""
         if final and self.tied and self.part.last:
             _exchange([(self.output_weight.grad.contiguous(), self.first_rank)], [])
             self.output_weight = None
@@ -181,7 +184,12 @@ class PipelineSchedule:
         # partitions) at the start of the next forward; in 1F1B two backwards can follow each
         # other, so advance it here, after every backward. (Idempotent for the next forward.)
         compat.clear_backward_seen_flag(self.engine.optimizer)
+        guard = self.update_guard if final else None
+        if guard is not None:
+            guard.before_update(loss_sum if self.part.last else None)
         self.engine.step()
+        if guard is not None:
+            guard.after_update()
 
     # ------------------------------------------------------------------ schedules
     def train_step(self, micro_batches: Optional[List[Vist2Batch]], num_micro: int,
@@ -218,7 +226,7 @@ class PipelineSchedule:
         def step():
             nonlocal done
             done += 1
-            self._step(final=done == num_micro)
+            self._step(final=done == num_micro, loss_sum=loss_sum)
 
         for _ in range(warmup):
             hidden, meta = self._recv_forward() if self.prev is not None else (None, None)

@@ -45,8 +45,10 @@ from .deepspeed_config import deepspeed_config, resolve_dtype
 from .loss import PROBE_STATS, SPLIT_STATS, readback_probe_loss, split_means, training_loss
 from .metrics import MetricsLogger, StepMeter, memory_in_use_gb
 from .optim import build_optimizer, build_scheduler
-from ..checkpoint.safeguards import inject_nan_fault, raise_diverged
+from ..checkpoint.safeguards import inject_nan_fault
+from .health import RunHealth
 from .signals import StopOnSignal
+from .watchdog import collective
 
 
 @dataclass
@@ -110,15 +112,18 @@ def make_schedule(cfg: Config, env: DistEnv, engine) -> PipelineSchedule:
 
 
 def train_step(schedule: PipelineSchedule, micro_batches: Optional[List[Vist2Batch]],
-               num_micro: int, dp: int, seq_length: int, split: Optional[torch.Tensor] = None) -> float:
+               num_micro: int, dp: int, seq_length: int, split: Optional[torch.Tensor] = None,
+               loss_fn=training_loss) -> float:
     """One optimizer step over ``num_micro`` micro-batches of rows of ``seq_length`` tokens;
     ``micro_batches`` on the first pipeline stage only (every rank without pipeline parallelism);
     the loss split by chunk mode is added into ``split`` (training/loss.py). Returns the step's
     loss."""
     count = None
     if micro_batches is not None:
-        count = _all_reduce_sum(sum(b.loss_mask.sum() for b in micro_batches))
-    return schedule.train_step(micro_batches, num_micro, count, dp, seq_length, training_loss, split)
+        with collective("target-count all_reduce (data-parallel group)", timed=True):
+            count = _all_reduce_sum(sum(b.loss_mask.sum() for b in micro_batches))
+    with collective("pipeline step (stage p2p, DeepSpeed gradient reduction and norm)"):
+        return schedule.train_step(micro_batches, num_micro, count, dp, seq_length, loss_fn, split)
 
 
 def evaluate(schedule: PipelineSchedule, loader, num_micro: int, seq_length: int) -> Tuple[float, float]:
@@ -256,33 +261,42 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     stop = StopOnSignal(cfg.train.max_wall_minutes, env.device)
     losses, stopped, phase, batches = [], False, None, None
     path = run.checkpoint                      # the newest checkpoint of this run
+    health = RunHealth(run, env)               # skipped non-finite steps, spikes, stragglers, hangs
     while step < cfg.train.steps:
         if phase is None or curriculum.index_at(step) != phase.index:
             phase = curriculum.phase(step)
             batches = start_phase(run, curriculum, phase, step, consumed)
+        loss_fn = health.start_step(step + 1, training_loss)
         micro = [next(batches) for _ in range(run.gas)] if run.reads_data else None
         if micro:
             meter.count(micro)                 # on the host copies: no device sync
             micro = [b.to(env.device) for b in micro]
-        loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, split)
+        loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, split, loss_fn)
         inject_nan_fault(run.engine.module, step + 1)      # tests only (MEGATRON_VIST2_FAULT)
-        if loss != loss or loss in (float("inf"), float("-inf")):
-            raise_diverged(loss, step + 1, cfg.checkpoint.save_dir)
         step += 1
         consumed += cfg.parallel.global_batch_size
         losses.append(loss)
+        rollback = health.end_step(step, loss, consumed, path)   # a skipped step raises after too many
+        if rollback is not None:               # the newest checkpoint is loaded: read on past the spike
+            step, consumed = rollback
+            phase, meter.last_logged = None, step
+            continue
         if step % cfg.train.log_interval == 0 or step == cfg.train.steps:
             meter.log(run.log, step, loss, run.engine, split_means(split, run.schedule), consumed,
                       phase.seq_length)
+            health.report_step_times(step)
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:
             last_eval, ocr_accuracy = run_eval(run, step)
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step < cfg.train.steps:
             path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print)
-        if stop.should_stop():
+        with collective("stop-flag all_reduce (world)", timed=True):
+            should_stop = stop.should_stop()
+        if should_stop:
             run.log.print(f"{stop.received or 'stop requested on another rank'}: saving at step {step} and exiting")
             stopped = True
             break
     stop.restore()
+    health.close()
     elapsed = time.time() - meter.t_start
     if stopped:                                # no final evaluation: the grace period is short
         eval_after = last_eval

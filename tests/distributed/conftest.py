@@ -13,7 +13,7 @@ def scenarios_of(world: int):
 @pytest.fixture(scope="module")
 def parity_results(request, tiny_data, tmp_path_factory):
     world = request.module.WORLD
-    return launch_worker(world, tiny_data, tmp_path_factory.mktemp(f"parity{world}") / "results.pt")
+    return launch_worker(world, tiny_data, tmp_path_factory.mktemp(f"parity{world}") / "results.pt")[0]
 
 
 @pytest.fixture(scope="module")

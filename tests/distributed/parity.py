@@ -22,14 +22,14 @@ from tests.conftest import REPO, subprocess_env
 from tests.distributed.scenario import STEPS, Layout, scenario_overrides
 
 
-def launch_worker(world: int, tiny_data, out) -> dict:
+def launch_worker(world: int, tiny_data, out, script: str = "tests/distributed/parity_worker.py") -> dict:
+    """One torchrun launch of ``script`` (args: the tiny data's root, ``out``); -> what it saved."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
-           "--master_port", str(free_port()), "tests/distributed/parity_worker.py",
-           str(tiny_data.root), str(out)]
+           "--master_port", str(free_port()), script, str(tiny_data.root), str(out)]
     proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
                           timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return torch.load(out, weights_only=True)
+    return torch.load(out, weights_only=True), proc.stdout + proc.stderr
 
 
 def reference_run(tiny_data, tied: bool = True, kv_heads: int = 2, hidden_dropout: float = 0.0):
