@@ -66,6 +66,18 @@ def qwen_pieces(tmp_path_factory):
     return out, tok
 
 
+def test_import_declares_the_tokenizer_size(qwen_pieces, tmp_path):
+    """tools/import_hf.py's overrides from a Hugging Face directory whose tokenizer is smaller
+    than its embedding (Qwen3's case) declare the tokenizer's size."""
+    from transformers import Qwen3Config
+    from megatron_vist2.convert.qwen3 import overrides_from_hf
+    path, tok = shutil.copytree(qwen_pieces[0], tmp_path / "hf"), qwen_pieces[1]
+    Qwen3Config(vocab_size=ROWS, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=16).save_pretrained(str(path))
+    out = overrides_from_hf(str(path))
+    assert f"model.llm.vocab_size={ROWS}" in out and f"model.llm.tokenizer_vocab_size={tok.vocab_size}" in out
+
+
 def test_train_export_generate_never_sample_the_extra_rows(qwen_pieces, dist_env, tmp_path):
     from transformers import AutoModelForCausalLM
     from megatron_vist2.convert.vist2 import export_vist2
