@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, ConfigError, config_to_dict, load_config, validate
+from .config import Config, ConfigError, config_to_dict, load_config, tokenizer_size_problem, validate
 from .errors import run_cli
 
 
@@ -32,10 +32,9 @@ def preflight(cfg: Config) -> None:
     if problem:                                 # before any file is read or process started
         raise ConfigError(problem)
     tok = load_tokenizer(cfg.data.tokenizer)
-    if tok.vocab_size != cfg.model.llm.vocab_size:
-        raise ConfigError(f"model.llm.vocab_size is {cfg.model.llm.vocab_size} but the tokenizer "
-                          f"{cfg.data.tokenizer} has {tok.vocab_size} pieces; set "
-                          f"model.llm.vocab_size={tok.vocab_size}")
+    problem = tokenizer_size_problem(cfg, tok.vocab_size, cfg.data.tokenizer)
+    if problem:
+        raise ConfigError(problem)
     for spec in (cfg.data.train_prefix, cfg.data.valid_prefix):
         for _, prefix in parse_blend(spec):
             docs = open_indexed(prefix, tok)

@@ -31,6 +31,9 @@ HEAVY = {
     "tests/unit/test_real_tokenizers.py::test_preprocess_train_export_generate",
     "tests/unit/test_flops.py::test_attended_pairs_equal_brute_force",
     "tests/unit/test_data_trust.py::test_inspect_data_verify_names_the_file",
+    "tests/unit/test_lm_eval_vist2.py::test_last_word_task_equals_our_evaluation",
+    "tests/unit/test_lm_eval_vist2.py::test_perplexity_task_equals_our_evaluation",
+    "tests/unit/test_padded_vocab.py::test_train_export_generate_never_sample_the_extra_rows",
 }
 
 

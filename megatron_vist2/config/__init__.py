@@ -1,6 +1,6 @@
 """One config system: typed dataclasses, YAML presets, dotted overrides, validation up front."""
 from .derived import (data_parallel_size, gradient_accumulation_steps, name_under, padded_vocab_size,
-                      stage_layer_counts, stage_layers)
+                      stage_layer_counts, stage_layers, tokenizer_size_problem)
 from .load import (ConfigError, apply_overrides, available_presets, config_from_dict,
                    config_to_dict, load_config)
 from .schema import Config
@@ -8,4 +8,4 @@ from .validate import validate
 
 __all__ = ["Config", "ConfigError", "apply_overrides", "available_presets", "config_from_dict", "config_to_dict",
            "data_parallel_size", "gradient_accumulation_steps", "load_config", "name_under", "padded_vocab_size",
-           "stage_layer_counts", "stage_layers", "validate"]
+           "stage_layer_counts", "stage_layers", "tokenizer_size_problem", "validate"]

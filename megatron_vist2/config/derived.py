@@ -4,7 +4,7 @@ layers). A value derived from one dataclass alone is a property on it (``ModelCo
 visual_tokens_per_chunk``, ``compression_ratio``)."""
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 from .schema import Config
 
@@ -37,6 +37,31 @@ def stage_layers(cfg: Config, stage: int) -> range:
     counts = stage_layer_counts(cfg)
     start = sum(counts[:stage])
     return range(start, start + counts[stage])
+
+
+def tokenizer_size_problem(cfg: Config, pieces: int, tokenizer: str) -> Optional[str]:
+    """The start-up rule between a tokenizer of ``pieces`` pieces and the model: equal to
+    model.llm.vocab_size, or, when the model declares extra embedding rows (an imported Hugging
+    Face model), equal to model.llm.tokenizer_vocab_size. None when it holds, else what to do."""
+    llm = cfg.model.llm
+    if llm.tokenizer_vocab_size is not None:
+        if pieces == llm.tokenizer_vocab_size:
+            return None
+        return (f"the tokenizer {tokenizer} has {pieces} pieces but model.llm.tokenizer_vocab_size "
+                f"is {llm.tokenizer_vocab_size} (the model has {llm.vocab_size} embedding rows): "
+                f"this is not the tokenizer the model was declared with; use that tokenizer"
+                + (f", or set model.llm.tokenizer_vocab_size={pieces} if its extra rows are unused"
+                   if pieces < llm.vocab_size else ""))
+    if pieces == llm.vocab_size:
+        return None
+    if pieces > llm.vocab_size:
+        return (f"model.llm.vocab_size is {llm.vocab_size} but the tokenizer {tokenizer} has {pieces} "
+                f"pieces, more than the embedding has rows: use the model's tokenizer, or set "
+                f"model.llm.vocab_size={pieces} for a new model")
+    return (f"model.llm.vocab_size is {llm.vocab_size} but the tokenizer {tokenizer} has {pieces} "
+            f"pieces; set model.llm.vocab_size={pieces} for a new model, or, if the model's "
+            f"{llm.vocab_size - pieces} extra rows are unused padding (an imported Hugging Face "
+            f"model), declare it with model.llm.tokenizer_vocab_size={pieces}")
 
 
 def padded_vocab_size(cfg: Config) -> int:

@@ -41,6 +41,10 @@ class LLMConfig:
     """Qwen3-style decoder. Defaults: Qwen3-0.6B."""
     vocab_size: int = 151936
     make_vocab_size_divisible_by: int = 128   # the built vocabulary is padded to a multiple of this x tp
+    # The tokenizer's size when the embedding has more rows than it has pieces (an imported
+    # Hugging Face model: Qwen3 has 151,936 rows for 151,669 pieces); the extra rows are never
+    # targets and never sampled. null: the tokenizer has vocab_size pieces.
+    tokenizer_vocab_size: Optional[int] = None
     num_layers: int = 28
     hidden_size: int = 1024
     ffn_hidden_size: int = 3072

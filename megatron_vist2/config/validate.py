@@ -67,6 +67,10 @@ def _model_problems(cfg: Config) -> List[str]:
         if val % tp:
             out.append(f"parallel.tensor_parallel ({tp}) must divide {name} ({val}); "
                        f"use a tensor_parallel that divides it")
+    if llm.tokenizer_vocab_size is not None and not 0 < llm.tokenizer_vocab_size <= llm.vocab_size:
+        out.append(f"model.llm.tokenizer_vocab_size ({llm.tokenizer_vocab_size}) must be between 1 and "
+                   f"model.llm.vocab_size ({llm.vocab_size}): a tokenizer cannot have more pieces than "
+                   f"the embedding has rows")
     if r.min_font_size > r.font_size:
         out.append(f"model.render.min_font_size ({r.min_font_size}) must be <= "
                    f"model.render.font_size ({r.font_size})")

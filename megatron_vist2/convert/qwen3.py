@@ -129,7 +129,8 @@ def _yaml(value) -> str:
 
 def overrides_from_hf(hf_dir: str) -> list:
     """The dotted overrides that make our backbone the one in ``hf_dir``'s config.json (and its
-    tokenizer, when the directory holds one, data.tokenizer)."""
+    tokenizer, when the directory holds one, data.tokenizer, with model.llm.tokenizer_vocab_size
+    when it has fewer pieces than the embedding has rows)."""
     d = Path(hf_dir)
     path = d / "config.json"
     if not path.is_file():
@@ -142,6 +143,10 @@ def overrides_from_hf(hf_dir: str) -> list:
     out = [f"{field}={_yaml(hf[name])}" for name, field in HF_FIELDS.items()]
     if any((d / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
         out.append(f"data.tokenizer={d.resolve()}")
+        from ..data.tokenizer import load_tokenizer
+        pieces = load_tokenizer(str(d)).vocab_size
+        if pieces < hf["vocab_size"]:     # Qwen3: 151,669 pieces, 151,936 rows (the rest unused)
+            out.append(f"model.llm.tokenizer_vocab_size={pieces}")
     return out
 
 

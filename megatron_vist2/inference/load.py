@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Tuple
 
-from ..config import Config, apply_overrides, config_from_dict, validate
+from ..config import Config, apply_overrides, config_from_dict, tokenizer_size_problem, validate
 from ..checkpoint.reshard import load_weights
 from ..checkpoint.sources import open_checkpoint
 from ..data.tokenizer import Tokenizer, load_tokenizer
@@ -27,9 +27,9 @@ def load_for_inference(checkpoint: str, overrides: Iterable[str] = (),
     if want and tok.sha256 != want:
         raise CheckpointError(f"tokenizer mismatch: {tok.path} (sha256 {tok.sha256[:12]}..) is not "
                               f"the tokenizer {source.step_dir} was trained with ({want[:12]}..)")
-    if tok.vocab_size != cfg.model.llm.vocab_size:
-        raise CheckpointError(f"tokenizer {tok.path} has {tok.vocab_size} pieces, the checkpoint's "
-                              f"model.llm.vocab_size is {cfg.model.llm.vocab_size}")
+    problem = tokenizer_size_problem(cfg, tok.vocab_size, tok.path)
+    if problem:
+        raise CheckpointError(f"{problem} (the checkpoint's config)")
     model = Vist2Model(cfg)
     load_weights(model, source, log=lambda *_: None)
     return model.eval(), tok, cfg

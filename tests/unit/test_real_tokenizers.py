@@ -90,6 +90,20 @@ def test_round_trip_and_characters_cut_at_chunk_boundaries(real_tok):
     assert cuts >= 4, "the text must put chunk boundaries inside multi-byte characters"
 
 
+def two_training_steps(model, batch) -> list:
+    """Two AdamW steps on ``batch`` with the training loss -> the losses before, between, after."""
+    from megatron_vist2.training.loss import token_losses
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(3):
+        total, count = token_losses(model(batch), batch)
+        losses.append(float(total.detach() / count))
+        opt.zero_grad()
+        (total / count).backward()
+        opt.step()
+    return losses
+
+
 def test_preprocess_train_export_generate(real_tok, dist_env, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from megatron_vist2.config import load_config, validate
@@ -100,7 +114,6 @@ def test_preprocess_train_export_generate(real_tok, dist_env, tmp_path):
     from megatron_vist2.data.tokenizer import load_tokenizer
     from megatron_vist2.inference.engine import SamplingParams, Vist2Engine
     from megatron_vist2.models import Vist2Model
-    from megatron_vist2.training.loss import token_losses
     from tests.conftest import tiny_overrides
     name, path = real_tok
     tok = load_tokenizer(str(path))
@@ -117,14 +130,7 @@ def test_preprocess_train_export_generate(real_tok, dist_env, tmp_path):
     model = Vist2Model(cfg)
     batch = collate([ds[i] for i in range(2)])
     assert batch.images.shape[0] > 0
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(3):                                           # two steps, then the loss after them
-        total, count = token_losses(model(batch), batch)
-        losses.append(float(total.detach() / count))
-        opt.zero_grad()
-        (total / count).backward()
-        opt.step()
+    losses = two_training_steps(model, batch)
     assert losses[2] < losses[0]
     model.eval()
 

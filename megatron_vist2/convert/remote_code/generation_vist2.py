@@ -239,7 +239,7 @@ def generate(model, input_ids, attention_mask=None, generation_config=None, stre
     out: List[List[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool)
     for i in range(new):
-        scores = process(None, logits)
+        scores = process(None, logits[..., :model.tokenizer_vocab_size])   # never padding rows
         if gc.do_sample:
             probs = torch.softmax(scores, dim=-1).cpu()
             tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)

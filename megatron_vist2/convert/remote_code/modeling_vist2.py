@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel, Qwen3ForCausalLM
 from transformers.modeling_outputs import CausalLMOutput
 
-from .generation_vist2 import generate as cached_generate
+from .generation_vist2 import generate as cached_generate, max_position
 from .configuration_vist2 import Vist2Config
 from .vist2_renderer import Renderer
 
@@ -183,7 +183,9 @@ class Vist2ForCausalLM(PreTrainedModel, GenerationMixin):
                 size, decode = sp.GetPieceSize(), lambda ids: sp.DecodeIds([int(i) for i in ids])
             else:
                 from transformers import AutoTokenizer
-                tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True)
+                # trust_remote_code=False: the tokenizer is a plain one; without it transformers sees
+                # config.json's auto_map and asks on stdin (15 s) whether to run this code
+                tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True, trust_remote_code=False)
                 size = len(tok)
                 decode = lambda ids: tok.decode([int(i) for i in ids], skip_special_tokens=False,   # noqa: E731
                                                 clean_up_tokenization_spaces=False)
@@ -195,6 +197,12 @@ class Vist2ForCausalLM(PreTrainedModel, GenerationMixin):
             self._renderer, self._tokenizer = renderer, decode
         return self._renderer, self._tokenizer
 
+    @property
+    def tokenizer_vocab_size(self) -> int:
+        """Rows of the output layer that are tokens; the rest (an imported model's padding, as in
+        Qwen3's 151,936 rows for 151,669 pieces) are cut from the logits, never sampled."""
+        return getattr(self.config, "tokenizer_vocab_size", None) or self.config.text_config.vocab_size
+
     def decode(self, ids: List[int]) -> str:
         return self._assets()[1](ids)
 
@@ -203,15 +211,71 @@ class Vist2ForCausalLM(PreTrainedModel, GenerationMixin):
         renderer, decode = self._assets()
         return torch.from_numpy(np.stack([renderer.render_chunk(ids, decode) for ids in chunk_ids]))
 
+    # ------------------------------------------------------------ forward over plain text
+    def text_layout(self, input_ids, attention_mask=None):
+        """Plain token rows [B, T] (``attention_mask``: 1 = token, left or right padding) -> the
+        packed VIST2 layout of each row read as one document in history mode, as training lays it
+        out: chunks of L tokens, every finished chunk (the last one too, when full) followed by
+        its m visual tokens, compressed positions. -> (layout dict for ``forward``, index [B, T]
+        of the position whose output predicts the token after each input token, -1 at padding)."""
+        L, m = self.L, self.m
+        B, T = input_ids.shape
+        keep = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        rows, chunks = [], []
+        for b in range(B):
+            where = keep[b].nonzero()[:, 0].tolist()
+            ids = input_ids[b, where].tolist()
+            if max_position(len(ids), L, m) >= self.config.text_config.max_position_embeddings:
+                raise ValueError(f"row {b} has {len(ids)} tokens, which need RoPE position "
+                                 f"{max_position(len(ids), L, m)}; the model has max_position_embeddings "
+                                 f"{self.config.text_config.max_position_embeddings} (pass fewer tokens, "
+                                 f"e.g. lm-eval's max_length)")
+            entries, predictor = [], [-1] * T          # (token, kind, chunk, position)
+            for c in range(0, -(-len(ids) // L)):
+                text = ids[c * L:(c + 1) * L]
+                first = len(entries)
+                entries += [(t, TEXT, c, c * m + i) for i, t in enumerate(text)]
+                for i in range(len(text) - 1):
+                    predictor[where[c * L + i]] = first + i
+                if len(text) == L:                    # finished: rendered, read as V_c
+                    chunks.append(text)
+                    entries += [(0, VISUAL, c, c * m + j) for j in range(m)]
+                    predictor[where[c * L + L - 1]] = len(entries) - 1   # V_c predicts chunk c + 1
+                else:
+                    predictor[where[c * L + len(text) - 1]] = first + len(text) - 1
+            rows.append((entries, predictor))     # images: row-major order (row, then chunk)
+        S = max(len(e) for e, _ in rows)
+        lay = {k: torch.full((B, S), v, dtype=torch.long) for k, v in
+               (("input_ids", 0), ("kind", PAD), ("chunk", 0), ("position_ids", 0), ("doc", -1))}
+        for b, (entries, _) in enumerate(rows):
+            if entries:
+                cols = torch.tensor(entries, dtype=torch.long).t()
+                for k, col in zip(("input_ids", "kind", "chunk", "position_ids"), cols):
+                    lay[k][b, :len(entries)] = col
+                lay["doc"][b, :len(entries)] = 0
+        lay["readback"] = torch.zeros((B, S), dtype=torch.bool)
+        lay["images"] = self.render(chunks) if chunks else None
+        return lay, torch.tensor([p for _, p in rows], dtype=torch.long)
+
     # ------------------------------------------------------------ forward over a packed layout
-    def forward(self, input_ids, images=None, kind=None, position_ids=None, doc=None, chunk=None,
-                readback=None, **kwargs) -> CausalLMOutput:
-        """``input_ids`` [B, S] (0 at visual and padding positions); without ``kind`` a plain
-        causal text forward. With it: ``images`` uint8 [n, H, W] fill the VISUAL positions in
-        row-major order (m per image); ``doc``, ``chunk``, ``readback``, ``position_ids`` as in
-        megatron_vist2's TokenLayout."""
+    def forward(self, input_ids, attention_mask=None, images=None, kind=None, position_ids=None,
+                doc=None, chunk=None, readback=None, **kwargs) -> CausalLMOutput:
+        """Without ``kind``: plain token rows ``input_ids`` [B, T] (``attention_mask`` for padding,
+        left or right) as causal-LM users and lm-evaluation-harness pass them: each row is laid
+        out as VIST2 chunks (``text_layout``); logits [B, T, tokenizer_vocab_size] come back at the text
+        positions, ``logits[:, t]`` predicting token t + 1 from what VIST2 sees (the text of the
+        current chunk and the visual tokens of finished ones); 0 at padding.
+        With ``kind``: a packed layout; ``input_ids`` [B, S] (0 at visual and padding
+        positions), ``images`` uint8 [n, H, W] fill the VISUAL positions in row-major order (m
+        per image); ``doc``, ``chunk``, ``readback``, ``position_ids`` as in megatron_vist2's
+        TokenLayout; logits at every position."""
         if kind is None:
-            return CausalLMOutput(logits=self.language_model(input_ids=input_ids, position_ids=position_ids).logits)
+            lay, predictor = self.text_layout(input_ids, attention_mask)
+            device = self.language_model.get_input_embeddings().weight.device
+            logits = self.forward(**{k: None if v is None else v.to(device) for k, v in lay.items()}).logits
+            logits = logits[..., :self.tokenizer_vocab_size]
+            gathered = logits.gather(1, predictor.clamp(min=0).to(device)[..., None].expand(-1, -1, logits.shape[-1]))
+            return CausalLMOutput(logits=gathered.masked_fill((predictor < 0).to(device)[..., None], 0.0))
         embeds = self.language_model.get_input_embeddings()(input_ids.clamp(min=0))
         visual = kind == VISUAL
         if images is not None and images.shape[0]:
