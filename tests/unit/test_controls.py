@@ -125,3 +125,26 @@ def test_bad_context_settings_are_refused(tiny_data, bad, match):
         validate(load_config("tiny-cpu", tiny_overrides(tiny_data, *extra, bad)))
     if extra:   # the same setting is fine for the model
         validate(load_config("tiny-cpu", tiny_overrides(tiny_data, bad)))
+
+
+@pytest.mark.parametrize("context", ["text", "window"])
+def test_engine_runs_the_controls_as_trained(dist_env, tiny_data, context):
+    """The engine in the control's own mode gives the teacher-forced forward's logits on the
+    control's row, prompts ending mid-chunk and on a chunk boundary; the window cache holds one
+    chunk; compressing is refused."""
+    from megatron_vist2.inference import InferenceError, Vist2Engine
+    from ..inference_helpers import engine_logits, streams, teacher_forced
+    cfg, tok, ds, model = model_of(tiny_data, context, "data.seq_length=1024")
+    L = cfg.model.chunk.text_tokens
+    data = streams(ds, [3 * L + 7, 2 * L + 3], seed=1)
+    engine = Vist2Engine(model, tok, cfg, max_context=4 * L, batch_size=2)
+    assert engine.mode == {"text": "full", "window": "window"}[context]
+    got = engine_logits(engine, data, [L + 3, L], L)
+    for b, s in enumerate(data):
+        ref = teacher_forced(model, ds, s, context)
+        assert set(got[b]) == set(range(1, len(s)))
+        assert max((got[b][i] - ref[i]).abs().max().item() for i in got[b]) <= 1e-4
+    if context == "window":
+        assert engine.cache.text_slots == L and engine.cache.visual_slots == 0
+    with pytest.raises(InferenceError, match=f"model.context '{context}' model has no vision encoder"):
+        Vist2Engine(model, tok, cfg, compress=True)
