@@ -29,8 +29,8 @@ import yaml
 from megatron.core import parallel_state
 
 from ..checkpoint.format import (CONSOLIDATED, MARKER, PARTIAL, TENSORS_FILE, complete_tags, describe_stage,
-                                 partial_checkpoints, read_manifest, resolve_tag_dir, safe_load, write_atomic,
-                                 write_manifest)
+                                 partial_checkpoints, read_config, read_manifest, resolve_tag_dir, safe_load,
+                                 write_atomic, write_manifest)
 from ..checkpoint.reshard import load_full_state
 from ..checkpoint.sources import open_checkpoint
 from ..config import Config, config_to_dict, data_parallel_size
@@ -150,7 +150,7 @@ def check_compatible(step_dir: Path, cfg: Config) -> bool:
     is this run's (else the checkpoint is resharded on load)."""
     from ..config import config_from_dict
     # through the dataclasses: a field added since the save compares as its default
-    saved = config_to_dict(config_from_dict(yaml.safe_load((step_dir / "config.yaml").read_text())))
+    saved = config_to_dict(config_from_dict(read_config(step_dir)))
     ours = config_to_dict(cfg)
     diffs = []
 
