@@ -148,3 +148,16 @@ def test_engine_runs_the_controls_as_trained(dist_env, tiny_data, context):
         assert engine.cache.text_slots == L and engine.cache.visual_slots == 0
     with pytest.raises(InferenceError, match=f"model.context '{context}' model has no vision encoder"):
         Vist2Engine(model, tok, cfg, compress=True)
+
+
+@pytest.mark.parametrize("context", ["text", "window"])
+def test_attended_pairs_of_the_controls_equal_their_mask(dist_env, tiny_data, context):
+    """The FLOPs count (MFU) of a control's row: the pairs its mask allows, padding queries aside."""
+    from megatron_vist2.models import dense_mask
+    from megatron_vist2.models.size import attended_pairs
+    cfg, tok, ds, _ = tiny_model(tiny_data, "data.seq_length=320")
+    ds.context = context
+    batch = collate([ds.build_row(segments(cfg.model.chunk.text_tokens))])
+    ds.context = "vist2"
+    allowed = dense_mask(batch.layout, context)[0, 0] & (batch.layout.doc[0] >= 0)[:, None]
+    assert attended_pairs(batch.layout, context) == int(allowed.sum())
