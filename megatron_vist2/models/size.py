@@ -28,6 +28,8 @@ def analytic_parameter_counts(cfg: Config) -> Dict[str, int]:
     V = padded_vocab_size(cfg)
     layer = 2 * D + D * h * e + 2 * D * g * e + h * e * D + (2 * e if llm.qk_norm else 0) + 3 * D * F
     lm = V * D + llm.num_layers * layer + D + (0 if llm.tie_embeddings else V * D)
+    if m.context != "vist2":                   # the controls have no vision encoder or aligner
+        vision = aligner = 0
     return {"vision": vision, "aligner": aligner, "llm": lm, "total": vision + aligner + lm}
 
 

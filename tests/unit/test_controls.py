@@ -161,3 +161,13 @@ def test_attended_pairs_of_the_controls_equal_their_mask(dist_env, tiny_data, co
     ds.context = "vist2"
     allowed = dense_mask(batch.layout, context)[0, 0] & (batch.layout.doc[0] >= 0)[:, None]
     assert attended_pairs(batch.layout, context) == int(allowed.sum())
+
+
+def test_control_parameter_counts(dist_env, tiny_data):
+    """No vision encoder or aligner: the built model's counts equal the formula's, LLM unchanged."""
+    from megatron_vist2.models.size import analytic_parameter_counts
+    cfg, _, _, model = model_of(tiny_data, "window")
+    vcfg, _, _, vist2 = model_of(tiny_data, "vist2")
+    counts = model.parameter_counts()
+    assert counts == analytic_parameter_counts(cfg) and counts["vision"] == counts["aligner"] == 0
+    assert counts["llm"] == vist2.parameter_counts()["llm"] == analytic_parameter_counts(vcfg)["llm"]
