@@ -171,3 +171,24 @@ def test_control_parameter_counts(dist_env, tiny_data):
     counts = model.parameter_counts()
     assert counts == analytic_parameter_counts(cfg) and counts["vision"] == counts["aligner"] == 0
     assert counts["llm"] == vist2.parameter_counts()["llm"] == analytic_parameter_counts(vcfg)["llm"]
+
+
+def test_text_control_checkpoint_exports_as_qwen3(dist_env, tiny_data, tmp_path, capsys):
+    """tools/convert_checkpoint.py on a text-control checkpoint writes a Qwen3ForCausalLM whose
+    logits equal the control's forward on a segment."""
+    from tests.bad_input.conftest import write_checkpoint
+    from tests.bad_input.harness import invoke
+    cfg, tok, ds, model = model_of(tiny_data, "text")
+    write_checkpoint(tmp_path / "ckpt", cfg, tok, model)
+    assert invoke("tools/convert_checkpoint.py", ["--checkpoint", str(tmp_path / "ckpt"),
+                                                  "--out", str(tmp_path / "hf")]) == 0
+    assert "the export is the whole model" in capsys.readouterr().out
+    hf = Qwen3ForCausalLM.from_pretrained(str(tmp_path / "hf"), local_files_only=True).eval()
+    seg = segments(cfg.model.chunk.text_tokens)[0]
+    ids = ds.indexed.tokens(seg.doc_index, seg.start, seg.length)
+    batch = collate([ds.build_row([seg])])
+    where = (batch.layout.kind == TEXT)[0]
+    with torch.no_grad():
+        ours = model(batch)[:, 0, :cfg.model.llm.vocab_size][where]
+        theirs = hf(torch.tensor([ids.tolist()])).logits[0]
+    assert (ours - theirs).abs().max().item() <= 1e-4
