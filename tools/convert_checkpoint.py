@@ -35,7 +35,7 @@ def main():
     args = ap.parse_args()
     if args.shard_gb <= 0:
         ap.error(f"--shard-gb must be > 0, got {args.shard_gb}")
-    from megatron_vist2.config import config_from_dict, validate
+    from megatron_vist2.config import recorded_config, validate
     from megatron_vist2.errors import CheckpointError
     from megatron_vist2.convert.qwen3 import export_backbone, hf_class_name
     from megatron_vist2.checkpoint.sources import open_checkpoint
@@ -44,7 +44,7 @@ def main():
     check_writable_target(args.out)                # before reading anything
     start = time.time()
     source = open_checkpoint(args.checkpoint)
-    cfg = validate(config_from_dict(source.config))
+    cfg = validate(recorded_config(source.config, source.step_dir / "config.yaml"))
     context = cfg.model.context
     if args.vist2 and context != "vist2":
         raise CheckpointError(f"--vist2 exports the VIST2 model, but {source.step_dir / 'config.yaml'} "

@@ -124,31 +124,6 @@ def read_manifest(step_dir: Path) -> dict:
         raise CheckpointError(f"{marker} cannot be read ({exc})") from None
 
 
-def read_config(step_dir: Path) -> dict:
-    """The run's config as the checkpoint recorded it (config.yaml), its ``model.context`` checked:
-    evaluation, export and resume build the model that context names, so a value this version does
-    not know (a newer version's checkpoint, or an edited file) stops here, naming file and field.
-    A checkpoint written before the field existed holds the VIST2 model (the default)."""
-    import typing
-
-    import yaml
-
-    from ..config.schema import Context
-    path = step_dir / "config.yaml"
-    try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise CheckpointError(f"{path} cannot be read ({exc})") from None
-    known = typing.get_args(Context)
-    context = (config.get("model") or {}).get("context", "vist2") if isinstance(config, dict) else None
-    if context not in known:
-        raise CheckpointError(f"{path}: model.context is {context!r}, which this version of "
-                              f"megatron_vist2 does not know (it knows {', '.join(known)}); the "
-                              f"checkpoint comes from a newer version or was edited: use the version "
-                              f"that wrote it, or correct the field")
-    return config
-
-
 def resolve_tag_dir(path: str) -> Path:
     """A checkpoint directory (with ``latest``) or one of its step directories -> the step dir
     (its files checked against its manifest)."""

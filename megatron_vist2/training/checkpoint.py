@@ -29,8 +29,8 @@ import yaml
 from megatron.core import parallel_state
 
 from ..checkpoint.format import (CONSOLIDATED, MARKER, PARTIAL, TENSORS_FILE, complete_tags, describe_stage,
-                                 partial_checkpoints, read_config, read_manifest, resolve_tag_dir, safe_load,
-                                 write_atomic, write_manifest)
+                                 partial_checkpoints, read_manifest, resolve_tag_dir, safe_load, write_atomic,
+                                 write_manifest)
 from ..checkpoint.reshard import load_full_state
 from ..checkpoint.sources import open_checkpoint
 from ..config import Config, config_to_dict, data_parallel_size
@@ -148,9 +148,10 @@ def _save_checkpoint(engine, cfg, step, consumed_samples, tokenizer_sha256, log,
 def check_compatible(step_dir: Path, cfg: Config) -> bool:
     """The saved model must be this model; name every difference. -> whether the saved layout
     is this run's (else the checkpoint is resharded on load)."""
-    from ..config import config_from_dict
+    from ..config import recorded_config
     # through the dataclasses: a field added since the save compares as its default
-    saved = config_to_dict(config_from_dict(read_config(step_dir)))
+    path = step_dir / "config.yaml"
+    saved = config_to_dict(recorded_config(yaml.safe_load(path.read_text()), path))
     ours = config_to_dict(cfg)
     diffs = []
 

@@ -44,8 +44,8 @@ def context_of(value):
     return lambda ctx: edit_saved_config(copy_ckpt(ctx) / STEP, lambda cfg: cfg["model"].update(context=value))
 
 
-UNKNOWN_CONTEXT = ["copy/step_0000002/config.yaml: model.context is 'compressed2'",
-                   "does not know (it knows vist2, text, window)"]
+UNKNOWN_CONTEXT = ["copy/step_0000002/config.yaml records a value this version of megatron_vist2 does not know",
+                   "model.context must be 'vist2', 'text' or 'window', got 'compressed2'"]
 
 
 def nonempty(name):
