@@ -134,10 +134,10 @@ def test_engine_runs_the_controls_as_trained(dist_env, tiny_data, context):
     chunk; compressing is refused."""
     from megatron_vist2.inference import InferenceError, Vist2Engine
     from ..inference_helpers import engine_logits, streams, teacher_forced
-    cfg, tok, ds, model = model_of(tiny_data, context, "data.seq_length=1024")
+    cfg, tok, ds, model = model_of(tiny_data, context, "data.seq_length=160")   # (the streams fit a row)
     L = cfg.model.chunk.text_tokens
-    data = streams(ds, [3 * L + 7, 2 * L + 3], seed=1)
-    engine = Vist2Engine(model, tok, cfg, max_context=4 * L, batch_size=2)
+    data = streams(ds, [2 * L + 5, L + 4], seed=1)       # decoding crosses chunk boundaries
+    engine = Vist2Engine(model, tok, cfg, max_context=3 * L, batch_size=2)
     assert engine.mode == {"text": "full", "window": "window"}[context]
     got = engine_logits(engine, data, [L + 3, L], L)
     for b, s in enumerate(data):
