@@ -3,7 +3,8 @@
 VIST2 (``compress=True``), per sequence: the cache holds the visual K/V of finished chunks and the
 text K/V of the current chunk.
   - prefill: the prompt's full chunks are rendered, encoded and prefilled as visual tokens
-    (positions [j m, (j+1) m)); the unfinished tail is prefilled as text of the current chunk.
+    (positions [j m, (j+1) m)) in tiles of ``prefill_block`` tokens, each against the visual
+    prefix only; the unfinished tail is prefilled as text of the current chunk.
   - decode: a token that does not finish the chunk runs as text (position j m + t). A token that
     finishes it is not run as text at all: the chunk is detokenized, rendered, encoded and
     prefilled as m visual tokens, its text K/V is evicted, and the next token's logits come from
@@ -21,7 +22,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ class Stats:
 class Vist2Engine:
     def __init__(self, model: Vist2Model, tokenizer, cfg: Config, compress: bool = True,
                  max_context: int = 4096, batch_size: int = 1, dtype: torch.dtype = torch.float32,
-                 device="cpu", prefill_block: int = 1024):
+                 device="cpu", prefill_block: int = 256):
         if max_context <= 0:
             raise InferenceError(f"max_context must be > 0, got {max_context}")
         if model.front.sequence_parallel:
@@ -81,7 +82,10 @@ class Vist2Engine:
                                  "(set parallel.sequence_parallel=false; the weights are the same)")
         self.model, self.tokenizer, self.cfg, self.compress = model.eval(), tokenizer, cfg, compress
         self.max_context, self.batch, self.device = max_context, batch_size, torch.device(device)
-        self.prefill_block = prefill_block   # tokens per prefill forward: bounds mask/score memory
+        # Tokens per prefill forward (a tile of visual tokens, or of the text tail): bounds the
+        # mask memory; smaller tiles skip more of the block-causal triangle, larger ones batch the
+        # matmuls better (256 measured fastest on the CPU at 8K, docs/performance.md).
+        self.prefill_block = prefill_block
         mcfg = cfg.model
         self.L, self.m = mcfg.chunk.text_tokens, mcfg.visual_tokens_per_chunk
         self.renderer = Renderer.from_model_config(mcfg)
@@ -112,9 +116,10 @@ class Vist2Engine:
         return logits[..., :self.vocab].float()
 
     def _run(self, rows: slice, hidden: torch.Tensor, positions: torch.Tensor,
-             slots: torch.Tensor, mask, visible: Optional[int] = None) -> torch.Tensor:
-        """hidden [q, nb, H] through every layer with the cache; positions/slots [nb, q];
-        ``visible``: attend to the first ``visible`` slots only (see KVCache.layer)."""
+             slots: Union[torch.Tensor, slice], mask, visible: Optional[int] = None) -> torch.Tensor:
+        """hidden [q, nb, H] through every layer with the cache; positions [nb, q]; slots [nb, q]
+        or one slice for every row; ``visible``: attend to the first ``visible`` slots only (see
+        KVCache.layer)."""
         rope = self.model.rotary(positions)
         for i, layer in enumerate(self.model.layers.values()):
             hidden = layer(hidden, rope, mask, self.cache.layer(i, rows, slots, visible))
@@ -126,9 +131,9 @@ class Vist2Engine:
         n = len(ids)
         if int(self.cache.text_len[row]) or int(self.cache.visual_len[row]):
             raise InferenceError(f"row {row} is not empty: call reset() before prefilling it again")
-        slots = torch.arange(n, device=self.device)[None]
+        positions = torch.arange(n, device=self.device)[None]
         hidden = self.model.front.embedding(torch.tensor([ids], device=self.device)).transpose(0, 1)
-        out = self._run(slice(row, row + 1), hidden, slots, slots, CAUSAL, visible=n)
+        out = self._run(slice(row, row + 1), hidden, positions, slice(0, n), CAUSAL, visible=n)
         self.cache.text_len[row] = n
         self.stats.flops["llm_linear"] += n * self.llm_flops_per_token
         self.stats.flops["llm_attention"] += self.attn_flops_per_key * n * (n + 1) // 2
@@ -165,18 +170,26 @@ class Vist2Engine:
         images = torch.from_numpy(
             np.stack([self.renderer.render_chunk(ids, self.tokenizer.decode) for ids in chunk_ids]))
         self.stats.render_seconds += time.perf_counter() - t0
+        per = max(1, self.prefill_block // self.m)
+        return torch.cat([self._visual_tile(row, images[i:i + per])
+                          for i in range(0, len(chunk_ids), per)])
+
+    def _visual_tile(self, row: int, images: torch.Tensor) -> torch.Tensor:
+        """Encode k chunk images and prefill their k m visual tokens after the row's visual ones.
+        The queries see only the visual prefix (keys [0, v0 + k m): nothing after it, and no text
+        slot, is ever visible to a visual token), so the mask is [k m, v0 + k m] and the earlier
+        tiles' keys are all visible: tile by tile, attention costs the block-causal triangle plus
+        one diagonal tile, not a square over every cache slot."""
         c, m = self.cache, self.m
         vis = self.model.front.encode_images(images.to(self.device))          # [k, m, H]
         k = vis.shape[0]
         q = k * m
         v0 = int(c.visual_len[row])
-        slots = (v0 + torch.arange(q, device=self.device))[None]
-        positions = slots                                                     # chunk j: [j m, (j+1) m)
-        s = torch.arange(c.slots, device=self.device)[None, :]
-        qchunk = (slots[0] // m)[:, None]
-        mask = ((s < v0 + q) & (s // m <= qchunk))[None, None]                # visual sees visual <= own chunk
+        positions = (v0 + torch.arange(q, device=self.device))[None]         # chunk j: [j m, (j+1) m)
+        s = torch.arange(v0 + q, device=self.device)[None, :]
+        mask = (s // m <= positions[0, :, None] // m)[None, None]            # visual sees visual <= own chunk
         hidden = vis.reshape(q, 1, -1).to(c.k.dtype)
-        out = self._run(slice(row, row + 1), hidden, positions, slots, mask)
+        out = self._run(slice(row, row + 1), hidden, positions, slice(v0, v0 + q), mask, visible=v0 + q)
         c.visual_len[row] += q
         self.stats.flops["vision"] += k * self.vision_flops_per_image
         self.stats.flops["aligner"] += k * self.aligner_flops_per_image
@@ -228,8 +241,7 @@ class Vist2Engine:
             return self._causal_prefill(row, prompt, last_only)
         full = len(prompt) // self.L
         chunks = [prompt[i * self.L:(i + 1) * self.L] for i in range(full)]
-        group = max(1, self.prefill_block // self.m)
-        parts = [self._visual_forward(row, chunks[i:i + group]) for i in range(0, full, group)]
+        parts = [self._visual_forward(row, chunks)] if full else []
         tail = prompt[full * self.L:]
         parts += text(tail)
         self.chunk_tokens[row] = list(tail)
