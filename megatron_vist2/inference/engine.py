@@ -84,7 +84,8 @@ class Vist2Engine:
         self.max_context, self.batch, self.device = max_context, batch_size, torch.device(device)
         # Tokens per prefill forward (a tile of visual tokens, or of the text tail): bounds the
         # mask memory; smaller tiles skip more of the block-causal triangle, larger ones batch the
-        # matmuls better (256 measured fastest on the CPU at 8K, docs/performance.md).
+        # matmuls better (256 was the fastest of 16-512 for the attention of 2,048 visual tokens
+        # on the CPU, docs/performance.md).
         self.prefill_block = prefill_block
         mcfg = cfg.model
         self.L, self.m = mcfg.chunk.text_tokens, mcfg.visual_tokens_per_chunk
