@@ -117,28 +117,37 @@ class Vist2Engine:
         return logits[..., :self.vocab].float()
 
     def _run(self, rows: slice, hidden: torch.Tensor, positions: torch.Tensor,
-             slots: Union[torch.Tensor, slice], mask, visible: Optional[int] = None) -> torch.Tensor:
+             slots: Union[torch.Tensor, slice], mask, visible: Optional[int] = None,
+             last_only: bool = False) -> torch.Tensor:
         """hidden [q, nb, H] through every layer with the cache; positions [nb, q]; slots [nb, q]
         or one slice for every row; ``visible``: attend to the first ``visible`` slots only (see
-        KVCache.layer)."""
+        KVCache.layer). ``last_only`` (causal prefill): the last layer computes the output of the
+        last position only (-> [1, nb, H]); the others' outputs feed nothing, their K/V are kept."""
+        if last_only and mask != CAUSAL:
+            raise ValueError("last_only needs the causal prefill (the last query sees every key)")
         rope = self.model.rotary(positions)
-        for i, layer in enumerate(self.model.layers.values()):
-            hidden = layer(hidden, rope, mask, self.cache.layer(i, rows, slots, visible))
+        layers = list(self.model.layers.values())
+        for i, layer in enumerate(layers):
+            last = last_only and i == len(layers) - 1
+            hidden = layer(hidden, rope, None if last else mask, self.cache.layer(i, rows, slots, visible),
+                           slice(hidden.shape[0] - 1, None) if last else None)
         return hidden
 
     def _causal_prefill(self, row: int, ids: List[int], last_only: bool) -> torch.Tensor:
         """Baseline prefill of an empty row: the whole prompt in one forward on SDPA's causal
-        kernel (slots and positions 0..n-1, no mask tensor) -> logits [n or 1, V]."""
+        kernel (slots and positions 0..n-1, no mask tensor) -> logits [n or 1, V]. ``last_only``:
+        the last layer runs attention and MLP for the last position alone."""
         n = len(ids)
         if int(self.cache.text_len[row]) or int(self.cache.visual_len[row]):
             raise InferenceError(f"row {row} is not empty: call reset() before prefilling it again")
         positions = torch.arange(n, device=self.device)[None]
         hidden = self.model.front.embedding(torch.tensor([ids], device=self.device)).transpose(0, 1)
-        out = self._run(slice(row, row + 1), hidden, positions, slice(0, n), CAUSAL, visible=n)
+        out = self._run(slice(row, row + 1), hidden, positions, slice(0, n), CAUSAL, visible=n,
+                        last_only=last_only)
         self.cache.text_len[row] = n
         self.stats.flops["llm_linear"] += n * self.llm_flops_per_token
         self.stats.flops["llm_attention"] += self.attn_flops_per_key * n * (n + 1) // 2
-        return self._logits(out[-1:, 0] if last_only else out[:, 0])
+        return self._logits(out[:, 0])
 
     def _text_forward(self, rows: slice, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """tokens [nb, q] as text of each row's current chunk -> logits [nb, q, V].

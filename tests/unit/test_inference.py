@@ -66,6 +66,8 @@ def test_baseline_equals_plain_causal_forward(setup):
     with torch.no_grad():
         ref = model(batch)[:, 0, :tok.vocab_size]
     assert max((logits - ref[i - 1]).abs().max().item() for i, logits in got.items()) <= 1e-4
+    last = engine.prefill([s[:40]])[0]          # last position only: the last layer runs one query
+    assert (last - ref[39]).abs().max().item() <= 1e-4
 
 
 def test_kv_memory_at_16k_context(setup):
