@@ -121,10 +121,12 @@ class Vist2Engine:
              last_only: bool = False) -> torch.Tensor:
         """hidden [q, nb, H] through every layer with the cache; positions [nb, q]; slots [nb, q]
         or one slice for every row; ``visible``: attend to the first ``visible`` slots only (see
-        KVCache.layer). ``last_only`` (causal prefill): the last layer computes the output of the
-        last position only (-> [1, nb, H]); the others' outputs feed nothing, their K/V are kept."""
-        if last_only and mask != CAUSAL:
-            raise ValueError("last_only needs the causal prefill (the last query sees every key)")
+        KVCache.layer). ``last_only``: the last layer computes the output of the last position
+        only (-> [1, nb, H]), unmasked: for callers whose last query sees every visible key (the
+        causal prefill; a visual tile, whose last token is in its last chunk); the other
+        positions' last-layer outputs feed nothing, their K/V are kept."""
+        if last_only and visible is None:
+            raise ValueError("last_only needs ``visible``: the keys the last query sees")
         rope = self.model.rotary(positions)
         layers = list(self.model.layers.values())
         for i, layer in enumerate(layers):
@@ -173,18 +175,19 @@ class Vist2Engine:
             (visible[:, :, :] & active[:, None, None]).sum())
         return self._logits(out.transpose(0, 1))
 
-    def _visual_forward(self, row: int, chunk_ids: List[List[int]]) -> torch.Tensor:
+    def _visual_forward(self, row: int, chunk_ids: List[List[int]], last_only: bool = False) -> torch.Tensor:
         """Render, encode and prefill finished chunks of one row -> logits [chunks, V] at the
-        last visual token of each (each predicts the next chunk's first token)."""
+        last visual token of each (each predicts the next chunk's first token); ``last_only``:
+        at the last chunk of each tile only (the last row is the last chunk's)."""
         t0 = time.perf_counter()
         images = torch.from_numpy(
             np.stack([self.renderer.render_chunk(ids, self.tokenizer.decode) for ids in chunk_ids]))
         self.stats.render_seconds += time.perf_counter() - t0
         per = max(1, self.prefill_block // self.m)
-        return torch.cat([self._visual_tile(row, images[i:i + per])
+        return torch.cat([self._visual_tile(row, images[i:i + per], last_only)
                           for i in range(0, len(chunk_ids), per)])
 
-    def _visual_tile(self, row: int, images: torch.Tensor) -> torch.Tensor:
+    def _visual_tile(self, row: int, images: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """Encode k chunk images and prefill their k m visual tokens after the row's visual ones.
         The queries see only the visual prefix (keys [0, v0 + k m): nothing after it, and no text
         slot, is ever visible to a visual token), so the mask is [k m, v0 + k m] and the earlier
@@ -199,14 +202,15 @@ class Vist2Engine:
         s = torch.arange(v0 + q, device=self.device)[None, :]
         mask = (s // m <= positions[0, :, None] // m)[None, None]            # visual sees visual <= own chunk
         hidden = vis.reshape(q, 1, -1).to(c.k.dtype)
-        out = self._run(slice(row, row + 1), hidden, positions, slice(v0, v0 + q), mask, visible=v0 + q)
+        out = self._run(slice(row, row + 1), hidden, positions, slice(v0, v0 + q), mask, visible=v0 + q,
+                        last_only=last_only)
         c.visual_len[row] += q
         self.stats.flops["vision"] += k * self.vision_flops_per_image
         self.stats.flops["aligner"] += k * self.aligner_flops_per_image
         self.stats.flops["llm_linear"] += q * self.llm_flops_per_token
         self.stats.flops["llm_attention"] += self.attn_flops_per_key * int(mask.sum())
         self.stats.chunks_compressed += k
-        return self._logits(out[m - 1::m, 0])
+        return self._logits(out[-1:, 0] if last_only else out[m - 1::m, 0])
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
@@ -236,7 +240,8 @@ class Vist2Engine:
     def prefill_logits(self, row: int, prompt: List[int], last_only: bool = False) -> torch.Tensor:
         """Prefill one (empty) row; logits [n, V] for every position that predicts a next token:
         VIST2: the last visual token of each full chunk, then each tail token; baseline: each token
-        (``last_only``: the baseline computes the last one only)."""
+        (``last_only``: only the last row is wanted; the baseline computes it alone, VIST2 the
+        last chunk of each visual tile and the tail)."""
         rows = slice(row, row + 1)
         active = torch.ones(1, dtype=torch.bool, device=self.device)
         self.length[row] = len(prompt)
@@ -251,7 +256,7 @@ class Vist2Engine:
             return self._causal_prefill(row, prompt, last_only)
         full = len(prompt) // self.L
         chunks = [prompt[i * self.L:(i + 1) * self.L] for i in range(full)]
-        parts = [self._visual_forward(row, chunks)] if full else []
+        parts = [self._visual_forward(row, chunks, last_only)] if full else []
         tail = prompt[full * self.L:]
         parts += text(tail)
         self.chunk_tokens[row] = list(tail)
@@ -273,7 +278,7 @@ class Vist2Engine:
             self.chunk_tokens[b].append(int(tokens[b]))
             if self.compress and len(self.chunk_tokens[b]) == self.L:      # chunk finished: compress
                 text_rows[b] = False
-                logits[b] = self._visual_forward(b, [self.chunk_tokens[b]])[-1]
+                logits[b] = self._visual_forward(b, [self.chunk_tokens[b]], last_only=True)[-1]
                 self.cache.text_len[b] = 0                                  # evict its text K/V
                 self.chunk_tokens[b] = []
         if text_rows.any():

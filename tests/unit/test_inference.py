@@ -44,6 +44,9 @@ def test_prefill_in_visual_tiles_keeps_the_consistency_law(setup):
     ref = teacher_forced(model, ds, s)
     assert set(got) == {L, 2 * L, 3 * L, 4 * L, 5 * L} | set(range(5 * L + 1, len(s)))
     assert max((logits - ref[t]).abs().max().item() for t, logits in got.items()) <= 1e-4
+    for P in (5 * L, 5 * L + 3):              # last position only: each tile's last layer runs one query
+        engine.reset()
+        assert (engine.prefill_logits(0, s[:P], last_only=True)[-1] - ref[P]).abs().max().item() <= 1e-4
 
 
 def test_compression_evicts_text_and_bounds_the_cache(setup):
