@@ -38,8 +38,9 @@ class KVCache:
 @dataclass
 class LayerWrite:
     """One layer's part of one forward: store new K/V at ``write_slots`` ([rows, q], or one
-    slice of q slots for every row: a plain copy instead of a scatter) and hand back every slot of those rows (the attention mask says which ones count), or only the first
-    ``visible`` slots (a prefill that attends to exactly those, with no mask tensor)."""
+    slice of q slots for every row: a plain copy instead of a scatter) and hand back every slot
+    of those rows (the attention mask says which ones count), or only the first ``visible``
+    slots (a prefill that attends to exactly those keys)."""
     cache: KVCache
     index: int
     rows: slice
