@@ -10,6 +10,7 @@ rendering time. Then the crossover lengths, a long-writing workload from LongBen
 
     python benchmarks/inference.py [--preset bench-cpu] [--lengths 1024,2048,...] [--gen 128]
     python benchmarks/inference.py --ttft-only --lengths 2048,4096,8192,16384   # prefill only
+                                   [--repeat 3] [--threads N]
 
 A third system, transformers' Qwen3ForCausalLM on the same backbone weights (exported with
 convert/qwen3.py, fp32, sdpa), is timed for the time to first token (one forward over the prompt
@@ -164,6 +165,12 @@ def main():
     ap.add_argument("--no-plot", action="store_true", help="print the numbers only (no matplotlib needed)")
     ap.add_argument("--ttft-only", action="store_true",
                     help="time to first token of the three systems only (no decode, no LongBench-Write)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="--ttft-only: time each system this many times, alternating, and report "
+                         "the median (a shared machine's load comes in bursts)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="torch threads (default: every core; 1 on a machine shared with other jobs, "
+                         "where a second thread waits for a busy core)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     if not args.no_plot:                       # checked before the sweep, not after it
@@ -172,7 +179,9 @@ def main():
         except ImportError:
             ap.error("matplotlib is not installed (the plots need it): pip install -e '.[bench]' "
                      "(or pip install matplotlib==3.11.2), or pass --no-plot")
-    torch.set_num_threads(os.cpu_count() or 1)
+    if args.repeat < 1 or args.threads < 1:
+        ap.error("--repeat and --threads must be >= 1")
+    torch.set_num_threads(args.threads)
     init_distributed(1, 1)
     cfg = validate(load_config(args.preset, args.overrides))
     tok = load_tokenizer(cfg.data.tokenizer)
@@ -192,11 +201,17 @@ def main():
         run(model, tok, cfg, text[:64], 0, False)                          # warm-up
         run(model, tok, cfg, text[:128], 0, True)
         print(f"{'prompt':>7s} {'transformers':>13s} {'baseline':>9s} {'vist2':>9s} "
-              f"{'transformers/baseline':>22s} {'transformers/vist2':>19s}")
+              f"{'transformers/baseline':>22s} {'transformers/vist2':>19s}   "
+              f"(median of {args.repeat}, systems alternating; load {os.getloadavg()[0]:.1f})")
         for n in lengths:
-            t_hf = transformers_ttft(hf, text[:n])
-            b, v = (run(model, tok, cfg, text[:n], 0, c)["ttft_s"] for c in (False, True))
-            print(f"{n:7d} {t_hf:12.3f}s {b:8.3f}s {v:8.3f}s {t_hf / b:22.2f} {t_hf / v:19.2f}")
+            times = {"hf": [], "baseline": [], "vist2": []}
+            for _ in range(args.repeat):           # alternate, so a burst of load hits all three
+                times["hf"].append(transformers_ttft(hf, text[:n]))
+                times["baseline"].append(run(model, tok, cfg, text[:n], 0, False)["ttft_s"])
+                times["vist2"].append(run(model, tok, cfg, text[:n], 0, True)["ttft_s"])
+            t_hf, b, v = (float(np.median(times[k])) for k in ("hf", "baseline", "vist2"))
+            print(f"{n:7d} {t_hf:12.3f}s {b:8.3f}s {v:8.3f}s {t_hf / b:22.2f} {t_hf / v:19.2f}   "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
         return
     results = []
     for n in lengths:

@@ -8,7 +8,7 @@ Nothing grows by concatenation: writes go to precomputed slots, eviction is rese
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -30,29 +30,34 @@ class KVCache:
         """Bytes held by the cache tensors (what the KV memory really is)."""
         return self.k.nbytes + self.v.nbytes
 
-    def layer(self, index: int, rows: slice, write_slots: torch.Tensor,
+    def layer(self, index: int, rows: slice, write_slots: Union[torch.Tensor, slice],
               visible: Optional[int] = None) -> "LayerWrite":
         return LayerWrite(self, index, rows, write_slots, visible)
 
 
 @dataclass
 class LayerWrite:
-    """One layer's part of one forward: store new K/V at ``write_slots`` [rows, q] and hand
-    back every slot of those rows (the attention mask says which ones count), or only the first
-    ``visible`` slots (a prefill that attends to exactly those, with no mask tensor)."""
+    """One layer's part of one forward: store new K/V at ``write_slots`` ([rows, q], or one
+    slice of q slots for every row: a plain copy instead of a scatter) and hand back every slot
+    of those rows (the attention mask says which ones count), or only the first ``visible``
+    slots (a prefill that attends to exactly those keys)."""
     cache: KVCache
     index: int
     rows: slice
-    write_slots: torch.Tensor
+    write_slots: Union[torch.Tensor, slice]
     visible: Optional[int] = None
 
     def store(self, k: torch.Tensor, v: torch.Tensor):
         """k, v [rows, kv_heads, q, head_dim] -> all keys/values [rows, kv_heads, slots, head_dim]."""
         K = self.cache.k[self.index, self.rows]
         V = self.cache.v[self.index, self.rows]
-        idx = self.write_slots[:, None, :, None].expand(-1, K.shape[1], -1, K.shape[3])
-        K.scatter_(2, idx, k.to(K.dtype))
-        V.scatter_(2, idx, v.to(V.dtype))
+        if isinstance(self.write_slots, slice):
+            K[:, :, self.write_slots] = k
+            V[:, :, self.write_slots] = v
+        else:
+            idx = self.write_slots[:, None, :, None].expand(-1, K.shape[1], -1, K.shape[3])
+            K.scatter_(2, idx, k.to(K.dtype))
+            V.scatter_(2, idx, v.to(V.dtype))
         if self.visible is not None:
             return K[:, :, :self.visible], V[:, :, :self.visible]
         return K, V

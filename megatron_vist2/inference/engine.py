@@ -3,7 +3,8 @@
 VIST2 (``compress=True``), per sequence: the cache holds the visual K/V of finished chunks and the
 text K/V of the current chunk.
   - prefill: the prompt's full chunks are rendered, encoded and prefilled as visual tokens
-    (positions [j m, (j+1) m)); the unfinished tail is prefilled as text of the current chunk.
+    (positions [j m, (j+1) m)) in tiles of ``prefill_block`` tokens, each against the visual
+    prefix only; the unfinished tail is prefilled as text of the current chunk.
   - decode: a token that does not finish the chunk runs as text (position j m + t). A token that
     finishes it is not run as text at all: the chunk is detokenized, rendered, encoded and
     prefilled as m visual tokens, its text K/V is evicted, and the next token's logits come from
@@ -24,7 +25,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -92,7 +93,7 @@ def engine_mode(context: str, compress: Optional[bool]) -> str:
 class Vist2Engine:
     def __init__(self, model: Vist2Model, tokenizer, cfg: Config, compress: Optional[bool] = None,
                  max_context: int = 4096, batch_size: int = 1, dtype: torch.dtype = torch.float32,
-                 device="cpu", prefill_block: int = 1024):
+                 device="cpu", prefill_block: int = 256):
         self.mode = engine_mode(cfg.model.context, compress)
         compress = self.mode == "vist2"
         if max_context <= 0:
@@ -102,7 +103,11 @@ class Vist2Engine:
                                  "(set parallel.sequence_parallel=false; the weights are the same)")
         self.model, self.tokenizer, self.cfg, self.compress = model.eval(), tokenizer, cfg, compress
         self.max_context, self.batch, self.device = max_context, batch_size, torch.device(device)
-        self.prefill_block = prefill_block   # tokens per prefill forward: bounds mask/score memory
+        # Tokens per prefill forward (a tile of visual tokens, or of the text tail): bounds the
+        # mask memory; smaller tiles skip more of the block-causal triangle, larger ones batch the
+        # matmuls better (256 was the fastest of 16-512 for the attention of 2,048 visual tokens
+        # on the CPU, docs/performance.md).
+        self.prefill_block = prefill_block
         mcfg = cfg.model
         self.L, self.m = mcfg.chunk.text_tokens, mcfg.visual_tokens_per_chunk
         self.renderer = Renderer.from_model_config(mcfg)
@@ -134,27 +139,39 @@ class Vist2Engine:
         return logits[..., :self.vocab].float()
 
     def _run(self, rows: slice, hidden: torch.Tensor, positions: torch.Tensor,
-             slots: torch.Tensor, mask, visible: Optional[int] = None) -> torch.Tensor:
-        """hidden [q, nb, H] through every layer with the cache; positions/slots [nb, q];
-        ``visible``: attend to the first ``visible`` slots only (see KVCache.layer)."""
+             slots: Union[torch.Tensor, slice], mask, visible: Optional[int] = None,
+             last_only: bool = False) -> torch.Tensor:
+        """hidden [q, nb, H] through every layer with the cache; positions [nb, q]; slots [nb, q]
+        or one slice for every row; ``visible``: attend to the first ``visible`` slots only (see
+        KVCache.layer). ``last_only``: the last layer computes the output of the last position
+        only (-> [1, nb, H]), unmasked: for callers whose last query sees every visible key (the
+        causal prefill; a visual tile, whose last token is in its last chunk); the other
+        positions' last-layer outputs feed nothing, their K/V are kept."""
+        if last_only and visible is None:
+            raise ValueError("last_only needs ``visible``: the keys the last query sees")
         rope = self.model.rotary(positions)
-        for i, layer in enumerate(self.model.layers.values()):
-            hidden = layer(hidden, rope, mask, self.cache.layer(i, rows, slots, visible))
+        layers = list(self.model.layers.values())
+        for i, layer in enumerate(layers):
+            last = last_only and i == len(layers) - 1
+            hidden = layer(hidden, rope, None if last else mask, self.cache.layer(i, rows, slots, visible),
+                           slice(hidden.shape[0] - 1, None) if last else None)
         return hidden
 
     def _causal_prefill(self, row: int, ids: List[int], last_only: bool) -> torch.Tensor:
         """Baseline prefill of an empty row: the whole prompt in one forward on SDPA's causal
-        kernel (slots and positions 0..n-1, no mask tensor) -> logits [n or 1, V]."""
+        kernel (slots and positions 0..n-1, no mask tensor) -> logits [n or 1, V]. ``last_only``:
+        the last layer runs attention and MLP for the last position alone."""
         n = len(ids)
         if int(self.cache.text_len[row]) or int(self.cache.visual_len[row]):
             raise InferenceError(f"row {row} is not empty: call reset() before prefilling it again")
-        slots = torch.arange(n, device=self.device)[None]
+        positions = torch.arange(n, device=self.device)[None]
         hidden = self.model.front.embedding(torch.tensor([ids], device=self.device)).transpose(0, 1)
-        out = self._run(slice(row, row + 1), hidden, slots, slots, CAUSAL, visible=n)
+        out = self._run(slice(row, row + 1), hidden, positions, slice(0, n), CAUSAL, visible=n,
+                        last_only=last_only)
         self.cache.text_len[row] = n
         self.stats.flops["llm_linear"] += n * self.llm_flops_per_token
         self.stats.flops["llm_attention"] += self.attn_flops_per_key * n * (n + 1) // 2
-        return self._logits(out[-1:, 0] if last_only else out[:, 0])
+        return self._logits(out[:, 0])
 
     def _text_forward(self, rows: slice, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """tokens [nb, q] as text of each row's current chunk -> logits [nb, q, V].
@@ -180,32 +197,42 @@ class Vist2Engine:
             (visible[:, :, :] & active[:, None, None]).sum())
         return self._logits(out.transpose(0, 1))
 
-    def _visual_forward(self, row: int, chunk_ids: List[List[int]]) -> torch.Tensor:
+    def _visual_forward(self, row: int, chunk_ids: List[List[int]], last_only: bool = False) -> torch.Tensor:
         """Render, encode and prefill finished chunks of one row -> logits [chunks, V] at the
-        last visual token of each (each predicts the next chunk's first token)."""
+        last visual token of each (each predicts the next chunk's first token); ``last_only``:
+        at the last chunk of each tile only (the last row is the last chunk's)."""
         t0 = time.perf_counter()
         images = torch.from_numpy(
             np.stack([self.renderer.render_chunk(ids, self.tokenizer.decode) for ids in chunk_ids]))
         self.stats.render_seconds += time.perf_counter() - t0
+        per = max(1, self.prefill_block // self.m)
+        return torch.cat([self._visual_tile(row, images[i:i + per], last_only)
+                          for i in range(0, len(chunk_ids), per)])
+
+    def _visual_tile(self, row: int, images: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Encode k chunk images and prefill their k m visual tokens after the row's visual ones.
+        The queries see only the visual prefix (keys [0, v0 + k m): nothing after it, and no text
+        slot, is ever visible to a visual token), so the mask is [k m, v0 + k m] and the earlier
+        tiles' keys are all visible: tile by tile, attention costs the block-causal triangle plus
+        one diagonal tile, not a square over every cache slot."""
         c, m = self.cache, self.m
         vis = self.model.front.encode_images(images.to(self.device))          # [k, m, H]
         k = vis.shape[0]
         q = k * m
         v0 = int(c.visual_len[row])
-        slots = (v0 + torch.arange(q, device=self.device))[None]
-        positions = slots                                                     # chunk j: [j m, (j+1) m)
-        s = torch.arange(c.slots, device=self.device)[None, :]
-        qchunk = (slots[0] // m)[:, None]
-        mask = ((s < v0 + q) & (s // m <= qchunk))[None, None]                # visual sees visual <= own chunk
+        positions = (v0 + torch.arange(q, device=self.device))[None]         # chunk j: [j m, (j+1) m)
+        s = torch.arange(v0 + q, device=self.device)[None, :]
+        mask = (s // m <= positions[0, :, None] // m)[None, None]            # visual sees visual <= own chunk
         hidden = vis.reshape(q, 1, -1).to(c.k.dtype)
-        out = self._run(slice(row, row + 1), hidden, positions, slots, mask)
+        out = self._run(slice(row, row + 1), hidden, positions, slice(v0, v0 + q), mask, visible=v0 + q,
+                        last_only=last_only)
         c.visual_len[row] += q
         self.stats.flops["vision"] += k * self.vision_flops_per_image
         self.stats.flops["aligner"] += k * self.aligner_flops_per_image
         self.stats.flops["llm_linear"] += q * self.llm_flops_per_token
         self.stats.flops["llm_attention"] += self.attn_flops_per_key * int(mask.sum())
         self.stats.chunks_compressed += k
-        return self._logits(out[m - 1::m, 0])
+        return self._logits(out[-1:, 0] if last_only else out[m - 1::m, 0])
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
@@ -235,7 +262,8 @@ class Vist2Engine:
     def prefill_logits(self, row: int, prompt: List[int], last_only: bool = False) -> torch.Tensor:
         """Prefill one (empty) row; logits [n, V] for every position that predicts a next token:
         VIST2: the last visual token of each full chunk, then each tail token; baseline: each token
-        (``last_only``: the baseline computes the last one only)."""
+        (``last_only``: only the last row is wanted; the baseline computes it alone, VIST2 the
+        last chunk of each visual tile and the tail)."""
         rows = slice(row, row + 1)
         active = torch.ones(1, dtype=torch.bool, device=self.device)
         self.length[row] = len(prompt)
@@ -257,8 +285,7 @@ class Vist2Engine:
             return torch.cat(parts)
         full = len(prompt) // self.L
         chunks = [prompt[i * self.L:(i + 1) * self.L] for i in range(full)]
-        group = max(1, self.prefill_block // self.m)
-        parts = [self._visual_forward(row, chunks[i:i + group]) for i in range(0, full, group)]
+        parts = [self._visual_forward(row, chunks, last_only)] if full else []
         tail = prompt[full * self.L:]
         parts += text(tail)
         self.chunk_tokens[row] = list(tail)
@@ -283,7 +310,7 @@ class Vist2Engine:
             self.chunk_tokens[b].append(int(tokens[b]))
             if self.compress and len(self.chunk_tokens[b]) == self.L:      # chunk finished: compress
                 text_rows[b] = False
-                logits[b] = self._visual_forward(b, [self.chunk_tokens[b]])[-1]
+                logits[b] = self._visual_forward(b, [self.chunk_tokens[b]], last_only=True)[-1]
                 self.cache.text_len[b] = 0                                  # evict its text K/V
                 self.chunk_tokens[b] = []
         if text_rows.any():

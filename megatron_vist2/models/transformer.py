@@ -140,12 +140,15 @@ class SelfAttention(nn.Module):
         b, h, s, d = ctx.shape
         return self.o_proj(ctx.permute(2, 0, 1, 3).reshape(s, b, h * d))[0]
 
-    def forward(self, x: torch.Tensor, rope, mask, cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope, mask, cache=None, queries: Optional[slice] = None) -> torch.Tensor:
         """``cache`` (inference): an object whose ``store(k, v)`` keeps the new keys/values and
-        returns every key/value the queries may attend to (``mask`` is then over those)."""
+        returns every key/value the queries may attend to (``mask`` is then over those).
+        ``queries`` (inference): keys and values from every position, outputs for these only."""
         q, k, v = self.project(x, rope)
         if cache is not None:
             k, v = cache.store(k, v)
+        if queries is not None:
+            q = q[:, :, queries]
         if self.dropout and self.training:
             # This rank's heads: a stream of its own (megatron's model-parallel RNG), so the
             # heads on different tensor-parallel ranks get independent masks.
@@ -195,8 +198,12 @@ class Block(nn.Module):
                 return F.dropout(x, self.hidden_dropout)
         return F.dropout(x, self.hidden_dropout)   # replicated over TP: the same (default) stream
 
-    def forward(self, x: torch.Tensor, rope=None, mask=None, cache=None) -> torch.Tensor:
-        x = x + self._drop(self.attention(self.input_norm(x), rope, mask, cache))
+    def forward(self, x: torch.Tensor, rope=None, mask=None, cache=None,
+                queries: Optional[slice] = None) -> torch.Tensor:
+        """``queries`` (inference): the output of these positions only (a last layer whose other
+        outputs nothing reads); every position still yields its keys and values."""
+        h = self.attention(self.input_norm(x), rope, mask, cache, queries)
+        x = x + self._drop(h) if queries is None else x[queries] + self._drop(h)
         return x + self._drop(self.mlp(self.post_attention_norm(x)))
 
 

@@ -33,6 +33,22 @@ def test_consistency_law_batch_of_mixed_lengths_and_phases(setup):
     assert engine.stats.chunks_compressed == sum((len(s) - 1) // L for s in data)
 
 
+def test_prefill_in_visual_tiles_keeps_the_consistency_law(setup):
+    """A prompt of 5 full chunks prefilled in tiles of 2 chunks (2 + 2 + 1: later tiles see the
+    earlier ones' keys, the last tile is partial) gives the training forward's logits."""
+    cfg, tok, ds, model = setup
+    L, m = cfg.model.chunk.text_tokens, cfg.model.visual_tokens_per_chunk
+    s = streams(ds, [5 * L + 9], seed=4)[0]
+    engine = Vist2Engine(model, tok, cfg, compress=True, max_context=6 * L, prefill_block=2 * m)
+    got = engine_logits(engine, [s], [5 * L + 3], L)[0]
+    ref = teacher_forced(model, ds, s)
+    assert set(got) == {L, 2 * L, 3 * L, 4 * L, 5 * L} | set(range(5 * L + 1, len(s)))
+    assert max((logits - ref[t]).abs().max().item() for t, logits in got.items()) <= 1e-4
+    for P in (5 * L, 5 * L + 3):              # last position only: each tile's last layer runs one query
+        engine.reset()
+        assert (engine.prefill_logits(0, s[:P], last_only=True)[-1] - ref[P]).abs().max().item() <= 1e-4
+
+
 def test_compression_evicts_text_and_bounds_the_cache(setup):
     cfg, tok, ds, model = setup
     L, m = cfg.model.chunk.text_tokens, cfg.model.visual_tokens_per_chunk
@@ -53,6 +69,8 @@ def test_baseline_equals_plain_causal_forward(setup):
     with torch.no_grad():
         ref = model(batch)[:, 0, :tok.vocab_size]
     assert max((logits - ref[i - 1]).abs().max().item() for i, logits in got.items()) <= 1e-4
+    last = engine.prefill([s[:40]])[0]          # last position only: the last layer runs one query
+    assert (last - ref[39]).abs().max().item() <= 1e-4
 
 
 def test_kv_memory_at_16k_context(setup):
