@@ -25,6 +25,28 @@ def _floats(obj, path: str = ""):
             yield from ((f"{where}.{k}", v) for k, v in value.items() if isinstance(v, float))
 
 
+def control_problems(cfg: Config) -> List[str]:
+    """A control (``model.context`` text or window) has no images: read-back chunks, the OCR
+    probe and the vision parts are settings of the VIST2 model only (docs/spec.md, "Controls")."""
+    ctx, d, t = cfg.model.context, cfg.data, cfg.train
+    if ctx == "vist2":
+        return []
+    why = f"model.context '{ctx}' is a control without images"
+    out = []
+    if d.readback_fraction or any(share for _, share in d.readback_schedule if isinstance(share, (int, float))):
+        out.append(f"data.readback_fraction / data.readback_schedule: {why}, so no chunk can be in "
+                   f"read-back mode; set them to 0 / [] (train the controls on the stage-1 data "
+                   f"without read-back) or use model.context=vist2")
+    if t.ocr_probe_batches:
+        out.append(f"train.ocr_probe_batches: {why} (the probe reads text off images); set it to 0")
+    vision = [p for p in t.freeze + list(cfg.optim.lr_multipliers)
+              if p.split(".")[:2] in (["front", "vision"], ["front", "aligner"])]
+    if vision:
+        out.append(f"train.freeze / optim.lr_multipliers name {vision}: {why} and has no "
+                   f"front.vision or front.aligner; remove them")
+    return out
+
+
 def value_problems(cfg: Config, sizes_valid: bool = True) -> List[str]:
     out = [f"{where} must be a finite number, got {value}" for where, value in _floats(cfg)
            if not math.isfinite(value)]
@@ -44,6 +66,7 @@ def value_problems(cfg: Config, sizes_valid: bool = True) -> List[str]:
                         ("model.llm.attention_dropout", llm.attention_dropout)):
         if not 0.0 <= value < 1.0:
             out.append(f"{name} must be in [0, 1), got {value}")
+    out += control_problems(cfg)
     if cfg.train.peak_tflops < 0:
         out.append(f"train.peak_tflops must be >= 0 (0 = by the GPU's name), got {cfg.train.peak_tflops}")
     if sizes_valid:

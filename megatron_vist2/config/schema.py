@@ -15,6 +15,10 @@ AttentionBackend = Literal["sdpa", "flex"]
 ZeroStage = Literal[0, 1, 2, 3]
 Dtype = Literal["auto", "fp32", "bf16"]
 ActivationCheckpointing = Literal["none", "full", "selective"]
+# The context a text chunk sees (docs/spec.md, "Controls"): "vist2" = the model (earlier chunks as
+# visual tokens); "text" = the uncompressed control (earlier chunks as text, plain causal
+# attention over the segment); "window" = the no-history control (its own chunk only).
+Context = Literal["vist2", "text", "window"]
 
 
 @dataclass
@@ -83,6 +87,9 @@ class ModelConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     init_std: float = 0.02
     attention_backend: AttentionBackend = "sdpa"   # "sdpa" (dense bool mask, built per forward) or "flex" (block-sparse)
+    # "vist2", or a control trained on the same rows and targets: "text" (history as text) or
+    # "window" (no history); the controls have no vision encoder or aligner
+    context: Context = "vist2"
 
     @property
     def patches_per_image(self) -> int:

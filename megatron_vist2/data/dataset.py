@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..models.attention import TEXT, TokenLayout
 from ..models.vist2 import Vist2Batch
 from .indexed import IndexedDocs, open_indexed
-from .packing import assemble_row, pack_segments, segment_document
+from .packing import PER_TOKEN, assemble_row, pack_segments, segment_document
 from .renderer import Renderer
 from .tokenizer import Tokenizer
 
@@ -32,6 +32,7 @@ class PackedVist2Dataset(Dataset):
         self.indexed, self.tokenizer, self.seed = indexed, tokenizer, seed
         m = cfg.model
         self.L, self.m, self.S = m.chunk.text_tokens, m.visual_tokens_per_chunk, cfg.data.seq_length
+        self.context = m.context      # the controls get the model's rows without images (packing.py)
         self.renderer = Renderer.from_model_config(m)
         rng = np.random.default_rng([seed, 0x5EB])
         lengths = indexed.lengths
@@ -60,10 +61,9 @@ class PackedVist2Dataset(Dataset):
         toks = [self.indexed.tokens(s.doc_index, s.start, s.length) for s in segments]
         masks = None if self.indexed.mask_ds is None else \
             [self.indexed.response_mask(s.doc_index, s.start, s.length) for s in segments]
-        row = assemble_row(segments, toks, self.L, self.m, self.S, masks, order)
+        row = assemble_row(segments, toks, self.L, self.m, self.S, masks, order, self.context)
         images = [self.renderer.render_chunk(ids, self.tokenizer.decode) for ids in row.image_chunks]
-        out = {k: getattr(row, k) for k in ("tokens", "doc", "chunk", "kind", "readback",
-                                             "position", "labels", "loss_mask")}
+        out = {k: getattr(row, k) for k in PER_TOKEN}
         out["images"] = np.stack(images) if images else \
             np.zeros((0, self.renderer.height, self.renderer.width), np.uint8)
         out["source"] = 0
@@ -152,6 +152,7 @@ def collate(samples: List[dict]) -> Vist2Batch:
     images = torch.from_numpy(np.concatenate([s["images"] for s in samples]))
     return Vist2Batch(tokens=stack("tokens"), layout=layout, images=images,
                       labels=stack("labels"), loss_mask=stack("loss_mask"),
+                      target=stack("target"), first_target=stack("first_target"),
                       source=torch.tensor([s.get("source", 0) for s in samples], dtype=torch.int64))
 
 

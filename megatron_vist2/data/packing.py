@@ -17,6 +17,14 @@ token t - 1; the first token of chunk i by the last visual token of V_i in read-
 the last visual token of V_{i-1}. One position has one label, so when chunk i-1 is in read-back
 mode (its V_{i-1} already predicts T_{i-1}[0]), the first token of a non-read-back chunk i has no
 predictor and no loss; so does the first token of a segment's first chunk (nothing before it).
+
+The controls (``model.context`` text / window, docs/spec.md "Controls") are packed exactly like
+the VIST2 model, and ``control_row`` derives their row from the VIST2 row in one place: the
+visual tokens are dropped and the label a visual token carried (the first token of the next
+chunk) moves to the last text token of the chunk that visual block encodes. So a control row
+holds the same text tokens with the same targets and weights as the model's row, by
+construction; ``target`` (the target's offset in its segment's text) identifies each target across
+contexts and ``first_target`` marks the chunk-first ones.
 """
 from __future__ import annotations
 
@@ -108,25 +116,38 @@ class RowArrays:
     position: np.ndarray
     labels: np.ndarray
     loss_mask: np.ndarray
+    target: np.ndarray               # offset of the label in its segment's text; -1 = no label
+    first_target: np.ndarray         # bool: the label is the first token of a chunk (> 0)
     image_chunks: List[np.ndarray]   # token ids of each visual block's chunk, in row order
 
 
 ORDERS = ("blocked", "interleaved")
+CONTEXTS = ("vist2", "text", "window")     # config/schema.py Context
+PER_TOKEN = ("tokens", "doc", "chunk", "kind", "readback", "position", "labels", "loss_mask",
+             "target", "first_target")
+
+
+def _empty_row(S: int) -> RowArrays:
+    return RowArrays(tokens=np.zeros(S, np.int64), doc=np.full(S, -1, np.int64),
+                     chunk=np.zeros(S, np.int64), kind=np.full(S, PAD, np.int64),
+                     readback=np.zeros(S, bool), position=np.zeros(S, np.int64),
+                     labels=np.zeros(S, np.int64), loss_mask=np.zeros(S, np.float32),
+                     target=np.full(S, -1, np.int64), first_target=np.zeros(S, bool), image_chunks=[])
 
 
 def assemble_row(segments: Sequence[Segment], doc_tokens: Sequence[np.ndarray], L: int, m: int,
                  seq_length: int, response_masks: Optional[Sequence[np.ndarray]] = None,
-                 order: str = "blocked") -> RowArrays:
+                 order: str = "blocked", context: str = "vist2") -> RowArrays:
     """Lay out a row; ``doc_tokens[i]`` holds the text tokens of ``segments[i]``. With
     ``response_masks`` (instruction data), only targets whose mask is 1 carry loss. ``order``:
-    the physical token order (``reorder``)."""
+    the physical token order (``reorder``); ``context``: the model's or a control's row
+    (``control_row``)."""
     if order not in ORDERS:
         raise ValueError(f"unknown row order '{order}' (expected one of {', '.join(ORDERS)})")
+    if context not in CONTEXTS:
+        raise ValueError(f"unknown context '{context}' (expected one of {', '.join(CONTEXTS)})")
     S = seq_length
-    row = RowArrays(tokens=np.zeros(S, np.int64), doc=np.full(S, -1, np.int64),
-                    chunk=np.zeros(S, np.int64), kind=np.full(S, PAD, np.int64),
-                    readback=np.zeros(S, bool), position=np.zeros(S, np.int64),
-                    labels=np.zeros(S, np.int64), loss_mask=np.zeros(S, np.float32), image_chunks=[])
+    row = _empty_row(S)
     pos = 0
     for slot, (seg, toks) in enumerate(zip(segments, doc_tokens)):
         n = seg.num_chunks(L)
@@ -157,14 +178,45 @@ def assemble_row(segments: Sequence[Segment], doc_tokens: Sequence[np.ndarray], 
                 np.asarray(response_masks[slot][c * L:(c + 1) * L], np.float32)
             if first_from is not None:
                 row.labels[first_from], row.loss_mask[first_from] = text[0], weight[0]
+                row.target[first_from], row.first_target[first_from] = c * L, c > 0
             row.labels[pos:pos + len(text) - 1] = text[1:]
             row.loss_mask[pos:pos + len(text) - 1] = weight[1:]
+            row.target[pos:pos + len(text) - 1] = c * L + np.arange(1, len(text))
             pos += len(text)
             if not seg.readback[c] and c < n - 1:
                 put_visual(c)
     if pos > S:
         raise ValueError(f"row overflows: {pos} tokens > seq_length {S}")
-    return reorder(row, order)
+    return reorder(row if context == "vist2" else control_row(row, context, L, m), order)
+
+
+def control_row(row: RowArrays, context: str, L: int, m: int) -> RowArrays:
+    """A control's row from the model's interleaved ``row``: the same text tokens, targets and
+    weights, without visual tokens (the padding grows by their number).
+
+    The label on the last token of V_c (the first token of chunk c + 1) moves to the last text
+    token of chunk c, which had none. Positions: 'text' numbers a segment's text 0, 1, ... (a
+    plain causal model over the document); 'window' restarts at 0 in every chunk (each chunk as
+    if alone), so chunk c + 1's first token is predicted from chunk c alone."""
+    if row.readback.any():
+        raise ValueError(f"the '{context}' control has no images, so no chunk can be in read-back mode")
+    labels, loss_mask = row.labels.copy(), row.loss_mask.copy()
+    target, first = row.target.copy(), row.first_target.copy()
+    visual = np.nonzero((row.kind == VISUAL) & (row.target >= 0))[0]
+    for p in visual:
+        # V_c follows T_c in the interleaved order: T_c's last token is right before the block
+        q = p - m
+        assert row.kind[q] == TEXT and row.chunk[q] == row.chunk[p] and target[q] < 0
+        labels[q], loss_mask[q], target[q], first[q] = labels[p], loss_mask[p], target[p], first[p]
+    keep = np.nonzero(row.kind != VISUAL)[0]
+    offset = row.position - row.chunk * m                # a text token's offset in its chunk
+    position = offset if context == "window" else row.chunk * L + offset
+    out = _empty_row(len(row.tokens))
+    for name, values in (("tokens", row.tokens), ("doc", row.doc), ("chunk", row.chunk),
+                         ("kind", row.kind), ("position", position), ("labels", labels),
+                         ("loss_mask", loss_mask), ("target", target), ("first_target", first)):
+        getattr(out, name)[:len(keep)] = values[keep]
+    return out
 
 
 def reorder(row: RowArrays, order: str) -> RowArrays:
@@ -176,6 +228,4 @@ def reorder(row: RowArrays, order: str) -> RowArrays:
         return row
     rank = np.where(row.kind == VISUAL, 0, np.where(row.kind == TEXT, 1, 2))
     perm = np.argsort(rank, kind="stable")
-    return RowArrays(**{f: getattr(row, f)[perm] for f in
-                        ("tokens", "doc", "chunk", "kind", "readback", "position", "labels", "loss_mask")},
-                     image_chunks=row.image_chunks)
+    return RowArrays(**{f: getattr(row, f)[perm] for f in PER_TOKEN}, image_chunks=row.image_chunks)

@@ -31,7 +31,7 @@ class TokenLayout:
         return TokenLayout(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
-def vist2_mask_mod(layout: TokenLayout) -> Callable:
+def vist2_mask_mod(layout: TokenLayout, context: str = "vist2") -> Callable:
     """Return mask_mod(b, h, q, k) -> bool: may query q attend to key k in row b?
 
     Rules (../docs/spec.md, "Attention"):
@@ -39,7 +39,13 @@ def vist2_mask_mod(layout: TokenLayout) -> Callable:
                            plus visual k of chunk i when chunk i is in read-back mode.
       visual q in chunk i: visual k of chunks j <= i (bidirectional inside its own block).
       never across documents; a padding query sees only itself (keeps softmax finite).
+    ``context`` (model.context): 'text' lets text q see the text k <= q of every chunk of its
+    document (plain causal; its rows have no visual tokens); 'window' rows have no visual tokens,
+    so the rule above leaves each chunk its own text only.
     """
+    if context not in ("vist2", "text", "window"):
+        raise ValueError(f"unknown context '{context}' (expected vist2, text or window)")
+    across_chunks = context == "text"
     # One int64 per token, so a (q, k) pair costs two gathers instead of nine: document + 1
     # (0 = padding) in bits 33+, chunk in bits 3-32, kind + 1 in bits 1-2, read-back in bit 0.
     code = (((layout.doc + 1) << 33) | (layout.chunk << 3) | ((layout.kind + 1) << 1)
@@ -52,7 +58,7 @@ def vist2_mask_mod(layout: TokenLayout) -> Callable:
         qkind, kkind = (cq >> 1) & 3, (ck >> 1) & 3
         qt, kt = qkind == TEXT + 1, kkind == TEXT + 1
         qv, kv = qkind == VISUAL + 1, kkind == VISUAL + 1
-        text_sees_text = kt & (kc == qc) & (k <= q)
+        text_sees_text = kt & ((qd == kd) if across_chunks else (kc == qc)) & (k <= q)
         text_sees_image = kv & ((kc < qc) | (((cq & 1) == 1) & (kc == qc)))
         image_sees_image = kv & (kc <= qc)
         same_doc = (qd == kd) & (qd > 0)
@@ -62,24 +68,24 @@ def vist2_mask_mod(layout: TokenLayout) -> Callable:
     return mask_mod
 
 
-def dense_mask(layout: TokenLayout) -> torch.Tensor:
+def dense_mask(layout: TokenLayout, context: str = "vist2") -> torch.Tensor:
     """Evaluate the rule on every pair: bool [batch, 1, seq, seq] for SDPA (tests, small rows)."""
     batch, seq = layout.doc.shape
     dev = layout.doc.device
     b = torch.arange(batch, device=dev)[:, None, None]
     q = torch.arange(seq, device=dev)[None, :, None]
     k = torch.arange(seq, device=dev)[None, None, :]
-    return vist2_mask_mod(layout)(b, None, q, k).unsqueeze(1)
+    return vist2_mask_mod(layout, context)(b, None, q, k).unsqueeze(1)
 
 
 _compiled_flex = None
 
 
-def block_mask(layout: TokenLayout, block_size: int = 128):
+def block_mask(layout: TokenLayout, block_size: int = 128, context: str = "vist2"):
     """flex_attention BlockMask from the same rule (no dense mask is materialised)."""
     from torch.nn.attention.flex_attention import create_block_mask
     batch, seq = layout.doc.shape
-    return create_block_mask(vist2_mask_mod(layout), batch, None, seq, seq,
+    return create_block_mask(vist2_mask_mod(layout, context), batch, None, seq, seq,
                              device=layout.doc.device, BLOCK_SIZE=block_size)
 
 
@@ -110,10 +116,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, dropout_p: f
     return _compiled_flex(q, k, v, block_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
-def build_mask(layout: TokenLayout, backend: str):
+def build_mask(layout: TokenLayout, backend: str, context: str = "vist2"):
     """The mask object ``attend`` takes, for backend 'sdpa' (dense bool) or 'flex' (BlockMask)."""
     if backend == "sdpa":
-        return dense_mask(layout)
+        return dense_mask(layout, context)
     if backend == "flex":
-        return block_mask(layout)
+        return block_mask(layout, context=context)
     raise ValueError(f"unknown attention backend '{backend}' (expected 'sdpa' or 'flex')")

@@ -38,6 +38,10 @@ class Vist2Batch:
     labels: torch.Tensor      # int64 [batch, seq]: the text token this position's output predicts
     loss_mask: torch.Tensor   # float [batch, seq]: 1 where ``labels`` is a trained target
     source: Optional[torch.Tensor] = None   # int64 [batch]: blend source of each row (data/dataset.py)
+    # int64 [batch, seq]: offset of the label in its segment's text (-1: no label), the same in
+    # every model.context, so evaluation compares models target by target (data/packing.py)
+    target: Optional[torch.Tensor] = None
+    first_target: Optional[torch.Tensor] = None   # bool [batch, seq]: the label starts a chunk > 0
 
     def to(self, device) -> "Vist2Batch":
         moved = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
@@ -55,7 +59,8 @@ def model_parallel_config(tensor_parallel_size: int, sequence_parallel: bool = F
 
 
 class Vist2Front(nn.Module):
-    """Text embedding, image encoding and the splice of visual tokens into the text stream."""
+    """Text embedding, image encoding and the splice of visual tokens into the text stream.
+    The controls (``model.context`` text / window) see no images: no vision encoder, no aligner."""
 
     def __init__(self, cfg: ModelConfig, vocab_padded: int, mp: ModelParallelConfig):
         super().__init__()
@@ -63,14 +68,19 @@ class Vist2Front(nn.Module):
         # the aligner's input is image-major, not sequence-major.
         vision_mp = model_parallel_config(mp.tensor_model_parallel_size)
         self.sequence_parallel = mp.sequence_parallel
-        self.vision = VisionEncoder(cfg, vision_mp)
-        self.aligner = Aligner(cfg.vision.hidden_size, cfg.llm.hidden_size, cfg.aligner.merge,
-                               self.vision.grid, vision_mp, cfg.init_std)
+        self.vision = self.aligner = None
+        if cfg.context == "vist2":
+            self.vision = VisionEncoder(cfg, vision_mp)
+            self.aligner = Aligner(cfg.vision.hidden_size, cfg.llm.hidden_size, cfg.aligner.merge,
+                                   self.vision.grid, vision_mp, cfg.init_std)
         self.embedding = tensor_parallel.VocabParallelEmbedding(
             vocab_padded, cfg.llm.hidden_size, init_method=normal_init(cfg.init_std), config=mp)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [n, H, W] -> visual tokens [n, m, hidden]."""
+        if self.vision is None:
+            raise ValueError("a control model (model.context text / window) has no vision encoder: "
+                             "its rows carry no images")
         return self.aligner(self.vision(images))
 
     def forward(self, tokens: torch.Tensor, images: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
@@ -135,6 +145,7 @@ class Vist2Model(nn.Module):
         self.part = part = part or StagePart.whole(mcfg.llm.num_layers)
         self.tied = mcfg.llm.tie_embeddings
         self.attention_backend = mcfg.attention_backend
+        self.context = mcfg.context
         vocab = padded_vocab_size(cfg)
         self.front = _seeded(seed, "front", lambda: Vist2Front(mcfg, vocab, mp)) if part.first else None
         self.rotary = Rotary(mcfg.llm.head_dim, mcfg.llm.rope_theta)
@@ -163,7 +174,7 @@ class Vist2Model(nn.Module):
         if self.part.first:
             hidden = self.front(batch.tokens, batch.images, batch.layout.kind)
         rope = self.rotary(batch.layout.position)
-        mask = build_mask(batch.layout, self.attention_backend) if len(self.layers) else None
+        mask = build_mask(batch.layout, self.attention_backend, self.context) if len(self.layers) else None
         for layer in self.layers.values():
             hidden = layer(hidden, rope, mask)
         if not self.part.last:
@@ -179,6 +190,6 @@ class Vist2Model(nn.Module):
         def count(module):
             return sum(p.numel() for p in module.parameters()) if module is not None else 0
         vision = count(self.front.vision) if self.front is not None else 0
-        aligner = count(self.front.aligner) if self.front is not None else 0
+        aligner = count(self.front.aligner) if self.front is not None else 0   # (0 in the controls)
         total = count(self)
         return {"vision": vision, "aligner": aligner, "llm": total - vision - aligner, "total": total}

@@ -41,7 +41,8 @@ from ..models.attention import TokenLayout
 from ..models.vist2 import StagePart, Vist2Batch
 from . import compat
 
-META_FIELDS = ("doc", "chunk", "kind", "readback", "position")   # + labels, loss_mask
+META_FIELDS = ("doc", "chunk", "kind", "readback", "position")   # + labels, loss_mask, targets
+META_ROWS = len(META_FIELDS) + 4
 # (stage output, batch) -> (summed loss, statistics to accumulate or None); last stage only
 LossFn = Callable[[torch.Tensor, Vist2Batch], Tuple[torch.Tensor, Optional[torch.Tensor]]]
 
@@ -54,8 +55,12 @@ def stage_part(cfg: Config) -> StagePart:
 
 
 def pack_metadata(batch: Vist2Batch) -> torch.Tensor:
-    """Everything a later stage needs of the batch, as one int64 [7, batch, seq] tensor."""
-    fields = [getattr(batch.layout, f) for f in META_FIELDS] + [batch.labels, batch.loss_mask]
+    """Everything a later stage needs of the batch, as one int64 [META_ROWS, batch, seq] tensor
+    (a batch without target ids sends -1 / False for them)."""
+    target = batch.target if batch.target is not None else torch.full_like(batch.labels, -1)
+    first = batch.first_target if batch.first_target is not None else torch.zeros_like(batch.labels)
+    fields = [getattr(batch.layout, f) for f in META_FIELDS] + [batch.labels, batch.loss_mask,
+                                                                target, first]
     return torch.stack([f.long() for f in fields])
 
 
@@ -63,8 +68,10 @@ def unpack_metadata(meta: torch.Tensor) -> Vist2Batch:
     layout = TokenLayout(**{f: meta[i] for i, f in enumerate(META_FIELDS)})
     layout.readback = layout.readback.bool()
     empty = torch.zeros(0, 1, 1, dtype=torch.uint8, device=meta.device)
+    n = len(META_FIELDS)
     return Vist2Batch(tokens=torch.zeros_like(meta[0]), layout=layout, images=empty,
-                      labels=meta[len(META_FIELDS)], loss_mask=meta[len(META_FIELDS) + 1].float())
+                      labels=meta[n], loss_mask=meta[n + 1].float(), target=meta[n + 2],
+                      first_target=meta[n + 3].bool())
 
 
 def _exchange(sends: List[Tuple[torch.Tensor, int]], recvs: List[Tuple[torch.Tensor, int]]) -> None:
@@ -102,7 +109,7 @@ class PipelineSchedule:
         p = self.cfg.parallel
         seq = seq_length // (p.tensor_parallel if p.sequence_parallel else 1)
         self.hidden_shape = (seq, p.micro_batch_size, self.cfg.model.llm.hidden_size)
-        self.meta_shape = (len(META_FIELDS) + 2, p.micro_batch_size, seq_length)
+        self.meta_shape = (META_ROWS, p.micro_batch_size, seq_length)
 
     # ------------------------------------------------------------------ transfers
     def _empty_hidden(self) -> torch.Tensor:
