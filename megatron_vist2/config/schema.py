@@ -170,6 +170,7 @@ class TrainConfig:
     # parameter-name prefixes kept fixed in this stage, e.g. [front.vision] or [layers, head]
     freeze: List[str] = field(default_factory=list)
     ocr_probe_batches: int = 0         # read-back accuracy probe at each evaluation (global batches)
+    ocr_cer_chunks: int = 0            # held-out chunks read back greedily at each evaluation (CER)
 
 
 @dataclass

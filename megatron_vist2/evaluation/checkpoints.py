@@ -16,9 +16,9 @@ from typing import Dict, List, Optional
 import yaml
 
 from ..checkpoint.format import read_manifest, resolve_tag_dir
+from ..data.packing import CONTEXTS as KNOWN_CONTEXTS     # one list (config/schema.py Context)
 from ..errors import CheckpointError
 
-KNOWN_CONTEXTS = ("vist2", "text", "window")
 ROLES = {"model": None, "text": "text", "window": "window"}    # role -> the context it must have
 
 

@@ -40,7 +40,9 @@ def rows_config(cfg: Config) -> Config:
     return replace(cfg, data=replace(cfg.data, readback_fraction=0.0, readback_schedule=[]))
 
 
-def heldout_dataset(rows_cfg: Config, tokenizer: Tokenizer, batches: int):
+def heldout_dataset(rows_cfg: Config, tokenizer: Tokenizer, batches: int, context: str = "vist2"):
+    """The held-out rows as ``context`` sees them (the controls: the same rows without images)."""
+    rows_cfg = replace(rows_cfg, model=replace(rows_cfg.model, context=context))
     return build_dataset(rows_cfg.data.valid_prefix, tokenizer, rows_cfg, rows_cfg.train.seed + 1000,
                          batches * rows_cfg.parallel.global_batch_size)
 
@@ -56,10 +58,10 @@ def score(cfg: Config, step_dir: str, env: DistEnv, dataset, rows_cfg: Config, b
     schedule = make_schedule(cfg, env, engine)
     engine.eval()
     dp = data_parallel_size(cfg, env.world_size)
-    bins = chunk_bins(rows_cfg)
+    bins, L = chunk_bins(rows_cfg), rows_cfg.model.chunk.text_tokens
     stats = torch.zeros(4 * bins, device=env.device)
     feed = loader(cfg, dataset, 0, batches, dp) if model.part.first else None
-    schedule.evaluate(feed, batches, cfg.data.seq_length, target_loss_fn(bins), stats)
+    schedule.evaluate(feed, batches, rows_cfg.data.seq_length, target_loss_fn(bins, L), stats)
     dist.all_reduce(stats, group=parallel_state.get_data_parallel_group())
     stats = schedule.share_from_last(stats)
     del schedule, engine, model

@@ -118,7 +118,7 @@ def run(opts: Options) -> Dict:
     if len(indexed) == 0 or int(indexed.lengths.sum()) == 0:
         raise EvaluationError(f"the evaluation set {rows_cfg.data.valid_prefix} has no tokens: "
                               f"point --valid-prefix (or the model's data.valid_prefix) at held-out data")
-    dataset = heldout_dataset(rows_cfg, tok, opts.batches)
+    dataset = heldout_dataset(rows_cfg, tok, opts.batches, model.context)
     if len(dataset) == 0:
         raise EvaluationError(f"the evaluation set {rows_cfg.data.valid_prefix} packs into no rows")
 
@@ -131,7 +131,8 @@ def run(opts: Options) -> Dict:
                "heldout": {}}
     for ev in [model, *controls]:
         log(f"scoring {ev.role} ({ev.context}) {ev.step_dir} on {opts.batches} held-out batches")
-        results["heldout"][ev.role] = score(cfgs[ev.role], str(ev.step_dir), env, dataset, rows_cfg,
+        rows = dataset if ev.role == "model" else heldout_dataset(rows_cfg, tok, opts.batches, ev.context)
+        results["heldout"][ev.role] = score(cfgs[ev.role], str(ev.step_dir), env, rows, rows_cfg,
                                             opts.batches, log)
         results["heldout"][ev.role]["checkpoint"] = str(ev.step_dir)
     check_same_targets(results["heldout"])

@@ -4,14 +4,10 @@ identical targets, and the history retention R computed from them.
 A target is tagged by the chunk it belongs to (0-based: how far into its segment, i.e. how much
 history precedes it) and by whether it is the **first token of its chunk**. Chunk-first targets
 are predicted from the images of the history in VIST2 (the last visual token of V_{i-1}), from
-the last text token of chunk i-1 in the text control, and from nothing of the history in the
+the last text token of chunk i-1 in the text control, and from chunk i-1's text alone in the
 window control; every other target is predicted inside its chunk's text. The two kinds are
-reported separately. The tag is read from the row's metadata, not from the model: a predictor
-that is a visual token predicts the first token of its chunk (read-back) or of the next chunk;
-a text predictor that is the last text token of its chunk (its successor in the row is not text
-of the same segment and chunk) also predicts the next chunk's first token; any other text
-predictor predicts the next token of its own chunk. (Rows keep each text chunk contiguous and
-in order in both physical orders, data/packing.py.)
+reported separately. Both tags come with the rows (data/packing.py: ``target``, the target's
+offset in its segment's text, the same in every context; ``first_target``), not from the model.
 
 R = (L_window - L_model) / (L_window - L_text): 0 when the model uses no history (it does as
 well as a model that sees only the current chunk), 1 when it keeps all of it (as well as the
@@ -26,7 +22,6 @@ import torch
 
 from ..config import Config
 from ..data.packing import max_chunks_per_segment
-from ..models.attention import TEXT, VISUAL
 from ..models.vist2 import Vist2Batch
 from ..training.loss import masked_token_losses
 
@@ -40,25 +35,18 @@ def chunk_bins(cfg: Config) -> int:
                                   cfg.data.readback_fraction > 0)
 
 
-def target_tags(batch: Vist2Batch):
+def target_tags(batch: Vist2Batch, L: int):
     """-> (target chunk index, chunk-first flag), each [batch, seq], for every predictor position."""
-    lay = batch.layout
-    text, visual = lay.kind == TEXT, lay.kind == VISUAL
-    nxt_same = torch.zeros_like(text)
-    nxt_same[:, :-1] = text[:, 1:] & (lay.doc[:, 1:] == lay.doc[:, :-1]) & (lay.chunk[:, 1:] == lay.chunk[:, :-1])
-    last_text = text & ~nxt_same
-    first = visual | last_text
-    chunk = lay.chunk + (visual & ~lay.readback).long() + last_text.long()
-    return chunk, first
+    return batch.target.clamp(min=0) // L, batch.first_target.bool()
 
 
-def target_loss_fn(bins: int):
+def target_loss_fn(bins: int, L: int):
     """A loss function for the pipeline schedule: -> (summed loss, statistics [4 * bins]):
     loss sum and target count of chunk-first and of within-chunk targets, by target chunk index
     (indices past the last bin join the last)."""
     def loss_fn(logits: torch.Tensor, batch: Vist2Batch):
         per_token = masked_token_losses(logits, batch).t()          # [batch, seq]
-        chunk, first = target_tags(batch)
+        chunk, first = target_tags(batch, L)
         targets = batch.loss_mask > 0
         idx = chunk.clamp(max=bins - 1)
         stats = torch.zeros(4, bins, device=per_token.device)
