@@ -25,14 +25,14 @@ from .targets import chunk_bins, summarize, target_loss_fn
 def eval_config(saved: dict, tp: int, pp: int, world_size: int, micro_batch: int, overrides=()) -> Config:
     """A checkpoint's config, run in the evaluation's layout: tp x pp from the flags, the rest of
     the ranks data-parallel, ZeRO off (the weights are read whole into any layout)."""
-    data = dict(saved)
+    data = apply_overrides(dict(saved), list(overrides))
     dp = max(1, world_size // (tp * pp))
     data["parallel"] = {**data.get("parallel", {}), "tensor_parallel": tp, "pipeline_parallel": pp,
                         "sequence_parallel": False, "zero_stage": 0, "micro_batch_size": micro_batch,
                         "global_batch_size": micro_batch * dp}
     data["checkpoint"] = {**data.get("checkpoint", {}), "load_dir": "", "init_from": "", "auto_resume": False}
     data["train"] = {**data.get("train", {}), "freeze": []}
-    return validate(config_from_dict(apply_overrides(data, list(overrides))), world_size)
+    return validate(config_from_dict(data), world_size)
 
 
 def rows_config(cfg: Config) -> Config:
