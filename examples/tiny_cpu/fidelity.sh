@@ -12,7 +12,7 @@
 # EVAL_LAUNCH (python, or a launcher running tools/evaluate.py), EXTRA (overrides for every run,
 # e.g. data paths), READBACK (read-back share of the rho runs), RHO2 / RHO4 / RHO8 (the model
 # overrides giving each rho for the preset), EVAL_BATCHES, OCR_CHUNKS, RETRIEVAL_CONTEXTS,
-# RETRIEVAL_DEPTHS, RETRIEVAL_TRIALS, LONG_DOCS, DOC (the page written), PREPARE (0: data exists).
+# RETRIEVAL_DEPTHS, RETRIEVAL_TRIALS, LONG_DOCS, CER_CHUNKS, DOC (the page written), PREPARE (0: data exists).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
@@ -29,6 +29,7 @@ RETRIEVAL_CONTEXTS="${RETRIEVAL_CONTEXTS:-256,512}"
 RETRIEVAL_DEPTHS="${RETRIEVAL_DEPTHS:-16,64,160}"
 RETRIEVAL_TRIALS="${RETRIEVAL_TRIALS:-8}"
 LONG_DOCS="${LONG_DOCS:-2}"
+CER_CHUNKS="${CER_CHUNKS:-8}"      # read-back CER logged at each training evaluation (VIST2 runs)
 DOC="${DOC:-docs/fidelity.md}"
 # rho = L / m with L fixed (the controls share the chunking): m follows the image size.
 # tiny-cpu: L = 32, 64 x 128 -> m = 8 (rho 4); 128 x 128 -> 16 (rho 2); 64 x 64 -> 4 (rho 8).
@@ -51,11 +52,11 @@ mkdir -p "$OUT"
 
 declare -a NAMES=(vist2_rho2 vist2_rho4 vist2_rho8 vist2_rho4_curriculum text window)
 declare -A ARGS=(
-  [vist2_rho2]="$RHO2 data.readback_fraction=$READBACK"
-  [vist2_rho4]="$RHO4 data.readback_fraction=$READBACK"
-  [vist2_rho8]="$RHO8 data.readback_fraction=$READBACK"
+  [vist2_rho2]="$RHO2 data.readback_fraction=$READBACK train.ocr_cer_chunks=$CER_CHUNKS"
+  [vist2_rho4]="$RHO4 data.readback_fraction=$READBACK train.ocr_cer_chunks=$CER_CHUNKS"
+  [vist2_rho8]="$RHO8 data.readback_fraction=$READBACK train.ocr_cer_chunks=$CER_CHUNKS"
   # read-back curriculum: half the chunks read back at first, then the rho runs' share
-  [vist2_rho4_curriculum]="$RHO4 data.readback_schedule=[[0,0.5],[$HALF,$READBACK]]"
+  [vist2_rho4_curriculum]="$RHO4 data.readback_schedule=[[0,0.5],[$HALF,$READBACK]] train.ocr_cer_chunks=$CER_CHUNKS"
   [text]="model.context=text"
   [window]="model.context=window"
 )

@@ -97,3 +97,27 @@ def test_zeroed_aligner_keeps_no_history(tiny_data, models):
     # every chunk's first token is predicted from a zero hidden state (the last visual token):
     # logits 0, uniform over the (padded) vocabulary of 512
     assert h["model"]["chunk_first"]["loss"] == pytest.approx(math.log(512), rel=1e-5)
+
+
+def test_target_tags_split_the_training_loss_by_chunk(tiny_data, dist_env):
+    """The per-target statistics add up to the training loss's sum and target count, and the
+    chunk-first targets are one per chunk > 0 of each segment (counted from the segments)."""
+    from megatron_vist2.data.dataset import collate
+    from megatron_vist2.evaluation.targets import chunk_bins, summarize, target_loss_fn
+    from megatron_vist2.training.loss import token_losses
+    cfg, tok, ds, model = tiny_model(tiny_data)
+    rows = [ds[i] for i in range(4)]
+    batch = collate(rows)
+    L = cfg.model.chunk.text_tokens
+    with torch.no_grad():
+        logits = model(batch)
+    total, count = token_losses(logits, batch)
+    bins = chunk_bins(cfg)
+    _, stats = target_loss_fn(bins, L)(logits, batch)
+    s = summarize(stats, bins)
+    assert s["loss"] == pytest.approx(float(total / count), rel=1e-6) and s["targets"] == int(count)
+    segments = [seg for i in range(4) for seg in ds.rows[ds.row_index(i)]]
+    want_first = sum(seg.num_chunks(L) - 1 for seg in segments)       # no read-back chunks
+    assert s["chunk_first"]["targets"] == want_first
+    by_chunk = [sum(1 for seg in segments if seg.num_chunks(L) > c) for c in range(1, bins)]
+    assert [r["targets_first"] for r in s["by_chunk"][1:]] == by_chunk
