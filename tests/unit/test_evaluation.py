@@ -73,6 +73,7 @@ def evaluate(tiny_data, model, text, window):
                        ocr_chunks=0, long_docs=0, valid_prefix=tiny_data.valid))
 
 
+@pytest.mark.slow                      # three checkpoints through the whole evaluation
 def test_text_control_as_the_model_gives_retention_one(tiny_data, models):
     r = evaluate(tiny_data, models["text"], models["text"], models["window"])
     h = r["heldout"]
@@ -83,6 +84,7 @@ def test_text_control_as_the_model_gives_retention_one(tiny_data, models):
                if row["within"] is not None)
 
 
+@pytest.mark.slow
 def test_zeroed_aligner_keeps_no_history(tiny_data, models):
     """Zero visual tokens carry nothing: within a chunk the model sees only the chunk's own text
     (plus zero keys and values that only rescale attention), so on within-chunk targets it scores
