@@ -12,9 +12,6 @@ from tests.bad_input.conftest import write_checkpoint
 from tests.conftest import REPO, subprocess_env, tiny_model
 
 
-pytestmark = pytest.mark.slow          # a 4-rank launch (~1 min idle)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tiny_data, dist_env, tmp_path_factory):
     cfg, tok, _, model = tiny_model(tiny_data, "model.init_std=0.1")
