@@ -114,7 +114,11 @@ def run(opts: Options) -> Dict:
     tok = _tokenizer(model, cfgs["model"])
     if opts.retrieval_contexts:
         check_depths(opts.retrieval_contexts, opts.retrieval_depths, tok)
-    indexed = open_indexed(rows_cfg.data.valid_prefix, tok)
+    from ..errors import DatasetError
+    try:
+        indexed = open_indexed(rows_cfg.data.valid_prefix, tok)
+    except DatasetError as exc:               # e.g. an empty .idx: no documents at all
+        raise EvaluationError(f"the evaluation set {rows_cfg.data.valid_prefix} cannot be used: {exc}") from None
     if len(indexed) == 0 or int(indexed.lengths.sum()) == 0:
         raise EvaluationError(f"the evaluation set {rows_cfg.data.valid_prefix} has no tokens: "
                               f"point --valid-prefix (or the model's data.valid_prefix) at held-out data")

@@ -55,7 +55,7 @@ CASES = [
          evaluate("--valid-prefix", "{data.valid}", "--retrieval-contexts", "128", "--retrieval-depths", "8,100"),
          ["retrieval depth 100 does not fit a context of 128 tokens", "--retrieval-contexts"]),
     Case("eval-empty-set", "tools/evaluate.py", evaluate("--valid-prefix", "{tmp}/empty"),
-         ["evaluation set", "has no tokens", "--valid-prefix"], empty_valid),
+         ["the evaluation set", "empty", "cannot be used"], empty_valid),
     Case("eval-out-exists", "tools/evaluate.py", evaluate(),
          ["--out", "already exists"], lambda c: (c.tmp / "eval").mkdir()),
 ]
