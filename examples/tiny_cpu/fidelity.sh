@@ -12,12 +12,12 @@
 # EVAL_LAUNCH (python, or a launcher running tools/evaluate.py), EXTRA (overrides for every run,
 # e.g. data paths), READBACK (read-back share of the rho runs), RHO2 / RHO4 / RHO8 (the model
 # overrides giving each rho for the preset), EVAL_BATCHES, OCR_CHUNKS, RETRIEVAL_CONTEXTS,
-# RETRIEVAL_DEPTHS, RETRIEVAL_TRIALS, LONG_DOCS, CER_CHUNKS, DOC (the page written), PREPARE (0: data exists).
+# RETRIEVAL_DEPTHS, RETRIEVAL_TRIALS, LONG_DOCS, LONG_MAX_TOKENS, CER_CHUNKS, DOC (the page written), PREPARE (0: data exists).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
 PRESET="${PRESET:-tiny-cpu}"
-STEPS="${STEPS:-400}"
+STEPS="${STEPS:-360}"
 OUT="${OUT:-runs/fidelity}"
 LAUNCH="${LAUNCH:-deepspeed --hostfile examples/tiny_cpu/hostfile --no_ssh_check --master_addr 127.0.0.1 --no_python ./launch.sh}"
 EVAL_LAUNCH="${EVAL_LAUNCH:-python}"
@@ -29,6 +29,7 @@ RETRIEVAL_CONTEXTS="${RETRIEVAL_CONTEXTS:-256,512}"
 RETRIEVAL_DEPTHS="${RETRIEVAL_DEPTHS:-16,64,160}"
 RETRIEVAL_TRIALS="${RETRIEVAL_TRIALS:-8}"
 LONG_DOCS="${LONG_DOCS:-2}"
+LONG_MAX_TOKENS="${LONG_MAX_TOKENS:-1024}"
 CER_CHUNKS="${CER_CHUNKS:-8}"      # read-back CER logged at each training evaluation (VIST2 runs)
 DOC="${DOC:-docs/fidelity.md}"
 # rho = L / m with L fixed (the controls share the chunking): m follows the image size.
@@ -85,7 +86,7 @@ for name in "${NAMES[@]}"; do
   $EVAL_LAUNCH tools/evaluate.py --checkpoint "$OUT/$name/checkpoints" --text "$OUT/text/checkpoints" \
     --window "$OUT/window/checkpoints" --out "$out" --batches "$EVAL_BATCHES" --ocr-chunks "$OCR_CHUNKS" \
     --retrieval-contexts "$RETRIEVAL_CONTEXTS" --retrieval-depths "$RETRIEVAL_DEPTHS" \
-    --retrieval-trials "$RETRIEVAL_TRIALS" --long-docs "$LONG_DOCS" $EXTRA
+    --retrieval-trials "$RETRIEVAL_TRIALS" --long-docs "$LONG_DOCS" --long-max-tokens "$LONG_MAX_TOKENS" $EXTRA
 done
 elapsed=$(( $(date +%s) - start ))
 python examples/tiny_cpu/fidelity_report.py --runs "$OUT" --doc "$DOC" --steps "$STEPS" --preset "$PRESET" \
