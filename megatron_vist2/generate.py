@@ -86,7 +86,8 @@ def main(argv=None) -> None:
     manifest = read_manifest(resolve_tag_dir(args.checkpoint))
     init_distributed(1, 1)
     model, tok, cfg = load_for_inference(args.checkpoint, args.overrides, args.tokenizer)
-    if not args.baseline and not manifest.get("step"):
+    renders = not args.baseline and cfg.model.context == "vist2"     # the controls render nothing
+    if renders and not manifest.get("step"):
         print(f"warning: {args.checkpoint} is at step 0 (e.g. right after tools/import_hf.py): its vision "
               f"encoder and aligner were never trained, so VIST2 mode reads compressed chunks through "
               f"untrained weights and the output is not meaningful; train first, or pass --baseline "
@@ -97,10 +98,12 @@ def main(argv=None) -> None:
                                  f"tokenizer with chat_template is needed); drop --chat")
         prompt = tok.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
-    if not args.baseline:                      # compressed chunks are read from their renders
+    if renders:                                # compressed chunks are read from their renders
         from .data.font_coverage import warn_missing_glyphs
         warn_missing_glyphs(cfg.model.render, [prompt], "the prompt", lambda m: print(m, file=sys.stderr))
-    engine = Vist2Engine(model, tok, cfg, compress=not args.baseline, max_context=args.max_context)
+    # the model's own mode (VIST2 compression, or a control's) unless --baseline asks for full text
+    engine = Vist2Engine(model, tok, cfg, compress=False if args.baseline else None,
+                         max_context=args.max_context)
     ids = tok.encode(prompt)
     if len(ids) >= args.max_context:
         raise InferenceError(f"the prompt has {len(ids)} tokens, --max-context is {args.max_context}: "
@@ -132,7 +135,8 @@ def main(argv=None) -> None:
         reason = "stop string"
     ttft = times[0] - t0 if times else float("nan")
     decode = (times[-1] - times[0]) / max(1, len(times) - 1)
-    mode = "baseline (full text KV)" if args.baseline else f"VIST2 (rho = {cfg.model.compression_ratio:g})"
+    mode = {"full": "baseline (full text KV)", "window": "window control (current chunk only)",
+            "vist2": f"VIST2 (rho = {cfg.model.compression_ratio:g})"}[engine.mode]
     print(f"\n\n--- {mode}: prompt {len(ids)} tokens, generated {len(out)} (stopped by {reason})")
     print(f"KV cache allocated {engine.cache.nbytes / 2**20:.2f} MiB for max_context {args.max_context}; "
           f"in use: {int(engine.cache.visual_len[0])} visual + {int(engine.cache.text_len[0])} text "

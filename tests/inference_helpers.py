@@ -4,7 +4,7 @@ import torch
 from megatron.core import tensor_parallel
 
 from megatron_vist2.data.dataset import collate
-from megatron_vist2.data.packing import Segment, assemble_row
+from megatron_vist2.data.packing import PER_TOKEN, Segment, assemble_row
 from megatron_vist2.models.attention import VISUAL
 
 
@@ -18,22 +18,26 @@ def streams(ds, lengths, seed=0):
 
 
 @torch.no_grad()
-def teacher_forced(model, ds, stream):
-    """Training forward over the stream as one segment -> {target index: logits}."""
+def teacher_forced(model, ds, stream, context: str = "vist2"):
+    """Training forward over the stream as one segment (the row of ``context``, the model's
+    or a control's) -> {target index: logits}."""
     L, m = ds.L, ds.m
     seg = Segment(0, 0, len(stream), (False,) * (-(-len(stream) // L)))
-    row = assemble_row([seg], [np.asarray(stream)], L, m, ds.S)
-    sample = {k: getattr(row, k) for k in ("tokens", "doc", "chunk", "kind", "readback", "position",
-                                           "labels", "loss_mask")}
-    sample["images"] = np.stack([ds.renderer.render(ds.tokenizer.decode(c)) for c in row.image_chunks])
+    row = assemble_row([seg], [np.asarray(stream)], L, m, ds.S, context=context)
+    sample = {k: getattr(row, k) for k in PER_TOKEN}
+    sample["images"] = np.stack([ds.renderer.render(ds.tokenizer.decode(c)) for c in row.image_chunks]) \
+        if row.image_chunks else np.zeros((0, ds.renderer.height, ds.renderer.width), np.uint8)
     logits = tensor_parallel.gather_from_tensor_model_parallel_region(model(collate([sample])))
     logits = logits[:, 0, :ds.tokenizer.vocab_size]
     preds = np.nonzero(row.loss_mask)[0]
     # the stream index each predictor's target has, from its metadata (any physical row order):
-    # text token t of chunk c predicts c L + t + 1; the last visual token of V_c predicts (c + 1) L
-    text_index = row.chunk[preds] * L + row.position[preds] - row.chunk[preds] * m + 1
+    # text token t of chunk c predicts c L + t + 1; the last visual token of V_c (in the
+    # controls: the last text token of chunk c) predicts (c + 1) L
+    offset = row.position[preds] - (row.chunk[preds] * m if context == "vist2" else
+                                    (0 if context == "window" else row.chunk[preds] * L))
+    text_index = row.chunk[preds] * L + offset + 1
     target = np.where(row.kind[preds] == VISUAL, (row.chunk[preds] + 1) * L, text_index)
-    assert sorted(target) == list(range(1, len(stream)))
+    assert sorted(target) == list(range(1, len(stream))) and np.array_equal(row.target[preds], target)
     assert [stream[t] for t in target] == list(row.labels[preds])
     return {int(t): logits[p] for t, p in zip(target, preds)}
 
@@ -44,7 +48,7 @@ def engine_logits(engine, streams_, prompt_lens, L):
     got = [dict() for _ in streams_]
     for b, (s, P) in enumerate(zip(streams_, prompt_lens)):
         logits = engine.prefill_logits(b, s[:P])
-        if engine.compress:
+        if engine.mode == "vist2":
             full = P // L
             targets = [c * L for c in range(1, full + 1)] + list(range(full * L + 1, P + 1))
         else:

@@ -35,7 +35,8 @@ def main():
     args = ap.parse_args()
     if args.shard_gb <= 0:
         ap.error(f"--shard-gb must be > 0, got {args.shard_gb}")
-    from megatron_vist2.config import config_from_dict, validate
+    from megatron_vist2.config import recorded_config, validate
+    from megatron_vist2.errors import CheckpointError
     from megatron_vist2.convert.qwen3 import export_backbone, hf_class_name
     from megatron_vist2.checkpoint.sources import open_checkpoint
     from megatron_vist2.data.tokenizer import load_tokenizer
@@ -43,7 +44,12 @@ def main():
     check_writable_target(args.out)                # before reading anything
     start = time.time()
     source = open_checkpoint(args.checkpoint)
-    cfg = validate(config_from_dict(source.config))
+    cfg = validate(recorded_config(source.config, source.step_dir / "config.yaml"))
+    context = cfg.model.context
+    if args.vist2 and context != "vist2":
+        raise CheckpointError(f"--vist2 exports the VIST2 model, but {source.step_dir / 'config.yaml'} "
+                              f"records model.context '{context}' (a control without vision encoder): "
+                              f"drop --vist2 to export it as a plain {hf_class_name(cfg)}")
     # the export must carry its tokenizer: refuse rather than write a directory without one
     tok = Path(find_tokenizer(source.step_dir, cfg.data.tokenizer, source.client.get("tokenizer_sha256"),
                               args.tokenizer, identify=lambda p: load_tokenizer(p).sha256))
@@ -62,6 +68,12 @@ def main():
     print(f"wrote {out} ({name}, {cfg.model.llm.num_layers} layers, vocab "
           f"{cfg.model.llm.vocab_size}) from {source.step_dir} (saved as {source.layout}) in "
           f"{time.time() - start:.1f} s; load it with transformers.{name}.from_pretrained({str(out)!r})")
+    if context == "text":
+        print("the checkpoint is the text control (model.context text): the export is the whole model")
+    elif context == "window":
+        print(f"the checkpoint is the window control (model.context window): the export is its backbone, "
+              f"which equals the control on inputs of one chunk ({cfg.model.chunk.text_tokens} tokens); "
+              f"feed it chunk by chunk (or use our engine, which does) to reproduce the control")
 
 
 if __name__ == "__main__":

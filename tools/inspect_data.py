@@ -91,9 +91,9 @@ def check_render(ds: PackedVist2Dataset) -> int:
     return failed
 
 
-def mask_picture(sample) -> Image.Image:
+def mask_picture(sample, context: str = "vist2") -> Image.Image:
     batch = collate([sample])
-    allowed = dense_mask(batch.layout)[0, 0].numpy()
+    allowed = dense_mask(batch.layout, context)[0, 0].numpy()      # the rule of model.context
     kind = sample["kind"]
     colors = np.full(allowed.shape + (3,), 255, np.uint8)
     q, k = kind[:, None], kind[None, :]
@@ -118,7 +118,7 @@ def row_picture(ds: PackedVist2Dataset, g: int) -> Image.Image:
         y = i * (h * scale + 6)
         panel.paste(Image.fromarray(img).resize((w * scale, h * scale), Image.NEAREST).convert("RGB"), (0, y))
         draw.text((w * scale + 8, y), "\n".join(textwrap.wrap(repr(text), 60)[:10]), fill="black", font=font)
-    mask = mask_picture(sample)
+    mask = mask_picture(sample, ds.context)
     side = max(panel.height, 256)
     mask = mask.resize((side, side), Image.NEAREST)
     out = Image.new("RGB", (panel.width + side + 10, side), "white")

@@ -4,8 +4,8 @@ from .derived import (data_parallel_size, gradient_accumulation_steps, name_unde
 from .load import (ConfigError, apply_overrides, available_presets, config_from_dict,
                    config_to_dict, load_config)
 from .schema import Config
-from .validate import validate
+from .validate import recorded_config, validate
 
 __all__ = ["Config", "ConfigError", "apply_overrides", "available_presets", "config_from_dict", "config_to_dict",
            "data_parallel_size", "gradient_accumulation_steps", "load_config", "name_under", "padded_vocab_size",
-           "stage_layer_counts", "stage_layers", "validate"]
+           "recorded_config", "stage_layer_counts", "stage_layers", "validate"]

@@ -10,7 +10,8 @@ import dataclasses
 import typing
 from typing import List, Optional
 
-from .load import ConfigError
+from ..errors import CheckpointError
+from .load import ConfigError, config_from_dict
 from .sanity import value_problems
 from .schema import Config
 
@@ -238,4 +239,19 @@ def validate(cfg: Config, world_size: Optional[int] = None) -> Config:
     problems += value_problems(cfg, sizes_valid=not problems)      # config/sanity.py
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    return cfg
+
+
+def recorded_config(data: dict, path) -> Config:
+    """The config a checkpoint recorded (``path``: its config.yaml) as a ``Config``. Resume,
+    evaluation, export and inference build the model it describes, so a choice value this version
+    does not know (e.g. a ``model.context`` added later) stops here, naming the file and field. A
+    field added since the save reads as its default (a checkpoint from before ``model.context``
+    holds the VIST2 model)."""
+    cfg = config_from_dict(data)
+    problems = _choice_problems(cfg, "")
+    if problems:
+        raise CheckpointError(f"{path} records a value this version of megatron_vist2 does not know: "
+                              + "; ".join(problems) + ". The checkpoint comes from a newer version or "
+                              "was edited: use the version that wrote it, or correct the field")
     return cfg

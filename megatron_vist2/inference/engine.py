@@ -10,7 +10,10 @@ text K/V of the current chunk.
     the last visual token, exactly as training predicts a chunk's first token from V_{j}.
 Baseline (``compress=False``): the same backbone with every token as text at position t and a
 full text cache; its prefill is one forward on SDPA's causal kernel (no mask tensor), its decode
-the VIST2 text path.
+the VIST2 text path. It is the text control's own mode (``model.context: text``).
+Window (the no-history control, ``model.context: window``): the cache holds the current chunk's
+text only, at positions 0..L-1; the token that finishes a chunk runs as text (its logits predict
+the next chunk's first token from that chunk alone) and the next token evicts the chunk.
 
 Consistency law (tested): the logits equal the teacher-forced training forward under the VIST2
 mask. Sequences of a batch may be at different chunk phases; rows that sit out a step write to a
@@ -70,10 +73,28 @@ class Stats:
     chunks_compressed: int = 0
 
 
+MODES = {"vist2": "vist2", "text": "full", "window": "window"}   # model.context -> its own mode
+
+
+def engine_mode(context: str, compress: Optional[bool]) -> str:
+    """'vist2' (running compression), 'full' (every token as text) or 'window' (the current chunk
+    only). ``compress``: None = the mode the model was trained for; False = 'full' (the backbone
+    on plain text, any model); True = 'vist2', which needs the VIST2 model's vision encoder."""
+    if compress is None:
+        return MODES[context]
+    if compress and context != "vist2":
+        raise InferenceError(f"a model.context '{context}' model has no vision encoder, so it cannot "
+                             f"compress: use its own mode (compress=None) or the full text cache "
+                             f"(compress=False, --baseline)")
+    return "vist2" if compress else "full"
+
+
 class Vist2Engine:
-    def __init__(self, model: Vist2Model, tokenizer, cfg: Config, compress: bool = True,
+    def __init__(self, model: Vist2Model, tokenizer, cfg: Config, compress: Optional[bool] = None,
                  max_context: int = 4096, batch_size: int = 1, dtype: torch.dtype = torch.float32,
                  device="cpu", prefill_block: int = 1024):
+        self.mode = engine_mode(cfg.model.context, compress)
+        compress = self.mode == "vist2"
         if max_context <= 0:
             raise InferenceError(f"max_context must be > 0, got {max_context}")
         if model.front.sequence_parallel:
@@ -88,7 +109,8 @@ class Vist2Engine:
         tp = cfg.parallel.tensor_parallel
         llm = mcfg.llm
         chunks = -(-max_context // self.L)
-        visual_slots, text_slots = (chunks * self.m, self.L) if compress else (0, max_context)
+        visual_slots, text_slots = (chunks * self.m, self.L) if compress else \
+            (0, self.L if self.mode == "window" else max_context)
         self.cache = KVCache(llm.num_layers, batch_size, llm.num_kv_heads // tp, llm.head_dim,
                              visual_slots, text_slots, dtype, self.device)
         self.vocab = tokenizer.vocab_size
@@ -223,9 +245,16 @@ class Vist2Engine:
                                                           device=self.device), active)[0]
                     for i in range(0, len(ids), self.prefill_block)]
 
-        if not self.compress:
+        if self.mode == "full":
             self.chunk_tokens[row] = prompt
             return self._causal_prefill(row, prompt, last_only)
+        if self.mode == "window":                  # each chunk alone: evict before the next
+            parts = []
+            for i in range(0, len(prompt), self.L):
+                self.cache.text_len[row] = 0
+                parts += text(prompt[i:i + self.L])
+            self.chunk_tokens[row] = prompt[(len(prompt) - 1) // self.L * self.L:]
+            return torch.cat(parts)
         full = len(prompt) // self.L
         chunks = [prompt[i * self.L:(i + 1) * self.L] for i in range(full)]
         group = max(1, self.prefill_block // self.m)
@@ -248,6 +277,9 @@ class Vist2Engine:
             if self.length[b] >= self.max_context:
                 raise InferenceError(f"sequence {b} reached max_context {self.max_context}")
             self.length[b] += 1
+            if self.mode == "window" and len(self.chunk_tokens[b]) == self.L:
+                self.cache.text_len[b] = 0                                  # a new window
+                self.chunk_tokens[b] = []
             self.chunk_tokens[b].append(int(tokens[b]))
             if self.compress and len(self.chunk_tokens[b]) == self.L:      # chunk finished: compress
                 text_rows[b] = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Tuple
 
-from ..config import Config, apply_overrides, config_from_dict, validate
+from ..config import Config, apply_overrides, config_from_dict, recorded_config, validate
 from ..checkpoint.reshard import load_weights
 from ..checkpoint.sources import open_checkpoint
 from ..data.tokenizer import Tokenizer, load_tokenizer
@@ -16,6 +16,7 @@ from ..checkpoint.safeguards import find_tokenizer
 def load_for_inference(checkpoint: str, overrides: Iterable[str] = (),
                        tokenizer_path: str = None) -> Tuple[Vist2Model, Tokenizer, Config]:
     source = open_checkpoint(checkpoint)
+    recorded_config(source.config, source.step_dir / "config.yaml")     # a model this version knows
     data = dict(source.config)
     data["parallel"] = {**data.get("parallel", {}), "tensor_parallel": 1, "pipeline_parallel": 1,
                         "sequence_parallel": False}      # one process holds the whole model

@@ -28,6 +28,8 @@ def analytic_parameter_counts(cfg: Config) -> Dict[str, int]:
     V = padded_vocab_size(cfg)
     layer = 2 * D + D * h * e + 2 * D * g * e + h * e * D + (2 * e if llm.qk_norm else 0) + 3 * D * F
     lm = V * D + llm.num_layers * layer + D + (0 if llm.tie_embeddings else V * D)
+    if m.context != "vist2":                   # the controls have no vision encoder or aligner
+        vision = aligner = 0
     return {"vision": vision, "aligner": aligner, "llm": lm, "total": vision + aligner + lm}
 
 
@@ -56,12 +58,13 @@ def forward_flops(cfg: Config) -> ForwardFlops:
         aligner_per_image=2 * k2 * v.hidden_size * D * m.visual_tokens_per_chunk)
 
 
-def attended_pairs(layout) -> int:
+def attended_pairs(layout, context: str = "vist2") -> int:
     """(query, key) pairs the VIST2 mask allows in a batch, padding queries excluded, counted per
     chunk instead of per pair (it runs on every training step; no S x S mask is built). Within a
     document: a text token of chunk c sees the text of c up to itself, the visual tokens of the
     chunks before c, and those of c in read-back mode; a visual token of c sees the visual tokens
-    of chunks <= c (models/attention.py; the test compares with the rule pair by pair)."""
+    of chunks <= c (models/attention.py; the test compares with the rule pair by pair). The text
+    control (``context`` 'text') sees the text of its whole document: one chunk, as counted here."""
     from collections import Counter
 
     from .attention import TEXT, VISUAL
@@ -72,6 +75,7 @@ def attended_pairs(layout) -> int:
         text, visual, text_readback = Counter(), Counter(), {}
         for d, c, k, r in zip(doc, chunk, kind, readback):
             if d >= 0 and k == TEXT:
+                c = 0 if context == "text" else c
                 text[d, c] += 1
                 text_readback[d, c] = r
             elif d >= 0 and k == VISUAL:
@@ -100,7 +104,8 @@ def training_flops(cfg: Config, layout, num_images: int, frozen=()) -> float:
     llm = covered("layers") and covered("front.embedding") and covered("head")
     f = forward_flops(cfg)
     tokens = int((layout.kind != PAD).sum())
-    llm_forward = f.llm_linear_per_token * tokens + f.llm_attention_per_key * attended_pairs(layout)
+    pairs = attended_pairs(layout, cfg.model.context)
+    llm_forward = f.llm_linear_per_token * tokens + f.llm_attention_per_key * pairs
     return ((3 if not llm else 1 if vision and aligner else 2) * llm_forward
             + (3 if not aligner else 1 if vision else 2) * f.aligner_per_image * num_images
             + (1 if vision else 3) * f.vision_per_image * num_images)

@@ -148,9 +148,10 @@ def _save_checkpoint(engine, cfg, step, consumed_samples, tokenizer_sha256, log,
 def check_compatible(step_dir: Path, cfg: Config) -> bool:
     """The saved model must be this model; name every difference. -> whether the saved layout
     is this run's (else the checkpoint is resharded on load)."""
-    from ..config import config_from_dict
+    from ..config import recorded_config
     # through the dataclasses: a field added since the save compares as its default
-    saved = config_to_dict(config_from_dict(yaml.safe_load((step_dir / "config.yaml").read_text())))
+    path = step_dir / "config.yaml"
+    saved = config_to_dict(recorded_config(yaml.safe_load(path.read_text()), path))
     ours = config_to_dict(cfg)
     diffs = []
 

@@ -39,6 +39,15 @@ def other_model(ctx):
     edit_saved_config(copy_ckpt(ctx) / STEP, lambda cfg: cfg["model"]["llm"].update(num_layers=2))
 
 
+def context_of(value):
+    """A checkpoint whose config.yaml records model.context ``value``."""
+    return lambda ctx: edit_saved_config(copy_ckpt(ctx) / STEP, lambda cfg: cfg["model"].update(context=value))
+
+
+UNKNOWN_CONTEXT = ["copy/step_0000002/config.yaml records a value this version of megatron_vist2 does not know",
+                   "model.context must be 'vist2', 'text' or 'window', got 'compressed2'"]
+
+
 def nonempty(name):
     return lambda c: ((c.tmp / name).mkdir(), (c.tmp / name / "keep.txt").write_text("someone's file"))
 
@@ -85,7 +94,14 @@ CASES = [
     Case("load-dir-older-than-save-dir", "train", lambda c: [*c.train, f"checkpoint.save_dir={c.tmp}/copy",
                                                              f"checkpoint.load_dir={c.ckpt}"],
          ["holds complete checkpoints newer than the one this run resumes from"], damaged("newer-than-latest")),
+    Case("load-dir-unknown-context", "train", train_with("checkpoint.load_dir={tmp}/copy"), UNKNOWN_CONTEXT,
+         context_of("compressed2")),
     # conversion and inspection tools
+    Case("export-unknown-context", "tools/convert_checkpoint.py", tool("--checkpoint", "{tmp}/copy", "--out", "{tmp}/o"),
+         UNKNOWN_CONTEXT, context_of("compressed2")),
+    Case("export-control-as-vist2", "tools/convert_checkpoint.py",
+         tool("--checkpoint", "{tmp}/copy", "--out", "{tmp}/o", "--vist2"),
+         ["--vist2 exports the VIST2 model", "records model.context 'text'", "drop --vist2"], context_of("text")),
     Case("export-out-not-empty", "tools/convert_checkpoint.py", tool("--checkpoint", "{ckpt}", "--out", "{tmp}/out"),
          ["--out", "already exists and is not empty"], nonempty("out")),
     Case("export-out-is-file", "tools/convert_checkpoint.py", tool("--checkpoint", "{ckpt}", "--out", "{tmp}/f"),

@@ -32,8 +32,9 @@ def launch_worker(world: int, tiny_data, out) -> dict:
     return torch.load(out, weights_only=True)
 
 
-def reference_run(tiny_data, tied: bool = True, kv_heads: int = 2, hidden_dropout: float = 0.0):
-    layout = Layout(1, tied=tied, kv_heads=kv_heads, hidden_dropout=hidden_dropout)
+def reference_run(tiny_data, tied: bool = True, kv_heads: int = 2, hidden_dropout: float = 0.0,
+                  context: str = "vist2"):
+    layout = Layout(1, tied=tied, kv_heads=kv_heads, hidden_dropout=hidden_dropout, context=context)
     cfg = validate(load_config("tiny-cpu", scenario_overrides(tiny_data, layout)))
     tok = load_tokenizer(cfg.data.tokenizer)
     ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, cfg.train.seed)

@@ -24,11 +24,12 @@ class Layout:
     tied: bool = True                                   # tiny-cpu ties embeddings; 8B does not
     kv_heads: int = 2                                   # tiny-cpu's; 1 with TP2 = replicated KV
     hidden_dropout: float = 0.0
+    context: str = "vist2"                              # model.context: the model or a control
 
     @property
-    def model(self) -> Tuple[bool, int, float]:
+    def model(self) -> Tuple[bool, int, float, str]:
         """What the single-process reference must match."""
-        return self.tied, self.kv_heads, self.hidden_dropout
+        return self.tied, self.kv_heads, self.hidden_dropout, self.context
 
     @property
     def dp(self) -> int:
@@ -44,6 +45,11 @@ SCENARIOS = {
     "pp2-zero3": Layout(2, pp=2, zero=3), "pp2-zero1-untied": Layout(2, pp=2, zero=1, tied=False),
     "tp2-kv1-zero1": Layout(2, tp=2, zero=1, kv_heads=1),
     "tp2-hidden-dropout-zero1": Layout(2, tp=2, zero=1, hidden_dropout=0.2), "tp2-sp-kv1-zero3": Layout(2, tp=2, zero=3, sp=True, kv_heads=1),
+    # the controls (model.context): TP2 and PP2, both under ZeRO-3
+    "tp2-zero3-text": Layout(2, tp=2, zero=3, context="text"),
+    "tp2-zero3-window": Layout(2, tp=2, zero=3, context="window"),
+    "pp2-zero3-text": Layout(2, pp=2, zero=3, context="text"),
+    "pp2-zero3-window": Layout(2, pp=2, zero=3, context="window"),
     # 4 ranks
     "pp2-dp2-zero3": Layout(4, pp=2, zero=3), "pp2-dp2-zero1": Layout(4, pp=2, zero=1),
     "pp2-dp2-zero2": Layout(4, pp=2, zero=2),
@@ -62,4 +68,5 @@ def scenario_overrides(data, layout: Layout):
                           "parallel.global_batch_size=8", f"train.steps={STEPS}",
                           f"model.llm.tie_embeddings={str(layout.tied).lower()}",
                           f"model.llm.num_kv_heads={layout.kv_heads}",
-                          f"model.llm.hidden_dropout={layout.hidden_dropout}", *split)
+                          f"model.llm.hidden_dropout={layout.hidden_dropout}",
+                          f"model.context={layout.context}", *split)

@@ -9,10 +9,12 @@ from tests.conftest import REPO, subprocess_env
 from tests.distributed.runs import losses, metrics, train, train_args
 
 
-@pytest.mark.parametrize("extra", [[], ["model.llm.hidden_dropout=0.1", "model.llm.attention_dropout=0.1"]],
-                         ids=["no-dropout", "dropout"])
+@pytest.mark.parametrize("extra", [[], ["model.llm.hidden_dropout=0.1", "model.llm.attention_dropout=0.1"],
+                                   ["model.context=text"]],
+                         ids=["no-dropout", "dropout", "text-control"])
 def test_resume_continues_exactly(tiny_data, tmp_path, extra):
-    """With dropout the masks after the resume come from the restored random states."""
+    """With dropout the masks after the resume come from the restored random states; the text
+    control (no vision parameters) resumes as the model does."""
     train(tiny_data, tmp_path / "straight", "train.steps=4", *extra)
     train(tiny_data, tmp_path / "split", "train.steps=2", *extra)
     train(tiny_data, tmp_path / "split", "train.steps=4", f"checkpoint.load_dir={tmp_path / 'split' / 'ckpt'}",

@@ -125,3 +125,70 @@ def test_bad_context_settings_are_refused(tiny_data, bad, match):
         validate(load_config("tiny-cpu", tiny_overrides(tiny_data, *extra, bad)))
     if extra:   # the same setting is fine for the model
         validate(load_config("tiny-cpu", tiny_overrides(tiny_data, bad)))
+
+
+@pytest.mark.parametrize("context", ["text", "window"])
+def test_engine_runs_the_controls_as_trained(dist_env, tiny_data, context):
+    """The engine in the control's own mode gives the teacher-forced forward's logits on the
+    control's row, prompts ending mid-chunk and on a chunk boundary; the window cache holds one
+    chunk; compressing is refused."""
+    from megatron_vist2.inference import InferenceError, Vist2Engine
+    from ..inference_helpers import engine_logits, streams, teacher_forced
+    cfg, tok, ds, model = model_of(tiny_data, context, "data.seq_length=160")   # (the streams fit a row)
+    L = cfg.model.chunk.text_tokens
+    data = streams(ds, [2 * L + 5, L + 4], seed=1)       # decoding crosses chunk boundaries
+    engine = Vist2Engine(model, tok, cfg, max_context=3 * L, batch_size=2)
+    assert engine.mode == {"text": "full", "window": "window"}[context]
+    got = engine_logits(engine, data, [L + 3, L], L)
+    for b, s in enumerate(data):
+        ref = teacher_forced(model, ds, s, context)
+        assert set(got[b]) == set(range(1, len(s)))
+        assert max((got[b][i] - ref[i]).abs().max().item() for i in got[b]) <= 1e-4
+    if context == "window":
+        assert engine.cache.text_slots == L and engine.cache.visual_slots == 0
+    with pytest.raises(InferenceError, match=f"model.context '{context}' model has no vision encoder"):
+        Vist2Engine(model, tok, cfg, compress=True)
+
+
+@pytest.mark.parametrize("context", ["text", "window"])
+def test_attended_pairs_of_the_controls_equal_their_mask(dist_env, tiny_data, context):
+    """The FLOPs count (MFU) of a control's row: the pairs its mask allows, padding queries aside."""
+    from megatron_vist2.models import dense_mask
+    from megatron_vist2.models.size import attended_pairs
+    cfg, tok, ds, _ = tiny_model(tiny_data, "data.seq_length=320")
+    ds.context = context
+    batch = collate([ds.build_row(segments(cfg.model.chunk.text_tokens))])
+    ds.context = "vist2"
+    allowed = dense_mask(batch.layout, context)[0, 0] & (batch.layout.doc[0] >= 0)[:, None]
+    assert attended_pairs(batch.layout, context) == int(allowed.sum())
+
+
+def test_control_parameter_counts(dist_env, tiny_data):
+    """No vision encoder or aligner: the built model's counts equal the formula's, LLM unchanged."""
+    from megatron_vist2.models.size import analytic_parameter_counts
+    cfg, _, _, model = model_of(tiny_data, "window")
+    vcfg, _, _, vist2 = model_of(tiny_data, "vist2")
+    counts = model.parameter_counts()
+    assert counts == analytic_parameter_counts(cfg) and counts["vision"] == counts["aligner"] == 0
+    assert counts["llm"] == vist2.parameter_counts()["llm"] == analytic_parameter_counts(vcfg)["llm"]
+
+
+def test_text_control_checkpoint_exports_as_qwen3(dist_env, tiny_data, tmp_path, capsys):
+    """tools/convert_checkpoint.py on a text-control checkpoint writes a Qwen3ForCausalLM whose
+    logits equal the control's forward on a segment."""
+    from tests.bad_input.conftest import write_checkpoint
+    from tests.bad_input.harness import invoke
+    cfg, tok, ds, model = model_of(tiny_data, "text")
+    write_checkpoint(tmp_path / "ckpt", cfg, tok, model)
+    assert invoke("tools/convert_checkpoint.py", ["--checkpoint", str(tmp_path / "ckpt"),
+                                                  "--out", str(tmp_path / "hf")]) == 0
+    assert "the export is the whole model" in capsys.readouterr().out
+    hf = Qwen3ForCausalLM.from_pretrained(str(tmp_path / "hf"), local_files_only=True).eval()
+    seg = segments(cfg.model.chunk.text_tokens)[0]
+    ids = ds.indexed.tokens(seg.doc_index, seg.start, seg.length)
+    batch = collate([ds.build_row([seg])])
+    where = (batch.layout.kind == TEXT)[0]
+    with torch.no_grad():
+        ours = model(batch)[:, 0, :cfg.model.llm.vocab_size][where]
+        theirs = hf(torch.tensor([ids.tolist()])).logits[0]
+    assert (ours - theirs).abs().max().item() <= 1e-4
