@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 import yaml
 
 from ..checkpoint.format import read_manifest, resolve_tag_dir
-from ..data.packing import CONTEXTS as KNOWN_CONTEXTS     # one list (config/schema.py Context)
+from ..config.validate import recorded_config
 from ..errors import CheckpointError
 
 ROLES = {"model": None, "text": "text", "window": "window"}    # role -> the context it must have
@@ -47,11 +47,10 @@ def describe(path: str, role: str, flag: str) -> Evaluated:
     step_dir = resolve_tag_dir(path)
     manifest = read_manifest(step_dir)
     config = yaml.safe_load((step_dir / "config.yaml").read_text())
-    context = (config.get("model") or {}).get("context", "vist2")
-    if context not in KNOWN_CONTEXTS:
-        raise CheckpointError(f"{flag} {step_dir}: model.context is {context!r}, which this version "
-                              f"does not know (it knows {', '.join(KNOWN_CONTEXTS)}); evaluate it with "
-                              f"the version that trained it")
+    try:       # the one check of recorded values (an unknown model.context stops here)
+        context = recorded_config(config, step_dir / "config.yaml").model.context
+    except CheckpointError as exc:
+        raise CheckpointError(f"{flag}: {exc}") from None
     want = ROLES[role]
     if want is not None and context != want:
         raise CheckpointError(f"{flag} {step_dir}: expected a checkpoint with model.context={want}, "

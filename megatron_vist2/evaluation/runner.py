@@ -69,10 +69,10 @@ def engine_metrics(ev: Evaluated, cfg, tok, indexed, opts: Options, env) -> Dict
     mc = cfg.model
     L, m = mc.chunk.text_tokens, mc.visual_tokens_per_chunk
     out: Dict = {}
-    compress = ev.context != "text"           # the text control: the full-KV baseline
 
     def engine_for(max_context):
-        return Vist2Engine(model, tok, cfg, compress=compress, max_context=max_context, device=env.device)
+        # each context in its own engine mode (VIST2: running compression; text: full KV; window)
+        return Vist2Engine(model, tok, cfg, compress=None, max_context=max_context, device=env.device)
 
     if opts.ocr_chunks and ev.context == "vist2":     # only VIST2 reads images
         def forward(batch):

@@ -48,7 +48,7 @@ CASES = [
     Case("eval-control-other-data", "tools/evaluate.py", evaluate("--text", "{tmp}/text"),
          ["--text", "data.train_prefix", "/elsewhere/train"], control("text", train_prefix="/elsewhere/train")),
     Case("eval-unknown-context", "tools/evaluate.py", evaluate("--window", "{tmp}/retro"),
-         ["--window", "model.context is 'retro'", "does not know"], control("retro")),
+         ["--window", "config.yaml", "model.context must be 'vist2', 'text' or 'window', got 'retro'"], control("retro")),
     Case("eval-control-wrong-role", "tools/evaluate.py", evaluate("--window", "{tmp}/text"),
          ["--window", "expected a checkpoint with model.context=window", "model.context=text"], control("text")),
     Case("eval-retrieval-depth-beyond-context", "tools/evaluate.py",
