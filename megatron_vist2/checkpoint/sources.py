@@ -177,10 +177,12 @@ class _Zero3Shard:
             full = torch.cat([m["frozen_param_fragments"][name].reshape(-1) for m in models])
             self.frozen[name] = full[:math.prod(shape)].view(tuple(shape))
         state = optims[0]["optimizer_state_dict"]["state"]
+        # a checkpoint saved before the first optimizer step has weights but no Adam state
+        stepped = all(o["optimizer_state_dict"]["state"] for o in optims)
         self.flats = {kind: [_Flat(list(o["fp32_flat_groups"]) if kind == "param" else
                                    [o["optimizer_state_dict"]["state"][g][kind]
                                     for g in range(len(o["fp32_flat_groups"]))])
-                             for o in optims] for kind in KINDS}
+                             for o in optims] for kind in KINDS if kind == "param" or stepped}
         self.index: Dict[str, tuple] = {}           # name -> (start, numel, shape)
         offset = 0
         for shapes in models[0]["param_shapes"]:
@@ -191,7 +193,7 @@ class _Zero3Shard:
         self.steps = [int(s["step"]) for s in state.values()]
 
     def tensor(self, name: str, kind: str) -> Optional[torch.Tensor]:
-        if name in self.index:
+        if name in self.index and kind in self.flats:
             start, numel, shape = self.index[name]
             part = -(-numel // self.dp)
             full = torch.cat([flat.read(start, part) for flat in self.flats[kind]])

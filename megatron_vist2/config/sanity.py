@@ -37,6 +37,8 @@ def control_problems(cfg: Config) -> List[str]:
         out.append(f"data.readback_fraction / data.readback_schedule: {why}, so no chunk can be in "
                    f"read-back mode; set them to 0 / [] (train the controls on the stage-1 data "
                    f"without read-back) or use model.context=vist2")
+    if t.ocr_cer_chunks:
+        out.append(f"train.ocr_cer_chunks: {why} (it reads text off images); set it to 0")
     if t.ocr_probe_batches:
         out.append(f"train.ocr_probe_batches: {why} (the probe reads text off images); set it to 0")
     vision = [p for p in t.freeze + list(cfg.optim.lr_multipliers)

@@ -192,6 +192,7 @@ class TrainConfig:
     freeze: List[str] = field(default_factory=list)
     ocr_probe_batches: int = 0         # read-back accuracy probe at each evaluation (global batches)
     health: HealthConfig = field(default_factory=HealthConfig)
+    ocr_cer_chunks: int = 0            # held-out chunks read back greedily at each evaluation (CER)
 
 
 @dataclass

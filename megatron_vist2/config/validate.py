@@ -213,6 +213,8 @@ def _train_problems(cfg: Config) -> List[str]:
         out.append(f"optim.lr_multipliers must be > 0 (freeze with train.freeze), got {o.lr_multipliers}")
     if t.ocr_probe_batches < 0:
         out.append(f"train.ocr_probe_batches must be >= 0, got {t.ocr_probe_batches}")
+    if t.ocr_cer_chunks < 0:
+        out.append(f"train.ocr_cer_chunks must be >= 0, got {t.ocr_cer_chunks}")
     if t.max_wall_minutes < 0:
         out.append(f"train.max_wall_minutes must be >= 0 (0 = no limit), got {t.max_wall_minutes}")
     return out

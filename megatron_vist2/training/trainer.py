@@ -49,6 +49,7 @@ from ..checkpoint.safeguards import inject_nan_fault
 from .health import RunHealth
 from .signals import StopOnSignal
 from .watchdog import collective
+from ..evaluation.during_training import ReadbackProbe, split_eval
 
 
 @dataclass
@@ -153,6 +154,7 @@ class Run:
     reads_data: bool                          # first pipeline stage: later ones get metadata
     valid_loader: Optional[DataLoader]
     probe_loader: Optional[DataLoader]
+    readback_probe: Optional[ReadbackProbe]   # train.ocr_cer_chunks: greedy read-back CER
     step: int                                 # where training starts (0, or the resumed step)
     consumed: int
     memory_before_model: float
@@ -215,16 +217,29 @@ def setup(cfg: Config, env: DistEnv) -> Run:
                                   cfg.train.ocr_probe_batches * G)
         if reads_data:
             probe_loader = loader(cfg, probe_set, 0, cfg.train.ocr_probe_batches, dp)
+    why_not = ReadbackProbe.wanted(cfg)
+    if why_not not in (None, "off"):
+        log.print(why_not)
+    readback_probe = ReadbackProbe(cfg, tokenizer) if why_not is None else None
     return Run(cfg, log, tokenizer, engine, schedule, dp, gas, reads_data, valid_loader, probe_loader,
-               step, consumed, memory_before_model, path)
+               readback_probe, step, consumed, memory_before_model, path)
 
 
 def run_eval(run: Run, at_step: int) -> Tuple[float, Optional[float]]:
-    """Validation loss (and, with train.ocr_probe_batches, the OCR read-back accuracy), logged;
-    validation rows are full length whatever the curriculum's phase."""
+    """Validation loss, split into chunk-first and within-chunk targets (and, with
+    train.ocr_probe_batches, the OCR read-back accuracy; with train.ocr_cer_chunks, the greedy
+    read-back CER), logged; validation rows are full length whatever the curriculum's phase."""
     cfg = run.cfg
-    loss, _ = evaluate(run.schedule, run.valid_loader, cfg.train.eval_batches * run.gas, cfg.data.seq_length)
+    split = split_eval(run.schedule, run.valid_loader, cfg.train.eval_batches * run.gas, cfg)
+    loss = split["loss"] if split["loss"] is not None else 0.0
     values, text = {"eval/loss": loss}, f"step {at_step}: eval loss {loss:.4f}"
+    for key in ("chunk_first", "within_chunk"):
+        if split[key]["loss"] is not None:
+            values[f"eval/loss_{key}"] = split[key]["loss"]
+            text += f" ({key.replace('_', '-')} {split[key]['loss']:.4f})"
+    if run.readback_probe is not None:
+        values["eval/ocr_cer"] = cer = run.readback_probe.cer(run.engine, run.schedule.device)
+        text += f" | OCR read-back CER {cer:.3f} ({len(run.readback_probe.chunks)} chunks)"
     ocr_accuracy = None
     if cfg.train.ocr_probe_batches:
         _, ocr_accuracy = evaluate(run.schedule, run.probe_loader, cfg.train.ocr_probe_batches * run.gas,

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The fidelity study in one command (docs/fidelity.md): train the VIST2 model at rho 2, 4 and 8,
+# a read-back curriculum variant at rho 4, and the text and window controls on the same tokens
+# and steps; evaluate them all with tools/evaluate.py; write docs/fidelity.md with its plots.
+#
+#   bash examples/tiny_cpu/fidelity.sh                       # the CPU study (2 cores, < 1 hour)
+#   STEPS=4 EVAL_BATCHES=1 OCR_CHUNKS=4 bash examples/tiny_cpu/fidelity.sh     # a smoke run
+#   PRESET=0.6b LAUNCH="torchrun --nproc_per_node 8 --no-python ./launch.sh" STEPS=20000 \
+#     EVAL_LAUNCH="torchrun --nproc_per_node 1" bash examples/tiny_cpu/fidelity.sh   # GPUs
+#
+# Settings (environment): PRESET, STEPS, OUT (runs go to OUT/<name>), LAUNCH (trainer launcher),
+# EVAL_LAUNCH (python, or a launcher running tools/evaluate.py), EXTRA (overrides for every run,
+# e.g. data paths), READBACK (read-back share of the rho runs), RHO2 / RHO4 / RHO8 (the model
+# overrides giving each rho for the preset), EVAL_BATCHES, OCR_CHUNKS, RETRIEVAL_CONTEXTS,
+# RETRIEVAL_DEPTHS, RETRIEVAL_TRIALS, LONG_DOCS, LONG_MAX_TOKENS, CER_CHUNKS, DOC (the page written), PREPARE (0: data exists).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
+PRESET="${PRESET:-tiny-cpu}"
+STEPS="${STEPS:-360}"
+OUT="${OUT:-runs/fidelity}"
+LAUNCH="${LAUNCH:-deepspeed --hostfile examples/tiny_cpu/hostfile --no_ssh_check --master_addr 127.0.0.1 --no_python ./launch.sh}"
+EVAL_LAUNCH="${EVAL_LAUNCH:-python}"
+EXTRA="${EXTRA:-}"
+READBACK="${READBACK:-0.2}"
+EVAL_BATCHES="${EVAL_BATCHES:-8}"
+OCR_CHUNKS="${OCR_CHUNKS:-64}"
+RETRIEVAL_CONTEXTS="${RETRIEVAL_CONTEXTS:-256,512}"
+RETRIEVAL_DEPTHS="${RETRIEVAL_DEPTHS:-16,64,160}"
+RETRIEVAL_TRIALS="${RETRIEVAL_TRIALS:-8}"
+LONG_DOCS="${LONG_DOCS:-2}"
+LONG_MAX_TOKENS="${LONG_MAX_TOKENS:-1024}"
+CER_CHUNKS="${CER_CHUNKS:-8}"      # read-back CER logged at each training evaluation (VIST2 runs)
+DOC="${DOC:-docs/fidelity.md}"
+# rho = L / m with L fixed (the controls share the chunking): m follows the image size.
+# tiny-cpu: L = 32, 64 x 128 -> m = 8 (rho 4); 128 x 128 -> 16 (rho 2); 64 x 64 -> 4 (rho 8).
+# paper presets: L = 64, 128 x 128 -> m = 16 (rho 4); 128 x 256 -> 32 (rho 2); 64 x 128 -> 8 (rho 8).
+if [[ "$PRESET" == tiny-cpu ]]; then
+  RHO2="${RHO2:-model.chunk.image_height=128}"
+  RHO4="${RHO4:-}"
+  RHO8="${RHO8:-model.chunk.image_width=64 model.render.min_font_size=3}"
+else
+  RHO2="${RHO2:-model.chunk.image_width=256}"
+  RHO4="${RHO4:-}"
+  RHO8="${RHO8:-model.chunk.image_height=64}"
+fi
+HALF=$(( STEPS / 2 > 0 ? STEPS / 2 : 1 ))
+if [[ "${PREPARE:-1}" == 1 && "$PRESET" == tiny-cpu ]]; then
+  . examples/tiny_cpu/prepare_data.sh
+fi
+start=$(date +%s)
+mkdir -p "$OUT"
+
+declare -a NAMES=(vist2_rho2 vist2_rho4 vist2_rho8 vist2_rho4_curriculum text window)
+declare -A ARGS=(
+  [vist2_rho2]="$RHO2 data.readback_fraction=$READBACK train.ocr_cer_chunks=$CER_CHUNKS"
+  [vist2_rho4]="$RHO4 data.readback_fraction=$READBACK train.ocr_cer_chunks=$CER_CHUNKS"
+  [vist2_rho8]="$RHO8 data.readback_fraction=$READBACK train.ocr_cer_chunks=$CER_CHUNKS"
+  # read-back curriculum: half the chunks read back at first, then the rho runs' share
+  [vist2_rho4_curriculum]="$RHO4 data.readback_schedule=[[0,0.5],[$HALF,$READBACK]] train.ocr_cer_chunks=$CER_CHUNKS"
+  [text]="model.context=text"
+  [window]="model.context=window"
+)
+for name in "${NAMES[@]}"; do
+  run="$OUT/$name"
+  if [[ -f "$run/summary.json" ]]; then
+    echo "== $name: $run/summary.json exists, not retraining"
+    continue
+  fi
+  echo "== training $name"
+  t0=$(date +%s)
+  # shellcheck disable=SC2086  # the override lists are word lists
+  $LAUNCH --preset "$PRESET" train.steps="$STEPS" train.eval_interval=0 checkpoint.save_interval=0 \
+    logging.dir="$run" checkpoint.save_dir="$run/checkpoints" $EXTRA ${ARGS[$name]}
+  echo "$(( $(date +%s) - t0 ))" > "$run/train_seconds"
+done
+for name in "${NAMES[@]}"; do
+  [[ "$name" == vist2_* ]] || continue
+  out="$OUT/$name/eval"
+  if [[ -f "$out/eval.json" ]]; then
+    echo "== $name: $out exists, not re-evaluating"
+    continue
+  fi
+  echo "== evaluating $name"
+  # shellcheck disable=SC2086
+  $EVAL_LAUNCH tools/evaluate.py --checkpoint "$OUT/$name/checkpoints" --text "$OUT/text/checkpoints" \
+    --window "$OUT/window/checkpoints" --out "$out" --batches "$EVAL_BATCHES" --ocr-chunks "$OCR_CHUNKS" \
+    --retrieval-contexts "$RETRIEVAL_CONTEXTS" --retrieval-depths "$RETRIEVAL_DEPTHS" \
+    --retrieval-trials "$RETRIEVAL_TRIALS" --long-docs "$LONG_DOCS" --long-max-tokens "$LONG_MAX_TOKENS" $EXTRA
+done
+elapsed=$(( $(date +%s) - start ))
+python examples/tiny_cpu/fidelity_report.py --runs "$OUT" --doc "$DOC" --steps "$STEPS" --preset "$PRESET" \
+  --seconds "$elapsed" --command "$(printf '%q ' "$0") (PRESET=$PRESET STEPS=$STEPS READBACK=$READBACK EVAL_BATCHES=$EVAL_BATCHES OCR_CHUNKS=$OCR_CHUNKS)"
+echo "fidelity study finished in ${elapsed}s: $DOC"

@@ -1,0 +1,159 @@
+"""Writing an evaluation: eval.json (atomically), PNG plots (matplotlib, Agg), TensorBoard
+scalars, and the short table printed at the end. Everything goes to a temporary directory
+that is renamed into place when complete, so a failed run leaves nothing half-written, and an
+existing output directory is never overwritten."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from ..errors import UserError
+
+
+def check_output_dir(out: str) -> None:
+    path = Path(out)
+    if path.exists():
+        raise UserError(f"--out {path} already exists: choose a new directory (an evaluation never "
+                        f"overwrites earlier results)")
+    parent = path.resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UserError(f"--out {path}: its parent directory {parent} does not exist or is not writable")
+
+
+def scalars(results: Dict) -> Dict[str, float]:
+    """The flat numbers TensorBoard gets (tags eval/...)."""
+    out: Dict[str, float] = {}
+    for role, r in results.get("heldout", {}).items():
+        for key, value in (("loss", r["loss"]), ("chunk_first_loss", r["chunk_first"]["loss"]),
+                           ("within_chunk_loss", r["within_chunk"]["loss"])):
+            if value is not None:
+                out[f"eval/{role}/{key}"] = value
+    ret = results.get("retention") or {}
+    for key in ("overall", "within_chunk", "chunk_first"):
+        if ret.get(key) is not None:
+            out[f"eval/retention/{key}"] = ret[key]
+    ocr = results.get("ocr_readback") or {}
+    if ocr.get("chunks"):
+        out["eval/ocr/cer"], out["eval/ocr/exact_match"] = ocr["cer"], ocr["exact_match"]
+    if "retrieval" in results:
+        out["eval/retrieval/accuracy"] = results["retrieval"]["accuracy"]
+    long = results.get("beyond_training_length") or {}
+    if long.get("loss_beyond_training_length") is not None:
+        out["eval/long/loss_beyond_training_length"] = long["loss_beyond_training_length"]
+    return out
+
+
+def table(results: Dict) -> str:
+    """A short plain-text summary."""
+    lines = [f"{results['checkpoint']} (step {results['step']}, context {results['context']}, "
+             f"rho {results['rho']:g})", f"{'':18}{'loss':>8}{'ppl':>9}{'chunk-first':>13}{'within':>9}{'targets':>9}"]
+
+    def f(x, spec=".4f"):
+        return format(x, spec) if x is not None else "-"
+    for role, r in results["heldout"].items():
+        lines.append(f"{role:18}{f(r['loss']):>8}{f(r['perplexity'], '.2f'):>9}"
+                     f"{f(r['chunk_first']['loss']):>13}{f(r['within_chunk']['loss']):>9}{r['targets']:>9}")
+    ret = results.get("retention")
+    if ret:
+        lines.append(f"retention R       overall {f(ret['overall'], '.3f')}, within-chunk "
+                     f"{f(ret['within_chunk'], '.3f')}, chunk-first {f(ret['chunk_first'], '.3f')}")
+    ocr = results.get("ocr_readback")
+    if ocr and ocr.get("chunks"):
+        lines.append(f"OCR read-back     CER {ocr['cer']:.3f} (char accuracy {ocr['char_accuracy']:.1%}), "
+                     f"exact chunks {ocr['exact_match']:.1%} of {ocr['chunks']}")
+    if "retrieval" in results:
+        lines.append(f"retrieval         {results['retrieval']['accuracy']:.1%} exact")
+    long = results.get("beyond_training_length")
+    if long and long.get("documents"):
+        lines.append(f"beyond training   loss {f(long['loss_beyond_training_length'])} past "
+                     f"{long['training_row_text_tokens']} tokens (within {f(long['loss_within_training_length'])})")
+    return "\n".join(lines)
+
+
+def _series(rows: List[Dict], key: str) -> Tuple[List[int], List[float]]:
+    pts = [(r["chunk"], r[key]) for r in rows if r.get(key) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plots(results: Dict, out: Path) -> List[str]:
+    """Loss by chunk index (each model), retention by chunk index, OCR CER by font size,
+    retrieval accuracy by depth -> the file names written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    written = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        written.append(name)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for role, r in results["heldout"].items():
+        ax.plot(*_series(r["by_chunk"], "loss_within"), marker="o", label=f"{role} within-chunk")
+        ax.plot(*_series(r["by_chunk"], "loss_first"), marker="x", ls="--", label=f"{role} chunk-first")
+    ax.set_xlabel("chunk index i (chunks of history before it)"), ax.set_ylabel("held-out loss")
+    ax.legend(fontsize=7)
+    save(fig, "loss_by_chunk.png")
+    if results.get("retention"):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(*_series(results["retention"]["by_chunk"], "within"), marker="o", label="within-chunk")
+        ax.plot(*_series(results["retention"]["by_chunk"], "first"), marker="x", label="chunk-first")
+        ax.set_xlabel("chunk index i"), ax.set_ylabel("retention R"), ax.legend(fontsize=7)
+        save(fig, "retention_by_chunk.png")
+    ocr = results.get("ocr_readback")
+    if ocr and ocr.get("chunks"):
+        sizes = sorted(ocr["by_font_size"], key=int)
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.bar(sizes, [ocr["by_font_size"][s]["char_accuracy"] for s in sizes])
+        ax.set_xlabel("font size chosen by the renderer (pt)"), ax.set_ylabel("OCR character accuracy")
+        ax.set_ylim(0, 1)
+        save(fig, "ocr_by_font_size.png")
+    if results.get("retrieval"):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for context in sorted({c["context"] for c in results["retrieval"]["cells"]}):
+            cells = [c for c in results["retrieval"]["cells"] if c["context"] == context]
+            ax.plot([c["depth"] for c in cells], [c["accuracy"] for c in cells], marker="o", label=f"context {context}")
+        ax.set_xlabel("depth (tokens between the key and the question)"), ax.set_ylabel("exact match")
+        ax.set_ylim(-0.05, 1.05), ax.legend(fontsize=7)
+        save(fig, "retrieval_by_depth.png")
+    return written
+
+
+def _clean(value):
+    """JSON has no NaN: write null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write(results: Dict, out: str, tensorboard: bool = True) -> Path:
+    """Write everything under a temporary sibling of ``out``, then rename it to ``out``."""
+    final = Path(out)
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        results = _clean(results)
+        results["plots"] = plots(results, tmp)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(log_dir=str(tmp / "tensorboard"))
+            for key, value in scalars(results).items():
+                writer.add_scalar(key, value, results["step"])
+            writer.close()
+        (tmp / "eval.json").write_text(json.dumps(results, indent=1))
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

@@ -1,0 +1,153 @@
+"""One evaluation: the model (and its controls) scored on identical held-out targets in the
+launcher's layout, then, through the inference engine, OCR read-back, retrieval and loss beyond
+the training length; -> the eval.json dictionary (report.py writes it).
+
+Every input is checked before any model is built (checkpoint records and identities, retrieval
+depths, a non-empty held-out set); nothing is written here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from megatron.core import parallel_state, tensor_parallel
+
+from ..errors import UserError
+from .checkpoints import Evaluated, check_identities, describe
+
+
+class EvaluationError(UserError):
+    """An evaluation that cannot be run as asked."""
+
+
+@dataclass
+class Options:
+    checkpoint: str
+    text: Optional[str] = None
+    window: Optional[str] = None
+    batches: int = 4                    # global batches of held-out rows
+    micro_batch: int = 4
+    tp: int = 1
+    pp: int = 1
+    valid_prefix: str = ""              # default: the model's data.valid_prefix
+    ocr_chunks: int = 32                # 0 = no read-back
+    retrieval_contexts: Sequence[int] = ()
+    retrieval_depths: Sequence[int] = ()
+    retrieval_trials: int = 4
+    long_docs: int = 2                  # 0 = no long-document loss
+    long_max_tokens: int = 2048
+    overrides: List[str] = field(default_factory=list)
+
+
+def _tokenizer(ev: Evaluated, cfg):
+    from ..checkpoint.safeguards import find_tokenizer
+    from ..data.tokenizer import load_tokenizer
+    return load_tokenizer(find_tokenizer(ev.step_dir, cfg.data.tokenizer, ev.tokenizer_sha256, None,
+                                         identify=lambda p: load_tokenizer(p).sha256))
+
+
+def _inference_model(ev: Evaluated, cfg, env):
+    """The whole model of ``ev`` for the engine, split over this rank's TP group (pp must be 1)."""
+    from ..checkpoint.reshard import load_weights
+    from ..checkpoint.sources import open_checkpoint
+    from ..models.vist2 import Vist2Model
+    model = Vist2Model(cfg)
+    load_weights(model, open_checkpoint(str(ev.step_dir)), parallel_state.get_tensor_model_parallel_world_size(),
+                 parallel_state.get_tensor_model_parallel_rank(), log=lambda *_: None)
+    return model.to(env.device).eval()
+
+
+def engine_metrics(ev: Evaluated, cfg, tok, indexed, opts: Options, env) -> Dict:
+    """OCR read-back (VIST2 context only), retrieval and long-document loss through the engine."""
+    from ..data.renderer import Renderer
+    from ..inference import Vist2Engine
+    from .longdoc import long_context_loss, long_documents, row_text_tokens
+    from .readback import held_out_chunks, ocr_readback
+    from .retrieval import retrieval
+    model = _inference_model(ev, cfg, env)
+    mc = cfg.model
+    L, m = mc.chunk.text_tokens, mc.visual_tokens_per_chunk
+    out: Dict = {}
+
+    def engine_for(max_context):
+        # each context in its own engine mode (VIST2: running compression; text: full KV; window)
+        return Vist2Engine(model, tok, cfg, compress=None, max_context=max_context, device=env.device)
+
+    if opts.ocr_chunks and ev.context == "vist2":     # only VIST2 reads images
+        def forward(batch):
+            return tensor_parallel.gather_from_tensor_model_parallel_region(model(batch))
+        chunks = held_out_chunks(indexed, L, opts.ocr_chunks)
+        out["ocr_readback"] = {"rho": mc.compression_ratio,
+                               **ocr_readback(forward, chunks, Renderer.from_model_config(mc), tok, L, m,
+                                              device=env.device)}
+    if opts.retrieval_contexts and opts.retrieval_depths:
+        out["retrieval"] = retrieval(engine_for, tok, indexed, opts.retrieval_contexts, opts.retrieval_depths,
+                                     opts.retrieval_trials, cfg.train.seed)
+    if opts.long_docs:
+        docs = long_documents(indexed, row_text_tokens(cfg), opts.long_docs, opts.long_max_tokens)
+        out["beyond_training_length"] = long_context_loss(engine_for, docs, cfg)
+    return out
+
+
+def run(opts: Options) -> Dict:
+    """-> the results on every rank (rank 0 writes them)."""
+    import os
+    from ..data.indexed import open_indexed
+    from ..parallel.distributed import init_distributed
+    from .heldout import eval_config, heldout_dataset, rows_config, score
+    from .retrieval import check_depths
+    from .targets import check_same_targets, retention
+
+    if opts.batches < 1:
+        raise EvaluationError(f"--batches must be >= 1, got {opts.batches}")
+    model = describe(opts.checkpoint, "model", "--checkpoint")
+    controls = [describe(p, role, f"--{role}") for role, p in (("text", opts.text), ("window", opts.window)) if p]
+    check_identities(model, controls)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cfgs = {ev.role: eval_config(ev.config, opts.tp, opts.pp, world, opts.micro_batch, opts.overrides)
+            for ev in [model, *controls]}
+    rows_cfg = rows_config(cfgs["model"])
+    if opts.valid_prefix:
+        from dataclasses import replace
+        rows_cfg = replace(rows_cfg, data=replace(rows_cfg.data, valid_prefix=opts.valid_prefix))
+    tok = _tokenizer(model, cfgs["model"])
+    if opts.retrieval_contexts:
+        check_depths(opts.retrieval_contexts, opts.retrieval_depths, tok)
+    from ..errors import DatasetError
+    try:
+        indexed = open_indexed(rows_cfg.data.valid_prefix, tok)
+    except DatasetError as exc:               # e.g. an empty .idx: no documents at all
+        raise EvaluationError(f"the evaluation set {rows_cfg.data.valid_prefix} cannot be used: {exc}") from None
+    if len(indexed) == 0 or int(indexed.lengths.sum()) == 0:
+        raise EvaluationError(f"the evaluation set {rows_cfg.data.valid_prefix} has no tokens: "
+                              f"point --valid-prefix (or the model's data.valid_prefix) at held-out data")
+    dataset = heldout_dataset(rows_cfg, tok, opts.batches, model.context)
+    if len(dataset) == 0:
+        raise EvaluationError(f"the evaluation set {rows_cfg.data.valid_prefix} packs into no rows")
+
+    env = init_distributed(opts.tp, opts.pp)
+    log = print if env.is_main else (lambda *_: None)
+    results = {"checkpoint": str(model.step_dir), "step": model.step, "context": model.context,
+               "rho": cfgs["model"].model.compression_ratio,
+               "text_tokens_per_chunk": cfgs["model"].model.chunk.text_tokens,
+               "valid_prefix": rows_cfg.data.valid_prefix, "layout": {"tp": opts.tp, "pp": opts.pp, "world": world},
+               "heldout": {}}
+    for ev in [model, *controls]:
+        log(f"scoring {ev.role} ({ev.context}) {ev.step_dir} on {opts.batches} held-out batches")
+        rows = dataset if ev.role == "model" else heldout_dataset(rows_cfg, tok, opts.batches, ev.context)
+        results["heldout"][ev.role] = score(cfgs[ev.role], str(ev.step_dir), env, rows, rows_cfg,
+                                            opts.batches, log)
+        results["heldout"][ev.role]["checkpoint"] = str(ev.step_dir)
+    check_same_targets(results["heldout"])
+    if opts.text and opts.window:
+        h = results["heldout"]
+        results["retention"] = retention(h["model"], h["window"], h["text"])
+    if opts.pp > 1:
+        results["engine_note"] = ("OCR read-back, retrieval and long documents run through the inference "
+                                  "engine, which has no pipeline stages: run them with --pp 1")
+    else:
+        # the model only: the controls' losses are what R needs, and their engine paths are theirs
+        results.update(engine_metrics(model, cfgs["model"], tok, indexed, opts, env))
+    torch.distributed.barrier()
+    return results

@@ -1,0 +1,37 @@
+"""4-rank worker for test_evaluate.py (TP 2 x PP 2): read a consolidated checkpoint into a
+TP2/PP2/ZeRO-3 engine and save it in that layout (the layout a cluster run leaves), then run the
+evaluation with TP and PP ranks on both checkpoints; rank 0 writes the results."""
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def main(ckpt, out, valid):
+    from megatron_vist2.config import apply_overrides, config_from_dict, validate
+    from megatron_vist2.evaluation.runner import Options, run
+    from megatron_vist2.parallel.distributed import init_distributed
+    from megatron_vist2.checkpoint.format import read_manifest, resolve_tag_dir
+    from megatron_vist2.training.checkpoint import load_checkpoint, save_checkpoint
+    from megatron_vist2.training.trainer import build_model, make_engine
+    env = init_distributed(2, 2)
+    step_dir = resolve_tag_dir(ckpt)
+    saved = yaml.safe_load((step_dir / "config.yaml").read_text())
+    cfg = validate(config_from_dict(apply_overrides(saved, [
+        "parallel.tensor_parallel=2", "parallel.pipeline_parallel=2", "parallel.zero_stage=3",
+        "parallel.micro_batch_size=4", "parallel.global_batch_size=4", f"checkpoint.save_dir={out}/tp2pp2z3"])), 4)
+    engine = make_engine(cfg, env, build_model(cfg, env))
+    load_checkpoint(engine, cfg, ckpt, weights_only=True)
+    save_checkpoint(engine, cfg, 2, 0, read_manifest(step_dir)["tokenizer_sha256"], print)
+    del engine
+    results = {}
+    for name, path in (("consolidated", ckpt), ("tp2pp2z3", f"{out}/tp2pp2z3")):
+        results[name] = run(Options(checkpoint=path, tp=2, pp=2, batches=2, micro_batch=4, ocr_chunks=0,
+                                    long_docs=0, valid_prefix=valid))
+    if env.rank == 0:
+        Path(out, "results.json").write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,49 @@
+"""tools/evaluate.py in the launcher's layout (one launch of 4 gloo ranks: TP 2 x PP 2) and on a
+checkpoint saved in the TP2/PP2/ZeRO-3 layout gives the single-process numbers of the same
+weights (1e-5): held-out loss, chunk-first and within-chunk losses, loss by chunk index."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from megatron_vist2.parallel.distributed import free_port
+from tests.bad_input.conftest import write_checkpoint
+from tests.conftest import REPO, subprocess_env, tiny_model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_data, dist_env, tmp_path_factory):
+    cfg, tok, _, model = tiny_model(tiny_data, "model.init_std=0.1")
+    return write_checkpoint(tmp_path_factory.mktemp("eval_ckpt") / "ckpt", cfg, tok, model).parent
+
+
+@pytest.fixture(scope="module")
+def launched(checkpoint, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_4ranks")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--master_port",
+           str(free_port()), "tests/distributed/eval_worker.py", str(checkpoint), str(out), tiny_data.valid]
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads((out / "results.json").read_text()), out
+
+
+def heldout_numbers(results):
+    m = results["heldout"]["model"]
+    return [m["loss"], m["chunk_first"]["loss"], m["within_chunk"]["loss"]] + \
+        [r["loss_within"] for r in m["by_chunk"] if r["loss_within"] is not None]
+
+
+def test_tp2_pp2_evaluation_equals_one_process(launched, checkpoint, tiny_data):
+    from megatron_vist2.evaluation.runner import Options, run
+    single = run(Options(checkpoint=str(checkpoint), batches=2, micro_batch=4, ocr_chunks=0, long_docs=0,
+                         valid_prefix=tiny_data.valid))
+    want = heldout_numbers(single)
+    results, out = launched
+    for name in ("consolidated", "tp2pp2z3"):
+        got = heldout_numbers(results[name])
+        assert got == pytest.approx(want, abs=1e-5), name
+        assert results[name]["heldout"]["model"]["targets"] == single["heldout"]["model"]["targets"]
+    # the saved checkpoint is in the layout asked for, read back by the same evaluation
+    layout = json.loads((out / "tp2pp2z3" / "step_0000002" / "complete.json").read_text())["layout"]
+    assert (layout["tensor_parallel"], layout["pipeline_parallel"], layout["zero_stage"]) == (2, 2, 3)
