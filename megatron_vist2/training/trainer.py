@@ -39,6 +39,7 @@ from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
 from ..parallel.pipeline import PipelineSchedule, stage_part
 from ..parallel.random import seed_runtime_rng
 from ..checkpoint.format import resolve_tag_dir
+from .async_checkpoint import AsyncWriter
 from .checkpoint import load_checkpoint, resume_dir, save_checkpoint
 from .curriculum import Curriculum
 from .deepspeed_config import deepspeed_config, resolve_dtype
@@ -256,7 +257,10 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     stop = StopOnSignal(cfg.train.max_wall_minutes, env.device)
     losses, stopped, phase, batches = [], False, None, None
     path = run.checkpoint                      # the newest checkpoint of this run
+    writer = AsyncWriter(run.log.print) if cfg.checkpoint.async_save else None
     while step < cfg.train.steps:
+        if writer is not None:
+            writer.poll()                      # rank 0 completes a background save once written
         if phase is None or curriculum.index_at(step) != phase.index:
             phase = curriculum.phase(step)
             batches = start_phase(run, curriculum, phase, step, consumed)
@@ -277,7 +281,8 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:
             last_eval, ocr_accuracy = run_eval(run, step)
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step < cfg.train.steps:
-            path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print)
+            path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print,
+                                   writer)
         if stop.should_stop():
             run.log.print(f"{stop.received or 'stop requested on another rank'}: saving at step {step} and exiting")
             stopped = True
@@ -289,7 +294,10 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     else:
         eval_after, ocr_accuracy = run_eval(run, step)
     if path is None or not path.endswith(f"step_{step:07d}"):      # a resumed run at its end
-        path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print)
+        path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print,
+                               writer)
+    if writer is not None:
+        writer.wait(env.device)                # exit only with every save complete
     run.log.close()
     return TrainResult(step, consumed, losses, eval_before, eval_after,
                        meter.all_tokens / max(elapsed, 1e-9), path, ocr_accuracy)
