@@ -1,9 +1,11 @@
-"""Progress output: one console line per log interval (rank 0), TensorBoard scalars and a JSONL
-log of every logged value; the device's peak FLOP/s and memory for MFU and memory columns; the
+"""Progress output: one console line per log interval (rank 0), TensorBoard scalars, a JSONL
+log of every logged value and, when chosen (``logging.wandb``), the same scalars in Weights &
+Biases; the device's peak FLOP/s and memory for MFU and memory columns; the
 training log line with its throughput counters (``StepMeter``)."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -12,7 +14,9 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ..config import Config
+from ..config import Config, config_to_dict
+from ..config.validate import WANDB_MISSING
+from ..errors import ConfigError
 from ..models.attention import PAD
 from ..models.size import training_flops
 
@@ -46,16 +50,38 @@ def memory_in_use_gb() -> float:
         return int(fh.read().split()[1]) * resource.getpagesize() / 2 ** 30
 
 
+def wandb_settings(cfg: Config) -> Optional[dict]:
+    """``wandb.init`` arguments of the config's Weights & Biases logger (None: not chosen). Its
+    run directory is ``<logging.dir>/wandb`` unless WANDB_DIR says otherwise; offline mode needs
+    no network (``wandb sync`` uploads the run later)."""
+    lg = cfg.logging
+    if not lg.wandb:
+        return None
+    return {"project": lg.wandb_project, "name": lg.wandb_name, "mode": lg.wandb_mode,
+            "dir": os.environ.get("WANDB_DIR") or lg.dir, "config": config_to_dict(cfg)}
+
+
+def _open_wandb(settings: dict):
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError(WANDB_MISSING) from None
+    Path(settings["dir"]).mkdir(parents=True, exist_ok=True)
+    return wandb.init(**settings)
+
+
 class MetricsLogger:
-    def __init__(self, log_dir: str, enabled: bool, tensorboard: bool):
+    def __init__(self, log_dir: str, enabled: bool, tensorboard: bool, wandb: Optional[dict] = None):
         self.enabled = enabled
-        self.writer = None
+        self.writer = self.wandb = None
         if enabled:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             self.jsonl = open(Path(log_dir) / "metrics.jsonl", "a")
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
                 self.writer = SummaryWriter(log_dir=str(Path(log_dir) / "tensorboard"))
+            if wandb is not None:
+                self.wandb = _open_wandb(wandb)
 
     def log(self, step: int, values: Dict[str, float]) -> None:
         if not self.enabled:
@@ -65,6 +91,8 @@ class MetricsLogger:
         if self.writer is not None:
             for key, val in values.items():
                 self.writer.add_scalar(key, val, step)
+        if self.wandb is not None:
+            self.wandb.log(dict(values), step=step)
 
     def print(self, text: str) -> None:
         if self.enabled:
@@ -75,6 +103,8 @@ class MetricsLogger:
             self.jsonl.close()
             if self.writer is not None:
                 self.writer.close()
+            if self.wandb is not None:
+                self.wandb.finish()
 
 
 class StepMeter:

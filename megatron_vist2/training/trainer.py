@@ -44,7 +44,7 @@ from .checkpoint import load_checkpoint, resume_dir, save_checkpoint
 from .curriculum import Curriculum
 from .deepspeed_config import deepspeed_config, resolve_dtype
 from .loss import PROBE_STATS, SPLIT_STATS, readback_probe_loss, split_means, training_loss
-from .metrics import MetricsLogger, StepMeter, memory_in_use_gb
+from .metrics import MetricsLogger, StepMeter, memory_in_use_gb, wandb_settings
 from .optim import build_optimizer, build_scheduler
 from ..checkpoint.safeguards import inject_nan_fault, raise_diverged
 from .signals import StopOnSignal
@@ -172,7 +172,7 @@ def setup(cfg: Config, env: DistEnv) -> Run:
     the starting point (a resumed run, or a new stage initialised from a previous one)."""
     dp = data_parallel_size(cfg, env.world_size)
     gas = gradient_accumulation_steps(cfg, env.world_size)
-    log = MetricsLogger(cfg.logging.dir, env.is_main, cfg.logging.tensorboard)
+    log = MetricsLogger(cfg.logging.dir, env.is_main, cfg.logging.tensorboard, wandb_settings(cfg))
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     G = cfg.parallel.global_batch_size
     valid_set = build_dataset(cfg.data.valid_prefix, tokenizer, cfg, cfg.train.seed + 1000,
