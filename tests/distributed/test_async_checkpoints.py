@@ -10,7 +10,7 @@ import pytest
 
 from megatron_vist2.parallel.distributed import free_port
 from tests.conftest import REPO, subprocess_env
-from tests.distributed.runs import train
+from tests.distributed.runs import metrics, train
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +33,34 @@ def test_async_save_equals_sync_save_bit_for_bit(compared, layout):
     assert got["latest"] == "step_0000001" and got["partial"] == []
 
 
-def test_killed_during_background_write_keeps_previous_checkpoint_and_exit_waits(tiny_data, tmp_path):
-    out, ckpt = tmp_path / "run", tmp_path / "run" / "ckpt"
-    args = ("train.steps=6", "checkpoint.save_interval=2", "checkpoint.async_save=true")
+@pytest.fixture(scope="module")
+def killed_then_restarted(tiny_data, tmp_path_factory):
+    """A 2-rank run on a blend of two sources (saving every 2 steps in the background) whose rank 1
+    is killed during the write of step 4, then restarted with every write slowed, so the last
+    save is still being written when training ends and the exit has to wait for it."""
+    import shutil
+    tmp = tmp_path_factory.mktemp("killed")
+    for ext in (".bin", ".idx", ".json"):                # a second source: the same documents
+        shutil.copy(tiny_data.train + ext, tmp / f"other{ext}")
+    blend = f"data.train_prefix=0.7 {tiny_data.train} 0.3 {tmp / 'other'}"
+    out = tmp / "run"
+    args = ("train.steps=6", "checkpoint.save_interval=2", "checkpoint.async_save=true", blend,
+            f"data.cache_dir={tmp / 'cache'}")
     crashed = train(tiny_data, out, *args, ranks=2, check=False,
                     env_extra={"MEGATRON_VIST2_FAULT": "kill-in-async-write:1:4"})
-    assert crashed.returncode != 0
-    assert (ckpt / "latest").read_text() == "step_0000002"
-    assert (ckpt / "step_0000004.partial").is_dir() and not (ckpt / "step_0000004").exists()
-    # restart: resumes from step 2; every write is slowed, so the last save is still being
-    # written when training ends and the exit has to wait for it
+    state = {"crashed": crashed, "latest": (out / "ckpt" / "latest").read_text(),
+             "partial": sorted(p.name for p in (out / "ckpt").glob("*.partial")),
+             "step4": (out / "ckpt" / "step_0000004").exists()}
     restarted = train(tiny_data, out, *args, ranks=2, env_extra={"MEGATRON_VIST2_FAULT": "slow-async-write:1.0"})
+    return out, state, restarted, args
+
+
+def test_killed_during_background_write_keeps_previous_checkpoint_and_exit_waits(killed_then_restarted):
+    out, crashed, restarted, _ = killed_then_restarted
+    ckpt = out / "ckpt"
+    assert crashed["crashed"].returncode != 0
+    assert crashed["latest"] == "step_0000002"
+    assert crashed["partial"] == ["step_0000004.partial"] and not crashed["step4"]
     assert f"resumed from {ckpt} at step 2" in restarted.stdout
     assert "waiting for the background write of checkpoint step 6" in restarted.stdout
     assert (ckpt / "latest").read_text() == "step_0000006"
@@ -51,3 +68,21 @@ def test_killed_during_background_write_keeps_previous_checkpoint_and_exit_waits
         manifest = json.loads((ckpt / tag / "complete.json").read_text())
         assert manifest["step"] == int(tag[5:]) and ".done" not in " ".join(manifest["files"])
     assert not list(ckpt.glob("*.partial"))
+
+
+def test_tokens_per_source_are_summed_over_data_parallel_ranks(tiny_data, killed_then_restarted):
+    """The restarted run's last line counts the text tokens of samples 32..95 (steps 3-6, 16 per
+    step, rows split over 2 ranks) by source: a one-process count of the same samples."""
+    from megatron_vist2.config import load_config, validate
+    from megatron_vist2.data.dataset import build_dataset, collate, tokens_per_source
+    from megatron_vist2.data.tokenizer import load_tokenizer
+    from tests.conftest import tiny_overrides
+    out, _, _, args = killed_then_restarted
+    cfg = validate(load_config("tiny-cpu", tiny_overrides(tiny_data, *args)))
+    tok = load_tokenizer(cfg.data.tokenizer)
+    blend = build_dataset(cfg.data.train_prefix, tok, cfg, cfg.train.seed, 96)
+    expected = tokens_per_source([collate([blend[i] for i in range(32, 96)])], 2)
+    last = [e for e in metrics(out) if "train/tokens_consumed/train" in e][-1]
+    assert last["step"] == 6
+    assert [last["train/tokens_consumed/train"], last["train/tokens_consumed/other"]] == expected.tolist()
+    assert min(expected) > 0
