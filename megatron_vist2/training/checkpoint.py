@@ -6,7 +6,9 @@ checkpoint, ``latest``, the ``complete.json`` manifest written last).
 Protocol: every rank writes its shards into ``<tag>.partial``; after a barrier rank 0 writes
 ``complete.json``, renames the directory to ``<tag>``, replaces ``latest`` and removes the oldest
 checkpoints beyond ``checkpoint.keep_last``. A crash at any point leaves the previous complete
-checkpoint and ``latest`` untouched. Loading checks the marker, every file's size, the model
+checkpoint and ``latest`` untouched. With ``checkpoint.async_save`` the shards are copied into
+host memory and written by a background thread per rank; rank 0 completes the save the same way
+once every rank has written (training/async_checkpoint.py). Loading checks the marker, every file's size, the model
 config and the layout before DeepSpeed reads anything, and reads with ``weights_only``.
 
 Resuming in the saved layout hands the shards to DeepSpeed and restores every rank's random
@@ -118,7 +120,7 @@ def _save_checkpoint(engine, cfg, step, consumed_samples, tokenizer_sha256, log,
         shutil.rmtree(partial, ignore_errors=True)          # left by an earlier crash
     dist.barrier()
     save_dir, ds_tag = _stage_location(partial)
-    snap = None if writer is None else SnapshotEngine(engine.checkpoint_engine)
+    snap = None if writer is None else SnapshotEngine(engine.checkpoint_engine, writer.pool)
     real, engine.checkpoint_engine = engine.checkpoint_engine, snap or engine.checkpoint_engine
     try:
         engine.save_checkpoint(str(save_dir), tag=ds_tag, save_latest=False,

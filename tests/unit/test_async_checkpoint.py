@@ -1,7 +1,8 @@
 """The pieces of asynchronous checkpoints in one process: a snapshot serializes to the same bytes
 as the live state (shared storages, parameters, a state dict's metadata, requires_grad) and does
 not follow later changes of the live tensors; a write error in the background thread surfaces
-in the main thread as a CheckpointError and nothing is completed."""
+in the main thread as a CheckpointError and nothing is completed; the next save reuses the
+host buffers; the fast finiteness check stays exact."""
 import errno
 import io
 from collections import OrderedDict
@@ -65,9 +66,32 @@ def test_a_save_completes_in_poll_once_written(dist_env, tmp_path):
     completed = []
     snap = SnapshotEngine(real=None)
     snap.add({"x": torch.ones(3)}, partial / "a.pt", torch.save)
+    buffer_ptr = snap.jobs[0][0]["x"].untyped_storage().data_ptr()
+    snap.done_copying()
     writer = AsyncWriter(log=lambda *_: None)
     writer.start(4, partial, snap, finish=lambda: completed.append(sorted(p.name for p in partial.iterdir())))
     writer.pending.thread.join()
     writer.poll()
     assert completed == [["a.pt"]]               # the done markers are gone before the manifest
     assert torch.equal(torch.load(partial / "a.pt")["x"], torch.ones(3))
+    # the next save copies into the same host buffer, with the same bytes as the live state
+    live = {"x": torch.full((3,), 2.0)}
+    snap2 = SnapshotEngine(real=None, pool=writer.pool)
+    snap2.add(live, partial / "b.pt", torch.save)
+    assert snap2.jobs[0][0]["x"].untyped_storage().data_ptr() == buffer_ptr
+    assert _bytes(snap2.jobs[0][0]) == _bytes(live)
+
+
+def test_finiteness_check_is_exact_when_the_fast_sum_overflows(dist_env):
+    """refuse_non_finite sums each tensor first (one pass); a sum that overflows on finite
+    weights falls back to the element-wise check instead of refusing the save."""
+    from megatron_vist2.checkpoint.safeguards import refuse_non_finite
+    big = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        big.weight.fill_(3e38)                    # finite; their sum is inf in fp32
+    assert not torch.isfinite(big.weight.sum())
+    refuse_non_finite(big, 1, "unused", dist_env.device)
+    with torch.no_grad():
+        big.weight[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="NaN/inf after step 1"):
+        refuse_non_finite(big, 1, "unused", dist_env.device)
