@@ -7,7 +7,7 @@ path) and loaded with trust_remote_code; its ``language_model`` is transformers'
 Qwen3ForCausalLM with the same weights, run with its default cache (DynamicCache, every token's
 K/V kept). For each prompt length (real text from the bundled corpus), greedy, fp32, batch 1:
 time to first token and time per generated token (from the times a streamer sees the
-tokens arrive, one run of 1 + --gen tokens), and the KV bytes each cache holds (VIST2: the
+tokens arrive, runs of 1 + --gen tokens, the median of --repeat alternating trials), and the KV bytes each cache holds (VIST2: the
 preallocated cache of its generate; Qwen3: the DynamicCache's tensors after the run). Then the
 crossover: the shortest prompt from which VIST2 is faster.
 
@@ -15,6 +15,7 @@ crossover: the shortest prompt from which VIST2 is faster.
 """
 import argparse
 import tempfile
+import statistics
 import time
 
 import torch
@@ -61,6 +62,9 @@ def main():
     ap.add_argument("--tokenizer", default="data/tokenizer/sotu.model")
     ap.add_argument("--lengths", default="512,2048,8192,16384")
     ap.add_argument("--gen", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="trials per length, the two systems alternating; the median is reported "
+                         "(a first call at a new prompt length pays one-off kernel set-up costs)")
     args = ap.parse_args()
     print(machine())
     init_distributed(1, 1)
@@ -82,8 +86,9 @@ def main():
               f"{'ratio':>6} | {'KV VIST2':>9} {'Qwen3':>9} {'ratio':>6}")
         for n in lengths:
             ids = torch.tensor([ids_all[:n]])
-            v = measure(vist2, ids, args.gen, True)
-            q = measure(qwen3, ids, args.gen, False)
+            trials = [(measure(vist2, ids, args.gen, True), measure(qwen3, ids, args.gen, False))
+                      for _ in range(args.repeat)]
+            v, q = (tuple(statistics.median(t[k][i] for t in trials) for i in range(3)) for k in (0, 1))
             rows.append((n, v, q))
             print(f"{n:>7} | {v[0]:>9.3f}s {q[0]:>7.3f}s {q[0] / v[0]:>5.2f}x | {v[1] * 1e3:>12.1f} "
                   f"{q[1] * 1e3:>7.1f} {q[1] / v[1]:>5.2f}x | {v[2] / 2**20:>7.2f}Mi {q[2] / 2**20:>7.2f}Mi "

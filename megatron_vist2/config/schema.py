@@ -203,6 +203,10 @@ class CheckpointConfig:
     auto_resume: bool = True           # without load_dir: continue from save_dir's `latest` if any
     init_from: Optional[str] = None    # a new stage: weights of this checkpoint, fresh optimizer
     keep_last: int = 0                 # keep the newest N complete checkpoints (0 = keep all)
+    # training waits only for the copy of each rank's state into host memory; the files are
+    # written by a background thread (docs/checkpoints.md). Off by default: the copy holds a
+    # second image of the rank's weights and optimizer state in host memory until written
+    async_save: bool = False
     # resume / init_from with a tokenizer other than the checkpoint's (every embedding row then
     # means another piece): refused unless this says the change is intended
     allow_new_tokenizer: bool = False
@@ -212,6 +216,11 @@ class CheckpointConfig:
 class LoggingConfig:
     dir: str = "runs/default"          # TensorBoard events and metrics.jsonl go here
     tensorboard: bool = True
+    # Weights & Biases (pip install megatron_vist2[wandb]): the same scalars as TensorBoard, rank 0
+    wandb: bool = False
+    wandb_project: str = "megatron_vist2"
+    wandb_name: Optional[str] = None   # the run's name (None: W&B picks one)
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"   # offline (no network; `wandb sync` later), online, disabled
 
 
 @dataclass

@@ -251,12 +251,22 @@ def _health_problems(cfg: Config) -> List[str]:
     return out
 
 
+WANDB_MISSING = ("logging.wandb is true but the wandb package is not installed: install it "
+                 "(pip install 'megatron_vist2[wandb]', or wandb==0.31.0) or set logging.wandb=false")
+
+
+def _logging_problems(cfg: Config) -> List[str]:
+    import importlib.util                     # found, not imported: importing wandb takes a second
+    return [WANDB_MISSING] if cfg.logging.wandb and importlib.util.find_spec("wandb") is None else []
+
+
 def _run_problems(cfg: Config, world_size: Optional[int]) -> List[str]:
     out = _positive_problems(cfg)
     if out:                                   # the checks below divide by these
         return out
     return (_parallel_problems(cfg, world_size) + _data_problems(cfg) + _optim_problems(cfg)
-            + _train_problems(cfg) + _checkpoint_problems(cfg) + _health_problems(cfg))
+            + _train_problems(cfg) + _checkpoint_problems(cfg) + _health_problems(cfg)
+            + _logging_problems(cfg))
 
 
 def validate(cfg: Config, world_size: Optional[int] = None) -> Config:

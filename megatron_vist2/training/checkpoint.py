@@ -6,7 +6,9 @@ checkpoint, ``latest``, the ``complete.json`` manifest written last).
 Protocol: every rank writes its shards into ``<tag>.partial``; after a barrier rank 0 writes
 ``complete.json``, renames the directory to ``<tag>``, replaces ``latest`` and removes the oldest
 checkpoints beyond ``checkpoint.keep_last``. A crash at any point leaves the previous complete
-checkpoint and ``latest`` untouched. Loading checks the marker, every file's size, the model
+checkpoint and ``latest`` untouched. With ``checkpoint.async_save`` the shards are copied into
+host memory and written by a background thread per rank; rank 0 completes the save the same way
+once every rank has written (training/async_checkpoint.py). Loading checks the marker, every file's size, the model
 config and the layout before DeepSpeed reads anything, and reads with ``weights_only``.
 
 Resuming in the saved layout hands the shards to DeepSpeed and restores every rank's random
@@ -37,6 +39,7 @@ from ..config import Config, config_to_dict, data_parallel_size
 from ..errors import CheckpointError
 from ..parallel import compat
 from ..checkpoint.safeguards import advance_latest, disk_errors, refuse_non_finite, start_point, store_tokenizer
+from .async_checkpoint import SnapshotEngine
 
 
 # Model settings that do not change the weights: a run may resume with other values.
@@ -91,47 +94,79 @@ def _restore_rng(step_dir: Path, log) -> None:
 
 
 def save_checkpoint(engine, cfg: Config, step: int, consumed_samples: int,
-                    tokenizer_sha256: str, log=print) -> str:
+                    tokenizer_sha256: str, log=print, writer=None) -> str:
+    """Save step ``step``; with ``writer`` (an AsyncWriter, ``checkpoint.async_save``) only the
+    copy into host memory happens now: the files are written in the background and the
+    checkpoint is complete once ``writer`` says so (training/async_checkpoint.py)."""
     root = Path(cfg.checkpoint.save_dir)
     tag = f"step_{step:07d}"
     partial, final = root / f"{tag}{PARTIAL}", root / tag
     start = time.time()
+    if writer is not None:
+        writer.wait(engine.device)             # at most one save in flight
     refuse_non_finite(engine.module, step, str(root), engine.device)   # collective, before any write
     if (final / MARKER).is_file():            # never replace a complete checkpoint
         raise CheckpointError(f"{final} already exists (a complete checkpoint): not overwriting it; "
                               f"set checkpoint.save_dir to a new directory")
     with disk_errors(root):
         _save_checkpoint(engine, cfg, step, consumed_samples, tokenizer_sha256, log, tag, partial,
-                         final, start)
+                         final, start, writer)
     return str(final)
 
 
-def _save_checkpoint(engine, cfg, step, consumed_samples, tokenizer_sha256, log, tag, partial, final, start):
-    root = final.parent
+def _save_checkpoint(engine, cfg, step, consumed_samples, tokenizer_sha256, log, tag, partial, final, start,
+                     writer):
     if dist.get_rank() == 0:
         shutil.rmtree(partial, ignore_errors=True)          # left by an earlier crash
     dist.barrier()
     save_dir, ds_tag = _stage_location(partial)
-    engine.save_checkpoint(str(save_dir), tag=ds_tag, save_latest=False,
-                           client_state={"step": step, "consumed_samples": consumed_samples,
-                                         "config": config_to_dict(cfg),
-                                         "tokenizer_sha256": tokenizer_sha256})
+    snap = None if writer is None else SnapshotEngine(engine.checkpoint_engine, writer.pool)
+    real, engine.checkpoint_engine = engine.checkpoint_engine, snap or engine.checkpoint_engine
+    try:
+        engine.save_checkpoint(str(save_dir), tag=ds_tag, save_latest=False,
+                               client_state={"step": step, "consumed_samples": consumed_samples,
+                                             "config": config_to_dict(cfg),
+                                             "tokenizer_sha256": tokenizer_sha256})
+    finally:
+        engine.checkpoint_engine = real
     (partial / "rng").mkdir(exist_ok=True)
-    torch.save(_rng_states(), partial / "rng" / f"rank_{dist.get_rank():05d}.pt")
+    rng_file = partial / "rng" / f"rank_{dist.get_rank():05d}.pt"
+    if snap is None:
+        torch.save(_rng_states(), rng_file)
+    else:
+        snap.add(_rng_states(), rng_file, torch.save)
+        snap.done_copying()
     stages = [None] * dist.get_world_size()    # each stage's parameters, for resharding
     leader = parallel_state.get_tensor_model_parallel_rank() == 0 and \
         parallel_state.get_data_parallel_rank() == 0
     dist.all_gather_object(stages, (parallel_state.get_pipeline_model_parallel_rank(), describe_stage(
         engine.module, engine.optimizer, cfg.parallel.tensor_parallel)) if leader else None)
-    _fault_injection(step)
-    dist.barrier()                             # every rank has written its shards
-    if dist.get_rank() == 0:
+    if dist.get_rank() == 0:                   # the small files, now (the thread runs no collective)
         ordered = [d for _, d in sorted(x for x in stages if x is not None)]
         (partial / TENSORS_FILE).write_text(json.dumps({"stages": ordered}))
         (partial / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         stored = store_tokenizer(partial, cfg.data.tokenizer)     # tools find it from anywhere
-        write_manifest(partial, step=step, consumed_samples=consumed_samples, layout=_layout(cfg),
-                       tokenizer_sha256=tokenizer_sha256, **stored)
+    finish = None if dist.get_rank() != 0 else (lambda: _complete(
+        cfg, partial, final, tag, log, start, step=step, consumed_samples=consumed_samples,
+        layout=_layout(cfg), tokenizer_sha256=tokenizer_sha256, **stored))
+    if writer is not None:
+        log(f"checkpoint {final}: state copied to host memory in {time.time() - start:.2f} s; "
+            f"written in the background")
+        writer.start(step, partial, snap, finish)
+        return
+    _fault_injection(step)
+    dist.barrier()                             # every rank has written its shards
+    if finish is not None:
+        finish()
+    dist.barrier()
+
+
+def _complete(cfg, partial: Path, final: Path, tag: str, log, start: float, **manifest) -> None:
+    """Rank 0, once every rank's files are written: the manifest last, the rename, ``latest``,
+    then the oldest checkpoints beyond ``checkpoint.keep_last`` go."""
+    root = final.parent
+    with disk_errors(root):
+        write_manifest(partial, **manifest)
         partial.rename(final)
         if not advance_latest(root, tag, write_atomic):
             log(f"{root / 'latest'} names a newer checkpoint than {tag}: left as it is")
@@ -142,7 +177,6 @@ def _save_checkpoint(engine, cfg, step, consumed_samples, tokenizer_sha256, log,
             if old != tag:
                 shutil.rmtree(root / old)
                 log(f"removed old checkpoint {root / old} (checkpoint.keep_last={keep})")
-    dist.barrier()
 
 
 def check_compatible(step_dir: Path, cfg: Config) -> bool:

@@ -132,8 +132,9 @@ class RunHealth:
     """The training loop's side of run health: ``start_step`` before a step, ``end_step`` after it
     (-> a rollback target or None), ``close`` at the end."""
 
-    def __init__(self, run, env):
+    def __init__(self, run, env, writer=None):
         self.run, self.cfg, self.h = run, run.cfg, run.cfg.train.health
+        self.writer = writer                   # the AsyncWriter of asynchronous saves, if any
         self.rank, self.world, self.device = env.rank, env.world_size, env.device
         self.faults = Faults(env.rank)
         self.faults.install_grad_fault(run.engine.module)       # before the guard's hooks
@@ -202,6 +203,8 @@ class RunHealth:
             log.log(step, values)
             return None
         from .checkpoint import load_checkpoint                 # the trainer's own resume path
+        if self.writer is not None:            # an asynchronous save of ``checkpoint`` may be in flight:
+            self.writer.wait(self.device)      # every rank decided alike, so every rank waits here
         back_step, _ = load_checkpoint(self.run.engine, self.cfg, checkpoint, log.print)
         resume_at = consumed + h.spike_skip_batches * self.cfg.parallel.global_batch_size
         log.print(f"{text}: rolled back to {checkpoint} (step {back_step}); data read on from sample "

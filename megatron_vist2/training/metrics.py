@@ -1,18 +1,23 @@
-"""Progress output: one console line per log interval (rank 0), TensorBoard scalars and a JSONL
-log of every logged value; the device's peak FLOP/s and memory for MFU and memory columns; the
+"""Progress output: one console line per log interval (rank 0), TensorBoard scalars, a JSONL
+log of every logged value and, when chosen (``logging.wandb``), the same scalars in Weights &
+Biases; the device's peak FLOP/s and memory for MFU and memory columns; the
 training log line with its throughput counters (``StepMeter``)."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
-from ..config import Config
+from ..config import Config, config_to_dict
+from ..config.validate import WANDB_MISSING
+from ..errors import ConfigError
 from ..models.attention import PAD
 from ..models.size import training_flops
 
@@ -46,16 +51,38 @@ def memory_in_use_gb() -> float:
         return int(fh.read().split()[1]) * resource.getpagesize() / 2 ** 30
 
 
+def wandb_settings(cfg: Config) -> Optional[dict]:
+    """``wandb.init`` arguments of the config's Weights & Biases logger (None: not chosen). Its
+    run directory is ``<logging.dir>/wandb`` unless WANDB_DIR says otherwise; offline mode needs
+    no network (``wandb sync`` uploads the run later)."""
+    lg = cfg.logging
+    if not lg.wandb:
+        return None
+    return {"project": lg.wandb_project, "name": lg.wandb_name, "mode": lg.wandb_mode,
+            "dir": os.environ.get("WANDB_DIR") or lg.dir, "config": config_to_dict(cfg)}
+
+
+def _open_wandb(settings: dict):
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError(WANDB_MISSING) from None
+    Path(settings["dir"]).mkdir(parents=True, exist_ok=True)
+    return wandb.init(**settings)
+
+
 class MetricsLogger:
-    def __init__(self, log_dir: str, enabled: bool, tensorboard: bool):
+    def __init__(self, log_dir: str, enabled: bool, tensorboard: bool, wandb: Optional[dict] = None):
         self.enabled = enabled
-        self.writer = None
+        self.writer = self.wandb = None
         if enabled:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             self.jsonl = open(Path(log_dir) / "metrics.jsonl", "a")
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
                 self.writer = SummaryWriter(log_dir=str(Path(log_dir) / "tensorboard"))
+            if wandb is not None:
+                self.wandb = _open_wandb(wandb)
 
     def log(self, step: int, values: Dict[str, float]) -> None:
         if not self.enabled:
@@ -65,6 +92,8 @@ class MetricsLogger:
         if self.writer is not None:
             for key, val in values.items():
                 self.writer.add_scalar(key, val, step)
+        if self.wandb is not None:
+            self.wandb.log(dict(values), step=step)
 
     def print(self, text: str) -> None:
         if self.enabled:
@@ -75,11 +104,28 @@ class MetricsLogger:
             self.jsonl.close()
             if self.writer is not None:
                 self.writer.close()
+            if self.wandb is not None:
+                self.wandb.finish()
+
+
+def source_keys(train_prefix: str) -> List[str]:
+    """Metric names of a blend's sources (``train/tokens_consumed/<prefix's name>``; the whole
+    prefix when two names coincide); [] for a single dataset."""
+    from ..data.dataset import parse_blend
+    prefixes = [p for _, p in parse_blend(train_prefix)]
+    if len(prefixes) < 2:
+        return []
+    names = [Path(p).name for p in prefixes]
+    if len(set(names)) < len(names):
+        names = [p.strip("/").replace("/", "_") for p in prefixes]
+    return [f"train/tokens_consumed/{n}" for n in names]
 
 
 class StepMeter:
     """Tokens and model FLOPs of the global batches since the last log line (counted on the
-    first stage's host copies, times dp: every data-parallel rank trains as many), and the line."""
+    first stage's host copies, times dp: every data-parallel rank trains as many), and the line.
+    With a blend: the text tokens each source contributed, summed over the data-parallel ranks
+    at each log line (their rows differ), cumulative since this process started."""
 
     def __init__(self, cfg: Config, dp: int, world_size: int, step: int):
         self.cfg, self.dp, self.world_size = cfg, dp, world_size
@@ -87,8 +133,26 @@ class StepMeter:
         self.tokens, self.all_tokens, self.flops = 0, 0, 0.0
         self.t_start = self.t_last = time.time()
         self.last_logged = step
+        self.source_keys = source_keys(cfg.data.train_prefix)
+        self.source_new = np.zeros(len(self.source_keys), np.int64)      # this rank, since the last line
+        self.source_total = np.zeros(len(self.source_keys), np.int64)    # all ranks, cumulative
+
+    def _sources_logged(self, device) -> Dict[str, int]:
+        """Collective over the data-parallel group (every rank logs at the same steps)."""
+        if not self.source_keys:
+            return {}
+        new = torch.from_numpy(self.source_new).to(device)
+        if torch.distributed.is_initialized():
+            from megatron.core import parallel_state
+            torch.distributed.all_reduce(new, group=parallel_state.get_data_parallel_group())
+        self.source_total += new.cpu().numpy()
+        self.source_new[:] = 0
+        return {k: int(v) for k, v in zip(self.source_keys, self.source_total)}
 
     def count(self, micro: List) -> None:
+        if self.source_keys:
+            from ..data.dataset import tokens_per_source
+            self.source_new += tokens_per_source(micro, len(self.source_keys))
         new_tokens = int(sum((b.layout.kind != PAD).sum() for b in micro)) * self.dp   # text + visual
         self.tokens, self.all_tokens = self.tokens + new_tokens, self.all_tokens + new_tokens
         # model FLOPs of the global batch (this rank's x dp)
@@ -119,5 +183,5 @@ class StepMeter:
                        "train/tflops_per_device": tflops, "train/loss_readback": readback_loss,
                        "train/loss_history": history_loss, "train/peak_memory_gb": memory,
                        "train/consumed_samples": consumed, "train/seq_length": seq_length}
-                | ({"train/mfu": tflops / peak} if peak else {}))
+                | ({"train/mfu": tflops / peak} if peak else {}) | self._sources_logged(engine.device))
         self.tokens, self.flops, self.t_last, self.last_logged = 0, 0.0, now, step

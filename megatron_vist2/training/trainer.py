@@ -39,11 +39,12 @@ from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
 from ..parallel.pipeline import PipelineSchedule, stage_part
 from ..parallel.random import seed_runtime_rng
 from ..checkpoint.format import resolve_tag_dir
+from .async_checkpoint import AsyncWriter
 from .checkpoint import load_checkpoint, resume_dir, save_checkpoint
 from .curriculum import Curriculum
 from .deepspeed_config import deepspeed_config, resolve_dtype
 from .loss import PROBE_STATS, SPLIT_STATS, readback_probe_loss, split_means, training_loss
-from .metrics import MetricsLogger, StepMeter, memory_in_use_gb
+from .metrics import MetricsLogger, StepMeter, memory_in_use_gb, wandb_settings
 from .optim import build_optimizer, build_scheduler
 from ..checkpoint.safeguards import inject_nan_fault
 from .health import RunHealth
@@ -178,7 +179,7 @@ def setup(cfg: Config, env: DistEnv) -> Run:
     the starting point (a resumed run, or a new stage initialised from a previous one)."""
     dp = data_parallel_size(cfg, env.world_size)
     gas = gradient_accumulation_steps(cfg, env.world_size)
-    log = MetricsLogger(cfg.logging.dir, env.is_main, cfg.logging.tensorboard)
+    log = MetricsLogger(cfg.logging.dir, env.is_main, cfg.logging.tensorboard, wandb_settings(cfg))
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     G = cfg.parallel.global_batch_size
     valid_set = build_dataset(cfg.data.valid_prefix, tokenizer, cfg, cfg.train.seed + 1000,
@@ -276,8 +277,11 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     stop = StopOnSignal(cfg.train.max_wall_minutes, env.device)
     losses, stopped, phase, batches = [], False, None, None
     path = run.checkpoint                      # the newest checkpoint of this run
-    health = RunHealth(run, env)               # skipped non-finite steps, spikes, stragglers, hangs
+    writer = AsyncWriter(run.log.print) if cfg.checkpoint.async_save else None
+    health = RunHealth(run, env, writer)       # skipped non-finite steps, spikes, stragglers, hangs
     while step < cfg.train.steps:
+        if writer is not None:
+            writer.poll()                      # rank 0 completes a background save once written
         if phase is None or curriculum.index_at(step) != phase.index:
             phase = curriculum.phase(step)
             batches = start_phase(run, curriculum, phase, step, consumed)
@@ -303,7 +307,8 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:
             last_eval, ocr_accuracy = run_eval(run, step)
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step < cfg.train.steps:
-            path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print)
+            path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print,
+                                   writer)
         with collective("stop-flag all_reduce (world)", timed=True):
             should_stop = stop.should_stop()
         if should_stop:
@@ -318,7 +323,10 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     else:
         eval_after, ocr_accuracy = run_eval(run, step)
     if path is None or not path.endswith(f"step_{step:07d}"):      # a resumed run at its end
-        path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print)
+        path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print,
+                               writer)
+    if writer is not None:
+        writer.wait(env.device)                # exit only with every save complete
     run.log.close()
     return TrainResult(step, consumed, losses, eval_before, eval_after,
                        meter.all_tokens / max(elapsed, 1e-9), path, ocr_accuracy)
