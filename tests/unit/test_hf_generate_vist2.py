@@ -102,7 +102,7 @@ def test_max_length_eos_stop_strings_and_streamer(setup):
     assert streamer.parts == [[prompts[0]]] + [[t] for t in single[0, len(prompts[0]):].tolist()] + ["end"]
 
 
-def test_directory_survives_save_pretrained(setup, tmp_path):
+def test_directory_survives_save_pretrained(setup, tmp_path, monkeypatch):
     _, _, _, out, _, prompts = setup
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)                      # the original stays for the other tests
@@ -110,7 +110,9 @@ def test_directory_survives_save_pretrained(setup, tmp_path):
     moved = tmp_path / "moved"
     model.save_pretrained(str(moved))
     shutil.rmtree(copy)
-    again = AutoModelForCausalLM.from_pretrained(str(moved), trust_remote_code=True, local_files_only=True)
+    monkeypatch.chdir(tmp_path)                     # loaded by a relative path, as a user types it (the
+    again = AutoModelForCausalLM.from_pretrained("moved", trust_remote_code=True, local_files_only=True)
+    # font was looked up relative to the renderer's own directory before)
     ids = torch.tensor([prompts[1]])
     ref = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True, local_files_only=True)
     assert again.generate(ids, max_new_tokens=6).tolist() == ref.generate(ids, max_new_tokens=6).tolist()

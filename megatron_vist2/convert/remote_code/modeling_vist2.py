@@ -161,7 +161,7 @@ class Vist2ForCausalLM(PreTrainedModel, GenerationMixin):
         return files or [self.config.render["font"], self.config.tokenizer_file]
 
     def _source_dir(self) -> Path:
-        where = Path(self.config._name_or_path)
+        where = Path(self.config._name_or_path).absolute()   # the font path must not depend on the cwd
         missing = [f for f in self.asset_files() if f and not (where / f).is_file()]
         if missing:
             raise FileNotFoundError(
