@@ -3,7 +3,6 @@ template (SmolLM2's, a real Hugging Face tokenizer): the engine receives exactly
 transformers' own apply_chat_template gives for a user turn plus the assistant's generation
 prompt. (The refusal without a template is in tests/bad_input.)"""
 import torch
-import pytest
 
 from tests.conftest import tiny_overrides
 
@@ -17,9 +16,8 @@ def test_chat_wraps_the_prompt_in_the_tokenizers_template(dist_env, tiny_data, t
     from megatron_vist2.inference import Vist2Engine
     from megatron_vist2.models import Vist2Model
     from megatron_vist2.parallel.distributed import init_distributed
-    from tests.unit.test_lm_eval_vist2 import TOKENIZER
-    if not TOKENIZER.is_dir():
-        pytest.skip(f"{TOKENIZER} absent (tests/unit/test_real_tokenizers.py writes it from SmolLM2's GGUF)")
+    from tests.unit.test_real_tokenizers import real_tokenizer_dir
+    TOKENIZER = real_tokenizer_dir("smollm2")       # converted here if no test has done it yet
     tok = load_tokenizer(str(TOKENIZER))
     cfg = validate(load_config("tiny-cpu", tiny_overrides(
         tiny_data, f"model.llm.vocab_size={tok.vocab_size}", f"data.tokenizer={TOKENIZER}",

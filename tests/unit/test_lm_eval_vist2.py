@@ -16,7 +16,7 @@ import torch
 from tests.conftest import REPO
 
 TASKS = REPO / "evaluation" / "lm_eval_tasks"
-TOKENIZER = REPO / ".cache" / "tokenizers" / "smollm2"     # written by test_real_tokenizers' fixture
+TOKENIZER = REPO / ".cache" / "tokenizers" / "smollm2"     # test_real_tokenizers.real_tokenizer_dir
 MAX_LENGTH = 2048                                          # every passage fits one window
 
 
@@ -25,15 +25,11 @@ def setup(dist_env, tiny_data, tmp_path_factory):
     pytest.importorskip("lm_eval")
     from megatron_vist2.config import load_config, validate
     from megatron_vist2.convert.vist2 import export_vist2
-    from megatron_vist2.data.tokenizer import load_tokenizer, tokenizer_from_gguf
+    from megatron_vist2.data.tokenizer import load_tokenizer
     from megatron_vist2.models import Vist2Model
     from tests.conftest import tiny_overrides
-    from tests.unit.test_real_tokenizers import source
-    if not TOKENIZER.is_dir():
-        path, how = source("smollm2")
-        if path is None or not path.is_file():
-            pytest.skip(f"SmolLM2 GGUF absent: {how}")
-        tokenizer_from_gguf(str(path), str(TOKENIZER))
+    from tests.unit.test_real_tokenizers import real_tokenizer_dir
+    real_tokenizer_dir("smollm2")
     tok = load_tokenizer(str(TOKENIZER))
     cfg = validate(load_config("tiny-cpu", tiny_overrides(
         tiny_data, "model.init_std=0.1", f"model.llm.vocab_size={tok.vocab_size}",
@@ -50,7 +46,7 @@ def our_log_probs(setup, ids):
     """The project's evaluation of one document: -> (log p(ids[j] | ids[:j]) for j >= 1, whether
     each is the greedy choice), from the training forward and the training loss."""
     from megatron_vist2.data.dataset import collate
-    from megatron_vist2.data.packing import Segment, assemble_row
+    from megatron_vist2.data.packing import PER_TOKEN, Segment, assemble_row
     from megatron_vist2.data.renderer import Renderer
     from megatron_vist2.training.loss import masked_token_losses
     cfg, tok, model, _ = setup
@@ -58,8 +54,7 @@ def our_log_probs(setup, ids):
     seg = Segment(0, 0, len(ids), (False,) * -(-len(ids) // L))
     row = assemble_row([seg], [np.asarray(ids)], L, m, seg.row_tokens(L, m), order="interleaved")
     renderer = Renderer.from_model_config(cfg.model)
-    sample = {k: getattr(row, k) for k in ("tokens", "doc", "chunk", "kind", "readback", "position",
-                                            "labels", "loss_mask")}
+    sample = {k: getattr(row, k) for k in PER_TOKEN}
     sample["images"] = np.stack([renderer.render_chunk(c, tok.decode) for c in row.image_chunks]) \
         if row.image_chunks else np.zeros((0, renderer.height, renderer.width), np.uint8)
     batch = collate([sample])

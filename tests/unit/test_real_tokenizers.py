@@ -29,17 +29,23 @@ def source(name):
     return QWEN_GGUF, "run tools/setup_env.sh once (it fetches it from the llama-cpp-python sdist)"
 
 
+def real_tokenizer_dir(name: str) -> Path:
+    """The Hugging Face tokenizer directory of ``name``, converted from its GGUF on first use and
+    cached in .cache/tokenizers (any test may be the first to ask)."""
+    from megatron_vist2.data.tokenizer import tokenizer_from_gguf
+    out = REPO / ".cache" / "tokenizers" / name
+    if not out.is_dir():
+        path, how = source(name)
+        if path is None or not path.is_file():
+            pytest.skip(f"{name} GGUF absent ({path}): {how}")
+        tokenizer_from_gguf(str(path), str(out))
+    return out
+
+
 @pytest.fixture(scope="module", params=["smollm2", "qwen2"])
 def real_tok(request):
-    """(name, tokenizer dir): converted from the GGUF once, cached in .cache/tokenizers."""
-    from megatron_vist2.data.tokenizer import tokenizer_from_gguf
-    path, how = source(request.param)
-    out = REPO / ".cache" / "tokenizers" / request.param
-    if not out.is_dir():
-        if path is None or not path.is_file():
-            pytest.skip(f"{request.param} GGUF absent ({path}): {how}")
-        tokenizer_from_gguf(str(path), str(out))
-    return request.param, out
+    """(name, tokenizer dir)."""
+    return request.param, real_tokenizer_dir(request.param)
 
 
 def token_bytes(tok, ids):
