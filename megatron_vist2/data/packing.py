@@ -29,10 +29,11 @@ contexts and ``first_target`` marks the chunk-first ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, get_args
 
 import numpy as np
 
+from ..config.schema import Context
 from ..models.attention import PAD, TEXT, VISUAL
 
 
@@ -122,7 +123,7 @@ class RowArrays:
 
 
 ORDERS = ("blocked", "interleaved")
-CONTEXTS = ("vist2", "text", "window")     # config/schema.py Context
+CONTEXTS = get_args(Context)               # declared once, in config/schema.py
 PER_TOKEN = ("tokens", "doc", "chunk", "kind", "readback", "position", "labels", "loss_mask",
              "target", "first_target")
 
