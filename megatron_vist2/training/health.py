@@ -227,9 +227,10 @@ class RunHealth:
         slowest = max(range(self.world), key=busy.__getitem__)
         median = statistics.median(busy)
         lag = busy[slowest] - median
-        self.run.log.print(f"step {step}: step time {statistics.median(table[:, 1].tolist()):.3f} s; busy time "
-                           f"(without waiting in marked collectives) median {median:.3f} s, slowest rank "
-                           f"{slowest} {busy[slowest]:.3f} s (+{lag:.3f} s, {lag / max(median, 1e-9):+.0%})")
+        if self.world > 1:                     # one process has no straggler to name
+            self.run.log.print(f"step {step}: step time {statistics.median(table[:, 1].tolist()):.3f} s; busy time "
+                               f"(without waiting in marked collectives) median {median:.3f} s, slowest rank "
+                               f"{slowest} {busy[slowest]:.3f} s (+{lag:.3f} s, {lag / max(median, 1e-9):+.0%})")
         self.run.log.log(step, {"health/busy_time_median_s": median, "health/busy_time_max_s": busy[slowest],
                                 "health/slowest_rank": slowest, "health/straggler_lag_s": lag})
 
