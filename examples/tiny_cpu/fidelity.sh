@@ -12,7 +12,9 @@
 # EVAL_LAUNCH (python, or a launcher running tools/evaluate.py), EXTRA (overrides for every run,
 # e.g. data paths), READBACK (read-back share of the rho runs), RHO2 / RHO4 / RHO8 (the model
 # overrides giving each rho for the preset), EVAL_BATCHES, OCR_CHUNKS, RETRIEVAL_CONTEXTS,
-# RETRIEVAL_DEPTHS, RETRIEVAL_TRIALS, LONG_DOCS, LONG_MAX_TOKENS, CER_CHUNKS, DOC (the page written), PREPARE (0: data exists).
+# RETRIEVAL_DEPTHS, RETRIEVAL_TRIALS, LONG_DOCS, LONG_MAX_TOKENS, CER_CHUNKS, DOC (the page written), PREPARE (0: data exists),
+# VARIANTS (more VIST2 runs at rho 4, "name=overrides;name=overrides", e.g. what limits the tiny models:
+#   VARIANTS="vist2_rho4_readback50=data.readback_fraction=0.5;vist2_rho4_vit128=model.vision.hidden_size=128").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
@@ -61,6 +63,14 @@ declare -A ARGS=(
   [text]="model.context=text"
   [window]="model.context=window"
 )
+IFS=';' read -ra VARIANT_LIST <<< "${VARIANTS:-}"
+for v in "${VARIANT_LIST[@]}"; do
+  [[ -n "$v" ]] || continue
+  name="${v%%=*}"
+  [[ "$name" == vist2_* && "$v" == *=* ]] || { echo "error: VARIANTS entry '$v': expected vist2_<name>=<overrides>" >&2; exit 2; }
+  NAMES+=("$name")
+  ARGS[$name]="$RHO4 data.readback_fraction=$READBACK train.ocr_cer_chunks=$CER_CHUNKS ${v#*=}"
+done
 for name in "${NAMES[@]}"; do
   run="$OUT/$name"
   if [[ -f "$run/summary.json" ]]; then
@@ -73,6 +83,7 @@ for name in "${NAMES[@]}"; do
   $LAUNCH --preset "$PRESET" train.steps="$STEPS" train.eval_interval=0 checkpoint.save_interval=0 \
     logging.dir="$run" checkpoint.save_dir="$run/checkpoints" $EXTRA ${ARGS[$name]}
   echo "$(( $(date +%s) - t0 ))" > "$run/train_seconds"
+  echo "${ARGS[$name]}" > "$run/overrides"
 done
 for name in "${NAMES[@]}"; do
   [[ "$name" == vist2_* ]] || continue

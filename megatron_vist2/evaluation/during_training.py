@@ -17,7 +17,7 @@ from ..data.dataset import parse_blend
 from ..data.indexed import open_indexed
 from ..data.renderer import Renderer
 from .readback import held_out_chunks, ocr_readback
-from .targets import chunk_bins, summarize, target_loss_fn
+from .targets import chunk_bins, new_stats, summarize, target_loss_fn
 
 
 def split_eval(schedule, loader, num_micro: int, cfg: Config) -> Dict:
@@ -25,7 +25,7 @@ def split_eval(schedule, loader, num_micro: int, cfg: Config) -> Dict:
     rank, like trainer.evaluate) -> evaluation/targets.py's summary."""
     schedule.engine.eval()
     bins = chunk_bins(cfg)
-    stats = torch.zeros(4 * bins, device=schedule.device)
+    stats = new_stats(bins, schedule.device)
     schedule.evaluate(loader, num_micro, cfg.data.seq_length, target_loss_fn(bins, cfg.model.chunk.text_tokens),
                       stats)
     dist.all_reduce(stats, group=parallel_state.get_data_parallel_group())
@@ -61,6 +61,7 @@ class ReadbackProbe:
 
         def forward(batch):
             return tensor_parallel.gather_from_tensor_model_parallel_region(engine(batch))
-        out = ocr_readback(forward, self.chunks, self.renderer, self.tokenizer, self.L, self.m, device=device)
+        out = ocr_readback(forward, self.chunks, self.renderer, self.tokenizer, self.L, self.m, device=device,
+                           blind=False)
         engine.train()
         return out["cer"]

@@ -19,7 +19,7 @@ from ..config import Config, apply_overrides, config_from_dict, data_parallel_si
 from ..data.dataset import build_dataset
 from ..data.tokenizer import Tokenizer
 from ..parallel.distributed import DistEnv
-from .targets import chunk_bins, summarize, target_loss_fn
+from .targets import chunk_bins, new_stats, summarize, target_loss_fn
 
 
 def eval_config(saved: dict, tp: int, pp: int, world_size: int, micro_batch: int, overrides=()) -> Config:
@@ -59,7 +59,7 @@ def score(cfg: Config, step_dir: str, env: DistEnv, dataset, rows_cfg: Config, b
     engine.eval()
     dp = data_parallel_size(cfg, env.world_size)
     bins, L = chunk_bins(rows_cfg), rows_cfg.model.chunk.text_tokens
-    stats = torch.zeros(4 * bins, device=env.device)
+    stats = new_stats(bins, env.device)
     feed = loader(cfg, dataset, 0, batches, dp) if model.part.first else None
     schedule.evaluate(feed, batches, rows_cfg.data.seq_length, target_loss_fn(bins, L), stats)
     dist.all_reduce(stats, group=parallel_state.get_data_parallel_group())

@@ -1,6 +1,8 @@
 """OCR read-back: the model sees only a chunk's image (V_i, read-back mode: its text attends to
 V_i) and generates the chunk's text greedily, token by token; the text is compared with the
-chunk's true text (CER, exact-chunk match), by the font size the renderer chose for it.
+chunk's true text (CER, exact-chunk match), by the font size the renderer chose for it. The
+same chunks read from each other's images give the blind score: what a model that does not read
+its images gets from the language prior and the chunk-level statistics of text alone.
 
 Each chunk is one tiny interleaved row ``V_i T_i`` of L + m tokens laid out by the packer
 (data/packing.py) in read-back mode. Greedy decoding fills T_i's token t from the prediction at
@@ -66,20 +68,27 @@ def font_size(renderer: Renderer, ids, decode) -> int:
 
 
 def ocr_readback(forward: Forward, chunks: Sequence[np.ndarray], renderer: Renderer, tokenizer,
-                 L: int, m: int, batch_size: int = 32, device="cpu") -> Dict:
-    """CER and exact match overall and by font size over ``chunks`` (each of L tokens)."""
-    overall, by_size = CerCounter(), defaultdict(CerCounter)
+                 L: int, m: int, batch_size: int = 32, device="cpu", blind: bool = True) -> Dict:
+    """CER and exact match overall and by font size over ``chunks`` (each of L tokens); and, with
+    ``blind``, the same chunks read from another chunk's image (the images of a batch rotated by
+    one): the score of a model that ignores its images (what the language prior alone reaches)."""
+    overall, by_size, unread = CerCounter(), defaultdict(CerCounter), CerCounter()
     examples = []
     decode = tokenizer.decode
     for i in range(0, len(chunks), batch_size):
         part = chunks[i:i + batch_size]
         batch = readback_batch(part, renderer, decode, L, m).to(device)
         read = greedy_readback(forward, batch, m, L, tokenizer.vocab_size).cpu().tolist()
+        other = Vist2Batch(batch.tokens, batch.layout, batch.images.roll(1, 0), batch.labels, batch.loss_mask)
+        unseen = greedy_readback(forward, other, m, L, tokenizer.vocab_size).cpu().tolist() \
+            if blind and len(part) > 1 else []
         for ids, out in zip(part, read):
             ref, hyp = chunk_text(decode(ids.tolist())), chunk_text(decode(out))
             overall.add(hyp, ref)
             by_size[font_size(renderer, ids, decode)].add(hyp, ref)
             if len(examples) < 3:
                 examples.append({"reference": ref, "read_back": hyp})
+        for ids, out in zip(part, unseen):
+            unread.add(chunk_text(decode(out)), chunk_text(decode(ids.tolist())))
     return {**overall.summary(), "by_font_size": {str(k): v.summary() for k, v in sorted(by_size.items())},
-            "examples": examples}
+            **({"blind": unread.summary()} if unread.chunks else {}), "examples": examples}

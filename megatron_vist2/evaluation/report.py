@@ -36,9 +36,14 @@ def scalars(results: Dict) -> Dict[str, float]:
     for key in ("overall", "within_chunk", "chunk_first"):
         if ret.get(key) is not None:
             out[f"eval/retention/{key}"] = ret[key]
+        gap = (ret.get("controls_gap") or {}).get(key) or {}
+        if gap.get("gap") is not None:
+            out[f"eval/controls_gap/{key}"] = gap["gap"]
     ocr = results.get("ocr_readback") or {}
     if ocr.get("chunks"):
         out["eval/ocr/cer"], out["eval/ocr/exact_match"] = ocr["cer"], ocr["exact_match"]
+        if ocr.get("blind"):
+            out["eval/ocr/blind_cer"] = ocr["blind"]["cer"]
     if "retrieval" in results:
         out["eval/retrieval/accuracy"] = results["retrieval"]["accuracy"]
     long = results.get("beyond_training_length") or {}
@@ -61,10 +66,17 @@ def table(results: Dict) -> str:
     if ret:
         lines.append(f"retention R       overall {f(ret['overall'], '.3f')}, within-chunk "
                      f"{f(ret['within_chunk'], '.3f')}, chunk-first {f(ret['chunk_first'], '.3f')}")
+        gaps = ret.get("controls_gap") or {}
+        lines.append("controls' gap     " + ", ".join(
+            f"{key} {f(g['gap'])} +- {f(g['gap_se'])}" + ("" if g["measurable"] else " (R not measurable)")
+            for key, g in gaps.items()) + " nats (L_window - L_text +- standard error)")
     ocr = results.get("ocr_readback")
     if ocr and ocr.get("chunks"):
         lines.append(f"OCR read-back     CER {ocr['cer']:.3f} (char accuracy {ocr['char_accuracy']:.1%}), "
                      f"exact chunks {ocr['exact_match']:.1%} of {ocr['chunks']}")
+        if ocr.get("blind"):
+            lines.append(f"  blind           char accuracy {ocr['blind']['char_accuracy']:.1%} reading each chunk "
+                         f"from another chunk's image (the language prior alone)")
     if "retrieval" in results:
         lines.append(f"retrieval         {results['retrieval']['accuracy']:.1%} exact")
     long = results.get("beyond_training_length")

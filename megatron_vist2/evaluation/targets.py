@@ -11,7 +11,11 @@ offset in its segment's text, the same in every context; ``first_target``), not 
 
 R = (L_window - L_model) / (L_window - L_text): 0 when the model uses no history (it does as
 well as a model that sees only the current chunk), 1 when it keeps all of it (as well as the
-uncompressed text control).
+uncompressed text control). R is only as good as its denominator: each R comes with the controls'
+gap L_window - L_text and that gap's standard error (from the per-target loss variances, as if the
+two controls' targets were independent: an upper bound, their losses on the same targets are
+positively correlated); ``measurable`` is False when the gap is under two standard errors, and R
+then says nothing (a model whose history is worth nothing to the text control cannot lose it).
 """
 from __future__ import annotations
 
@@ -25,7 +29,13 @@ from ..data.packing import max_chunks_per_segment
 from ..models.vist2 import Vist2Batch
 from ..training.loss import masked_token_losses
 
-FIELDS = ("first_sum", "first_count", "within_sum", "within_count")
+FIELDS = ("first_sum", "first_count", "within_sum", "within_count", "first_sumsq", "within_sumsq")
+
+
+def new_stats(bins: int, device) -> torch.Tensor:
+    """The zeroed statistics vector ``target_loss_fn`` adds to (len(FIELDS) x bins, flat), in
+    float64: a variance from summed squares loses the digits float32 would keep."""
+    return torch.zeros(len(FIELDS) * bins, device=device, dtype=torch.float64)
 
 
 def chunk_bins(cfg: Config) -> int:
@@ -41,19 +51,21 @@ def target_tags(batch: Vist2Batch, L: int):
 
 
 def target_loss_fn(bins: int, L: int):
-    """A loss function for the pipeline schedule: -> (summed loss, statistics [4 * bins]):
-    loss sum and target count of chunk-first and of within-chunk targets, by target chunk index
-    (indices past the last bin join the last)."""
+    """A loss function for the pipeline schedule: -> (summed loss, statistics [FIELDS x bins]):
+    loss sum, target count and sum of squared losses of chunk-first and of within-chunk targets,
+    by target chunk index (indices past the last bin join the last)."""
     def loss_fn(logits: torch.Tensor, batch: Vist2Batch):
         per_token = masked_token_losses(logits, batch).t()          # [batch, seq]
         chunk, first = target_tags(batch, L)
         targets = batch.loss_mask > 0
         idx = chunk.clamp(max=bins - 1)
-        stats = torch.zeros(4, bins, device=per_token.device)
+        stats = new_stats(bins, per_token.device).reshape(len(FIELDS), bins)
         for row, sel in enumerate((first, ~first)):
             keep = targets & sel
-            stats[2 * row].index_add_(0, idx[keep], per_token[keep].float())
-            stats[2 * row + 1].index_add_(0, idx[keep], torch.ones_like(per_token[keep]).float())
+            loss = per_token[keep].double()
+            stats[2 * row].index_add_(0, idx[keep], loss)
+            stats[2 * row + 1].index_add_(0, idx[keep], torch.ones_like(loss))
+            stats[4 + row].index_add_(0, idx[keep], loss * loss)
         return per_token.sum(), stats.flatten()
     return loss_fn
 
@@ -65,14 +77,18 @@ def _mean(total: float, count: float) -> Optional[float]:
 def summarize(stats: torch.Tensor, bins: int) -> Dict:
     """Statistics of ``target_loss_fn`` (summed over ranks and batches) -> losses: all targets,
     chunk-first, within-chunk, and by chunk index (None where a kind has no target)."""
-    s = stats.double().reshape(4, bins).cpu()
-    fs, fc, ws, wc = (s[i] for i in range(4))
-    total, count = float(fs.sum() + ws.sum()), float(fc.sum() + wc.sum())
-    loss = _mean(total, count)
-    return {"loss": loss, "perplexity": math.exp(loss) if loss is not None else None,
-            "targets": int(count),
-            "chunk_first": {"loss": _mean(float(fs.sum()), float(fc.sum())), "targets": int(fc.sum())},
-            "within_chunk": {"loss": _mean(float(ws.sum()), float(wc.sum())), "targets": int(wc.sum())},
+    s = stats.double().reshape(len(FIELDS), bins).cpu()
+    fs, fc, ws, wc, fq, wq = (s[i] for i in range(len(FIELDS)))
+
+    def part(total, count, squares):
+        mean = _mean(total, count)
+        var = max(squares / count - mean * mean, 0.0) if mean is not None else None
+        return {"loss": mean, "targets": int(count), "loss_variance": var}
+    whole = part(float(fs.sum() + ws.sum()), float(fc.sum() + wc.sum()), float(fq.sum() + wq.sum()))
+    loss = whole["loss"]
+    return {**whole, "perplexity": math.exp(loss) if loss is not None else None,
+            "chunk_first": part(float(fs.sum()), float(fc.sum()), float(fq.sum())),
+            "within_chunk": part(float(ws.sum()), float(wc.sum()), float(wq.sum())),
             "by_chunk": [{"chunk": i, "loss_within": _mean(float(ws[i]), float(wc[i])),
                           "targets_within": int(wc[i]), "loss_first": _mean(float(fs[i]), float(fc[i])),
                           "targets_first": int(fc[i])} for i in range(bins)]}
@@ -86,9 +102,18 @@ def retention_ratio(model: Optional[float], window: Optional[float], text: Optio
     return (window - model) / (window - text)
 
 
+def controls_gap(window: Dict, text: Dict) -> Dict:
+    """L_window - L_text of two ``summarize`` parts, its standard error and whether it exceeds two."""
+    if window["loss"] is None or text["loss"] is None or not window["targets"] or not text["targets"]:
+        return {"gap": None, "gap_se": None, "measurable": False}
+    gap = window["loss"] - text["loss"]
+    se = math.sqrt(window["loss_variance"] / window["targets"] + text["loss_variance"] / text["targets"])
+    return {"gap": gap, "gap_se": se, "measurable": bool(gap > 2 * se)}
+
+
 def retention(model: Dict, window: Dict, text: Dict) -> Dict:
     """R overall, on within-chunk and on chunk-first targets, and by chunk index, from three
-    ``summarize`` results on the same rows."""
+    ``summarize`` results on the same rows; with the controls' gap behind each of the three."""
     def by(key):
         return retention_ratio(model[key]["loss"], window[key]["loss"], text[key]["loss"])
     rows: List[Dict] = []
@@ -97,7 +122,10 @@ def retention(model: Dict, window: Dict, text: Dict) -> Dict:
                      "within": retention_ratio(a["loss_within"], b["loss_within"], c["loss_within"]),
                      "first": retention_ratio(a["loss_first"], b["loss_first"], c["loss_first"])})
     return {"overall": retention_ratio(model["loss"], window["loss"], text["loss"]),
-            "within_chunk": by("within_chunk"), "chunk_first": by("chunk_first"), "by_chunk": rows}
+            "within_chunk": by("within_chunk"), "chunk_first": by("chunk_first"), "by_chunk": rows,
+            "controls_gap": {"overall": controls_gap(window, text),
+                             "within_chunk": controls_gap(window["within_chunk"], text["within_chunk"]),
+                             "chunk_first": controls_gap(window["chunk_first"], text["chunk_first"])}}
 
 
 def check_same_targets(results: Dict[str, Dict]) -> None:

@@ -65,6 +65,11 @@ def init_distributed(tensor_parallel: int = 1, pipeline_parallel: int = 1,
             _created.add("model_parallel")
         parallel_state.initialize_model_parallel(tensor_parallel, pipeline_parallel,
                                                  create_gloo_process_groups=False)
+    have = (parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_pipeline_model_parallel_world_size())
+    if have != (tensor_parallel, pipeline_parallel):
+        raise RuntimeError(f"this process already runs tensor_parallel={have[0]}, pipeline_parallel={have[1]}; "
+                           f"asked for {tensor_parallel} x {pipeline_parallel}: call "
+                           f"megatron.core.parallel_state.destroy_model_parallel() first")
     return DistEnv(rank, world, local_rank, device)
 
 

@@ -128,7 +128,8 @@ class PipelineSchedule:
         return [(out.detach().contiguous(), self.next), (meta, self.next)]
 
     def _broadcast(self, value: torch.Tensor, src: int) -> torch.Tensor:
-        value = value.detach().float().to(self.device).clone()
+        dtype = torch.float64 if value.dtype == torch.float64 else torch.float32   # sums of squares stay double
+        value = value.detach().to(self.device, dtype).clone()
         dist.broadcast(value, src=src, group=self.group)
         return value
 

@@ -1,11 +1,17 @@
 """4-rank worker for test_evaluate.py (TP 2 x PP 2): read a consolidated checkpoint into a
 TP2/PP2/ZeRO-3 engine and save it in that layout (the layout a cluster run leaves), then run the
-evaluation with TP and PP ranks on both checkpoints; rank 0 writes the results."""
+evaluation with TP and PP ranks on both checkpoints, and with TP2 alone (PP 1: the engine's measures,
+OCR read-back, retrieval and long documents, run on TP ranks); rank 0 writes the results."""
 import json
 import sys
 from pathlib import Path
 
 import yaml
+
+
+# the engine's measures, small (test_evaluate.py runs the same in one process)
+ENGINE = dict(batches=1, micro_batch=4, ocr_chunks=3, retrieval_contexts=(192,), retrieval_depths=(16, 64),
+              retrieval_trials=2, long_docs=1, long_max_tokens=480)
 
 
 def main(ckpt, out, valid):
@@ -29,6 +35,10 @@ def main(ckpt, out, valid):
     for name, path in (("consolidated", ckpt), ("tp2pp2z3", f"{out}/tp2pp2z3")):
         results[name] = run(Options(checkpoint=path, tp=2, pp=2, batches=2, micro_batch=4, ocr_chunks=0,
                                     long_docs=0, valid_prefix=valid))
+    from megatron.core import parallel_state
+    parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(2, 1, create_gloo_process_groups=False)
+    results["tp2_engine"] = run(Options(checkpoint=f"{out}/tp2pp2z3", tp=2, **ENGINE, valid_prefix=valid))
     if env.rank == 0:
         Path(out, "results.json").write_text(json.dumps(results))
 

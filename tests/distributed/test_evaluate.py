@@ -1,6 +1,7 @@
 """tools/evaluate.py in the launcher's layout (one launch of 4 gloo ranks: TP 2 x PP 2) and on a
 checkpoint saved in the TP2/PP2/ZeRO-3 layout gives the single-process numbers of the same
-weights (1e-5): held-out loss, chunk-first and within-chunk losses, loss by chunk index."""
+weights (1e-5): held-out loss, chunk-first and within-chunk losses, loss by chunk index; and with
+TP2 alone, the engine's measures (OCR read-back, retrieval, loss beyond the training length)."""
 import json
 import subprocess
 import sys
@@ -47,3 +48,32 @@ def test_tp2_pp2_evaluation_equals_one_process(launched, checkpoint, tiny_data):
     # the saved checkpoint is in the layout asked for, read back by the same evaluation
     layout = json.loads((out / "tp2pp2z3" / "step_0000002" / "complete.json").read_text())["layout"]
     assert (layout["tensor_parallel"], layout["pipeline_parallel"], layout["zero_stage"]) == (2, 2, 3)
+
+
+def test_tp2_engine_measures_equal_one_process(launched, tiny_data):
+    """OCR read-back (the read text and its CER), retrieval and the long-document loss through the
+    engine on TP ranks equal one process on the same weights."""
+    from megatron_vist2.evaluation.runner import Options, run
+    from tests.distributed.eval_worker import ENGINE
+    results, out = launched
+    single = run(Options(checkpoint=str(out / "tp2pp2z3"), **ENGINE, valid_prefix=tiny_data.valid))
+    got = results["tp2_engine"]
+    assert got["layout"]["tp"] == 2 and got["layout"]["pp"] == 1
+    ocr, want = got["ocr_readback"], single["ocr_readback"]
+    assert ocr["chunks"] == want["chunks"] == ENGINE["ocr_chunks"]
+    assert ocr["examples"] == want["examples"] and ocr["cer"] == pytest.approx(want["cer"], abs=1e-12)
+    assert ocr["blind"]["cer"] == pytest.approx(want["blind"]["cer"], abs=1e-12)
+    assert got["retrieval"] == single["retrieval"]
+    long_got, long_want = got["beyond_training_length"], single["beyond_training_length"]
+    assert long_want, "no long document was scored"
+    assert long_got["documents"] == long_want["documents"] == 1 and long_got["loss_beyond_training_length"]
+    assert numbers(long_got) == pytest.approx(numbers(long_want), rel=1e-4)
+
+
+def numbers(tree):
+    """Every number in a nested result, in key order."""
+    if isinstance(tree, dict):
+        return [x for k in sorted(tree) for x in numbers(tree[k])]
+    if isinstance(tree, (list, tuple)):
+        return [x for v in tree for x in numbers(v)]
+    return [float(tree)] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
