@@ -79,9 +79,10 @@ def ocr_readback(forward: Forward, chunks: Sequence[np.ndarray], renderer: Rende
         part = chunks[i:i + batch_size]
         batch = readback_batch(part, renderer, decode, L, m).to(device)
         read = greedy_readback(forward, batch, m, L, tokenizer.vocab_size).cpu().tolist()
-        other = Vist2Batch(batch.tokens, batch.layout, batch.images.roll(1, 0), batch.labels, batch.loss_mask)
-        unseen = greedy_readback(forward, other, m, L, tokenizer.vocab_size).cpu().tolist() \
-            if blind and len(part) > 1 else []
+        unseen = []
+        if blind and len(part) > 1:
+            other = Vist2Batch(batch.tokens, batch.layout, batch.images.roll(1, 0), batch.labels, batch.loss_mask)
+            unseen = greedy_readback(forward, other, m, L, tokenizer.vocab_size).cpu().tolist()
         for ids, out in zip(part, read):
             ref, hyp = chunk_text(decode(ids.tolist())), chunk_text(decode(out))
             overall.add(hyp, ref)

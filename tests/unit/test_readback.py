@@ -23,11 +23,10 @@ def setup(tiny_data, dist_env):
 
 def prefix(batch, n):
     """The batch cut to its first ``n`` positions (the images stay: one per row)."""
+    from dataclasses import fields
     from megatron_vist2.models.attention import TokenLayout
     from megatron_vist2.models.vist2 import Vist2Batch
-    lay = batch.layout
-    cut = TokenLayout(doc=lay.doc[:, :n], chunk=lay.chunk[:, :n], kind=lay.kind[:, :n],
-                      readback=lay.readback[:, :n], position=lay.position[:, :n])
+    cut = TokenLayout(**{f.name: getattr(batch.layout, f.name)[:, :n] for f in fields(batch.layout)})
     return Vist2Batch(batch.tokens[:, :n].clone(), cut, batch.images, batch.labels[:, :n], batch.loss_mask[:, :n])
 
 
