@@ -53,6 +53,9 @@ def preflight(cfg: Config) -> None:
             break
     check_dir_writable(cfg.checkpoint.save_dir, "checkpoint.save_dir")
     check_dir_writable(cfg.logging.dir, "logging.dir")
+    from .training.metrics import wandb_dir
+    if wandb_dir(cfg) is not None:
+        check_dir_writable(*wandb_dir(cfg))
 
 
 def parse_args(argv=None):

@@ -14,10 +14,13 @@ gives our logits on interleaved input and our engine's greedy tokens (tested).
 Reads any checkpoint the trainer writes (any tensor/pipeline/data-parallel layout, ZeRO 0-3) or a
 consolidated one (tools/reshard_checkpoint.py), one parameter at a time, on the CPU. The
 directory loads offline with ``Qwen3ForCausalLM.from_pretrained(out)`` and gives the same logits
-as our model on text-only input (tested). The tokenizer is copied beside it: a Hugging Face
-tokenizer directory as is, a sentencepiece model as ``tokenizer.model``.
+as our model on text-only input (tested). The tokenizer is written beside it so that
+AutoTokenizer.from_pretrained(out) is the training tokenizer (checked on a mixed sample before
+the directory is renamed into place): a Hugging Face tokenizer's files, or a sentencepiece model
+as ``tokenizer.model`` plus the ``tokenizer.json`` / ``tokenizer_config.json`` built from it.
 """
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -33,14 +36,14 @@ def main():
     ap.add_argument("--tokenizer", help="the tokenizer to bundle (default: the copy stored in the checkpoint, "
                                         "else the path its config names)")
     args = ap.parse_args()
-    if args.shard_gb <= 0:
-        ap.error(f"--shard-gb must be > 0, got {args.shard_gb}")
+    if not (math.isfinite(args.shard_gb) and args.shard_gb > 0):
+        ap.error(f"--shard-gb must be > 0 (a finite number of GB), got {args.shard_gb}")
     from megatron_vist2.config import recorded_config, validate
     from megatron_vist2.errors import CheckpointError
     from megatron_vist2.convert.qwen3 import export_backbone, hf_class_name
     from megatron_vist2.checkpoint.sources import open_checkpoint
     from megatron_vist2.data.tokenizer import load_tokenizer
-    from megatron_vist2.checkpoint.safeguards import check_writable_target, copy_tokenizer, find_tokenizer
+    from megatron_vist2.checkpoint.safeguards import check_writable_target, find_tokenizer
     check_writable_target(args.out)                # before reading anything
     start = time.time()
     source = open_checkpoint(args.checkpoint)
@@ -63,7 +66,6 @@ def main():
               f"({str(out)!r}, trust_remote_code=True)")
         return
     out = export_backbone(weight, cfg, args.out, int(args.shard_gb * 2**30), tokenizer)
-    copy_tokenizer(tok, out, "tokenizer.model")
     name = hf_class_name(cfg)
     print(f"wrote {out} ({name}, {cfg.model.llm.num_layers} layers, vocab "
           f"{cfg.model.llm.vocab_size}) from {source.step_dir} (saved as {source.layout}) in "

@@ -38,7 +38,7 @@ def main():
     if not (args.llm or args.siglip):          # a random-init checkpoint (e.g. for measurements)
         print("note: neither --llm nor --siglip given: every part keeps the preset's initialisation")
     import torch
-    from megatron_vist2.config import config_to_dict, load_config, validate
+    from megatron_vist2.config import ConfigError, config_to_dict, load_config, tokenizer_size_problem, validate
     from megatron_vist2.convert.qwen3 import import_backbone, overrides_from_hf
     from megatron_vist2.checkpoint.sources import write_consolidated
     from megatron_vist2.convert.siglip import import_vision
@@ -54,6 +54,9 @@ def main():
     tokenizer = None
     if args.llm and any(o.startswith("data.tokenizer=") for o in derived):
         tokenizer = load_tokenizer(cfg.data.tokenizer)
+        problem = tokenizer_size_problem(cfg, tokenizer.vocab_size, cfg.data.tokenizer)
+        if problem:                            # the rule training applies at start-up
+            raise ConfigError(f"--llm {args.llm}: {problem}")
         print(f"tokenizer: {cfg.data.tokenizer} ({tokenizer.vocab_size} pieces), stored with the checkpoint")
     imported = {}
     if args.llm:

@@ -15,6 +15,7 @@ rendered from, and the row's attention mask (query down, key across): text->text
 text->image in green, image->image in orange, padding self-attention in grey.
 """
 import argparse
+import sys
 import textwrap
 
 import numpy as np
@@ -63,7 +64,7 @@ def verify(prefixes, tok) -> int:
                   f"every file matches its checksum")
         except DatasetError as exc:
             failed += 1
-            print(f"FAILED {prefix}: {exc}")
+            print(f"FAILED {prefix}: {exc}", file=sys.stderr)
     return failed
 
 
@@ -139,6 +140,8 @@ def main():
     ap.add_argument("--prefix", help="inspect this dataset (or blend spec) instead of the config's")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    if args.row is not None and args.row < 0:
+        ap.error(f"--row must be >= 0 (a global sample index), got {args.row}")
     cfg = validate(load_config(args.preset, args.overrides))
     tok = load_tokenizer(cfg.data.tokenizer)
     spec = args.prefix or (cfg.data.train_prefix if args.split == "train" else cfg.data.valid_prefix)

@@ -13,6 +13,7 @@ inspection and inference tools read it. Resuming the original checkpoint in a ne
 directly too; this tool is for archiving, moving between clusters, and inspection.
 """
 import argparse
+import math
 import time
 
 from megatron_vist2.errors import run_cli
@@ -25,8 +26,8 @@ def main():
     ap.add_argument("--weights-only", action="store_true", help="leave out the optimizer state")
     ap.add_argument("--shard-gb", type=float, default=2.0, help="largest safetensors shard")
     args = ap.parse_args()
-    if args.shard_gb <= 0:
-        ap.error(f"--shard-gb must be > 0, got {args.shard_gb}")
+    if not (math.isfinite(args.shard_gb) and args.shard_gb > 0):
+        ap.error(f"--shard-gb must be > 0 (a finite number of GB), got {args.shard_gb}")
     from megatron_vist2.checkpoint.sources import KINDS, open_checkpoint, write_consolidated
     from megatron_vist2.errors import TokenizerError
     from megatron_vist2.checkpoint.safeguards import check_writable_target, find_tokenizer

@@ -124,6 +124,29 @@ def read_manifest(step_dir: Path) -> dict:
         raise CheckpointError(f"{marker} cannot be read ({exc})") from None
 
 
+def read_config_yaml(step_dir: Path) -> dict:
+    """A step directory's config.yaml as a dict (the one reader of it): plain YAML values only
+    (``yaml.safe_load``: a ``!!python`` tag is refused, never run); CheckpointError naming the file."""
+    import yaml
+    path = Path(step_dir) / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc.strerror or exc}): the checkpoint is "
+                              f"incomplete or damaged") from None
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {exc.start}); the checkpoint's config "
+                              f"is damaged") from None
+    except yaml.YAMLError as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{path} cannot be read as a checkpoint config ({reason}); a checkpoint's "
+                              f"config.yaml holds plain values only (no '!!python/...' tags): restore "
+                              f"the file or load another checkpoint") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a mapping of config fields, got {type(config).__name__}")
+    return config
+
+
 def resolve_tag_dir(path: str) -> Path:
     """A checkpoint directory (with ``latest``) or one of its step directories -> the step dir
     (its files checked against its manifest)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional
 
 from ..errors import CheckpointError, ConfigError, TokenizerError
-from .format import MARKER, check_loadable, complete_tags, partial_checkpoints, step_of
+from .format import MARKER, check_loadable, complete_tags, partial_checkpoints, read_config_yaml, step_of
 
 LATEST = "latest"
 TOKENIZER_FILE = "tokenizer.model"     # a sentencepiece tokenizer stored in a step directory
@@ -132,17 +132,18 @@ def check_tokenizer_identity(step_dir: Path, tokenizer, field: str, allow: bool,
 
 
 def _saved_tokenizer_setting(step_dir: Path) -> Optional[str]:
-    import yaml
     try:
-        return yaml.safe_load((step_dir / "config.yaml").read_text())["data"]["tokenizer"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return read_config_yaml(step_dir)["data"]["tokenizer"]
+    except (CheckpointError, KeyError, TypeError):
         return None
 
 
 def copy_tokenizer(src: Path, dest: Path, file_name: str = TOKENIZER_FILE) -> List[str]:
     """Copy a tokenizer into ``dest``: a sentencepiece file as ``file_name``, a Hugging Face
-    tokenizer directory as its files; -> the names written (the one rule for checkpoints and
-    exports)."""
+    tokenizer directory as its tokenizer files (not the weights or code of a model directory:
+    data/tokenizer.py ``tokenizer_files``); -> the names written. (Exports write theirs with
+    convert/tokens.py ``write_hf_tokenizer``.)"""
+    from ..data.tokenizer import tokenizer_files
     src = Path(src)
     if src.is_file():
         shutil.copy(src, dest / file_name)
@@ -150,10 +151,9 @@ def copy_tokenizer(src: Path, dest: Path, file_name: str = TOKENIZER_FILE) -> Li
     names = []
     if src.is_dir():
         dest.mkdir(exist_ok=True)
-        for f in sorted(src.iterdir()):
-            if f.is_file():
-                shutil.copy(f, dest / f.name)
-                names.append(f.name)
+        for f in tokenizer_files(src):
+            shutil.copy(f, dest / f.name)
+            names.append(f.name)
     return names
 
 

@@ -70,8 +70,32 @@ class SafetensorsDir:
             raise CheckpointError(f"{self.dir}: tensor '{name}' is missing")
         return self._open[self._where[name]].get_tensor(name)
 
+    def shape(self, name: str) -> Tuple[int, ...]:
+        """A tensor's shape from its file's header (no data read)."""
+        if name not in self._where:
+            raise CheckpointError(f"{self.dir}: tensor '{name}' is missing")
+        return tuple(self._open[self._where[name]].get_slice(name).get_shape())
+
+    def file_of(self, name: str) -> Path:
+        return self._where[name]
+
     def config(self) -> dict:
-        path = self.dir / "config.json"
-        if not path.is_file():
-            raise CheckpointError(f"{path} is missing: not a Hugging Face model directory")
-        return json.loads(path.read_text())
+        return read_config_json(self.dir)
+
+
+def read_config_json(directory) -> dict:
+    """A Hugging Face directory's config.json as a dict; CheckpointError naming the file and
+    what is wrong with it (missing, not UTF-8, not JSON, not an object)."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: not a Hugging Face model directory")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object ({{...}}) at the top level, got "
+                              f"{type(config).__name__}")
+    return config

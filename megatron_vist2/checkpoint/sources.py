@@ -34,8 +34,8 @@ import torch
 import yaml
 
 from ..errors import CheckpointError
-from .format import (CONSOLIDATED, MODEL_FILE, TENSORS_FILE, read_manifest, resolve_tag_dir, safe_load,
-                     write_atomic, write_manifest)
+from .format import (CONSOLIDATED, MODEL_FILE, TENSORS_FILE, read_config_yaml, read_manifest, resolve_tag_dir,
+                     safe_load, write_atomic, write_manifest)
 from .safetensors_io import SafetensorsDir, write_shards
 from .safeguards import advance_latest, check_writable_target, store_tokenizer
 
@@ -298,7 +298,7 @@ def open_checkpoint(path: str) -> CheckpointSource:
     its ``CheckpointSource``."""
     step_dir = resolve_tag_dir(path)
     manifest = read_manifest(step_dir)
-    config = yaml.safe_load((step_dir / "config.yaml").read_text())
+    config = read_config_yaml(step_dir)
     if manifest.get("format") == CONSOLIDATED:
         return ConsolidatedCheckpoint(step_dir, manifest, config)
     first = step_dir / ("stage_00" if manifest["layout"]["pipeline_parallel"] > 1 else ".")

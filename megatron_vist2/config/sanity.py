@@ -12,6 +12,9 @@ from .schema import Config
 
 # A model beyond this is a typo (a size with extra zeros), not a plan: ~ 100x the largest LLMs.
 MAX_PARAMETERS = 10 ** 14
+# So is a run beyond this many tokens (train.steps x global batch x row length): ~ 25x the
+# largest published pretraining runs (36 T tokens).
+MAX_TRAIN_TOKENS = 10 ** 15
 
 
 def _floats(obj, path: str = ""):
@@ -69,6 +72,12 @@ def value_problems(cfg: Config, sizes_valid: bool = True) -> List[str]:
         if not 0.0 <= value < 1.0:
             out.append(f"{name} must be in [0, 1), got {value}")
     out += control_problems(cfg)
+    batch = cfg.parallel.global_batch_size
+    tokens = cfg.train.steps * batch * cfg.data.seq_length
+    if tokens > MAX_TRAIN_TOKENS:
+        out.append(f"train.steps={cfg.train.steps:,} would train on {tokens:.3g} tokens (x parallel.global_batch_size "
+                   f"{batch} x data.seq_length {cfg.data.seq_length}): far beyond any run; check "
+                   f"train.steps for extra digits")
     if cfg.train.peak_tflops < 0:
         out.append(f"train.peak_tflops must be >= 0 (0 = by the GPU's name), got {cfg.train.peak_tflops}")
     if sizes_valid:

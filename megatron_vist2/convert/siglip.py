@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..checkpoint.safetensors_io import SafetensorsDir
-from .hf_io import check_all_used, check_fields
+from ..errors import CheckpointError
+from .hf_io import check_all_used, check_fields, check_shapes, transformers_shapes
 
 PREFIX = "vision_model."     # the vision tower inside a SiglipModel (and in older saves)
 # (our name under front.vision, SigLIP's name under vision_model.); "{i}" is the layer index
@@ -62,7 +63,7 @@ def hf_config(cfg: Config):
     from transformers import SiglipVisionConfig
     v, (gh, gw) = cfg.model.vision, grid(cfg)
     if gh != gw:
-        raise ValueError(f"SiglipVisionConfig has square images; ours are {cfg.model.chunk.image_height}"
+        raise CheckpointError(f"SiglipVisionConfig has square images; ours are {cfg.model.chunk.image_height}"
                          f" x {cfg.model.chunk.image_width}: export the vision tower of a square-chunk config")
     return SiglipVisionConfig(hidden_size=v.hidden_size, intermediate_size=v.ffn_hidden_size,
                               num_hidden_layers=v.num_layers, num_attention_heads=v.num_heads,
@@ -74,7 +75,8 @@ def hf_config(cfg: Config):
 def _resize_positions(table: torch.Tensor, to: Tuple[int, int]) -> torch.Tensor:
     side = int(round(table.shape[0] ** 0.5))
     if side * side != table.shape[0]:
-        raise ValueError(f"a position table of {table.shape[0]} rows is not a square patch grid")
+        raise CheckpointError(f"a position table of {table.shape[0]} rows is not a square patch grid "
+                              f"(embeddings.position_embedding.weight): cannot resize it to ours")
     x = table.reshape(side, side, -1).permute(2, 0, 1)[None].float()
     x = F.interpolate(x, size=to, mode="bicubic", align_corners=False, antialias=True)
     return x[0].permute(1, 2, 0).reshape(to[0] * to[1], -1)
@@ -83,21 +85,29 @@ def _resize_positions(table: torch.Tensor, to: Tuple[int, int]) -> torch.Tensor:
 def import_vision(hf_dir: str, cfg: Config, log=print) -> Dict[str, torch.Tensor]:
     """A SigLIP / SigLIP2 directory -> our vision encoder's parameters (front.vision.*)."""
     d = SafetensorsDir(hf_dir)
+    config_path = d.dir / "config.json"
     hf = d.config()
     hf = hf.get("vision_config", hf)                  # a full SiglipModel nests the vision config
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{config_path}: vision_config must be an object, got {hf!r}")
     v = cfg.model.vision
-    check_fields(d.dir / "config.json", hf, {
+    check_fields(config_path, hf, {
         "hidden_size": v.hidden_size, "intermediate_size": v.ffn_hidden_size,
         "num_hidden_layers": v.num_layers, "num_attention_heads": v.num_heads,
         "patch_size": v.patch_size}, "vision encoder")
     prefix = PREFIX if any(n.startswith(PREFIX) for n in d.names()) else ""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+    names = [name for _, name in name_pairs(cfg, prefix)]
+    check_shapes(d, names, transformers_shapes(
+        config_path, lambda: SiglipVisionModel(SiglipVisionConfig.from_dict(hf))), config_path, strip=PREFIX)
     out, used = {}, set()
     for ours, name in name_pairs(cfg, prefix):
         t = d.get(name).float()
         used.add(name)
         if ours.endswith("patch_embed.weight") and t.shape[1] != v.num_channels:
-            raise ValueError(f"{d.dir}: {name} takes {t.shape[1]} channels, model.vision.num_channels "
-                             f"is {v.num_channels}")
+            raise CheckpointError(f"{d.file_of(name)}: {name} takes {t.shape[1]} channels, "
+                                  f"model.vision.num_channels is {v.num_channels}: set "
+                                  f"model.vision.num_channels={t.shape[1]}")
         if ours.endswith("position_embed") and t.shape[0] != grid(cfg)[0] * grid(cfg)[1]:
             log(f"{name}: {t.shape[0]} positions resized to our {grid(cfg)[0]} x {grid(cfg)[1]} patch grid")
             t = _resize_positions(t, grid(cfg))

@@ -15,11 +15,12 @@ from typing import Callable, Iterator, Tuple
 import torch
 
 from ..config import Config
+from ..errors import ConfigError
 from ..data import renderer as renderer_module
 from ..data.tokenizer import load_tokenizer
-from ..checkpoint.safeguards import copy_tokenizer
 from . import qwen3, siglip
 from .hf_io import mapped_tensors, write_safetensors_dir
+from .tokens import SP_FILE, check_hf_tokenizer, write_hf_tokenizer
 
 REMOTE_CODE = Path(__file__).parent / "remote_code"
 KV_CACHE_SOURCE = Path(__file__).parents[1] / "inference" / "cache.py"   # the engine's cache, bundled
@@ -83,21 +84,22 @@ def export_vist2(weight: Callable[[str], torch.Tensor], cfg: Config, tokenizer_p
     """Write the full model (streaming, one shard in memory) with everything it needs to run."""
     font = cfg.model.render.font
     if font in renderer_module.NAMED_FONTS:
-        raise ValueError(f"model.render.font '{font}' is a face inside a font package; the export "
-                         f"bundles font files only (use a .ttf/.otf file)")
+        raise ConfigError(f"model.render.font '{font}' is a face inside a font package; the export "
+                          f"bundles font files only (use a .ttf/.otf file)")
     font_path = Path(renderer_module.font_source(font)[0])
-    tok = Path(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path)
 
     def save_everything(where: str):
         d = Path(where)
-        tokenizer_file = "tokenizer.model" if tok.is_file() else ""
+        tokenizer_file = SP_FILE if getattr(tokenizer, "sp", None) is not None else ""
         for f in REMOTE_CODE_FILES:
             shutil.copy(REMOTE_CODE / f, d / f)
         (d / "vist2_renderer.py").write_text(bundled_renderer_source())
         shutil.copy(KV_CACHE_SOURCE, d / "vist2_kv_cache.py")             # imports torch only
         shutil.copy(font_path, d / font_path.name)
-        assets = [font_path.name] + copy_tokenizer(tok, d, "tokenizer.model")
-        config = hf_config(cfg, tokenizer_file, assets, load_tokenizer(str(tok)).vocab_size)
+        assets = [font_path.name] + write_hf_tokenizer(tokenizer, d)
+        config = hf_config(cfg, tokenizer_file, assets, tokenizer.vocab_size)
         (d / "config.json").write_text(json.dumps(config, indent=1))
+        check_hf_tokenizer(d, tokenizer)
     return write_safetensors_dir(mapped_tensors(name_pairs(cfg), weight, cfg.model.llm.vocab_size),
                                  out_dir, shard_bytes, save_everything)

@@ -11,7 +11,8 @@ The manifest is written last and every file is written under a temporary name an
 dataset is either complete or absent. ``open_indexed`` checks a dataset against its manifest and
 the run's tokenizer before training starts and names the file that is wrong: by default it hashes
 every file up to ``QUICK_FULL_BYTES`` whole and larger ones at ``SAMPLE_BLOCKS`` evenly spread
-blocks (cheap at start-up, catches a file rewritten in place); ``verify_dataset`` hashes all.
+blocks (cheap at start-up, catches a file rewritten in place; said on the console when it
+happens); ``tools/inspect_data.py --verify`` hashes all.
 """
 from __future__ import annotations
 
@@ -163,13 +164,25 @@ def dataset_files(manifest: dict) -> List[str]:
     return [".bin", ".idx"] + (["-mask.bin", "-mask.idx"] if manifest["response_mask"] else [])
 
 
-def check_contents(prefix: str, manifest: dict, full: bool = False) -> None:
+_SAMPLED_NOTED = set()            # files whose sampled check was already said on this process
+
+
+def check_contents(prefix: str, manifest: dict, full: bool = False, log=print) -> None:
     """Each file against the manifest's checksums: whole files when ``full`` or small, else the
-    sampled hash. Raises naming the file and the fix."""
+    sampled hash, which is said on the console (``log``, once per file and process: a deliberate
+    trade-off of start-up time). Raises naming the file and the fix."""
     for ext in dataset_files(manifest):
         path = f"{prefix}{ext}"
-        whole = full or os.path.getsize(path) <= QUICK_FULL_BYTES
+        size = os.path.getsize(path)
+        whole = full or size <= QUICK_FULL_BYTES
         want = (manifest["sha256"] if whole else manifest.get("sampled_sha256", {})).get(ext)
+        if not whole and path not in _SAMPLED_NOTED:
+            _SAMPLED_NOTED.add(path)
+            how = (f"checked at {SAMPLE_BLOCKS} sampled blocks of {SAMPLE_BLOCK // 1024} KiB, not hashed whole"
+                   if want is not None else "its manifest predates sampled checksums: not checked")
+            log(f"note: {path} ({size / 2 ** 30:,.2f} GiB, over {QUICK_FULL_BYTES >> 20} MiB) is {how} at "
+                f"start-up (a trade-off of start-up time); `python tools/inspect_data.py --prefix {prefix} "
+                f"--verify` hashes every byte")
         if want is None:
             continue              # a manifest from before sampled hashes: only full checks apply
         if (file_sha256(path) if whole else sampled_sha256(path)) != want:

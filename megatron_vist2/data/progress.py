@@ -14,8 +14,9 @@ LOG_SECONDS = 30.0
 
 class Progress:
     def __init__(self, total_input_bytes: int, total_units: int, enabled: bool = True, workers: int = 1,
-                 stream=sys.stderr):
+                 stream=None):
         self.total_in, self.total_units, self.enabled, self.workers = total_input_bytes, total_units, enabled, workers
+        stream = stream or sys.stderr          # looked up now: sys.stderr may be replaced after import
         self.stream, self.tty = stream, stream.isatty()
         self.t0 = self.last = time.time()
         self.docs = self.text_bytes = self.done_in = self.run_in = self.run_text = self.units = 0

@@ -22,6 +22,20 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+# Files of a Hugging Face model directory that are not its tokenizer. A tokenizer given as a model
+# directory (an import from one, an export of ours) is the rest: hashed, stored in checkpoints and
+# exported without weights, model config, code or fonts (a tokenizer-only directory: all its files).
+NOT_TOKENIZER = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
+                 "*.bin", "*.bin.index.json", "*.pt", "*.pth", "*.gguf", "*.onnx", "*.msgpack", "*.h5",
+                 "*.py", "*.ttf", "*.otf", "*.ttc")
+
+
+def tokenizer_files(directory) -> List[Path]:
+    """The tokenizer's files in a Hugging Face directory (sorted; see NOT_TOKENIZER)."""
+    return [f for f in sorted(Path(directory).iterdir())
+            if f.is_file() and not any(f.match(p) for p in NOT_TOKENIZER)]
+
+
 class Tokenizer:
     """The interface: ``encode``, ``decode``, ``vocab_size``, ``sha256`` (identifies the files)."""
     path: Path
@@ -67,10 +81,11 @@ class HFTokenizer(Tokenizer):
         self.path = Path(path)
         try:
             self.tok = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise TokenizerError(f"'{path}' is not a Hugging Face tokenizer directory ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; each is reported by file
+            raise TokenizerError(f"'{path}' is not a Hugging Face tokenizer directory "
+                                 f"({type(exc).__name__}: {exc})") from None
         h = hashlib.sha256()
-        for f in sorted(p for p in self.path.iterdir() if p.is_file()):
+        for f in tokenizer_files(self.path):
             h.update(f.name.encode() + b"\0" + file_sha256(f).encode())
         self.sha256 = h.hexdigest()
 

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import yaml
-
-from ..checkpoint.format import read_manifest, resolve_tag_dir
+from ..checkpoint.format import read_config_yaml, read_manifest, resolve_tag_dir
 from ..config.validate import recorded_config
 from ..errors import CheckpointError
 
@@ -46,7 +44,7 @@ def describe(path: str, role: str, flag: str) -> Evaluated:
         raise CheckpointError(f"{flag} {path}: no such checkpoint directory")
     step_dir = resolve_tag_dir(path)
     manifest = read_manifest(step_dir)
-    config = yaml.safe_load((step_dir / "config.yaml").read_text())
+    config = read_config_yaml(step_dir)
     try:       # the one check of recorded values (an unknown model.context stops here)
         context = recorded_config(config, step_dir / "config.yaml").model.context
     except CheckpointError as exc:

@@ -31,8 +31,8 @@ import yaml
 from megatron.core import parallel_state
 
 from ..checkpoint.format import (CONSOLIDATED, MARKER, PARTIAL, TENSORS_FILE, complete_tags, describe_stage,
-                                 partial_checkpoints, read_manifest, resolve_tag_dir, safe_load, write_atomic,
-                                 write_manifest)
+                                 partial_checkpoints, read_config_yaml, read_manifest, resolve_tag_dir, safe_load,
+                                 write_atomic, write_manifest)
 from ..checkpoint.reshard import load_full_state
 from ..checkpoint.sources import open_checkpoint
 from ..config import Config, config_to_dict, data_parallel_size
@@ -185,7 +185,7 @@ def check_compatible(step_dir: Path, cfg: Config) -> bool:
     from ..config import recorded_config
     # through the dataclasses: a field added since the save compares as its default
     path = step_dir / "config.yaml"
-    saved = config_to_dict(recorded_config(yaml.safe_load(path.read_text()), path))
+    saved = config_to_dict(recorded_config(read_config_yaml(step_dir), path))
     ours = config_to_dict(cfg)
     diffs = []
 

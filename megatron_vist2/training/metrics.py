@@ -51,15 +51,27 @@ def memory_in_use_gb() -> float:
         return int(fh.read().split()[1]) * resource.getpagesize() / 2 ** 30
 
 
+def wandb_dir(cfg: Config) -> Optional[Tuple[str, str]]:
+    """(directory, what sets it) of the Weights & Biases run files: the environment's WANDB_DIR,
+    else logging.dir; None when W&B is not chosen. The start-up check (train.py ``preflight``)
+    refuses an unwritable one: wandb itself would silently write to the temporary directory."""
+    if not cfg.logging.wandb:
+        return None
+    if os.environ.get("WANDB_DIR"):
+        return os.environ["WANDB_DIR"], "WANDB_DIR (environment variable)"
+    return cfg.logging.dir, "logging.dir"
+
+
 def wandb_settings(cfg: Config) -> Optional[dict]:
     """``wandb.init`` arguments of the config's Weights & Biases logger (None: not chosen). Its
-    run directory is ``<logging.dir>/wandb`` unless WANDB_DIR says otherwise; offline mode needs
-    no network (``wandb sync`` uploads the run later)."""
+    run directory is ``<logging.dir>/wandb`` unless WANDB_DIR says otherwise (``wandb_dir``);
+    offline mode needs no network (``wandb sync`` uploads the run later)."""
     lg = cfg.logging
-    if not lg.wandb:
+    where = wandb_dir(cfg)
+    if where is None:
         return None
     return {"project": lg.wandb_project, "name": lg.wandb_name, "mode": lg.wandb_mode,
-            "dir": os.environ.get("WANDB_DIR") or lg.dir, "config": config_to_dict(cfg)}
+            "dir": where[0], "config": config_to_dict(cfg)}
 
 
 def _open_wandb(settings: dict):

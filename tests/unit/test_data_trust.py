@@ -75,7 +75,7 @@ def test_inspect_data_verify_names_the_file(tmp_path, tiny_data):
                           *tiny_overrides(tiny_data)],
                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
-    assert "ds.bin: contents differ" in bad.stdout and "re-run tools/preprocess_data.py" in bad.stdout
+    assert "ds.bin: contents differ" in bad.stderr and "re-run tools/preprocess_data.py" in bad.stderr
 
 
 def test_damaged_manifest_and_index_are_named(tmp_path, tiny_data):
