@@ -35,11 +35,17 @@ class CheckpointError(UserError):
 
 
 def run_cli(main: Callable[[], None]) -> None:
-    """Run a tool's main(); a user error prints 'error: ...' on stderr and exits with code 2."""
+    """Run a tool's main(); a user error prints 'error: ...' on stderr and exits with code 2. So
+    does an OSError (a file where a directory should be, no permission, a full disk): the
+    operating system's reason and the path it names, never a traceback."""
     try:
         main()
     except (UserError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        print(f"error: {exc} (the file system refused: check the path, its permissions and the free "
+              f"space)", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as exc:      # a second Ctrl-C in training, or Ctrl-C in a tool
         print(f"interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)

@@ -31,6 +31,23 @@ def check_flags(ap: argparse.ArgumentParser, args) -> None:
         ap.error(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.seed < 0:
         ap.error(f"--seed must be >= 0, got {args.seed}")
+    if any(not stop for stop in args.stop):
+        ap.error("--stop must not be empty (every output contains the empty text: generation would stop "
+                 "after one token)")
+
+
+def check_cache_fits(model, cfg, max_context: int) -> None:
+    """The engine preallocates its KV cache for --max-context tokens: refuse one that cannot fit
+    in this process's memory (the planner's figure) instead of failing inside the allocator."""
+    from .inference import InferenceError
+    from .parallel.planner import available_memory_bytes
+    p = next(model.parameters())
+    llm = cfg.model.llm
+    need = 2 * llm.num_layers * llm.num_kv_heads * llm.head_dim * max_context * p.element_size()
+    have = available_memory_bytes(p.device)
+    if have and need > have:
+        raise InferenceError(f"--max-context {max_context:,} needs a KV cache of {need / 2 ** 30:,.1f} GiB, more "
+                             f"than the {have / 2 ** 30:,.1f} GiB this process can use: lower --max-context")
 
 
 def read_prompt(args) -> str:
@@ -101,6 +118,7 @@ def main(argv=None) -> None:
     if renders:                                # compressed chunks are read from their renders
         from .data.font_coverage import warn_missing_glyphs
         warn_missing_glyphs(cfg.model.render, [prompt], "the prompt", lambda m: print(m, file=sys.stderr))
+    check_cache_fits(model, cfg, args.max_context)
     # the model's own mode (VIST2 compression, or a control's) unless --baseline asks for full text
     engine = Vist2Engine(model, tok, cfg, compress=False if args.baseline else None,
                          max_context=args.max_context)

@@ -24,6 +24,8 @@ def main():
     ap.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram")
     ap.add_argument("--special-tokens", default="", help="comma-separated user-defined symbols")
     args = ap.parse_args()
+    if args.vocab_size < 1:
+        ap.error(f"--vocab-size must be >= 1, got {args.vocab_size}")
     t0 = time.time()
     fields = (args.text_column,)
     sources = resolve_inputs(args.corpus, fields, args.hf_split)

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 from ..errors import CheckpointError, ConfigError, TokenizerError
 from .format import MARKER, check_loadable, complete_tags, partial_checkpoints, read_config_yaml, step_of
@@ -138,12 +138,12 @@ def _saved_tokenizer_setting(step_dir: Path) -> Optional[str]:
         return None
 
 
-def copy_tokenizer(src: Path, dest: Path, file_name: str = TOKENIZER_FILE) -> List[str]:
+def copy_tokenizer(src: Path, dest: Path, file_name: str = TOKENIZER_FILE,
+                   files: Optional[Callable[[Path], List[Path]]] = None) -> List[str]:
     """Copy a tokenizer into ``dest``: a sentencepiece file as ``file_name``, a Hugging Face
-    tokenizer directory as its tokenizer files (not the weights or code of a model directory:
-    data/tokenizer.py ``tokenizer_files``); -> the names written. (Exports write theirs with
-    convert/tokens.py ``write_hf_tokenizer``.)"""
-    from ..data.tokenizer import tokenizer_files
+    tokenizer directory as its files (``files(src)``: the data layer's ``tokenizer_files``,
+    which leaves out the weights and code of a model directory; default every file); -> the
+    names written. (Exports write theirs with convert/tokens.py ``write_hf_tokenizer``.)"""
     src = Path(src)
     if src.is_file():
         shutil.copy(src, dest / file_name)
@@ -151,16 +151,17 @@ def copy_tokenizer(src: Path, dest: Path, file_name: str = TOKENIZER_FILE) -> Li
     names = []
     if src.is_dir():
         dest.mkdir(exist_ok=True)
-        for f in tokenizer_files(src):
+        for f in (files(src) if files else sorted(p for p in src.iterdir() if p.is_file())):
             shutil.copy(f, dest / f.name)
             names.append(f.name)
     return names
 
 
-def store_tokenizer(step_dir: Path, tokenizer_path: str) -> dict:
+def store_tokenizer(step_dir: Path, tokenizer_path: str,
+                    files: Optional[Callable[[Path], List[Path]]] = None) -> dict:
     """Copy the tokenizer into a step directory (a few MB at most); -> manifest fields."""
     src = Path(tokenizer_path)
-    copy_tokenizer(src, step_dir / TOKENIZER_DIR if src.is_dir() else step_dir)
+    copy_tokenizer(src, step_dir / TOKENIZER_DIR if src.is_dir() else step_dir, files=files)
     return {"tokenizer_path": str(src.resolve())}
 
 

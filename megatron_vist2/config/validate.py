@@ -209,6 +209,11 @@ def _train_problems(cfg: Config) -> List[str]:
             out.append(f"train.freeze / optim.lr_multipliers: '{prefix}' names no part of the model; "
                        f"use a parameter-name prefix such as front.vision, front.aligner, "
                        f"front.embedding, layers, layers.0 .. layers.{n_layers - 1}, head")
+    atoms = ([] if cfg.model.context != "vist2" else ["front.vision", "front.aligner"]) + \
+        ["front.embedding", "head"] + [f"layers.{i}" for i in range(n_layers)]
+    if t.freeze and all(any(a == f or a.startswith(f + ".") for f in t.freeze) for a in atoms):
+        out.append(f"train.freeze {t.freeze} freezes every part of the model: nothing would train; "
+                   f"leave at least one part out (e.g. train.freeze=[front.vision])")
     if any(v <= 0 for v in o.lr_multipliers.values()):
         out.append(f"optim.lr_multipliers must be > 0 (freeze with train.freeze), got {o.lr_multipliers}")
     if t.ocr_probe_batches < 0:

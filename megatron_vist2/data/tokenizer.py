@@ -184,7 +184,7 @@ def train_sentencepiece(texts: Iterable[str], output: str, vocab_size: int,
                 shuffle_input_sentence=True, num_threads=num_threads,
                 user_defined_symbols=list(user_symbols), minloglevel=2)
         except RuntimeError as exc:   # e.g. vocab smaller than the corpus's character set
-            reason = str(exc).split("] ", 1)[-1]
+            reason = str(exc).split("] ", 1)[-1].strip() or f"{exc!r} (check the vocabulary size)"
             raise TokenizerError(f"sentencepiece training for {output} failed: {reason}") from None
         from sentencepiece import sentencepiece_model_pb2
         proto = sentencepiece_model_pb2.ModelProto()

@@ -36,6 +36,7 @@ from ..checkpoint.format import (CONSOLIDATED, MARKER, PARTIAL, TENSORS_FILE, co
 from ..checkpoint.reshard import load_full_state
 from ..checkpoint.sources import open_checkpoint
 from ..config import Config, config_to_dict, data_parallel_size
+from ..data.tokenizer import tokenizer_files
 from ..errors import CheckpointError
 from ..parallel import compat
 from ..checkpoint.safeguards import advance_latest, disk_errors, refuse_non_finite, start_point, store_tokenizer
@@ -145,7 +146,7 @@ def _save_checkpoint(engine, cfg, step, consumed_samples, tokenizer_sha256, log,
         ordered = [d for _, d in sorted(x for x in stages if x is not None)]
         (partial / TENSORS_FILE).write_text(json.dumps({"stages": ordered}))
         (partial / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        stored = store_tokenizer(partial, cfg.data.tokenizer)     # tools find it from anywhere
+        stored = store_tokenizer(partial, cfg.data.tokenizer, tokenizer_files)   # tools find it anywhere
     finish = None if dist.get_rank() != 0 else (lambda: _complete(
         cfg, partial, final, tag, log, start, step=step, consumed_samples=consumed_samples,
         layout=_layout(cfg), tokenizer_sha256=tokenizer_sha256, **stored))

@@ -44,6 +44,10 @@ CASES = [
     Case("chat-without-template", "generate", gen("--prompt", "hi", "--chat", "--baseline"),
          ["--chat", "has no chat template"]),
     Case("unknown-override", "generate", gen("--prompt", "hi", "model.llm.nope=1"), ["unknown config key 'model.llm.nope'"]),
+    Case("stop-string-empty", "generate", gen("--prompt", "hi", "--stop", ""), ["--stop must not be empty"]),
+    Case("max-context-beyond-memory", "generate", gen("--prompt", "hi", "--max-context", "100000000000"),
+         ["--max-context 100,000,000,000 needs a KV cache of", "lower --max-context"]),
+    Case("prompt-file-is-a-directory", "generate", gen("--prompt-file", "{tmp}"), ["--prompt-file", "is not a file"]),
 ]
 
 

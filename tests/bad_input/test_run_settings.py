@@ -62,6 +62,12 @@ CASES = [
          ["unknown config key 'train.health.max_skips'"]),
     Case("health-skips-not-integer", "train", train_with("train.health.max_consecutive_skips=2.5"),
          ["train.health.max_consecutive_skips: expected int"]),
+    Case("freeze-everything", "train", train_with("train.freeze=[front,layers,head]"),
+         ["freezes every part of the model: nothing would train"]),
+    Case("lr-multiplier-unknown-part", "train", train_with("optim.lr_multipliers={{front.bogus: 2}}"),
+         ["'front.bogus' names no part of the model"]),
+    Case("lr-multiplier-negative", "train", train_with("optim.lr_multipliers={{front.vision: -2}}"),
+         ["optim.lr_multipliers must be > 0"]),
     # an absurd length
     Case("steps-absurd", "train", train_with("train.steps=1000000000000"),
          ["train.steps=1,000,000,000,000 would train on", "far beyond any run", "extra digits"]),
