@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from .attention import TokenLayout, vist2_mask_mod
+from ..models.attention import TokenLayout, vist2_mask_mod
 
 BLOCK = 128
 

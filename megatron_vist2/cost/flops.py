@@ -67,7 +67,7 @@ def attended_pairs(layout, context: str = "vist2") -> int:
     control (``context`` 'text') sees the text of its whole document: one chunk, as counted here."""
     from collections import Counter
 
-    from .attention import TEXT, VISUAL
+    from ..models.attention import TEXT, VISUAL
     total = 0
     for b in range(layout.doc.shape[0]):
         doc, chunk, kind, readback = (getattr(layout, n)[b].cpu().tolist()
@@ -96,7 +96,7 @@ def training_flops(cfg: Config, layout, num_images: int, frozen=()) -> float:
     A trained part costs 3 x its forward (forward, input and weight gradients); a frozen part 2x
     when a trained part before it needs its input gradient, else 1x (``frozen``: the
     ``train.freeze`` prefixes). Activation recomputation is not counted (MFU, not HFU)."""
-    from .attention import PAD
+    from ..models.attention import PAD
 
     def covered(part):
         return any(name_under(part, p) for p in frozen)
