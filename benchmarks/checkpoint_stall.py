@@ -48,7 +48,7 @@ def main():
 
     import torch
     from megatron_vist2.config import load_config, validate
-    from megatron_vist2.cost.flops import analytic_parameter_counts
+    from megatron_vist2.config import analytic_parameter_counts
     from megatron_vist2.parallel.distributed import init_distributed
     from megatron_vist2.training.async_checkpoint import AsyncWriter
     from megatron_vist2.training.checkpoint import save_checkpoint

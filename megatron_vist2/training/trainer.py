@@ -26,10 +26,10 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from torch.utils.data import DataLoader
 
-from ..config import Config, data_parallel_size, gradient_accumulation_steps, name_under
+from ..config import (Config, analytic_parameter_counts, data_parallel_size, gradient_accumulation_steps,
+                     name_under)
 from ..data.dataset import GlobalBatchSampler, build_dataset, collate
 from ..data.tokenizer import Tokenizer, load_tokenizer
-from ..cost.flops import analytic_parameter_counts
 from ..models.vist2 import Vist2Batch, Vist2Model
 from ..parallel.deepspeed_mpu import MegatronMPU
 from ..parallel.distributed import DistEnv

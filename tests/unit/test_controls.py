@@ -165,7 +165,7 @@ def test_attended_pairs_of_the_controls_equal_their_mask(dist_env, tiny_data, co
 
 def test_control_parameter_counts(dist_env, tiny_data):
     """No vision encoder or aligner: the built model's counts equal the formula's, LLM unchanged."""
-    from megatron_vist2.cost.flops import analytic_parameter_counts
+    from megatron_vist2.config import analytic_parameter_counts
     cfg, _, _, model = model_of(tiny_data, "window")
     vcfg, _, _, vist2 = model_of(tiny_data, "vist2")
     counts = model.parameter_counts()
