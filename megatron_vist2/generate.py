@@ -40,7 +40,7 @@ def check_cache_fits(model, cfg, max_context: int) -> None:
     """The engine preallocates its KV cache for --max-context tokens: refuse one that cannot fit
     in this process's memory (the planner's figure) instead of failing inside the allocator."""
     from .inference import InferenceError
-    from .parallel.planner import available_memory_bytes
+    from .cost.planner import available_memory_bytes
     p = next(model.parameters())
     llm = cfg.model.llm
     need = 2 * llm.num_layers * llm.num_kv_heads * llm.head_dim * max_context * p.element_size()
@@ -99,7 +99,7 @@ def main(argv=None) -> None:
     from .inference import InferenceError, SamplingParams, Vist2Engine
     from .inference.load import load_for_inference
     from .parallel.distributed import init_distributed, shutdown
-    from .training.checkpoint import read_manifest, resolve_tag_dir
+    from .checkpoint.format import read_manifest, resolve_tag_dir
     manifest = read_manifest(resolve_tag_dir(args.checkpoint))
     init_distributed(1, 1)
     model, tok, cfg = load_for_inference(args.checkpoint, args.overrides, args.tokenizer)

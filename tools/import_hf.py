@@ -42,10 +42,10 @@ def main():
     from megatron_vist2.convert.qwen3 import import_backbone, overrides_from_hf
     from megatron_vist2.checkpoint.sources import write_consolidated
     from megatron_vist2.convert.siglip import import_vision
-    from megatron_vist2.data.tokenizer import load_tokenizer, tokenizer_files
+    from megatron_vist2.data.tokenizer import load_tokenizer
     from megatron_vist2.models.vist2 import StagePart, Vist2Model
     from megatron_vist2.parallel.distributed import init_distributed, shutdown
-    from megatron_vist2.checkpoint.safeguards import check_writable_target
+    from megatron_vist2.checkpoint.format import check_writable_target
     check_writable_target(args.out)
     start = time.time()
     derived = overrides_from_hf(args.llm) if args.llm else []
@@ -87,7 +87,7 @@ def main():
                               "imported_from": {"llm": args.llm, "siglip": args.siglip}},
                              config_to_dict(cfg), {"client": {"step": 0, "consumed_samples": 0,
                                                               "tokenizer_sha256": sha}},
-                             tokenizer=cfg.data.tokenizer if tokenizer else None, tokenizer_files=tokenizer_files)
+                             tokenizer=cfg.data.tokenizer if tokenizer else None)
     print(f"wrote {out} in {time.time() - start:.1f} s; start training from it with "
           f"checkpoint.init_from={args.out}")
 

@@ -34,10 +34,10 @@ import torch
 import yaml
 
 from ..errors import CheckpointError
-from .format import (CONSOLIDATED, MODEL_FILE, TENSORS_FILE, read_config_yaml, read_manifest, resolve_tag_dir,
-                     safe_load, write_atomic, write_manifest)
+from .format import (CONSOLIDATED, MODEL_FILE, TENSORS_FILE, advance_latest, check_writable_target,
+                     read_config_yaml, read_manifest, resolve_tag_dir, safe_load, write_atomic, write_manifest)
 from .safetensors_io import SafetensorsDir, write_shards
-from .safeguards import advance_latest, check_writable_target, store_tokenizer
+from .tokenizer_record import store_tokenizer
 
 KINDS = ("param", "exp_avg", "exp_avg_sq")
 OPTIMIZER_KINDS = KINDS[1:]
@@ -315,14 +315,13 @@ def open_checkpoint(path: str) -> CheckpointSource:
 
 def write_consolidated(out_root: str, step_name: str, tensors: Iterable, manifest: dict,
                        config: dict, meta: dict, shard_bytes: int = 2 << 30, log=print,
-                       tokenizer: Optional[str] = None, tokenizer_files=None) -> Path:
+                       tokenizer: Optional[str] = None) -> Path:
     """Write a consolidated checkpoint ``out_root/step_name`` (+ ``latest``) into a new or empty
     ``out_root`` (anything else is refused: it may hold another run's checkpoints): ``tensors`` yields
     (name, kind, full tensor) and is written in safetensors shards of at most ``shard_bytes``
     (one shard in memory at a time); ``meta`` (client state, lr schedule, optimizer step) goes
-    to consolidated.json; ``tokenizer`` (a path) is stored with it, a directory as its files
-    ``tokenizer_files(dir)`` (default: all). Written under a temporary name and renamed when
-    complete."""
+    to consolidated.json; ``tokenizer`` (a path) is stored with it (``store_tokenizer``). Written
+    under a temporary name and renamed when complete."""
     root = check_writable_target(out_root)     # never into another run's checkpoints
     final, tmp = root / step_name, root / f"{step_name}.partial"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -336,7 +335,7 @@ def write_consolidated(out_root: str, step_name: str, tensors: Iterable, manifes
     write_shards(keyed(), tmp, shard_bytes, lambda n: f"state-{n:05d}.safetensors", log)
     (tmp / "consolidated.json").write_text(json.dumps({**meta, "parameters": shapes}, indent=1))
     (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    stored = store_tokenizer(tmp, tokenizer, tokenizer_files) if tokenizer else {}   # tools find it anywhere
+    stored = store_tokenizer(tmp, tokenizer) if tokenizer else {}    # tools find it from anywhere
     write_manifest(tmp, **{**manifest, **stored, "format": CONSOLIDATED})
     tmp.rename(final)
     advance_latest(root, step_name, write_atomic)
