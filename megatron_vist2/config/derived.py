@@ -24,6 +24,23 @@ def name_under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+def ocr_aux_loss(cfg: Config) -> bool:
+    """Does a row-training run (train.objective=lm) add the OCR head's loss on its images?"""
+    return (cfg.model.ocr_head.enabled and cfg.model.context == "vist2" and cfg.train.objective == "lm"
+            and cfg.train.ocr_weight > 0)
+
+
+def frozen_by_objective(cfg: Config) -> List[str]:
+    """Parameter prefixes the objective leaves out of training, besides train.freeze: the front-only
+    stage 0 (train.objective=ocr) trains the ViT, the aligner and the OCR head only; an OCR head
+    without a loss (train.ocr_weight=0) stays as it is."""
+    if cfg.train.objective == "ocr":
+        return ["front.embedding", "layers", "head"]
+    if cfg.model.ocr_head.enabled and not ocr_aux_loss(cfg):
+        return ["front.ocr_head"]
+    return []
+
+
 def stage_layer_counts(cfg: Config) -> List[int]:
     """Decoder layers held by each pipeline stage, first to last."""
     p, n = cfg.parallel, cfg.model.llm.num_layers

@@ -30,7 +30,20 @@ def analytic_parameter_counts(cfg: Config) -> Dict[str, int]:
     lm = V * D + llm.num_layers * layer + D + (0 if llm.tie_embeddings else V * D)
     if m.context != "vist2":                   # the controls have no vision encoder or aligner
         vision = aligner = 0
-    return {"vision": vision, "aligner": aligner, "llm": lm, "total": vision + aligner + lm}
+    ocr = ocr_head_parameters(cfg) if m.ocr_head.enabled and m.context == "vist2" else 0
+    return {"vision": vision, "aligner": aligner, "llm": lm, "ocr_head": ocr,
+            "total": vision + aligner + lm + ocr}
+
+
+def ocr_head_parameters(cfg: Config) -> int:
+    """models/ocr_head.py: input projection, token positions, one self-attention block, the
+    queries' cross-attention blocks, the cell expansion and classifier."""
+    m, o = cfg.model, cfg.model.ocr_head
+    W, S = o.hidden_size, o.slot_size
+    block = 8 * W * W + 11 * W                 # 2 LayerNorms, q/k/v/out, MLP W -> 2W -> W
+    return (m.llm.hidden_size * W + W + m.visual_tokens_per_chunk * W + block
+            + o.num_layers * (block + 2 * W) + o.num_queries * W
+            + W * o.slots_per_query * S + o.slots_per_query * S + 2 * S + S * o.num_classes + o.num_classes)
 
 
 @dataclass(frozen=True)

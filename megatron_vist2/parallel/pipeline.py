@@ -25,6 +25,12 @@ between neighbouring stages with torch.distributed point-to-point calls (NCCL or
     it is handed, back-propagates ``loss_sum`` and adds ``stats`` (None: nothing to add) into the
     caller's accumulator. The objective itself is training/loss.py. The row length comes with
     each call (a curriculum changes it; evaluation rows are full length).
+  - The OCR head's auxiliary loss (models/ocr_head.py) is computed on the first stage, where the
+    images are: each micro-batch's forward leaves it on the model, and the first stage's backward
+    of that micro-batch adds it (scaled like the LM loss, to a mean over the global batch's
+    cells) to what it back-propagates, so DeepSpeed reduces, clips and (ZeRO) partitions the
+    head's gradients with the rest. ``train_step_front`` is stage 0's front-only step (no LLM:
+    one stage, the OCR loss alone).
 """
 from __future__ import annotations
 
@@ -100,6 +106,11 @@ class PipelineSchedule:
         self.tied = engine.module.tied and not (self.part.first and self.part.last)
         self.output_weight: Optional[torch.Tensor] = None
         self.update_guard = None                 # training/health.py NonFiniteGuard (the trainer sets it)
+        # OCR head (first stage): [summed loss, cells] since the trainer last read it, and this
+        # step's factor turning a micro-batch's summed OCR loss into its share of the weighted mean
+        self.ocr_stats = torch.zeros(2, device=device)
+        self._ocr_scale: Optional[torch.Tensor] = None
+        self._pending_ocr: deque = deque()       # OCR losses awaiting their micro-batch's backward
         if p.zero_stage == 3:
             compat.check_zero3_micro_steps()
         if p.pipeline_parallel > 1 and p.zero_stage == 3:
@@ -155,6 +166,10 @@ class PipelineSchedule:
         if self.part.first:
             meta = pack_metadata(batch)
             out = self.engine(batch)
+            ocr = self.engine.module.take_ocr_loss()
+            if ocr is not None:
+                self.ocr_stats += torch.stack([ocr[0].detach().float(), ocr[1].float()])
+                self._pending_ocr.append(ocr[0])
         else:
             batch = unpack_metadata(meta)
             out = self.engine(batch, hidden=hidden, output_weight=self.output_weight)
@@ -164,12 +179,21 @@ class PipelineSchedule:
                 stats += extra
         return out, meta
 
+    def _ocr_term(self, out: torch.Tensor):
+        """The oldest pending micro-batch's OCR loss, scaled for its backward (0 without one)."""
+        if not self._pending_ocr:
+            return 0.0
+        loss = self._pending_ocr.popleft()
+        if self._ocr_scale is None:
+            raise ValueError("an OCR-head loss without its global cell count (train_step's ocr_count)")
+        return loss.to(out.dtype) * self._ocr_scale.to(out.dtype)
+
     def _backward(self, inp, out, grad, scale, final: bool):
         """Back-propagate one micro-batch; -> the gradient for the previous stage (or None)."""
         if self.part.last:
-            self.engine.backward(out * scale.to(out.dtype))
+            self.engine.backward(out * scale.to(out.dtype) + self._ocr_term(out))
         else:
-            surrogate = (out * grad).sum()
+            surrogate = (out * grad).sum() + self._ocr_term(out)
             if final and self.tied and self.part.first:
                 embedding = self.engine.module.front.embedding
                 tied_grad = torch.empty(embedding.num_embeddings_per_partition, embedding.embedding_dim,
@@ -202,12 +226,16 @@ class PipelineSchedule:
     # ------------------------------------------------------------------ schedules
     def train_step(self, micro_batches: Optional[List[Vist2Batch]], num_micro: int,
                    count: Optional[torch.Tensor], dp: int, seq_length: int, loss_fn: LossFn,
-                   stats: Optional[torch.Tensor] = None) -> float:
+                   stats: Optional[torch.Tensor] = None, ocr_count: Optional[torch.Tensor] = None,
+                   ocr_weight: float = 1.0) -> float:
         """1F1B over ``num_micro`` micro-batches of rows of ``seq_length`` tokens (given on the
         first stage only). ``count``: the global number of loss targets of the step (first stage).
-        ``loss_fn``'s statistics are added into ``stats`` (last stage). Returns the step's mean
-        loss."""
+        ``loss_fn``'s statistics are added into ``stats`` (last stage). ``ocr_count`` (first
+        stage, with OCR targets in the batches): the global number of OCR-head cells; the loss
+        is then LM mean + ``ocr_weight`` x OCR mean. Returns the step's mean LM loss."""
         self._use_rows_of(seq_length)
+        self._pending_ocr = deque()
+        self._ocr_scale = None if ocr_count is None else ocr_weight * dp * num_micro / ocr_count.clamp(min=1.0)
         count = self._broadcast(count if self.part.first else torch.zeros(()), self.first_rank)
         scale = dp * num_micro / count.clamp(min=1.0)
         self._sync_tied_weight()
@@ -265,6 +293,27 @@ class PipelineSchedule:
             step()
         return self._step_loss(loss_sum, count)
 
+    def train_step_front(self, micro_batches: List, num_micro: int, count: torch.Tensor, dp: int,
+                         loss_fn: LossFn) -> float:
+        """Stage 0's front-only step (``train.objective=ocr``; one pipeline stage): each micro-batch
+        (an ``OcrBatch``) runs the ViT, aligner and OCR head; ``loss_fn`` -> its summed loss,
+        back-propagated as sum x dp x num_micro / ``count`` (the global number of cells), so the
+        update follows the mean over the global batch. Returns that mean."""
+        if not (self.part.first and self.part.last):
+            raise ValueError("train.objective=ocr runs the front alone: it needs parallel.pipeline_parallel=1")
+        scale = dp * num_micro / count.clamp(min=1.0)
+        loss_sum = torch.zeros((), device=self.device)
+        for i, batch in enumerate(micro_batches):
+            loss, extra = loss_fn(self.engine(batch), batch)
+            loss_sum = loss_sum + loss.detach().float()
+            if extra is not None:
+                self.ocr_stats += extra
+            self.engine.backward(loss * scale.to(loss.dtype))
+            self._step(final=i + 1 == num_micro, loss_sum=loss_sum)
+        total = loss_sum.clone()
+        dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+        return (total / count.clamp(min=1.0)).item()
+
     @torch.no_grad()
     def evaluate(self, micro_batches: Optional[Iterable[Vist2Batch]], num_micro: int, seq_length: int,
                  loss_fn: LossFn, stats: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -279,6 +328,7 @@ class PipelineSchedule:
         for batch in feed:
             hidden, meta = self._recv_forward() if self.prev is not None else (None, None)
             out, meta = self._forward(batch, hidden, meta, loss_fn, stats)
+            self._pending_ocr.clear()              # evaluation trains nothing
             if self.next is not None:
                 _exchange(self._forward_sends(out, meta), [])
             else:
