@@ -111,6 +111,7 @@ class PipelineSchedule:
         self.ocr_stats = torch.zeros(2, device=device)
         self._ocr_scale: Optional[torch.Tensor] = None
         self._pending_ocr: deque = deque()       # OCR losses awaiting their micro-batch's backward
+        self._num_micro = 1
         if p.zero_stage == 3:
             compat.check_zero3_micro_steps()
         if p.pipeline_parallel > 1 and p.zero_stage == 3:
@@ -179,21 +180,24 @@ class PipelineSchedule:
                 stats += extra
         return out, meta
 
-    def _ocr_term(self, out: torch.Tensor):
-        """The oldest pending micro-batch's OCR loss, scaled for its backward (0 without one)."""
+    def _ocr_term(self, out: torch.Tensor, scaled_by_engine: bool):
+        """The oldest pending micro-batch's OCR loss, scaled for its backward (0 without one).
+        ``scaled_by_engine``: DeepSpeed divides this backward's loss by the accumulation steps
+        (the last stage's); a first stage's surrogate backward is not divided (parallel above)."""
         if not self._pending_ocr:
             return 0.0
         loss = self._pending_ocr.popleft()
         if self._ocr_scale is None:
             raise ValueError("an OCR-head loss without its global cell count (train_step's ocr_count)")
-        return loss.to(out.dtype) * self._ocr_scale.to(out.dtype)
+        scale = self._ocr_scale if scaled_by_engine else self._ocr_scale / self._num_micro
+        return loss.to(out.dtype) * scale.to(out.dtype)
 
     def _backward(self, inp, out, grad, scale, final: bool):
         """Back-propagate one micro-batch; -> the gradient for the previous stage (or None)."""
         if self.part.last:
-            self.engine.backward(out * scale.to(out.dtype) + self._ocr_term(out))
+            self.engine.backward(out * scale.to(out.dtype) + self._ocr_term(out, scaled_by_engine=True))
         else:
-            surrogate = (out * grad).sum() + self._ocr_term(out)
+            surrogate = (out * grad).sum() + self._ocr_term(out, scaled_by_engine=False)
             if final and self.tied and self.part.first:
                 embedding = self.engine.module.front.embedding
                 tied_grad = torch.empty(embedding.num_embeddings_per_partition, embedding.embedding_dim,
@@ -234,7 +238,7 @@ class PipelineSchedule:
         stage, with OCR targets in the batches): the global number of OCR-head cells; the loss
         is then LM mean + ``ocr_weight`` x OCR mean. Returns the step's mean LM loss."""
         self._use_rows_of(seq_length)
-        self._pending_ocr = deque()
+        self._pending_ocr, self._num_micro = deque(), num_micro
         self._ocr_scale = None if ocr_count is None else ocr_weight * dp * num_micro / ocr_count.clamp(min=1.0)
         count = self._broadcast(count if self.part.first else torch.zeros(()), self.first_rank)
         scale = dp * num_micro / count.clamp(min=1.0)
