@@ -267,8 +267,8 @@ def run_eval(run: Run, at_step: int) -> Tuple[float, Optional[float]]:
                        "eval/front_blind_char_accuracy": front.get("blind", {}).get("char_accuracy", float("nan")),
                        "eval/front_exact_match": front["exact_match"]})
         text += front_eval_line(front)
-        if cfg.train.objective == "ocr":
-            loss = front["loss"]
+        if cfg.train.objective == "ocr":      # the run's held-out loss: the head's, per cell
+            loss = values["eval/loss"] = front["loss"]
     if run.readback_probe is not None:
         values["eval/ocr_cer"] = cer = run.readback_probe.cer(run.engine, run.schedule.device)
         text += f" | OCR read-back CER {cer:.3f} ({len(run.readback_probe.chunks)} chunks)"
