@@ -7,10 +7,12 @@ Two ways to train it, one head (models/ocr_head.py), one target rule (data/ocr_t
     weights stay as they are, so the next stage starts from them. One pipeline stage (TP, DP and
     ZeRO 0-3 as in any run);
   - ``train.objective=lm`` with ``model.ocr_head.enabled``: the VIST2 rows as always, plus
-    ``train.ocr_weight`` x the head's loss on the rows' images, added to the first pipeline
-    stage's backward (parallel/pipeline.py). Every layout, PP included; the paper-scale stage 0
+    ``train.ocr_weight`` x the head's mean loss per cell over the global batch, handed to the
+    pipeline schedule as a first-stage loss (``ocr_first_loss``: the head's loss is left on the
+    model by the front's forward, models/vist2.py), so it is back-propagated on the first stage
+    with the rest of the step. Every layout, PP included; the paper-scale stage 0
     (examples/8b/stage0_ocr_warmup.yaml: frozen LLM, the aligner also learns what the LLM reads).
-Held-out accuracy of the front (``train.ocr_head_eval_chunks``): evaluation/front.py.
+Held-out accuracy of the front (``train.ocr_head_eval_chunks``): metrics/front.py.
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ from ..data.indexed import open_indexed
 from ..data.ocr_targets import OcrChunkDataset, collate_ocr
 from ..data.renderer import Renderer
 from ..errors import ConfigError
-from ..evaluation.front import front_readback
-from ..evaluation.readback import held_out_chunks
+from ..metrics.front import front_readback
+from ..metrics.readback import held_out_chunks
 from ..models.ocr_head import OcrBatch
 
 
@@ -60,12 +62,26 @@ def ocr_cells(micro_batches: Optional[List]) -> Optional[torch.Tensor]:
     return count
 
 
-def ocr_loss_mean(schedule) -> Optional[float]:
-    """Mean OCR-head loss per cell since the last call (a collective over the data-parallel group;
-    the head is on the first stage, as global rank 0 is); None without OCR loss."""
-    totals = schedule.ocr_stats.clone()
+def ocr_first_loss(weight: float, cells: torch.Tensor):
+    """The schedule's first-stage loss for one step (parallel/pipeline.py): each micro-batch's OCR
+    loss (left on the model by its forward) as its share of ``weight`` x the mean over the step's
+    ``cells``, with [summed loss, cells] as statistics."""
+    def first_loss(module, batch):
+        out = module.take_ocr_loss()
+        if out is None:
+            return None
+        loss, n = out
+        return loss * (weight / cells.clamp(min=1.0)), torch.stack([loss.detach().float(), n.float()])
+    return first_loss
+
+
+def ocr_loss_mean(stats: torch.Tensor) -> Optional[float]:
+    """Mean OCR-head loss per cell from accumulated [summed loss, cells] (zeroed here; a collective
+    over the data-parallel group: the head is on the first stage, as global rank 0 is); None
+    without OCR loss."""
+    totals = stats.clone()
     dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
-    schedule.ocr_stats.zero_()
+    stats.zero_()
     return (totals[0] / totals[1]).item() if totals[1] > 0 else None
 
 

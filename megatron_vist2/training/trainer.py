@@ -12,7 +12,7 @@ how the global batch is split across ranks and micro-batches.
 
 Reading order: ``train`` (the loop), ``setup`` (model, engine, schedule, validation data,
 resume), ``train_step`` and ``evaluate`` (one call of the pipeline schedule each, with the VIST2
-loss of training/loss.py); the curriculum is training/curriculum.py, the log line metrics.py.
+loss of metrics/loss.py); the curriculum is training/curriculum.py, the log line logger.py.
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from torch.utils.data import DataLoader
 
-from ..config import Config, data_parallel_size, frozen_by_objective, gradient_accumulation_steps, name_under
+from ..config import (Config, analytic_parameter_counts, data_parallel_size, frozen_by_objective,
+                      gradient_accumulation_steps, name_under)
 from ..data.dataset import GlobalBatchSampler, build_dataset, collate
 from ..data.tokenizer import Tokenizer, load_tokenizer
-from ..models.size import analytic_parameter_counts
 from ..models.vist2 import Vist2Batch, Vist2Model
 from ..parallel.deepspeed_mpu import MegatronMPU
 from ..parallel.distributed import DistEnv
@@ -39,19 +39,21 @@ from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
 from ..parallel.pipeline import PipelineSchedule, stage_part
 from ..parallel.random import seed_runtime_rng
 from ..checkpoint.format import resolve_tag_dir
-from .async_checkpoint import AsyncWriter
-from .checkpoint import load_checkpoint, resume_dir, save_checkpoint
+from ..checkpoint.async_write import AsyncWriter
+from ..checkpoint.resume import load_checkpoint, resume_dir
+from ..checkpoint.save import save_checkpoint
 from .curriculum import Curriculum
 from .deepspeed_config import deepspeed_config, resolve_dtype
-from .loss import PROBE_STATS, SPLIT_STATS, ocr_head_loss, readback_probe_loss, split_means, training_loss
-from .metrics import MetricsLogger, StepMeter, memory_in_use_gb, wandb_settings
+from ..metrics.loss import PROBE_STATS, SPLIT_STATS, ocr_head_loss, readback_probe_loss, split_means, training_loss
+from .logger import MetricsLogger, StepMeter, memory_in_use_gb, wandb_settings
 from .optim import build_optimizer, build_scheduler
-from ..checkpoint.safeguards import inject_nan_fault
+from ..checkpoint import faults
 from .health import RunHealth
 from .signals import StopOnSignal
 from .watchdog import collective
-from ..evaluation.during_training import ReadbackProbe, split_eval
-from .ocr_stage import FrontEval, collate_for, front_eval_line, ocr_cells, ocr_loss_mean, ocr_train_set
+from ..metrics.during_training import ReadbackProbe, split_eval
+from .ocr_stage import (FrontEval, collate_for, front_eval_line, ocr_cells, ocr_first_loss, ocr_loss_mean,
+                        ocr_train_set)
 
 
 @dataclass
@@ -117,30 +119,31 @@ def make_schedule(cfg: Config, env: DistEnv, engine) -> PipelineSchedule:
 
 def train_step(schedule: PipelineSchedule, micro_batches: Optional[List[Vist2Batch]],
                num_micro: int, dp: int, seq_length: int, split: Optional[torch.Tensor] = None,
-               loss_fn=training_loss, ocr_weight: float = 1.0) -> float:
+               loss_fn=training_loss, ocr_weight: float = 1.0, ocr_stats: Optional[torch.Tensor] = None) -> float:
     """One optimizer step over ``num_micro`` micro-batches of rows of ``seq_length`` tokens;
     ``micro_batches`` on the first pipeline stage only (every rank without pipeline parallelism);
-    the loss split by chunk mode is added into ``split`` (training/loss.py). Batches with OCR
-    targets add ``ocr_weight`` x the OCR head's mean loss (training/ocr_stage.py). Returns the
-    step's LM loss."""
+    the loss split by chunk mode is added into ``split`` (metrics/loss.py). Batches with OCR
+    targets add ``ocr_weight`` x the OCR head's mean loss (training/ocr_stage.py; its [summed loss,
+    cells] added into ``ocr_stats``). Returns the step's LM loss."""
     count = ocr_count = None
     if micro_batches is not None:
         with collective("target-count all_reduce (data-parallel group)", timed=True):
             count = _all_reduce_sum(sum(b.loss_mask.sum() for b in micro_batches))
             ocr_count = ocr_cells(micro_batches)
+    first_loss = ocr_first_loss(ocr_weight, ocr_count) if ocr_count is not None else None
     with collective("pipeline step (stage p2p, DeepSpeed gradient reduction and norm)"):
         return schedule.train_step(micro_batches, num_micro, count, dp, seq_length, loss_fn, split,
-                                   ocr_count, ocr_weight)
+                                   first_loss, ocr_stats)
 
 
 def train_step_front(schedule: PipelineSchedule, micro_batches, num_micro: int, dp: int,
-                     loss_fn=ocr_head_loss) -> float:
+                     loss_fn=ocr_head_loss, ocr_stats: Optional[torch.Tensor] = None) -> float:
     """Stage 0's front-only optimizer step (``train.objective=ocr``) over ``num_micro`` micro-batches
     of rendered chunks (training/ocr_stage.py). Returns the mean loss per cell."""
     with collective("cell-count all_reduce (data-parallel group)", timed=True):
         count = ocr_cells(micro_batches)
     with collective("front step (DeepSpeed gradient reduction and norm)"):
-        return schedule.train_step_front(micro_batches, num_micro, count, dp, loss_fn)
+        return schedule.train_step_unstaged(micro_batches, num_micro, count, dp, loss_fn, ocr_stats)
 
 
 def evaluate(schedule: PipelineSchedule, loader, num_micro: int, seq_length: int) -> Tuple[float, float]:
@@ -305,6 +308,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     last_eval = eval_before
     run.log.log(step, {"train/memory_before_model_gb": run.memory_before_model})
     split = torch.zeros(SPLIT_STATS, device=env.device)     # loss by chunk mode since the last log
+    ocr_stats = torch.zeros(2, device=env.device)           # the OCR head's [loss sum, cells] since then
     meter = StepMeter(cfg, run.dp, env.world_size, step)
     stop = StopOnSignal(cfg.train.max_wall_minutes, env.device)
     losses, stopped, phase, batches = [], False, None, None
@@ -323,11 +327,11 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             meter.count(micro)                 # on the host copies: no device sync
             micro = [b.to(env.device) for b in micro]
         if cfg.train.objective == "ocr":
-            loss = train_step_front(run.schedule, micro, run.gas, run.dp, loss_fn)
+            loss = train_step_front(run.schedule, micro, run.gas, run.dp, loss_fn, ocr_stats)
         else:
             loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, split, loss_fn,
-                              cfg.train.ocr_weight)
-        inject_nan_fault(run.engine.module, step + 1)      # tests only (MEGATRON_VIST2_FAULT)
+                              cfg.train.ocr_weight, ocr_stats)
+        faults.nan_weights(run.engine.module, step + 1, env.rank)      # tests only (MEGATRON_VIST2_FAULT)
         step += 1
         consumed += cfg.parallel.global_batch_size
         losses.append(loss)
@@ -338,7 +342,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             continue
         if step % cfg.train.log_interval == 0 or step == cfg.train.steps:
             meter.log(run.log, step, loss, run.engine, split_means(split, run.schedule), consumed,
-                      phase.seq_length, ocr_loss_mean(run.schedule))
+                      phase.seq_length, ocr_loss_mean(ocr_stats))
             health.report_step_times(step)
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:
             last_eval, ocr_accuracy = run_eval(run, step)

@@ -153,8 +153,8 @@ def test_front_only_step_equals_a_plain_loop(tiny_data, dist_env):
 def test_front_readback_scores_a_perfect_reader(tiny_data):
     """A reader that returns the true cells scores 100 % (and the blind score, reading the next
     chunk's cells, less); the reference is the chunk's text."""
-    from megatron_vist2.evaluation.front import front_readback
-    from megatron_vist2.evaluation.readback import held_out_chunks
+    from megatron_vist2.metrics.front import front_readback
+    from megatron_vist2.metrics.readback import held_out_chunks
     cfg = _cfg("tiny-cpu", tiny_data)
     tok = load_tokenizer(cfg.data.tokenizer)
     chunks = held_out_chunks(open_indexed(cfg.data.valid_prefix, tok), 32, 6)

@@ -1,7 +1,7 @@
 """Held-out accuracy of the front alone: the OCR head (models/ocr_head.py) reads each chunk's
 image through the ViT and the aligner, with no LLM; its cells, read row by row, are compared with
 the text the image shows (``normalize_text`` of the chunk's text, what the renderer drew) by
-character error rate (evaluation/cer.py), overall and by the font size the renderer chose. The
+character error rate (metrics/cer.py), overall and by the font size the renderer chose. The
 blind score reads the same chunks from each other's images (the batch's images rotated by one):
 what the head gets without reading, from the statistics of text alone.
 
@@ -31,7 +31,7 @@ def front_readback(read: Read, chunks: Sequence[np.ndarray], renderer: Renderer,
                    ocr: OcrHeadConfig, batch_size: int = 64, device="cpu", blind: bool = True) -> Dict:
     """-> {cer, char_accuracy, exact_match, chunks, chars, loss (mean cross-entropy per cell),
     by_font_size, blind (with ``blind``), examples} over ``chunks`` (token ids, e.g.
-    ``evaluation.readback.held_out_chunks``)."""
+    ``metrics.readback.held_out_chunks``)."""
     charset = Charset(ocr)
     overall, by_size, unread = CerCounter(), defaultdict(CerCounter), CerCounter()
     loss, cells, examples = 0.0, 0, []
