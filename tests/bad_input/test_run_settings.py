@@ -63,7 +63,7 @@ CASES = [
     Case("health-skips-not-integer", "train", train_with("train.health.max_consecutive_skips=2.5"),
          ["train.health.max_consecutive_skips: expected int"]),
     Case("freeze-everything", "train", train_with("train.freeze=[front,layers,head]"),
-         ["freezes every part of the model: nothing would train"]),
+         ["freezes every part the run trains: nothing would train"]),
     Case("lr-multiplier-unknown-part", "train", train_with("optim.lr_multipliers={{front.bogus: 2}}"),
          ["'front.bogus' names no part of the model"]),
     Case("lr-multiplier-negative", "train", train_with("optim.lr_multipliers={{front.vision: -2}}"),
