@@ -20,7 +20,6 @@ the directory is renamed into place): a Hugging Face tokenizer's files, or a sen
 as ``tokenizer.model`` plus the ``tokenizer.json`` / ``tokenizer_config.json`` built from it.
 """
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -36,8 +35,6 @@ def main():
     ap.add_argument("--tokenizer", help="the tokenizer to bundle (default: the copy stored in the checkpoint, "
                                         "else the path its config names)")
     args = ap.parse_args()
-    if not (math.isfinite(args.shard_gb) and args.shard_gb > 0):
-        ap.error(f"--shard-gb must be > 0 (a finite number of GB), got {args.shard_gb}")
     from megatron_vist2.config import recorded_config, validate
     from megatron_vist2.errors import CheckpointError
     from megatron_vist2.convert.qwen3 import export_backbone, hf_class_name
@@ -45,6 +42,8 @@ def main():
     from megatron_vist2.data.tokenizer import load_tokenizer
     from megatron_vist2.checkpoint.format import check_writable_target
     from megatron_vist2.checkpoint.tokenizer_record import find_tokenizer
+    from megatron_vist2.checkpoint.safetensors_io import shard_bytes
+    shard_bytes(args.shard_gb)                     # checked before anything is read or written
     check_writable_target(args.out)                # before reading anything
     start = time.time()
     source = open_checkpoint(args.checkpoint)
@@ -61,12 +60,12 @@ def main():
     weight = lambda name: source.tensor(name, "param")          # noqa: E731
     if args.vist2:
         from megatron_vist2.convert.vist2 import export_vist2
-        out = export_vist2(weight, cfg, str(tok), args.out, int(args.shard_gb * 2**30))
+        out = export_vist2(weight, cfg, str(tok), args.out, shard_bytes(args.shard_gb))
         print(f"wrote {out} (VIST2, trust_remote_code) from {source.step_dir} (saved as {source.layout}) "
               f"in {time.time() - start:.1f} s; load it with AutoModelForCausalLM.from_pretrained"
               f"({str(out)!r}, trust_remote_code=True)")
         return
-    out = export_backbone(weight, cfg, args.out, int(args.shard_gb * 2**30), tokenizer)
+    out = export_backbone(weight, cfg, args.out, shard_bytes(args.shard_gb), tokenizer)
     name = hf_class_name(cfg)
     print(f"wrote {out} ({name}, {cfg.model.llm.num_layers} layers, vocab "
           f"{cfg.model.llm.vocab_size}) from {source.step_dir} (saved as {source.layout}) in "

@@ -13,7 +13,6 @@ inspection and inference tools read it. Resuming the original checkpoint in a ne
 directly too; this tool is for archiving, moving between clusters, and inspection.
 """
 import argparse
-import math
 import time
 
 from megatron_vist2.errors import run_cli
@@ -26,13 +25,13 @@ def main():
     ap.add_argument("--weights-only", action="store_true", help="leave out the optimizer state")
     ap.add_argument("--shard-gb", type=float, default=2.0, help="largest safetensors shard")
     args = ap.parse_args()
-    if not (math.isfinite(args.shard_gb) and args.shard_gb > 0):
-        ap.error(f"--shard-gb must be > 0 (a finite number of GB), got {args.shard_gb}")
     from megatron_vist2.checkpoint.sources import KINDS, open_checkpoint, write_consolidated
     from megatron_vist2.errors import TokenizerError
     from megatron_vist2.checkpoint.format import check_writable_target
     from megatron_vist2.checkpoint.tokenizer_record import find_tokenizer
     from megatron_vist2.data.tokenizer import load_tokenizer
+    from megatron_vist2.checkpoint.safetensors_io import shard_bytes
+    shard_bytes(args.shard_gb)                     # checked before anything is read or written
     check_writable_target(args.out)                # before reading anything
     start = time.time()
     source = open_checkpoint(args.checkpoint)
@@ -65,7 +64,7 @@ def main():
         tokenizer = None
         print(f"note: the output will not carry the tokenizer ({exc})")
     out = write_consolidated(args.out, source.step_dir.name, tensors(), manifest, source.config,
-                             meta, int(args.shard_gb * 2 ** 30), tokenizer=tokenizer)
+                             meta, shard_bytes(args.shard_gb), tokenizer=tokenizer)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"wrote {out} ({size / 2 ** 20:,.1f} MiB{', weights only' if args.weights_only else ''}) "
           f"in {time.time() - start:.1f} s")

@@ -3,6 +3,7 @@ consolidated checkpoints: streaming writes (one shard in memory) and lazy reads.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Tuple
 
@@ -10,7 +11,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UserError
+
+
+def shard_bytes(gb: float) -> int:
+    """--shard-gb (the largest safetensors shard, in GiB) -> bytes; UserError unless a finite
+    number > 0 (the export and reshard tools' one rule)."""
+    if not (math.isfinite(gb) and gb > 0):
+        raise UserError(f"--shard-gb must be > 0 (a finite number of GB), got {gb}")
+    return int(gb * 2 ** 30)
 
 
 def write_shards(tensors: Iterable[Tuple[str, torch.Tensor]], directory: Path, shard_bytes: int,
