@@ -28,6 +28,9 @@ def document_lengths(prefix: str) -> np.ndarray:
     return np.array(ds.sequence_lengths)          # a copy: the mmap goes with ``ds``
 
 
+MAX_SEQ = 1 << 20              # rows longer than this take hours to count (pairs grow as seq^2)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="0.6b", help="preset name or YAML file (L, m, seq_length)")
@@ -39,15 +42,23 @@ def main():
     ap.add_argument("--block", type=int, default=128, help="tile size (default 128, FlexAttention's)")
     ap.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = ap.parse_args()
+    for flag, value in (("--rows", args.rows), ("--block", args.block)):
+        if value < 1:
+            ap.error(f"{flag} must be >= 1, got {value}")
+    if args.readback is not None and not 0.0 <= args.readback <= 1.0:      # nan fails too
+        ap.error(f"--readback must be a share in [0, 1], got {args.readback}")
+    if args.seq is not None and args.seq > MAX_SEQ:
+        ap.error(f"--seq {args.seq:,}: counting a row's token pairs is quadratic; this tool counts rows of "
+                 f"at most {MAX_SEQ:,} tokens")
     from megatron_vist2.config import load_config
     from megatron_vist2.data.packing import ORDERS, pack_segments, segment_document
     from megatron_vist2.cost.block_sparsity import rows_report
     cfg = load_config(args.preset, args.overrides)
     L, m = cfg.model.chunk.text_tokens, cfg.model.visual_tokens_per_chunk
-    seq = args.seq or cfg.data.seq_length
+    seq = cfg.data.seq_length if args.seq is None else args.seq
     rb = cfg.data.readback_fraction if args.readback is None else args.readback
-    if args.rows < 1 or seq < L + m:
-        raise UserError(f"--rows must be >= 1 and --seq >= L + m = {L + m}")
+    if seq < L + m:
+        raise UserError(f"--seq must be >= L + m = {L + m} (one chunk and its visual tokens), got {seq}")
     rng = np.random.default_rng(0)
     lengths = [2 * seq] * args.rows if args.synthetic else document_lengths(args.data or cfg.data.train_prefix)
     segs = [s for d, n in enumerate(lengths) for s in segment_document(d, int(n), L, m, seq, rb, rng)]
