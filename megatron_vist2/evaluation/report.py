@@ -37,8 +37,10 @@ def scalars(results: Dict) -> Dict[str, float]:
         if ret.get(key) is not None:
             out[f"eval/retention/{key}"] = ret[key]
         gap = (ret.get("controls_gap") or {}).get(key) or {}
-        if gap.get("gap") is not None:
-            out[f"eval/controls_gap/{key}"] = gap["gap"]
+        for name, field in (("controls_gap", "gap"), ("controls_gap_se", "gap_se"),
+                            ("controls_gap_se_rows", "gap_se_rows")):
+            if gap.get(field) is not None:
+                out[f"eval/{name}/{key}"] = gap[field]
     ocr = results.get("ocr_readback") or {}
     if ocr.get("chunks"):
         out["eval/ocr/cer"], out["eval/ocr/exact_match"] = ocr["cer"], ocr["exact_match"]
@@ -64,12 +66,18 @@ def table(results: Dict) -> str:
                      f"{f(r['chunk_first']['loss']):>13}{f(r['within_chunk']['loss']):>9}{r['targets']:>9}")
     ret = results.get("retention")
     if ret:
-        lines.append(f"retention R       overall {f(ret['overall'], '.3f')}, within-chunk "
-                     f"{f(ret['within_chunk'], '.3f')}, chunk-first {f(ret['chunk_first'], '.3f')}")
         gaps = ret.get("controls_gap") or {}
-        lines.append("controls' gap     " + ", ".join(
-            f"{key} {f(g['gap'])} +- {f(g['gap_se'])}" + ("" if g["measurable"] else " (R not measurable)")
-            for key, g in gaps.items()) + " nats (L_window - L_text +- standard error)")
+        lines.append("retention R       " + ", ".join(
+            f"{key.replace('_', '-')} " + (f(ret[key], ".3f") if ret[key] is not None else "not measurable")
+            for key in ("overall", "within_chunk", "chunk_first")) + " (targets with history: chunk index >= 1)")
+        for key, g in gaps.items():
+            if g["gap"] is None:
+                continue
+            worst = max(g["gap_se"] or 0.0, g["gap_se_rows"] or 0.0)
+            lines.append(f"  controls' gap   {key.replace('_', '-'):13}{g['gap']:.4f} +- {f(g['gap_se'])} paired, "
+                         f"+- {f(g['gap_se_rows'])} by row" + (f" = {g['gap'] / worst:.1f} SE" if worst else "")
+                         + f" on {g['targets']:,} targets" + ("" if g["measurable"] else " (R not measurable)"))
+        lines.append("  (L_window - L_text in nats; R is reported where it is >= 2 of the larger standard error)")
     ocr = results.get("ocr_readback")
     if ocr and ocr.get("chunks"):
         lines.append(f"OCR read-back     CER {ocr['cer']:.3f} (char accuracy {ocr['char_accuracy']:.1%}), "

@@ -95,9 +95,10 @@ def run(opts: Options) -> Dict:
     import os
     from ..data.indexed import open_indexed
     from ..parallel.distributed import init_distributed
-    from .heldout import eval_config, heldout_dataset, rows_config, score
+    from .heldout import distinct_batches, eval_config, heldout_dataset, history_targets, rows_config, score
+    from .paired import check_same_targets, retention
     from .retrieval import check_depths
-    from .targets import check_same_targets, retention
+    from .targets import chunk_bins
 
     if opts.batches < 1:
         raise EvaluationError(f"--batches must be >= 1, got {opts.batches}")
@@ -125,6 +126,21 @@ def run(opts: Options) -> Dict:
     dataset = heldout_dataset(rows_cfg, tok, opts.batches, model.context)
     if len(dataset) == 0:
         raise EvaluationError(f"the evaluation set {rows_cfg.data.valid_prefix} packs into no rows")
+    G, L = rows_cfg.parallel.global_batch_size, rows_cfg.model.chunk.text_tokens
+    usable = distinct_batches(dataset, opts.batches, G)
+    if usable < opts.batches:
+        raise EvaluationError(
+            f"--batches {opts.batches} of {G} rows asks for {opts.batches * G} held-out rows, but the evaluation "
+            f"set {rows_cfg.data.valid_prefix} holds {'fewer than one batch' if usable == 0 else usable * G} "
+            f"before its rows repeat (a repeated row counts the same targets twice and makes every standard "
+            f"error look smaller than it is): use " + (f"--batches {usable}" if usable else "a smaller --micro-batch")
+            + " or a larger held-out set")
+    history = history_targets(dataset, opts.batches, G, L)
+    if opts.text and opts.window and history == 0:
+        raise EvaluationError(
+            f"no held-out target of {rows_cfg.data.valid_prefix} has history (every document fits in one chunk "
+            f"of model.chunk.text_tokens = {L} tokens), so retention R against the controls cannot be measured: "
+            f"evaluate on documents longer than one chunk (--valid-prefix), or leave out --text/--window")
 
     env = init_distributed(opts.tp, opts.pp)
     log = print if env.is_main else (lambda *_: None)
@@ -132,17 +148,19 @@ def run(opts: Options) -> Dict:
                "rho": cfgs["model"].model.compression_ratio,
                "text_tokens_per_chunk": cfgs["model"].model.chunk.text_tokens,
                "valid_prefix": rows_cfg.data.valid_prefix, "layout": {"tp": opts.tp, "pp": opts.pp, "world": world},
+               "heldout_rows": {"rows": opts.batches * G, "distinct": True, "targets_with_history": history},
                "heldout": {}}
+    per_target = {}
     for ev in [model, *controls]:
         log(f"scoring {ev.role} ({ev.context}) {ev.step_dir} on {opts.batches} held-out batches")
         rows = dataset if ev.role == "model" else heldout_dataset(rows_cfg, tok, opts.batches, ev.context)
-        results["heldout"][ev.role] = score(cfgs[ev.role], str(ev.step_dir), env, rows, rows_cfg,
-                                            opts.batches, log)
+        results["heldout"][ev.role], per_target[ev.role] = score(cfgs[ev.role], str(ev.step_dir), env, rows,
+                                                                 rows_cfg, opts.batches, log)
         results["heldout"][ev.role]["checkpoint"] = str(ev.step_dir)
-    check_same_targets(results["heldout"])
+    check_same_targets(per_target)
     if opts.text and opts.window:
-        h = results["heldout"]
-        results["retention"] = retention(h["model"], h["window"], h["text"])
+        results["retention"] = retention(per_target, L, chunk_bins(rows_cfg),
+                                         parallel_state.get_data_parallel_group())
     if opts.pp > 1:
         results["engine_note"] = ("OCR read-back, retrieval and long documents run through the inference "
                                   "engine, which has no pipeline stages: run them with --pp 1")
