@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Make the recall-rich source (megatron_vist2/data/recall.py) from a tokenized corpus: every
-document states a passage in its first chunks and repeats pieces of it in later chunks, so that
-history is worth clearly more than its error to the text control (docs/evaluation.md).
+document states passages in its first chunks and restates them word for word in its later chunks,
+so that history is worth clearly more than its error to the text control (docs/evaluation.md).
 
     python tools/make_recall_data.py --source data/sotu --output-prefix data/recall --preset tiny-cpu
 
 Reads <source>_train and <source>_valid (tools/preprocess_data.py) and writes
 <output-prefix>_train and _valid with the same tokenizer. A document is one row's whole history
 for the preset (``--preset`` and overrides: data.seq_length, model.chunk, visual tokens, no
-read-back), so rows never split one; its facts are its first ceil(chunks / 3) chunks. Train on a
+read-back), so evaluation rows never split one; its facts are its first ceil(chunks / 3) chunks. Train on a
 blend, e.g. data.train_prefix="0.5 data/sotu_train 0.5 data/recall_train", and evaluate on
 data/recall_valid.
 """
@@ -30,7 +30,7 @@ def main(argv=None):
     from megatron_vist2.config import load_config
     from megatron_vist2.data.indexed import open_indexed, read_manifest, write_indexed
     from megatron_vist2.data.packing import max_chunks_per_segment
-    from megatron_vist2.data.recall import COPY_LENGTH, recall_documents
+    from megatron_vist2.data.recall import recall_documents
     from megatron_vist2.data.tokenizer import load_tokenizer
     cfg = load_config(args.preset, args.overrides)
     m = cfg.model
@@ -39,10 +39,7 @@ def main(argv=None):
     if chunks < 2:
         raise UserError(f"a row of data.seq_length {cfg.data.seq_length} holds {chunks} chunk of {L} tokens: "
                         f"history needs at least 2; raise data.seq_length")
-    doc_tokens, facts_tokens = chunks * L, math.ceil(chunks / 3) * L
-    if facts_tokens < COPY_LENGTH[1]:
-        raise UserError(f"the facts ({facts_tokens} tokens: {math.ceil(chunks / 3)} chunk(s) of {L}) are shorter "
-                        f"than a copied passage ({COPY_LENGTH[1]}): use longer chunks or rows")
+    doc_tokens, facts = chunks * L, math.ceil(chunks / 3)
     tokenizer = load_tokenizer(args.tokenizer or read_manifest(f"{args.source}_train")["tokenizer"])
     for split in ("train", "valid"):
         src = open_indexed(f"{args.source}_{split}", tokenizer)
@@ -51,14 +48,13 @@ def main(argv=None):
                             f"nothing to make recall documents from (lower data.seq_length)")
         stats = {}
         extra = {"recall": {"source": f"{args.source}_{split}", "source_sha256": src.manifest["sha256"],
-                            "doc_tokens": doc_tokens, "facts_tokens": facts_tokens, "seed": args.seed,
-                            "copy_length": list(COPY_LENGTH)}}
+                            "chunks": chunks, "text_tokens": L, "facts_chunks": facts, "seed": args.seed}}
         out = f"{args.output_prefix}_{split}"
-        write_indexed(out, recall_documents(src, doc_tokens, facts_tokens, args.seed, stats), tokenizer,
+        write_indexed(out, recall_documents(src, chunks, L, facts, args.seed, stats), tokenizer,
                       extra=lambda: {**extra, "recall": {**extra["recall"], **stats}})
         print(f"wrote {out}.bin/.idx/.json: {stats['documents']} documents of {doc_tokens} tokens "
-              f"({chunks} chunks of {L}; facts {facts_tokens}), {stats['copied_tokens'] / stats['tokens']:.1%} "
-              f"of the tokens repeat the facts")
+              f"({chunks} chunks of {L}; the first {facts} state the facts), {stats['copied_tokens'] / stats['tokens']:.1%} "
+              f"of the tokens restate them")
 
 
 if __name__ == "__main__":

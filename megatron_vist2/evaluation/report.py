@@ -48,6 +48,8 @@ def scalars(results: Dict) -> Dict[str, float]:
             out["eval/ocr/blind_cer"] = ocr["blind"]["cer"]
     if "retrieval" in results:
         out["eval/retrieval/accuracy"] = results["retrieval"]["accuracy"]
+        for role, acc in (results["retrieval"].get("by_model") or {}).items():
+            out[f"eval/retrieval/{role}/accuracy"] = acc
     long = results.get("beyond_training_length") or {}
     if long.get("loss_beyond_training_length") is not None:
         out["eval/long/loss_beyond_training_length"] = long["loss_beyond_training_length"]
@@ -86,12 +88,27 @@ def table(results: Dict) -> str:
             lines.append(f"  blind           char accuracy {ocr['blind']['char_accuracy']:.1%} reading each chunk "
                          f"from another chunk's image (the language prior alone)")
     if "retrieval" in results:
-        lines.append(f"retrieval         {results['retrieval']['accuracy']:.1%} exact")
+        lines += retrieval_lines(results["retrieval"])
     long = results.get("beyond_training_length")
     if long and long.get("documents"):
         lines.append(f"beyond training   loss {f(long['loss_beyond_training_length'])} past "
                      f"{long['training_row_text_tokens']} tokens (within {f(long['loss_within_training_length'])})")
     return "\n".join(lines)
+
+
+def retrieval_lines(ret: Dict) -> List[str]:
+    """Exact match of every model at every depth, one block per context length."""
+    roles = list(ret.get("by_model") or {"model": ret["accuracy"]})
+    lines = [f"retrieval         exact match, {ret['accuracy']:.1%} overall for the model; by depth (tokens "
+             f"between the key and the question):"]
+    for context in sorted({c["context"] for c in ret["cells"]}):
+        cells = [c for c in ret["cells"] if c["context"] == context]
+        lines.append(f"  context {context:<6} depth" + "".join(f"{c['depth']:>7}" for c in cells)
+                     + f"   ({cells[0]['trials']} trials each)")
+        for role in roles:
+            accs = [(c.get("by_model") or {"model": c["accuracy"]})[role] for c in cells]
+            lines.append(f"    {role:18}" + "".join(f"{a:>7.0%}" for a in accs))
+    return lines
 
 
 def _series(rows: List[Dict], key: str) -> Tuple[List[int], List[float]]:
@@ -136,9 +153,13 @@ def plots(results: Dict, out: Path) -> List[str]:
         save(fig, "ocr_by_font_size.png")
     if results.get("retrieval"):
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for context in sorted({c["context"] for c in results["retrieval"]["cells"]}):
-            cells = [c for c in results["retrieval"]["cells"] if c["context"] == context]
-            ax.plot([c["depth"] for c in cells], [c["accuracy"] for c in cells], marker="o", label=f"context {context}")
+        ret = results["retrieval"]
+        for context in sorted({c["context"] for c in ret["cells"]}):
+            cells = [c for c in ret["cells"] if c["context"] == context]
+            for role in (ret.get("by_model") or {"model": None}):
+                ax.plot([c["depth"] for c in cells], [(c.get("by_model") or {"model": c["accuracy"]})[role]
+                                                      for c in cells],
+                        marker="o", ls="-" if role == "model" else "--", label=f"{role}, context {context}")
         ax.set_xlabel("depth (tokens between the key and the question)"), ax.set_ylabel("exact match")
         ax.set_ylim(-0.05, 1.05), ax.legend(fontsize=7)
         save(fig, "retrieval_by_depth.png")

@@ -58,23 +58,20 @@ def _inference_model(ev: Evaluated, cfg, env):
     return model.to(env.device).eval()
 
 
-def engine_metrics(ev: Evaluated, cfg, tok, indexed, opts: Options, env) -> Dict:
-    """OCR read-back (VIST2 context only), retrieval and long-document loss through the engine."""
-    from ..data.renderer import Renderer
-    from ..inference import Vist2Engine
+def engine_metrics(ev: Evaluated, cfg, tok, indexed, opts: Options, env, controls=()) -> Dict:
+    """OCR read-back (VIST2 context only), retrieval and long-document loss of the model through
+    the engine; retrieval also for each of ``controls`` ((Evaluated, config) pairs), on the same
+    prompts, each in its own engine mode."""
     from .longdoc import long_context_loss, long_documents, row_text_tokens
     from .readback import held_out_chunks, ocr_readback
-    from .retrieval import retrieval
+    from .retrieval import side_by_side
     model = _inference_model(ev, cfg, env)
     mc = cfg.model
     L, m = mc.chunk.text_tokens, mc.visual_tokens_per_chunk
     out: Dict = {}
-
-    def engine_for(max_context):
-        # each context in its own engine mode (VIST2: running compression; text: full KV; window)
-        return Vist2Engine(model, tok, cfg, compress=None, max_context=max_context, device=env.device)
-
     if opts.ocr_chunks and ev.context == "vist2":     # only VIST2 reads images
+        from ..data.renderer import Renderer
+
         def forward(batch):
             return tensor_parallel.gather_from_tensor_model_parallel_region(model(batch))
         chunks = held_out_chunks(indexed, L, opts.ocr_chunks)
@@ -82,12 +79,30 @@ def engine_metrics(ev: Evaluated, cfg, tok, indexed, opts: Options, env) -> Dict
                                **ocr_readback(forward, chunks, Renderer.from_model_config(mc), tok, L, m,
                                               device=env.device)}
     if opts.retrieval_contexts and opts.retrieval_depths:
-        out["retrieval"] = retrieval(engine_for, tok, indexed, opts.retrieval_contexts, opts.retrieval_depths,
-                                     opts.retrieval_trials, cfg.train.seed)
+        seed = cfg.train.seed                          # the model's: every model gets the same prompts
+        by_role = {ev.role: _retrieval(model, cfg, tok, indexed, opts, env, seed)}
+        for other, other_cfg in controls:
+            by_role[other.role] = _retrieval(_inference_model(other, other_cfg, env), other_cfg, tok, indexed,
+                                             opts, env, seed)
+        out["retrieval"] = side_by_side(by_role)
     if opts.long_docs:
         docs = long_documents(indexed, row_text_tokens(cfg), opts.long_docs, opts.long_max_tokens)
-        out["beyond_training_length"] = long_context_loss(engine_for, docs, cfg)
+        out["beyond_training_length"] = long_context_loss(_engines(model, tok, cfg, env), docs, cfg)
     return out
+
+
+def _engines(model, tok, cfg, env):
+    """-> engine_for(max_context): the engine of ``model`` in its context's own mode (VIST2:
+    running compression; text: full KV; window: the current chunk only)."""
+    from ..inference import Vist2Engine
+    return lambda max_context: Vist2Engine(model, tok, cfg, compress=None, max_context=max_context,
+                                           device=env.device)
+
+
+def _retrieval(model, cfg, tok, indexed, opts: Options, env, seed: int) -> Dict:
+    from .retrieval import retrieval
+    return retrieval(_engines(model, tok, cfg, env), tok, indexed, opts.retrieval_contexts, opts.retrieval_depths,
+                     opts.retrieval_trials, seed)
 
 
 def run(opts: Options) -> Dict:
@@ -165,7 +180,9 @@ def run(opts: Options) -> Dict:
         results["engine_note"] = ("OCR read-back, retrieval and long documents run through the inference "
                                   "engine, which has no pipeline stages: run them with --pp 1")
     else:
-        # the model only: the controls' losses are what R needs, and their engine paths are theirs
-        results.update(engine_metrics(model, cfgs["model"], tok, indexed, opts, env))
+        # retrieval also for the controls (VIST2 next to the text control at every depth); OCR and
+        # long documents for the model only
+        results.update(engine_metrics(model, cfgs["model"], tok, indexed, opts, env,
+                                      [(ev, cfgs[ev.role]) for ev in controls]))
     torch.distributed.barrier()
     return results

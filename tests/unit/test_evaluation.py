@@ -136,6 +136,42 @@ def test_recorder_keys_targets_by_text_position(tiny_data, dist_env):
         check_same_targets(got)
 
 
+def test_retrieval_by_depth_side_by_side(tiny_data):
+    """Pass-key prompts put the key sentence exactly ``depth`` tokens before the question, and
+    every model gets the same prompts: a reader that sees the whole prompt finds the key at every
+    depth, one that sees only the last 96 tokens only where the key sentence (42 tokens) lies inside;
+    side_by_side puts the two next to each other, cell by cell."""
+    import re
+    from megatron_vist2.data.indexed import open_indexed
+    from megatron_vist2.data.tokenizer import load_tokenizer
+    from megatron_vist2.evaluation.retrieval import NEEDLE, QUESTION, build_trials, retrieval, side_by_side
+    tok = load_tokenizer(tiny_data.tokenizer)
+    indexed = open_indexed(tiny_data.valid, tok)
+    question = tok.encode(QUESTION)
+    seen = []
+
+    class Reader:
+        def __init__(self, visible):
+            self.visible = visible
+
+        def generate(self, prompts, params):
+            seen.append(list(prompts[0]))
+            found = re.search(r"pass key is (\d{5})", tok.decode(prompts[0][-self.visible:]))
+            return [tok.encode(" " + found.group(1)) if found else [0] * params.max_new_tokens]
+
+    for prompt, key in build_trials(tok, np.arange(1000) % 400 + 20, 192, 100, 3, seed=5):
+        needle = tok.encode(NEEDLE.format(key=tok.decode(key).strip()))
+        end = len(prompt) - 100 - len(question)
+        assert len(prompt) == 192 and prompt[end - len(needle):end] == needle
+    results = {name: retrieval(lambda n, v=visible: Reader(v), tok, indexed, [192], [8, 120], 3, seed=5)
+               for name, visible in (("model", 10 ** 6), ("window", 96))}
+    assert seen[:6] == seen[6:]                                       # the same prompts for both
+    both = side_by_side(results)
+    assert [(c["depth"], c["by_model"]) for c in both["cells"]] == [
+        (8, {"model": 1.0, "window": 1.0}), (120, {"model": 1.0, "window": 0.0})]
+    assert both["accuracy"] == 1.0 and both["by_model"] == {"model": 1.0, "window": 0.5}
+
+
 # A hand-built backbone for which history matters: "predict a token this document has used".
 # Documents draw i.i.d. from their own SET of the POOL tokens, so a model that sees the earlier
 # chunks' text knows the set, and one that sees only its chunk does not. Token POOL[j] is embedded
