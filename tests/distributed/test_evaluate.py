@@ -22,16 +22,17 @@ def checkpoint(tiny_data, dist_env, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def controls(checkpoint, tmp_path_factory):
-    """The same weights posing as the text and the window control."""
-    import shutil
-    from tests.bad_input.conftest import edit_saved_config
-    root = tmp_path_factory.mktemp("eval_controls")
-    out = {}
+def controls(tiny_data, dist_env, tmp_path_factory):
+    """The checkpoint's weights (without the vision front) as the text and the window control."""
+    from dataclasses import replace
+    from megatron_vist2.models.vist2 import Vist2Model
+    cfg, tok, _, model = tiny_model(tiny_data, "model.init_std=0.1")
+    root, state, out = tmp_path_factory.mktemp("eval_controls"), model.state_dict(), {}
     for context in ("text", "window"):
-        shutil.copytree(checkpoint, root / context)
-        edit_saved_config(root / context / "step_0000002", lambda c: c["model"].__setitem__("context", context))
-        out[context] = str(root / context)
+        c = replace(cfg, model=replace(cfg.model, context=context))
+        control = Vist2Model(c)
+        control.load_state_dict({k: v for k, v in state.items() if k in control.state_dict()})
+        out[context] = str(write_checkpoint(root / context, c, tok, control).parent)
     return out
 
 
