@@ -8,7 +8,8 @@ so that history is worth clearly more than its error to the text control (docs/e
 Reads <source>_train and <source>_valid (tools/preprocess_data.py) and writes
 <output-prefix>_train and _valid with the same tokenizer. A document is one row's whole history
 for the preset (``--preset`` and overrides: data.seq_length, model.chunk, visual tokens, no
-read-back), so evaluation rows never split one; its facts are its first ceil(chunks / 3) chunks. Train on a
+read-back), so evaluation rows never split one; its facts are its first F = ceil(chunks / 3) chunks,
+and every later chunk c repeats chunk c - F. Train on a
 blend, e.g. data.train_prefix="0.5 data/sotu_train 0.5 data/recall_train", and evaluate on
 data/recall_valid.
 """
@@ -24,7 +25,6 @@ def main(argv=None):
     ap.add_argument("--output-prefix", default="data/recall")
     ap.add_argument("--tokenizer", default="", help="the corpus's tokenizer (default: the one its manifest names)")
     ap.add_argument("--preset", default="tiny-cpu", help="preset or YAML whose row length sizes the documents")
-    ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.seq_length=544")
     args = ap.parse_args(argv)
     from megatron_vist2.config import load_config
@@ -48,9 +48,9 @@ def main(argv=None):
                             f"nothing to make recall documents from (lower data.seq_length)")
         stats = {}
         extra = {"recall": {"source": f"{args.source}_{split}", "source_sha256": src.manifest["sha256"],
-                            "chunks": chunks, "text_tokens": L, "facts_chunks": facts, "seed": args.seed}}
+                            "chunks": chunks, "text_tokens": L, "facts_chunks": facts}}
         out = f"{args.output_prefix}_{split}"
-        write_indexed(out, recall_documents(src, chunks, L, facts, args.seed, stats), tokenizer,
+        write_indexed(out, recall_documents(src, chunks, L, facts, stats), tokenizer,
                       extra=lambda: {**extra, "recall": {**extra["recall"], **stats}})
         print(f"wrote {out}.bin/.idx/.json: {stats['documents']} documents of {doc_tokens} tokens "
               f"({chunks} chunks of {L}; the first {facts} state the facts), {stats['copied_tokens'] / stats['tokens']:.1%} "
