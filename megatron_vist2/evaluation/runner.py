@@ -41,7 +41,7 @@ class Options:
 
 
 def _tokenizer(ev: Evaluated, cfg):
-    from ..checkpoint.safeguards import find_tokenizer
+    from ..checkpoint.tokenizer_record import find_tokenizer
     from ..data.tokenizer import load_tokenizer
     return load_tokenizer(find_tokenizer(ev.step_dir, cfg.data.tokenizer, ev.tokenizer_sha256, None,
                                          identify=lambda p: load_tokenizer(p).sha256))
@@ -63,7 +63,7 @@ def engine_metrics(ev: Evaluated, cfg, tok, indexed, opts: Options, env, control
     the engine; retrieval also for each of ``controls`` ((Evaluated, config) pairs), on the same
     prompts, each in its own engine mode."""
     from .longdoc import long_context_loss, long_documents, row_text_tokens
-    from .readback import held_out_chunks, ocr_readback
+    from ..metrics.readback import held_out_chunks, ocr_readback
     from .retrieval import side_by_side
     model = _inference_model(ev, cfg, env)
     mc = cfg.model
@@ -111,9 +111,9 @@ def run(opts: Options) -> Dict:
     from ..data.indexed import open_indexed
     from ..parallel.distributed import init_distributed
     from .heldout import distinct_batches, eval_config, heldout_dataset, history_targets, rows_config, score
-    from .paired import check_same_targets, retention
+    from ..metrics.paired import check_same_targets, retention
     from .retrieval import check_depths
-    from .targets import chunk_bins
+    from ..metrics.targets import chunk_bins
 
     if opts.batches < 1:
         raise EvaluationError(f"--batches must be >= 1, got {opts.batches}")

@@ -20,12 +20,12 @@ from tests.conftest import tiny_model
     ("The nation", "The natoin", 2),   # a transposition is two substitutions
 ])
 def test_edit_distance_is_the_hand_computed_levenshtein(hyp, ref, distance):
-    from megatron_vist2.evaluation.cer import edit_distance
+    from megatron_vist2.metrics.cer import edit_distance
     assert edit_distance(hyp, ref) == distance
 
 
 def test_cer_counter_sums_edits_over_reference_characters():
-    from megatron_vist2.evaluation.cer import CerCounter
+    from megatron_vist2.metrics.cer import CerCounter
     c = CerCounter()
     c.add("kitten", "sitting")         # 3 edits / 7
     c.add("abc", "abc")                # 0 / 3, exact
@@ -53,7 +53,7 @@ def test_paired_standard_error_equals_brute_force():
     loop over the constructed targets (statistics.stdev), and the row-clustered SE against the
     sandwich formula over rows written out; the unpaired SE is several times larger here."""
     import statistics
-    from megatron_vist2.evaluation.paired import categories, difference, difference_sums
+    from megatron_vist2.metrics.paired import categories, difference, difference_sums
     pt, L = _constructed_per_target()
     w, t = pt["window"], pt["text"]
     sel = categories(w, L, bins=5)
@@ -90,7 +90,7 @@ def test_paired_standard_error_equals_brute_force():
 
 
 def test_gap_measurable_only_at_two_standard_errors():
-    from megatron_vist2.evaluation.paired import STATS, difference
+    from megatron_vist2.metrics.paired import STATS, difference
     d = np.array([0.1, 0.3, -0.2, 0.5, 0.2])         # one row: no row-clustered SE
     stats = dict(zip(STATS, [5, d.sum(), (d * d).sum(), 1, d.sum() ** 2, d.sum() * 5, 25]))
     g = difference(np.array([stats[k] for k in STATS]))
@@ -110,7 +110,7 @@ def test_recorder_keys_targets_by_text_position(tiny_data, dist_env):
     from dataclasses import replace
     from megatron_vist2.data.dataset import PackedVist2Dataset, collate
     from megatron_vist2.data.indexed import open_indexed
-    from megatron_vist2.evaluation.paired import TargetRecorder, check_same_targets
+    from megatron_vist2.metrics.paired import TargetRecorder, check_same_targets
     from megatron_vist2.models.attention import TEXT
     cfg, tok, _, _ = tiny_model(tiny_data)
     got = {}
@@ -304,8 +304,8 @@ def test_target_tags_split_the_training_loss_by_chunk(tiny_data, dist_env):
     """The per-target statistics add up to the training loss's sum and target count, and the
     chunk-first targets are one per chunk > 0 of each segment (counted from the segments)."""
     from megatron_vist2.data.dataset import collate
-    from megatron_vist2.evaluation.targets import chunk_bins, summarize, target_loss_fn
-    from megatron_vist2.training.loss import token_losses
+    from megatron_vist2.metrics.targets import chunk_bins, summarize, target_loss_fn
+    from megatron_vist2.metrics.loss import token_losses
     cfg, tok, ds, model = tiny_model(tiny_data)
     rows = [ds[i] for i in range(4)]
     batch = collate(rows)
@@ -337,7 +337,7 @@ def test_during_training_metrics(tiny_data, dist_env, tmp_path):
     from megatron_vist2.checkpoint.sources import open_checkpoint
     from megatron_vist2.data.indexed import open_indexed
     from megatron_vist2.data.renderer import Renderer
-    from megatron_vist2.evaluation.readback import held_out_chunks, ocr_readback
+    from megatron_vist2.metrics.readback import held_out_chunks, ocr_readback
     from megatron_vist2.train import main
     from tests.conftest import tiny_overrides
     run = tmp_path / "run"

@@ -11,7 +11,7 @@ offset in its segment's text, the same in every context; ``first_target``), not 
 
 Each model's losses are summarised here (all targets, chunk-first, within-chunk, by chunk
 index); the differences between models, target by target with their paired standard errors,
-and the retention R built from them are evaluation/paired.py's.
+and the retention R built from them are metrics/paired.py's.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import torch
 from ..config import Config
 from ..data.packing import max_chunks_per_segment
 from ..models.vist2 import Vist2Batch
-from ..training.loss import masked_token_losses
+from .loss import masked_token_losses
 
 FIELDS = ("first_sum", "first_count", "within_sum", "within_count", "first_sumsq", "within_sumsq")
 
