@@ -69,9 +69,15 @@ def table(results: Dict) -> str:
     ret = results.get("retention")
     if ret:
         gaps = ret.get("controls_gap") or {}
-        lines.append("retention R       " + ", ".join(
-            f"{key.replace('_', '-')} " + (f(ret[key], ".3f") if ret[key] is not None else "not measurable")
-            for key in ("overall", "within_chunk", "chunk_first")) + " (targets with history: chunk index >= 1)")
+        def r_text(key):
+            if ret[key] is None:
+                return "not measurable"
+            se = (ret.get("se") or {}).get(key) or {}
+            worst = max(se.get("paired") or 0.0, se.get("rows") or 0.0)
+            return f"{ret[key]:.3f}" + (f" +- {worst:.3f}" if worst else "")
+        lines.append("retention R       " + ", ".join(f"{key.replace('_', '-')} {r_text(key)}"
+                                                      for key in ("overall", "within_chunk", "chunk_first"))
+                     + " (targets with history: chunk index >= 1; +- the larger SE)")
         for key, g in gaps.items():
             if g["gap"] is None:
                 continue

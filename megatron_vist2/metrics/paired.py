@@ -117,23 +117,28 @@ def difference_sums(a: np.ndarray, b: np.ndarray, selections: Dict[str, np.ndarr
 
 def difference(stats: np.ndarray) -> Dict:
     """One row of ``difference_sums`` (summed over ranks) -> mean difference, its paired SE
-    sd(d)/sqrt(n), its row-clustered SE, and whether the mean is at least two of the larger SE."""
+    sd(d)/sqrt(n) and its row-clustered SE (None where they cannot be computed)."""
     n, s, sq, rows, rsq, rcross, rnsq = (float(x) for x in stats)
-    if n < 2:
-        return {"gap": s / n if n else None, "gap_se": None, "gap_se_rows": None, "targets": int(n),
-                "rows": int(rows), "measurable": False,
-                "reason": f"{int(n)} target(s) with history: a standard error needs 2 or more"}
-    mean = s / n
-    se = math.sqrt(max(sq - n * mean * mean, 0.0) / (n - 1) / n)
+    mean = s / n if n else None
+    se = math.sqrt(max(sq - n * mean * mean, 0.0) / (n - 1) / n) if n >= 2 else None
     se_rows = None
-    if rows >= 2:
+    if rows >= 2 and n:
         spread = max(rsq - 2 * mean * rcross + mean * mean * rnsq, 0.0)
         se_rows = math.sqrt(rows / (rows - 1) * spread) / n
-    worst = max(se, se_rows or 0.0)
-    measurable = bool(mean >= 2 * worst and mean > 0)
-    out = {"gap": mean, "gap_se": se, "gap_se_rows": se_rows, "targets": int(n), "rows": int(rows),
-           "measurable": measurable}
-    if not measurable:
+    return {"gap": mean, "gap_se": se, "gap_se_rows": se_rows, "targets": int(n), "rows": int(rows)}
+
+
+def controls_difference(stats: np.ndarray) -> Dict:
+    """``difference`` of the controls (L_window - L_text), with ``measurable``: the gap is at
+    least two of its larger SE (else ``reason`` says why R is not reported)."""
+    out = difference(stats)
+    mean, se = out["gap"], out["gap_se"]
+    if se is None:
+        return {**out, "measurable": False,
+                "reason": f"{out['targets']} target(s) with history: a standard error needs 2 or more"}
+    worst = max(se, out["gap_se_rows"] or 0.0)
+    out["measurable"] = bool(mean > 0 and mean >= 2 * worst)
+    if not out["measurable"]:
         out["reason"] = (f"the gap {mean:.4f} is under two standard errors ({worst:.4f}, "
                          f"{'row-clustered' if worst > se else 'paired'}): history is worth too little to "
                          f"the text control on these targets to measure what a model keeps of it")
@@ -152,24 +157,35 @@ def reduce_sums(sums: np.ndarray, group=None) -> np.ndarray:
 def retention(per_target: Dict[str, Dict[str, np.ndarray]], L: int, bins: int, group=None) -> Dict:
     """R overall, on within-chunk and on chunk-first targets and by chunk index (targets with
     history), from the per-target losses of ``model``, ``text`` and ``window`` on the same rows;
-    with the controls' gap L_window - L_text and the model's L_window - L_model behind each."""
+    with the controls' gap L_window - L_text and the model's L_window - L_model behind each, and
+    R's standard errors (``se``: paired and row-clustered, by linearisation)."""
     sel = categories(per_target["window"], L, bins)
     w, t, m = (per_target[r]["loss"] for r in ("window", "text", "model"))
     names = list(sel)
     controls = reduce_sums(difference_sums(w, t, sel), group)
     model = reduce_sums(difference_sums(w, m, sel), group)
-    gaps = {k: difference(controls[i]) for i, k in enumerate(names)}
+    gaps = {k: controls_difference(controls[i]) for i, k in enumerate(names)}
     kept = {k: difference(model[i]) for i, k in enumerate(names)}
+    # R = mean(w - m) / mean(w - t) over the same targets, where the denominator is measurable; its
+    # SEs by linearisation: the SEs of mean(z), z = (w - m) - R (w - t), divided by mean(w - t)
+    ratios = {k: kept[k]["gap"] / gaps[k]["gap"] for k in names if gaps[k]["measurable"]}
+    z = {k: reduce_sums(difference_sums(w - m, r * (w - t), {k: sel[k]}), group)[0] for k, r in ratios.items()}
 
     def ratio(k) -> Optional[float]:
-        # (L_window - L_model) / (L_window - L_text), both means over the same targets
-        return kept[k]["gap"] / gaps[k]["gap"] if gaps[k]["measurable"] else None
+        return ratios.get(k)
+
+    def ratio_se(k) -> Optional[Dict]:
+        if k not in ratios:
+            return None
+        lin = difference(z[k])
+        return {"paired": lin["gap_se"] / gaps[k]["gap"],
+                "rows": lin["gap_se_rows"] / gaps[k]["gap"] if lin["gap_se_rows"] is not None else None}
     by_chunk: List[Dict] = [{"chunk": i, "within": ratio(f"within_{i}"), "first": ratio(f"first_{i}"),
                              "controls_gap_within": gaps[f"within_{i}"], "controls_gap_first": gaps[f"first_{i}"]}
                             for i in range(1, bins)]
     main = ("overall", "within_chunk", "chunk_first")
     out = {"targets": "targets with history (chunk index >= 1), the same in the three models",
-           **{k: ratio(k) for k in main}, "by_chunk": by_chunk,
+           **{k: ratio(k) for k in main}, "se": {k: ratio_se(k) for k in main}, "by_chunk": by_chunk,
            "controls_gap": {k: gaps[k] for k in main}, "model_gap": {k: kept[k] for k in main}}
     if not gaps["overall"]["targets"]:
         raise UserError("no held-out target has history (every segment is a single chunk): R cannot be "

@@ -90,7 +90,7 @@ def test_paired_standard_error_equals_brute_force():
 
 
 def test_gap_measurable_only_at_two_standard_errors():
-    from megatron_vist2.metrics.paired import STATS, difference
+    from megatron_vist2.metrics.paired import STATS, controls_difference as difference
     d = np.array([0.1, 0.3, -0.2, 0.5, 0.2])         # one row: no row-clustered SE
     stats = dict(zip(STATS, [5, d.sum(), (d * d).sum(), 1, d.sum() ** 2, d.sum() * 5, 25]))
     g = difference(np.array([stats[k] for k in STATS]))
@@ -101,6 +101,27 @@ def test_gap_measurable_only_at_two_standard_errors():
     g2 = difference(np.array([5, d2.sum(), (d2 * d2).sum(), 1, 0, 0, 0]))
     assert g2["measurable"] and g2["gap"] >= 2 * g2["gap_se"]
     assert not difference(np.array([1, 0.3, 0.09, 1, 0, 0, 0]))["measurable"]    # one target
+
+
+def test_retention_and_its_standard_error_against_the_delta_method():
+    """R = mean(w - m) / mean(w - t) on the targets with history, and its paired SE against the
+    delta method written with numpy's covariance: var(R) = (var(a) + R^2 var(b) - 2 R cov(a, b))
+    / (n mean(b)^2), a = w - m, b = w - t."""
+    from megatron_vist2.metrics.paired import categories, retention
+    pt, L = _constructed_per_target()
+    rng = np.random.default_rng(1)
+    w, t = pt["window"]["loss"], pt["text"]["loss"] - 0.4          # history worth 0.45 nats
+    m = w - 0.3 * (w - t) + rng.normal(0, 0.1, w.shape)            # keeps about 30 % of it
+    per_target = {role: {**pt["window"], "loss": x} for role, x in (("model", m), ("text", t), ("window", w))}
+    r = retention(per_target, L, bins=5)
+    sel = categories(pt["window"], L, 5)["overall"]
+    a, b = (w - m)[sel], (w - t)[sel]
+    R = a.mean() / b.mean()
+    cov = np.cov(a, b)                                             # ddof 1
+    se = math.sqrt((cov[0, 0] + R * R * cov[1, 1] - 2 * R * cov[0, 1]) / len(a)) / b.mean()
+    assert r["overall"] == pytest.approx(R, rel=1e-12) and 0.25 < R < 0.35
+    assert r["se"]["overall"]["paired"] == pytest.approx(se, rel=1e-9)
+    assert r["controls_gap"]["overall"]["measurable"] and "measurable" not in r["model_gap"]["overall"]
 
 
 def test_recorder_keys_targets_by_text_position(tiny_data, dist_env):
