@@ -3,14 +3,12 @@ checkpoint saved in the TP2/PP2/ZeRO-3 layout gives the single-process numbers o
 weights (1e-5): held-out loss, chunk-first and within-chunk losses, loss by chunk index; and with
 TP2 alone, the engine's measures (OCR read-back, retrieval, loss beyond the training length)."""
 import json
-import subprocess
-import sys
 
 import pytest
 
-from megatron_vist2.parallel.distributed import free_port
 from tests.bad_input.conftest import write_checkpoint
-from tests.conftest import REPO, subprocess_env, tiny_model
+from tests.conftest import tiny_model
+from tests.distributed import pool
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +20,8 @@ def checkpoint(tiny_data, dist_env, tmp_path_factory):
 @pytest.fixture(scope="module")
 def launched(checkpoint, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_4ranks")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--master_port",
-           str(free_port()), "tests/distributed/eval_worker.py", str(checkpoint), str(out), tiny_data.valid]
-    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    proc = pool.run(4, "script", ["tests/distributed/eval_worker.py", str(checkpoint), str(out), tiny_data.valid],
+                    timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return json.loads((out / "results.json").read_text()), out
 
