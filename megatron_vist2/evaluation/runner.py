@@ -41,7 +41,7 @@ class Options:
 
 
 def _tokenizer(ev: Evaluated, cfg):
-    from ..checkpoint.safeguards import find_tokenizer
+    from ..checkpoint.tokenizer_record import find_tokenizer
     from ..data.tokenizer import load_tokenizer
     return load_tokenizer(find_tokenizer(ev.step_dir, cfg.data.tokenizer, ev.tokenizer_sha256, None,
                                          identify=lambda p: load_tokenizer(p).sha256))

@@ -39,14 +39,15 @@ from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
 from ..parallel.pipeline import PipelineSchedule, stage_part
 from ..parallel.random import seed_runtime_rng
 from ..checkpoint.format import resolve_tag_dir
-from .async_checkpoint import AsyncWriter
-from .checkpoint import load_checkpoint, resume_dir, save_checkpoint
+from ..checkpoint.async_write import AsyncWriter
+from ..checkpoint.resume import load_checkpoint, resume_dir
+from ..checkpoint.save import save_checkpoint
 from .curriculum import Curriculum
 from .deepspeed_config import deepspeed_config, resolve_dtype
 from ..metrics.loss import PROBE_STATS, SPLIT_STATS, readback_probe_loss, split_means, training_loss
 from .logger import MetricsLogger, StepMeter, memory_in_use_gb, wandb_settings
 from .optim import build_optimizer, build_scheduler
-from ..checkpoint.safeguards import inject_nan_fault
+from ..checkpoint import faults
 from .health import RunHealth
 from .signals import StopOnSignal
 from .watchdog import collective
@@ -291,7 +292,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             meter.count(micro)                 # on the host copies: no device sync
             micro = [b.to(env.device) for b in micro]
         loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, split, loss_fn)
-        inject_nan_fault(run.engine.module, step + 1)      # tests only (MEGATRON_VIST2_FAULT)
+        faults.nan_weights(run.engine.module, step + 1, env.rank)      # tests only (MEGATRON_VIST2_FAULT)
         step += 1
         consumed += cfg.parallel.global_batch_size
         losses.append(loss)
