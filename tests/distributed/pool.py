@@ -29,7 +29,7 @@ from typing import Dict, Optional, Sequence
 
 from megatron_vist2.parallel.distributed import free_port
 from tests.commands import fresh
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import FAST_TIER_ENV, REPO, subprocess_env
 
 GRACE_S = 60
 
@@ -122,6 +122,9 @@ def run(world: int, kind: str, args: Sequence[str], env: Optional[Dict[str, str]
         timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a job on ``world`` ranks in the session's pool (started on first use)."""
     env = dict(env or {})
+    if os.environ.get(FAST_TIER_ENV):
+        raise AssertionError(f"{os.environ[FAST_TIER_ENV]} runs a rank-pool job but is not marked slow "
+                             f"(tests/conftest.py, the slow tier)")
     if fresh() or "kill-" in env.get("MEGATRON_VIST2_FAULT", ""):
         return launch_fresh(world, kind, args, env, timeout)
     pool = _pools.get(world)

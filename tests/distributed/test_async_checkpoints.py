@@ -9,6 +9,8 @@ import pytest
 from tests.distributed import pool
 from tests.distributed.runs import metrics, train
 
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def compared(tiny_data, tmp_path_factory):

@@ -10,6 +10,8 @@ from tests.bad_input.conftest import write_checkpoint
 from tests.conftest import tiny_model
 from tests.distributed import pool
 
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_data, dist_env, tmp_path_factory):

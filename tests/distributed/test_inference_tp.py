@@ -9,6 +9,8 @@ from tests.distributed import pool
 from tests.distributed.tp_scenario import OVERRIDES
 from tests.inference_helpers import teacher_forced
 
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def tp2(tiny_data, tmp_path_factory):

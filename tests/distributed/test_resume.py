@@ -8,6 +8,8 @@ import pytest
 from tests.conftest import REPO, subprocess_env
 from tests.distributed.runs import losses, metrics, train, train_args
 
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
+
 
 @pytest.mark.parametrize("extra", [[], ["model.llm.hidden_dropout=0.1", "model.llm.attention_dropout=0.1"],
                                    ["model.context=text"]],
