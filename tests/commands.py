@@ -28,6 +28,9 @@ from typing import Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 FRESH_ENV = "MEGATRON_VIST2_TEST_FRESH_LAUNCH"
+# One thread per run, as torchrun gives each rank: on a shared or small machine a second OpenMP
+# thread spins at every barrier (a 2-step tiny run took 155 s instead of seconds at load 70).
+THREADS_ENV = "OMP_NUM_THREADS"
 
 
 def fresh() -> bool:
@@ -50,16 +53,19 @@ def in_process(argv: Sequence[str], call=None, env_extra: Optional[Dict[str, str
                ) -> subprocess.CompletedProcess:
     """Run ``python argv`` (or ``call()``, its main) here as its own process would: ``env_extra``
     in the environment, sys.argv set, stdout and stderr captured, SystemExit -> its code, an
-    uncaught exception -> 1 with its traceback on stderr. The working directory, environment,
-    sys.argv and torch's thread count are restored after."""
+    uncaught exception -> 1 with its traceback on stderr; one thread (OMP_NUM_THREADS=1, as a
+    launched rank has). The working directory, environment, sys.argv and torch's thread count
+    are restored after."""
     import torch
     argv = [str(a) for a in argv]
-    saved_env = {k: os.environ.get(k) for k in (env_extra or {})}
+    env_extra = {THREADS_ENV: "1", **(env_extra or {})}
+    saved_env = {k: os.environ.get(k) for k in env_extra}
     cwd, threads, old_argv = os.getcwd(), torch.get_num_threads(), sys.argv
     out, err = io.StringIO(), io.StringIO()
     code = 0
     try:
-        os.environ.update(env_extra or {})
+        os.environ.update(env_extra)
+        torch.set_num_threads(1)
         os.chdir(REPO)
         sys.argv = argv[1:] if argv[0] == "-m" else list(argv)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -56,8 +56,10 @@ def _slow_tier_rule(request, monkeypatch):
 
 
 def subprocess_env(**extra) -> dict:
-    """Environment for child launches: without this process's own rank variables."""
+    """Environment for child launches: without this process's own rank variables, one thread
+    per process (as torchrun gives each rank; tests/commands.py)."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.setdefault("OMP_NUM_THREADS", "1")
     env.update(PYTHONPATH=str(REPO), **extra)
     return env
 
