@@ -11,6 +11,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# One thread for the session and every process it starts (as torchrun gives each rank): the tiny
+# models gain little from a second OpenMP thread, and on a shared machine its spinning at every
+# barrier multiplies run times (tests/commands.py). Set OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -56,10 +60,8 @@ def _slow_tier_rule(request, monkeypatch):
 
 
 def subprocess_env(**extra) -> dict:
-    """Environment for child launches: without this process's own rank variables, one thread
-    per process (as torchrun gives each rank; tests/commands.py)."""
+    """Environment for child launches: without this process's own rank variables."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    env.setdefault("OMP_NUM_THREADS", "1")
     env.update(PYTHONPATH=str(REPO), **extra)
     return env
 
