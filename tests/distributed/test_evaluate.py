@@ -5,14 +5,14 @@ against the two controls the paired gaps and their standard errors; and with TP2
 data-parallel ranks), the engine's measures (OCR read-back, retrieval of the model and of both
 controls, loss beyond the training length) and the paired statistics summed over the ranks."""
 import json
-import subprocess
-import sys
 
 import pytest
 
-from megatron_vist2.parallel.distributed import free_port
 from tests.bad_input.conftest import write_checkpoint
-from tests.conftest import REPO, subprocess_env, tiny_model
+from tests.conftest import tiny_model
+from tests.distributed import pool
+
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +39,8 @@ def controls(tiny_data, dist_env, tmp_path_factory):
 @pytest.fixture(scope="module")
 def launched(checkpoint, controls, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_4ranks")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--master_port",
-           str(free_port()), "tests/distributed/eval_worker.py", str(checkpoint), str(out), tiny_data.valid,
-           controls["text"], controls["window"]]
-    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    proc = pool.run(4, "script", ["tests/distributed/eval_worker.py", str(checkpoint), str(out), tiny_data.valid,
+                                  controls["text"], controls["window"]], timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return json.loads((out / "results.json").read_text()), out
 
