@@ -177,7 +177,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+SLOW = {"round-trip-export-import-train"}          # trains a step in this process (~20 s)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.id in SLOW else c for c in CASES],
+                         ids=[c.id for c in CASES])
 def test_export_gives_the_training_tokenizer(case, tctx, capsys):
     check(case, tctx, capsys, [tctx.ckpt, tctx.data.root, tctx.hf_tok, tctx.hf_ckpts])
 
