@@ -24,12 +24,12 @@ LONGBENCH_SHA256 = "1f6e99497cc24d65894d65e014062f398ba946ebdd254b7f8b339e48d3ab
 LONGBENCH_FILE = Path("data/eval/longbench_write.jsonl")
 
 
-def add_device_args(ap) -> None:
+def add_device_args(ap, threads: int = 1) -> None:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="CPU torch threads (default 1: on a shared machine a second thread waits "
-                         "for a busy core; every system gets the same)")
+    ap.add_argument("--threads", type=int, default=threads,
+                    help=f"CPU torch threads (default {threads}; on a shared machine a second thread "
+                         f"waits for a busy core; every system gets the same)")
 
 
 def setup_device(args) -> torch.device:

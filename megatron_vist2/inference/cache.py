@@ -92,23 +92,23 @@ class KVCache:
             raise ValueError(f"the KV cache has {self.scratch} slots per row; {max(on)} are used "
                              f"and {q} more were asked for")
         keys = max(on) + q
-        offs = torch.arange(q, device=self.device)
-        pos = [(self.visual_len[b] // self.m) * self.m + self.text_len[b] for b in r]
-        positions = torch.tensor([p if a else 0 for p, a in zip(pos, active)], device=self.device)[:, None] + offs
-        pairs = sum(q * s + q * (q + 1) // 2 for s in on)
         same = len(on) == len(r) and min(on) == max(on)
+        positions = torch.tensor([[(self.visual_len[b] // self.m) * self.m + self.text_len[b] + i
+                                   for i in range(q)] if a else [0] * q for b, a in zip(r, active)],
+                                 device=self.device)
+        pairs = sum(q * s + q * (q + 1) // 2 for s in on)
         if same:                                      # every row writes at the same slots
             slots = slice(start[0], start[0] + q)
         else:
-            first = torch.tensor([s if a else self.scratch for s, a in zip(start, active)], device=self.device)
-            slots = first[:, None] + torch.where(first[:, None] == self.scratch, 0, offs)
+            slots = torch.tensor([[s + i for i in range(q)] if a else [self.scratch] * q
+                                  for s, a in zip(start, active)], device=self.device)
         if same and q == 1:
             mask = None                               # one query per row reading every key
         elif same and start[0] == 0:
             mask = CAUSAL                             # an empty row's prefill: the causal kernel
         else:
             s = torch.arange(keys, device=self.device)
-            qslot = torch.tensor(start, device=self.device)[:, None] + offs          # [rows, q]
+            qslot = torch.tensor(start, device=self.device)[:, None] + torch.arange(q, device=self.device)
             reads = s <= qslot[:, :, None]
             idle = torch.tensor([not a for a in active], device=self.device)[:, None, None]
             mask = torch.where(idle, s == 0, reads)[:, None]

@@ -27,6 +27,7 @@ from ..data.renderer import Renderer
 from ..errors import UserError
 from ..models.size import forward_flops
 from ..models.vist2 import Vist2Model
+from ..parallel.compat import plain_linears
 from .cache import KVCache, Plan
 from .decoder import ChunkedDecoder
 
@@ -127,7 +128,8 @@ class Vist2Engine(ChunkedDecoder):
 
     # ------------------------------------------------------------------ the forwards (decoder.py's hooks)
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.model.head(hidden, self.model.front.embedding.weight if self.model.tied else None)
+        with plain_linears():
+            logits = self.model.head(hidden, self.model.front.embedding.weight if self.model.tied else None)
         logits = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
         return logits[..., :self.vocab].float()
 
@@ -137,10 +139,11 @@ class Vist2Engine(ChunkedDecoder):
         query reads every key of the plan); the other positions' K/V are still kept."""
         rope = self.model.rotary(plan.positions)
         n = len(self.layers)
-        for i, layer in enumerate(self.layers):
-            last = last_only and i == n - 1
-            hidden = layer(hidden, rope, None if last else plan.mask, self.cache.layer(i, plan),
-                           slice(hidden.shape[0] - 1, None) if last else None)
+        with plain_linears():
+            for i, layer in enumerate(self.layers):
+                last = last_only and i == n - 1
+                hidden = layer(hidden, rope, None if last else plan.mask, self.cache.layer(i, plan),
+                               slice(hidden.shape[0] - 1, None) if last else None)
         return hidden
 
     def run_text(self, plan: Plan, tokens: torch.Tensor, last_only: bool) -> torch.Tensor:
@@ -150,7 +153,8 @@ class Vist2Engine(ChunkedDecoder):
         return self._logits(out.transpose(0, 1))
 
     def run_visual(self, plan: Plan, images: torch.Tensor, last_only: bool) -> torch.Tensor:
-        vis = self.model.front.encode_images(images.to(self.device))          # [k, m, H]
+        with plain_linears():
+            vis = self.model.front.encode_images(images.to(self.device))      # [k, m, H]
         k, m = vis.shape[0], self.m
         out = self._run(plan, vis.reshape(k * m, 1, -1).to(self.cache.k.dtype), last_only)
         self._count(plan)
