@@ -38,7 +38,7 @@ from inference_setup import (DTYPES, add_device_args, build_model, clock, corpus
 from megatron_vist2.config import load_config, validate
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.inference import SamplingParams, Vist2Engine
-from megatron_vist2.models.size import forward_flops
+from megatron_vist2.cost.flops import forward_flops
 from megatron_vist2.parallel.distributed import init_distributed
 
 SYSTEMS = ("transformers", "vist2", "baseline")

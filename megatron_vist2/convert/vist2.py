@@ -19,7 +19,7 @@ import torch
 from ..config import Config
 from ..data import renderer as renderer_module
 from ..data.tokenizer import load_tokenizer
-from ..checkpoint.safeguards import copy_tokenizer
+from ..checkpoint.tokenizer_record import copy_tokenizer
 from . import qwen3, siglip
 from .bundle import HAND_WRITTEN, REMOTE_CODE, write_bundle
 from .hf_io import mapped_tensors, write_safetensors_dir

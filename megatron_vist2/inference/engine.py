@@ -25,7 +25,7 @@ from megatron.core import tensor_parallel
 from ..config import Config
 from ..data.renderer import Renderer
 from ..errors import UserError
-from ..models.size import forward_flops
+from ..cost.flops import forward_flops
 from ..models.vist2 import Vist2Model
 from ..parallel.compat import plain_linears
 from .cache import KVCache, Plan
