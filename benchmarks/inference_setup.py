@@ -15,17 +15,19 @@ import time
 import zipfile
 from pathlib import Path
 
+from typing import get_args
+
 import torch
 
+from megatron_vist2.config.schema import Device
 from megatron_vist2.data.tokenizer import file_sha256
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+from megatron_vist2.inference.load import DTYPES
 LONGBENCH_SHA256 = "1f6e99497cc24d65894d65e014062f398ba946ebdd254b7f8b339e48d3ab5779"
 LONGBENCH_FILE = Path("data/eval/longbench_write.jsonl")
 
 
 def add_device_args(ap, threads: int = 1) -> None:
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--device", choices=get_args(Device), default="cpu")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     ap.add_argument("--threads", type=int, default=threads,
                     help=f"CPU torch threads (default {threads}; on a shared machine a second thread "

@@ -20,6 +20,9 @@ SpikeMode = Literal["off", "log", "rollback"]
 # visual tokens); "text" = the uncompressed control (earlier chunks as text, plain causal
 # attention over the segment); "window" = the no-history control (its own chunk only).
 Context = Literal["vist2", "text", "window"]
+# What an inference or benchmark command line runs on (--device, --dtype: an explicit dtype).
+Device = Literal["cpu", "cuda"]
+InferenceDtype = Literal["fp32", "bf16"]
 
 
 @dataclass
