@@ -64,24 +64,9 @@ def build_model(cfg, device: torch.device, dtype: torch.dtype, seed: int = 0):
 
 
 def transformers_backbone(model, cfg, max_positions: int):
-    """Our backbone as transformers' own Qwen3ForCausalLM (convert/qwen3.py's name table and
-    config), the same weights copied in memory on the same device and dtype, SDPA attention."""
-    from transformers import AutoModelForCausalLM
-    from megatron_vist2.convert.hf_io import mapped_tensors
-    from megatron_vist2.convert.qwen3 import hf_config, name_pairs
-    p = next(model.parameters())
-    config = hf_config(cfg)
-    config.max_position_embeddings = max(config.max_position_embeddings, max_positions)
-    with torch.device(p.device):
-        hf = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=p.dtype)
-    params = dict(model.named_parameters())
-    state = dict(mapped_tensors(name_pairs(cfg), lambda n: params[n].detach(), cfg.model.llm.vocab_size))
-    missing, unexpected = hf.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - ({"lm_head.weight"} if cfg.model.llm.tie_embeddings else set()):
-        raise RuntimeError(f"transformers backbone: missing {missing}, unexpected {unexpected}")
-    if cfg.model.llm.tie_embeddings:
-        hf.tie_weights()
-    return hf.eval()
+    """Our backbone as transformers' own Qwen3ForCausalLM, the same weights, device and dtype."""
+    from megatron_vist2.convert.qwen3 import in_memory_backbone
+    return in_memory_backbone(model, cfg, max_positions)
 
 
 def corpus_tokens(tok, n: int, prefix: str = "data/sotu_train"):
