@@ -14,6 +14,7 @@ sampling through transformers' own logits warpers, ``eos_token_id``, ``stop_stri
 batches via ``attention_mask``, streamers).
 """
 import copy
+import inspect
 from typing import List, Optional
 
 import torch
@@ -85,6 +86,10 @@ class Vist2Generator(ChunkedDecoder):
                            getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
                            -(-max_tokens // L) * m, L, self.dtype, self.device, m)
         super().__init__("vist2", L, m, cache, prefill_block)
+        # the cache's keyword: ``cache`` from transformers 5.2x, ``past_key_values`` before (an
+        # unknown keyword would be swallowed by **kwargs, and Qwen3 would make its own cache)
+        params = inspect.signature(type(model.language_model.model).forward).parameters
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
     def _backbone(self, plan, embeds, last_only: bool):
         """Embeddings [rows, q, D] through Qwen3 with the cache -> logits (fp32)."""
@@ -97,7 +102,7 @@ class Vist2Generator(ChunkedDecoder):
             mask = torch.ones(embeds.shape[0], 1, q, plan.keys, dtype=torch.bool, device=self.device)
         out = self.model.language_model.model(inputs_embeds=embeds, position_ids=plan.positions,
                                               attention_mask={"full_attention": mask},
-                                              cache=self.cache, use_cache=True)
+                                              use_cache=True, **{self.cache_kwarg: self.cache})
         hidden = out.last_hidden_state
         return self.model.language_model.lm_head(hidden[:, -1:] if last_only else hidden).float()
 
