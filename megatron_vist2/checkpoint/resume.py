@@ -31,7 +31,8 @@ from .save import layout_of, stage_location
 from .sources import open_checkpoint
 
 # Model settings that do not change the weights: a run may resume with other values.
-_FREE_TO_CHANGE = {"model.llm.hidden_dropout", "model.llm.attention_dropout", "model.attention_backend"}
+_FREE_TO_CHANGE = {"model.llm.hidden_dropout", "model.llm.attention_dropout", "model.attention_backend",
+                   "model.render.min_legible_advance"}   # the renderer only warns by it
 
 
 def start_point(save_dir: str, load_dir: Optional[str], auto_resume: bool,
@@ -103,9 +104,11 @@ def check_dir_writable(path: str, field: str) -> None:
                           f"this user can write") from None
 
 
-def check_compatible(step_dir: Path, cfg: Config) -> bool:
+def check_compatible(step_dir: Path, cfg: Config, weights_only: bool = False) -> bool:
     """The saved model must be this model; name every difference. -> whether the saved layout
-    is this run's (else the checkpoint is resharded on load)."""
+    is this run's (else the checkpoint is resharded on load). ``weights_only`` (a new stage,
+    checkpoint.init_from): the OCR head (model.ocr_head) may differ: a head the checkpoint lacks
+    starts from its initialisation, one this run lacks is left behind (through the reshard path)."""
     from ..config import recorded_config
     # through the dataclasses: a field added since the save compares as its default
     path = step_dir / "config.yaml"
@@ -122,10 +125,13 @@ def check_compatible(step_dir: Path, cfg: Config) -> bool:
 
     walk(saved["model"], ours["model"], "model")
     diffs = [d for d in diffs if d.split(":")[0] not in _FREE_TO_CHANGE]
+    head_changed = any(d.startswith("model.ocr_head.") for d in diffs)
+    if weights_only:
+        diffs = [d for d in diffs if not d.startswith("model.ocr_head.")]
     if diffs:
         raise CheckpointError(f"{step_dir} holds a different model:\n  - " + "\n  - ".join(diffs)
                               + "\nload a checkpoint of this model or change the model config to match")
-    return read_manifest(step_dir)["layout"] == layout_of(cfg)
+    return read_manifest(step_dir)["layout"] == layout_of(cfg) and not head_changed
 
 
 def load_checkpoint(engine, cfg: Config, load_dir: str, log=print, weights_only: bool = False
@@ -137,7 +143,7 @@ def load_checkpoint(engine, cfg: Config, load_dir: str, log=print, weights_only:
         log(f"ignoring incomplete checkpoint(s) in {load_dir}: {', '.join(ignored)} "
             f"(a save that did not finish)")
     step_dir = resolve_tag_dir(load_dir)
-    same_layout = check_compatible(step_dir, cfg)
+    same_layout = check_compatible(step_dir, cfg, weights_only)
     start = time.time()
     if same_layout and read_manifest(step_dir).get("format") != CONSOLIDATED:
         save_dir, ds_tag = stage_location(step_dir)
