@@ -41,9 +41,8 @@ import numpy as np
 import torch
 
 from common import machine
-from inference_setup import (DTYPES, add_device_args, build_model, clock, corpus_tokens, longbench_write,
-                             setup_device, transformers_backbone)
-from megatron_vist2.config import load_config, validate
+from inference_setup import (DTYPES, add_device_args, benchmark_config, build_model, clock, corpus_tokens,
+                             longbench_write, setup_device, transformers_backbone)
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.inference import Vist2Engine
 from megatron_vist2.parallel.distributed import init_distributed
@@ -151,7 +150,7 @@ def main():
         ap.error("--repeat must be >= 1")
     device = setup_device(args)
     init_distributed(1, 1)
-    cfg = validate(load_config(args.preset, args.overrides))
+    cfg = benchmark_config(args.preset, args.overrides)
     tok = load_tokenizer(cfg.data.tokenizer)
     model = build_model(cfg, device, DTYPES[args.dtype])
     L, m = cfg.model.chunk.text_tokens, cfg.model.visual_tokens_per_chunk

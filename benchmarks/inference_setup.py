@@ -34,6 +34,18 @@ def add_device_args(ap, threads: int = 1) -> None:
                          f"waits for a busy core; every system gets the same)")
 
 
+# Random weights write gibberish whose 64-token chunks can hold far more characters than real text
+# (long rare pieces): rendered down to 4 pt they still fit (the paper presets stop at 6 pt, sized
+# for real text). Rendering costs the same at either size. Given before the command line's own.
+RANDOM_WEIGHT_OVERRIDES = ("model.render.min_font_size=4",)
+
+
+def benchmark_config(preset: str, overrides):
+    """The validated config of a random-weight cost run."""
+    from megatron_vist2.config import load_config, validate
+    return validate(load_config(preset, [*RANDOM_WEIGHT_OVERRIDES, *overrides]))
+
+
 def setup_device(args) -> torch.device:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device on this machine")

@@ -39,9 +39,8 @@ from pathlib import Path
 import torch
 
 from common import machine
-from inference_setup import (DTYPES, add_device_args, build_model, corpus_tokens, longbench_write, setup_device,
-                             sync, transformers_backbone)
-from megatron_vist2.config import load_config, validate
+from inference_setup import (DTYPES, add_device_args, benchmark_config, build_model, corpus_tokens,
+                             longbench_write, setup_device, sync, transformers_backbone)
 from megatron_vist2.cost.flops import forward_flops
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.inference import SamplingParams, Vist2Engine
@@ -163,7 +162,7 @@ def setup(args, systems):
         raise SystemExit("--clock cpu measures this thread's CPU time: it needs --device cpu and --threads 1")
     _clock = CLOCKS[args.clock]
     init_distributed(1, 1)
-    cfg = validate(load_config(args.preset, args.overrides))
+    cfg = benchmark_config(args.preset, args.overrides)
     tok = load_tokenizer(cfg.data.tokenizer)
     model = build_model(cfg, device, DTYPES[args.dtype])
     longest = max([int(x) for x in (args.per_token or "0").split(",")] + [4096]) + args.new + 16
