@@ -229,3 +229,22 @@ def test_every_plan_reads_what_the_vist2_rule_allows(seed):
             plan = cache.visual_plan(b, chunks * m)
             want = rule([b], chunks * m, [cache.visual_len[b]], plan.keys, False)
             assert torch.equal(reads(plan, [b], chunks * m), want) and plan.pairs == int(want.sum())
+
+
+def test_plain_linears_give_megatrons_numbers(setup):
+    """parallel/compat.py plain_linears (the engine's TP = 1 fast path) changes no bit of the
+    model's output, and only applies without gradients."""
+    from megatron.core.tensor_parallel import layers
+    from megatron_vist2.parallel.compat import plain_linears
+    cfg, tok, ds, model = setup
+    s = streams(ds, [70], seed=8)[0]
+    batch = causal_text_batch(s, (cfg.model.chunk.image_height, cfg.model.chunk.image_width))
+    forward = layers.ColumnParallelLinear.forward
+    with torch.no_grad():
+        ref = model(batch)
+        with plain_linears():
+            assert layers.ColumnParallelLinear.forward is not forward
+            fast = model(batch)
+    assert layers.ColumnParallelLinear.forward is forward and torch.equal(fast, ref)
+    with plain_linears():                                   # gradients on: megatron's own path
+        assert layers.ColumnParallelLinear.forward is forward
