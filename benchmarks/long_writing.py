@@ -11,10 +11,11 @@ Writing (default): the LongBench-Write prompts that ask for >= --min-words words
   - batch 1, in this process, systems alternating, best of --repeat: end-to-end time, time to
     first token, decode time per token over the run, and the cumulative time after each token
     (plotted: docs/figures/long_writing.png);
-  - per system in a fresh process (the other systems' models not loaded): the peak memory while
-    generating (CPU: resident set sampled every 2 ms; GPU: torch's peak allocation), at batch 1
-    and at the largest batch whose KV cache fits --kv-budget-mib (a smaller cache means more
-    concurrent writers; prompts repeat to fill the batch), with the tokens/s at that batch;
+  - per system, the peak memory while generating (CPU: the resident set sampled every 2 ms, in a
+    fresh process per system, the other systems' models not loaded; GPU: torch's peak
+    allocation, in this process), at batch 1 and at the largest batch whose KV cache fits
+    --kv-budget-mib (a smaller cache means more concurrent writers; prompts repeat to fill the
+    batch), with the tokens/s at that batch;
   - KV bytes (the engine: its preallocated cache; transformers: its DynamicCache after the run)
     and FLOPs (the engine counts what it ran; transformers runs the full-KV work: the same
     formula as the baseline).
@@ -22,8 +23,9 @@ Writing (default): the LongBench-Write prompts that ask for >= --min-words words
     python benchmarks/long_writing.py --per-token 2048,8192,16384 [--repeat 3]
     python benchmarks/long_writing.py [--prompts 4] [--new 3000] [--kv-budget-mib 64]
     # one GPU, 1.7B in bf16, built on the device (benchmarks/gpu_all.sh; under 3 minutes):
-    python benchmarks/long_writing.py --preset 1.7b --device cuda --dtype bf16 --prompts 2 --new 1024 \\
-        --repeat 1 --kv-budget-mib 16384 --no-download --no-plot data.tokenizer=data/tokenizer/sotu.model
+    python benchmarks/long_writing.py --preset 1.7b --device cuda --dtype bf16 --prompts 1 --new 512 \\
+        --repeat 1 --kv-budget-mib 2048 --max-batch 32 --no-download --no-plot \\
+        data.tokenizer=data/tokenizer/sotu.model
 """
 import argparse
 import ctypes
@@ -200,19 +202,22 @@ def per_token(args):
               f"{os.getloadavg()[0]:.1f}", flush=True)
 
 
-def child(args):
-    """One system's memory in a fresh process: batch 1, then the largest batch within the KV
-    budget -> one JSON line on stdout."""
-    system = args.child
-    device, cfg, tok, model, hf = setup(args, (system,))
-    prompts = writing_prompts(args, tok)
-    one = run_system(system, model, hf, tok, cfg, [prompts[0]], args.new, device, memory=True)
+def budget_runs(system, model, hf, tok, cfg, prompts, args, device, one=None) -> dict:
+    """One system's memory: batch 1 (``one``: already run with memory=True), then the largest
+    batch within the KV budget."""
+    one = one or run_system(system, model, hf, tok, cfg, [prompts[0]], args.new, device, memory=True)
     batch = max(1, min(args.max_batch, int(args.kv_budget_mib * 2**20 // one["kv"])))
     many = run_system(system, model, hf, tok, cfg, [prompts[i % len(prompts)] for i in range(batch)],
                       args.new, device, memory=True)
-    print(json.dumps({"peak_1": one["peak"], "rise_1": one["rise"], "kv_1": one["kv"], "batch": batch,
-                      "peak_b": many["peak"], "rise_b": many["rise"], "kv_b": many["kv"],
-                      "seconds_b": many["times"][-1]}))
+    return {"peak_1": one["peak"], "rise_1": one["rise"], "kv_1": one["kv"], "batch": batch,
+            "peak_b": many["peak"], "rise_b": many["rise"], "kv_b": many["kv"], "seconds_b": many["times"][-1]}
+
+
+def child(args):
+    """One system's memory in a fresh process (the CPU's resident set counts everything the
+    process ever held) -> one JSON line on stdout."""
+    device, cfg, tok, model, hf = setup(args, (args.child,))
+    print(json.dumps(budget_runs(args.child, model, hf, tok, cfg, writing_prompts(args, tok), args, device)))
 
 
 def writing_prompts(args, tok):
@@ -230,12 +235,14 @@ def writing(args):
           f"best of {args.repeat} (systems alternating)")
     print(f"{'prompt':>6} {'system':>12} | {'end-to-end':>10} {'TTFT':>7} {'ms/token':>8} | {'KV MiB':>7} "
           f"{'GFLOPs':>8} | tr / system")
-    totals, curves, kv, flops = {s: 0.0 for s in SYSTEMS}, {}, {}, {}
+    totals, curves, kv, flops, first = {s: 0.0 for s in SYSTEMS}, {}, {}, {}, {}
+    cuda = device.type == "cuda"                       # a GPU's peak allocation costs nothing to read
     for p in prompts:
         best = {}
         for _ in range(args.repeat):
             for s in SYSTEMS:
-                r = run_system(s, model, hf, tok, cfg, [p], new, device)
+                r = run_system(s, model, hf, tok, cfg, [p], new, device, memory=cuda)
+                first.setdefault(s, r)
                 if s not in best or r["times"][-1] < best[s]["times"][-1]:
                     best[s] = r
         for s in SYSTEMS:
@@ -257,19 +264,23 @@ def writing(args):
         plot(curves, Path(args.out))
     if args.no_memory:
         return
-    print(f"\nmemory (a fresh process per system) and the KV budget {args.kv_budget_mib:g} MiB "
-          f"(largest batch whose cache fits, at most {args.max_batch}; prompts repeated):")
-    print("peak: the process's peak while generating (+ its rise during the run: KV, activations, buffers)")
+    print(f"\nmemory ({'torch peak allocation, in this process' if cuda else 'a fresh process per system'}) "
+          f"and the KV budget {args.kv_budget_mib:g} MiB (largest batch whose cache fits, at most "
+          f"{args.max_batch}; prompts repeated):")
+    print("peak: the peak while generating (+ its rise during the run: KV, activations, buffers)")
     print(f"{'system':>12} | {'peak at batch 1':>17} | {'batch':>5} {'KV':>9} {'peak':>17} {'tokens/s':>9}")
     tps = {}
     for s in SYSTEMS:
-        env = {k: v for k, v in os.environ.items()       # the child sets up its own process group
-               if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
-        res = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", s], capture_output=True,
-                             text=True, env=env)
-        if res.returncode:
-            raise SystemExit(f"the {s} memory process failed:\n{res.stderr[-3000:]}")
-        r = json.loads(res.stdout.strip().splitlines()[-1])
+        if cuda:                                          # exact per allocation: no process needed
+            r = budget_runs(s, model, hf, tok, cfg, prompts, args, device, first[s])
+        else:
+            env = {k: v for k, v in os.environ.items()    # the child sets up its own process group
+                   if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+            res = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", s], capture_output=True,
+                                 text=True, env=env)
+            if res.returncode:
+                raise SystemExit(f"the {s} memory process failed:\n{res.stderr[-3000:]}")
+            r = json.loads(res.stdout.strip().splitlines()[-1])
         tps[s] = r["batch"] * new / r["seconds_b"]
         print(f"{s:>12} | {r['peak_1'] / 2**20:>6.0f}Mi (+{r['rise_1'] / 2**20:>5.1f}Mi) | {r['batch']:>5} "
               f"{r['kv_b'] / 2**20:>7.1f}Mi {r['peak_b'] / 2**20:>6.0f}Mi (+{r['rise_b'] / 2**20:>5.1f}Mi) "
