@@ -3,6 +3,7 @@ and a single-process gloo group for in-process model tests."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,39 +11,52 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# One thread for the session and every process it starts (as torchrun gives each rank): the tiny
+# models gain little from a second OpenMP thread, and on a shared machine its spinning at every
+# barrier multiplies run times (tests/commands.py). Set OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 TEST_VOCAB = 512
 
 
-# In-process tests that each took 40-200 s in the fast tier's first measurement (docs/performance.md,
-# "Test suite"): a compile, real pretrained weights, or many model builds. Listed here rather
-# than decorated so the tier is decided in one place.
-HEAVY = {
-    "tests/unit/test_convert_vist2.py::test_exported_vist2_matches_our_model_and_engine",
-    "tests/unit/test_convert_llama.py::test_packaged_llama_imports_with_equal_logits_and_round_trips",
-    "tests/unit/test_flex_attention.py::test_flex_equals_dense_sdpa",
-    "tests/unit/test_inference.py::test_consistency_law_batch_of_mixed_lengths_and_phases",
-    "tests/unit/test_inference.py::test_generate_greedy_is_deterministic_and_bad_input_is_refused",
-    "tests/unit/test_activation_checkpointing.py::test_checkpointing_keeps_loss_and_gradients",
-    "tests/unit/test_hf_generate_vist2.py::test_cached_generate_equals_engine_in_a_batch_at_different_phases",
-    "tests/unit/test_hf_generate_vist2.py::test_max_length_eos_stop_strings_and_streamer",
-    "tests/unit/test_real_tokenizers.py::test_preprocess_train_export_generate",
-    "tests/unit/test_flops.py::test_attended_pairs_equal_brute_force",
-    "tests/unit/test_data_trust.py::test_inspect_data_verify_names_the_file",
-    "tests/unit/test_lm_eval_vist2.py::test_last_word_task_equals_our_evaluation",
-    "tests/unit/test_lm_eval_vist2.py::test_perplexity_task_equals_our_evaluation",
-    "tests/unit/test_padded_vocab.py::test_train_export_generate_never_sample_the_extra_rows",
-}
+# The slow tier: one rule, one mechanism. A test is slow when it carries the ``slow`` marker in its
+# own file (a decorator, or a module's ``pytestmark``), and it must carry it when it
+#   - starts a process: a Python interpreter, a launcher (torchrun, deepspeed, bash scripts) or a
+#     job of the rank pool (tests/distributed/pool.py; every tests/distributed module is marked),
+#   - or takes more than ~5 s in this process on an idle 2-core machine (a compile, real
+#     pretrained weights, many model builds, a training run).
+# The first part is enforced below: outside the slow tier, starting such a process fails the test.
+# `tests/run.sh --fast` runs everything else (pytest -m "not slow").
+LAUNCHERS = ("python", "torchrun", "deepspeed", "bash", "sh")
+FAST_TIER_ENV = "MEGATRON_VIST2_TEST_FAST_TIER"
 
 
-def pytest_collection_modifyitems(items):
-    """The slow tier (pytest.ini): every test under tests/distributed (it launches ranks) and the
-    HEAVY ones; tests that launch a subprocess carry the marker themselves."""
-    for item in items:
-        if "distributed" in Path(str(item.fspath)).parts or item.nodeid.split("[")[0] in HEAVY:
-            item.add_marker(pytest.mark.slow)
+def _starts_a_process(args) -> bool:
+    argv = [args] if isinstance(args, (str, os.PathLike)) else list(args)
+    if not argv:
+        return False
+    first = Path(str(argv[0])).name
+    return str(argv[0]) == sys.executable or first.startswith(LAUNCHERS) or first.endswith((".sh", ".py"))
+
+
+@pytest.fixture(autouse=True)
+def _slow_tier_rule(request, monkeypatch):
+    """Outside the slow tier, a test that starts a Python process or a launcher fails with the
+    rule's name (see the comment above)."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    import subprocess
+    original = subprocess.Popen.__init__
+
+    def guarded(self, args, *a, **kw):
+        if _starts_a_process(args):
+            raise AssertionError(f"{request.node.nodeid} starts a process ({args!r:.120}) but is not marked "
+                                 f"slow: add @pytest.mark.slow (tests/conftest.py, the slow tier)")
+        return original(self, args, *a, **kw)
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+    monkeypatch.setenv(FAST_TIER_ENV, request.node.nodeid)       # the rank pool refuses jobs (pool.py)
 
 
 def subprocess_env(**extra) -> dict:

@@ -30,7 +30,8 @@ def parse_args(argv=None):
     ap.add_argument("--window", help="the window control (model.context=window) trained on the same tokens")
     ap.add_argument("--out", required=True, help="output directory (created; must not exist)")
     ap.add_argument("--valid-prefix", default="", help="held-out data (default: the model's data.valid_prefix)")
-    ap.add_argument("--batches", type=int, default=4, help="global batches of held-out rows")
+    ap.add_argument("--batches", type=int, default=4, help="global batches of held-out rows (all different: a "
+                    "held-out set that would repeat rows is refused, with the largest value that fits)")
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (under a launcher)")
     ap.add_argument("--pp", type=int, default=1, help="pipeline stages (under a launcher; engine metrics need 1)")

@@ -15,7 +15,12 @@
 # overrides giving each rho for the preset), EVAL_BATCHES, OCR_CHUNKS, RETRIEVAL_CONTEXTS,
 # RETRIEVAL_DEPTHS, RETRIEVAL_TRIALS, LONG_DOCS, LONG_MAX_TOKENS, CER_CHUNKS, DOC (the page written), PREPARE (0: data exists),
 # VARIANTS (more VIST2 runs at rho 4, "name=overrides;name=overrides", e.g. what limits the tiny models:
-#   VARIANTS="vist2_rho4_readback50=data.readback_fraction=0.5;vist2_rho4_vit128=model.vision.hidden_size=128").
+#   VARIANTS="vist2_rho4_readback50=data.readback_fraction=0.5;vist2_rho4_vit128=model.vision.hidden_size=128"),
+# RECALL (1: every run trains on a blend with the recall-rich source, RECALL_SHARE of it, default 0.5,
+#   and is evaluated on its held-out split: history worth clearly more than its error to the text
+#   control; tools/make_recall_data.py makes it from RECALL_SOURCE, default data/sotu, with documents of
+#   one PRESET row: at rho 2 a row holds one chunk less, so each document's last chunk starts a new
+#   row without history; docs/evaluation.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
@@ -35,6 +40,9 @@ LONG_DOCS="${LONG_DOCS:-2}"
 LONG_MAX_TOKENS="${LONG_MAX_TOKENS:-1024}"
 CER_CHUNKS="${CER_CHUNKS:-8}"      # read-back CER logged at each training evaluation (VIST2 runs)
 DOC="${DOC:-docs/fidelity.md}"
+RECALL="${RECALL:-0}"
+RECALL_SHARE="${RECALL_SHARE:-0.5}"
+RECALL_SOURCE="${RECALL_SOURCE:-data/sotu}"
 # rho = L / m with L fixed (the controls share the chunking): m follows the image size and the
 # aligner's merge, never the glyph size (every rho renders legibly: docs/fidelity.md, "Stage 0").
 # tiny-cpu: L = 32, 64 x 128 merge 2 -> m = 8 (rho 4); the presets tiny-cpu-rho2 (128 x 128,
@@ -58,6 +66,15 @@ declare -A RUN_PRESET=([vist2_rho2]="$RHO2_PRESET" [vist2_rho8]="$RHO8_PRESET")
 HALF=$(( STEPS / 2 > 0 ? STEPS / 2 : 1 ))
 if [[ "${PREPARE:-1}" == 1 && "$PRESET" == tiny-cpu ]]; then
   . examples/tiny_cpu/prepare_data.sh
+fi
+DATA_ARGS=()      # overrides with spaces (a blend): kept whole, unlike EXTRA
+if [[ "$RECALL" == 1 ]]; then
+  if [[ ! -f data/recall_train.json || ! -f data/recall_valid.json ]]; then
+    python tools/make_recall_data.py --source "$RECALL_SOURCE" --output-prefix data/recall --preset "$PRESET"
+  fi
+  rest=$(python -c "print(round(1 - float('$RECALL_SHARE'), 6))")
+  DATA_ARGS=("data.train_prefix=$rest ${RECALL_SOURCE}_train $RECALL_SHARE data/recall_train"
+             "data.valid_prefix=data/recall_valid")
 fi
 start=$(date +%s)
 mkdir -p "$OUT"
@@ -90,7 +107,7 @@ for name in "${NAMES[@]}"; do
   t0=$(date +%s)
   # shellcheck disable=SC2086  # the override lists are word lists
   $LAUNCH --preset "${RUN_PRESET[$name]:-$PRESET}" train.steps="$STEPS" train.eval_interval=0 checkpoint.save_interval=0 \
-    logging.dir="$run" checkpoint.save_dir="$run/checkpoints" $EXTRA ${ARGS[$name]}
+    logging.dir="$run" checkpoint.save_dir="$run/checkpoints" $EXTRA ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} ${ARGS[$name]}
   echo "$(( $(date +%s) - t0 ))" > "$run/train_seconds"
   echo "${ARGS[$name]}" > "$run/overrides"
 done
@@ -106,9 +123,10 @@ for name in "${NAMES[@]}"; do
   $EVAL_LAUNCH tools/evaluate.py --checkpoint "$OUT/$name/checkpoints" --text "$OUT/text/checkpoints" \
     --window "$OUT/window/checkpoints" --out "$out" --batches "$EVAL_BATCHES" --ocr-chunks "$OCR_CHUNKS" \
     --retrieval-contexts "$RETRIEVAL_CONTEXTS" --retrieval-depths "$RETRIEVAL_DEPTHS" \
-    --retrieval-trials "$RETRIEVAL_TRIALS" --long-docs "$LONG_DOCS" --long-max-tokens "$LONG_MAX_TOKENS" $EXTRA
+    --retrieval-trials "$RETRIEVAL_TRIALS" --long-docs "$LONG_DOCS" --long-max-tokens "$LONG_MAX_TOKENS" $EXTRA \
+    ${DATA_ARGS[@]+"${DATA_ARGS[@]}"}
 done
 elapsed=$(( $(date +%s) - start ))
 python examples/tiny_cpu/fidelity_report.py --runs "$OUT" --doc "$DOC" --steps "$STEPS" --preset "$PRESET" \
-  --seconds "$elapsed" --command "$(printf '%q ' "$0") (PRESET=$PRESET STEPS=$STEPS READBACK=$READBACK EVAL_BATCHES=$EVAL_BATCHES OCR_CHUNKS=$OCR_CHUNKS)"
+  --seconds "$elapsed" --command "$(printf '%q ' "$0") (PRESET=$PRESET STEPS=$STEPS READBACK=$READBACK EVAL_BATCHES=$EVAL_BATCHES OCR_CHUNKS=$OCR_CHUNKS RECALL=$RECALL)"
 echo "fidelity study finished in ${elapsed}s: $DOC"

@@ -9,16 +9,18 @@ chunk's text is predicted from the history only); each control is scored on thos
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Dict
+from typing import Dict, List, Tuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
 from ..config import Config, apply_overrides, config_from_dict, data_parallel_size, validate
-from ..data.dataset import build_dataset
+from ..data.dataset import BlendedDataset, build_dataset
 from ..data.tokenizer import Tokenizer
 from ..parallel.distributed import DistEnv
+from ..metrics.paired import TargetRecorder
 from ..metrics.targets import chunk_bins, new_stats, summarize, target_loss_fn
 
 
@@ -47,9 +49,40 @@ def heldout_dataset(rows_cfg: Config, tokenizer: Tokenizer, batches: int, contex
                          batches * rows_cfg.parallel.global_batch_size)
 
 
-def score(cfg: Config, step_dir: str, env: DistEnv, dataset, rows_cfg: Config, batches: int, log) -> Dict:
+def sample_rows(dataset, count: int) -> List[Tuple[int, int]]:
+    """The rows samples 0 .. count-1 of ``dataset`` are, as (blend part, row in that part): the
+    same pair twice means a repeated row (a held-out set smaller than the rows asked for wraps
+    into a reshuffled second epoch)."""
+    if isinstance(dataset, BlendedDataset):
+        return [(int(dataset.index[g]), dataset.datasets[int(dataset.index[g])].row_index(int(dataset.sample_index[g])))
+                for g in range(count)]
+    return [(0, dataset.row_index(g)) for g in range(count)]
+
+
+def distinct_batches(dataset, batches: int, global_batch: int) -> int:
+    """The most global batches, up to ``batches``, whose rows are all different."""
+    rows = sample_rows(dataset, batches * global_batch)
+    seen = set()
+    for i, r in enumerate(rows):
+        if r in seen:
+            return i // global_batch
+        seen.add(r)
+    return batches
+
+
+def history_targets(dataset, batches: int, global_batch: int, L: int) -> int:
+    """Targets with history (chunk index >= 1) in the rows of ``batches`` global batches: one per
+    token of every chunk after a segment's first."""
+    parts = dataset.datasets if isinstance(dataset, BlendedDataset) else [dataset]
+    return sum(max(0, seg.length - L) for part, row in sample_rows(dataset, batches * global_batch)
+               for seg in parts[part].rows[row])
+
+
+def score(cfg: Config, step_dir: str, env: DistEnv, dataset, rows_cfg: Config, batches: int,
+          log) -> Tuple[Dict, Dict[str, np.ndarray]]:
     """Load ``step_dir`` into a model of ``cfg`` in this rank's layout and score ``batches``
-    global batches of ``dataset``; -> metrics/targets.py's summary (on every rank)."""
+    global batches of ``dataset``; -> (metrics/targets.py's summary, this data-parallel
+    rank's per-target losses: metrics/paired.py's TargetRecorder.arrays), on every rank."""
     from ..checkpoint.resume import load_checkpoint
     from ..training.trainer import build_model, loader, make_engine, make_schedule
     model = build_model(cfg, env)
@@ -60,9 +93,11 @@ def score(cfg: Config, step_dir: str, env: DistEnv, dataset, rows_cfg: Config, b
     dp = data_parallel_size(cfg, env.world_size)
     bins, L = chunk_bins(rows_cfg), rows_cfg.model.chunk.text_tokens
     stats = new_stats(bins, env.device)
+    record = TargetRecorder(batches, cfg.parallel.micro_batch_size, rows_cfg.data.seq_length, env.device)
     feed = loader(cfg, dataset, 0, batches, dp) if model.part.first else None
-    schedule.evaluate(feed, batches, rows_cfg.data.seq_length, target_loss_fn(bins, L), stats)
+    schedule.evaluate(feed, batches, rows_cfg.data.seq_length, target_loss_fn(bins, L, record), stats)
     dist.all_reduce(stats, group=parallel_state.get_data_parallel_group())
     stats = schedule.share_from_last(stats)
+    record.buffer = schedule.share_from_last(record.buffer)
     del schedule, engine, model
-    return summarize(stats, bins)
+    return summarize(stats, bins), record.arrays()

@@ -37,8 +37,10 @@ def scalars(results: Dict) -> Dict[str, float]:
         if ret.get(key) is not None:
             out[f"eval/retention/{key}"] = ret[key]
         gap = (ret.get("controls_gap") or {}).get(key) or {}
-        if gap.get("gap") is not None:
-            out[f"eval/controls_gap/{key}"] = gap["gap"]
+        for name, field in (("controls_gap", "gap"), ("controls_gap_se", "gap_se"),
+                            ("controls_gap_se_rows", "gap_se_rows")):
+            if gap.get(field) is not None:
+                out[f"eval/{name}/{key}"] = gap[field]
     ocr = results.get("ocr_readback") or {}
     if ocr.get("chunks"):
         out["eval/ocr/cer"], out["eval/ocr/exact_match"] = ocr["cer"], ocr["exact_match"]
@@ -46,6 +48,8 @@ def scalars(results: Dict) -> Dict[str, float]:
             out["eval/ocr/blind_cer"] = ocr["blind"]["cer"]
     if "retrieval" in results:
         out["eval/retrieval/accuracy"] = results["retrieval"]["accuracy"]
+        for role, acc in (results["retrieval"].get("by_model") or {}).items():
+            out[f"eval/retrieval/{role}/accuracy"] = acc
     long = results.get("beyond_training_length") or {}
     if long.get("loss_beyond_training_length") is not None:
         out["eval/long/loss_beyond_training_length"] = long["loss_beyond_training_length"]
@@ -64,12 +68,24 @@ def table(results: Dict) -> str:
                      f"{f(r['chunk_first']['loss']):>13}{f(r['within_chunk']['loss']):>9}{r['targets']:>9}")
     ret = results.get("retention")
     if ret:
-        lines.append(f"retention R       overall {f(ret['overall'], '.3f')}, within-chunk "
-                     f"{f(ret['within_chunk'], '.3f')}, chunk-first {f(ret['chunk_first'], '.3f')}")
         gaps = ret.get("controls_gap") or {}
-        lines.append("controls' gap     " + ", ".join(
-            f"{key} {f(g['gap'])} +- {f(g['gap_se'])}" + ("" if g["measurable"] else " (R not measurable)")
-            for key, g in gaps.items()) + " nats (L_window - L_text +- standard error)")
+        def r_text(key):
+            if ret[key] is None:
+                return "not measurable"
+            se = (ret.get("se") or {}).get(key) or {}
+            worst = max(se.get("paired") or 0.0, se.get("rows") or 0.0)
+            return f"{ret[key]:.3f}" + (f" +- {worst:.3f}" if worst else "")
+        lines.append("retention R       " + ", ".join(f"{key.replace('_', '-')} {r_text(key)}"
+                                                      for key in ("overall", "within_chunk", "chunk_first"))
+                     + " (targets with history: chunk index >= 1; +- the larger SE)")
+        for key, g in gaps.items():
+            if g["gap"] is None:
+                continue
+            worst = max(g["gap_se"] or 0.0, g["gap_se_rows"] or 0.0)
+            lines.append(f"  controls' gap   {key.replace('_', '-'):13}{g['gap']:.4f} +- {f(g['gap_se'])} paired, "
+                         f"+- {f(g['gap_se_rows'])} by row" + (f" = {g['gap'] / worst:.1f} SE" if worst else "")
+                         + f" on {g['targets']:,} targets" + ("" if g["measurable"] else " (R not measurable)"))
+        lines.append("  (L_window - L_text in nats; R is reported where it is >= 2 of the larger standard error)")
     ocr = results.get("ocr_readback")
     if ocr and ocr.get("chunks"):
         lines.append(f"OCR read-back     CER {ocr['cer']:.3f} (char accuracy {ocr['char_accuracy']:.1%}), "
@@ -78,12 +94,27 @@ def table(results: Dict) -> str:
             lines.append(f"  blind           char accuracy {ocr['blind']['char_accuracy']:.1%} reading each chunk "
                          f"from another chunk's image (the language prior alone)")
     if "retrieval" in results:
-        lines.append(f"retrieval         {results['retrieval']['accuracy']:.1%} exact")
+        lines += retrieval_lines(results["retrieval"])
     long = results.get("beyond_training_length")
     if long and long.get("documents"):
         lines.append(f"beyond training   loss {f(long['loss_beyond_training_length'])} past "
                      f"{long['training_row_text_tokens']} tokens (within {f(long['loss_within_training_length'])})")
     return "\n".join(lines)
+
+
+def retrieval_lines(ret: Dict) -> List[str]:
+    """Exact match of every model at every depth, one block per context length."""
+    roles = list(ret.get("by_model") or {"model": ret["accuracy"]})
+    lines = [f"retrieval         exact match, {ret['accuracy']:.1%} overall for the model; by depth (tokens "
+             f"between the key and the question):"]
+    for context in sorted({c["context"] for c in ret["cells"]}):
+        cells = [c for c in ret["cells"] if c["context"] == context]
+        lines.append(f"  context {context:<6} depth" + "".join(f"{c['depth']:>7}" for c in cells)
+                     + f"   ({cells[0]['trials']} trials each)")
+        for role in roles:
+            accs = [(c.get("by_model") or {"model": c["accuracy"]})[role] for c in cells]
+            lines.append(f"    {role:18}" + "".join(f"{a:>7.0%}" for a in accs))
+    return lines
 
 
 def _series(rows: List[Dict], key: str) -> Tuple[List[int], List[float]]:
@@ -128,9 +159,13 @@ def plots(results: Dict, out: Path) -> List[str]:
         save(fig, "ocr_by_font_size.png")
     if results.get("retrieval"):
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for context in sorted({c["context"] for c in results["retrieval"]["cells"]}):
-            cells = [c for c in results["retrieval"]["cells"] if c["context"] == context]
-            ax.plot([c["depth"] for c in cells], [c["accuracy"] for c in cells], marker="o", label=f"context {context}")
+        ret = results["retrieval"]
+        for context in sorted({c["context"] for c in ret["cells"]}):
+            cells = [c for c in ret["cells"] if c["context"] == context]
+            for role in (ret.get("by_model") or {"model": None}):
+                ax.plot([c["depth"] for c in cells], [(c.get("by_model") or {"model": c["accuracy"]})[role]
+                                                      for c in cells],
+                        marker="o", ls="-" if role == "model" else "--", label=f"{role}, context {context}")
         ax.set_xlabel("depth (tokens between the key and the question)"), ax.set_ylabel("exact match")
         ax.set_ylim(-0.05, 1.05), ax.legend(fontsize=7)
         save(fig, "retrieval_by_depth.png")

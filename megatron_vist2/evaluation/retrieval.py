@@ -5,6 +5,10 @@ context and asked for at the end, answered by greedy generation through the infe
 One trial: ``filler_before + NEEDLE + filler_after + QUESTION`` of exactly ``context`` tokens,
 where ``filler_after`` has ``depth`` tokens (how far back the key lies before the question) and
 the fillers are consecutive held-out text. Exact match: the generated tokens are the key's.
+Every model evaluated gets the same prompts (they depend on the seed, the context and the depth
+only), each through the engine in its own mode, so ``side_by_side`` can put the model's accuracy
+next to the text control's (which keeps the whole context) and the window control's (which keeps
+only the current chunk) at every depth.
 """
 from __future__ import annotations
 
@@ -80,3 +84,14 @@ def retrieval(engine_for, tokenizer, indexed, contexts: Sequence[int], depths: S
             cells.append({"context": context, "depth": depth, "trials": trials, "accuracy": hits / trials})
     total = sum(c["accuracy"] * c["trials"] for c in cells) / max(1, sum(c["trials"] for c in cells))
     return {"accuracy": total, "cells": cells}
+
+
+def side_by_side(by_role: Dict[str, Dict]) -> Dict:
+    """``retrieval`` results of several models on the same prompts (role -> result; "model"
+    first) -> the model's result with, in every cell and overall, each role's accuracy under
+    ``by_model``."""
+    roles = list(by_role)
+    first = by_role[roles[0]]
+    cells = [{**cell, "by_model": {r: by_role[r]["cells"][i]["accuracy"] for r in roles}}
+             for i, cell in enumerate(first["cells"])]
+    return {**first, "cells": cells, "by_model": {r: by_role[r]["accuracy"] for r in roles}}

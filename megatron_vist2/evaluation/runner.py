@@ -58,23 +58,20 @@ def _inference_model(ev: Evaluated, cfg, env):
     return model.to(env.device).eval()
 
 
-def engine_metrics(ev: Evaluated, cfg, tok, indexed, opts: Options, env) -> Dict:
-    """OCR read-back (VIST2 context only), retrieval and long-document loss through the engine."""
-    from ..data.renderer import Renderer
-    from ..inference import Vist2Engine
+def engine_metrics(ev: Evaluated, cfg, tok, indexed, opts: Options, env, controls=()) -> Dict:
+    """OCR read-back (VIST2 context only), retrieval and long-document loss of the model through
+    the engine; retrieval also for each of ``controls`` ((Evaluated, config) pairs), on the same
+    prompts, each in its own engine mode."""
     from .longdoc import long_context_loss, long_documents, row_text_tokens
     from ..metrics.readback import held_out_chunks, ocr_readback
-    from .retrieval import retrieval
+    from .retrieval import side_by_side
     model = _inference_model(ev, cfg, env)
     mc = cfg.model
     L, m = mc.chunk.text_tokens, mc.visual_tokens_per_chunk
     out: Dict = {}
-
-    def engine_for(max_context):
-        # each context in its own engine mode (VIST2: running compression; text: full KV; window)
-        return Vist2Engine(model, tok, cfg, compress=None, max_context=max_context, device=env.device)
-
     if opts.ocr_chunks and ev.context == "vist2":     # only VIST2 reads images
+        from ..data.renderer import Renderer
+
         def forward(batch):
             return tensor_parallel.gather_from_tensor_model_parallel_region(model(batch))
         chunks = held_out_chunks(indexed, L, opts.ocr_chunks)
@@ -82,12 +79,30 @@ def engine_metrics(ev: Evaluated, cfg, tok, indexed, opts: Options, env) -> Dict
                                **ocr_readback(forward, chunks, Renderer.from_model_config(mc), tok, L, m,
                                               device=env.device)}
     if opts.retrieval_contexts and opts.retrieval_depths:
-        out["retrieval"] = retrieval(engine_for, tok, indexed, opts.retrieval_contexts, opts.retrieval_depths,
-                                     opts.retrieval_trials, cfg.train.seed)
+        seed = cfg.train.seed                          # the model's: every model gets the same prompts
+        by_role = {ev.role: _retrieval(model, cfg, tok, indexed, opts, env, seed)}
+        for other, other_cfg in controls:
+            by_role[other.role] = _retrieval(_inference_model(other, other_cfg, env), other_cfg, tok, indexed,
+                                             opts, env, seed)
+        out["retrieval"] = side_by_side(by_role)
     if opts.long_docs:
         docs = long_documents(indexed, row_text_tokens(cfg), opts.long_docs, opts.long_max_tokens)
-        out["beyond_training_length"] = long_context_loss(engine_for, docs, cfg)
+        out["beyond_training_length"] = long_context_loss(_engines(model, tok, cfg, env), docs, cfg)
     return out
+
+
+def _engines(model, tok, cfg, env):
+    """-> engine_for(max_context): the engine of ``model`` in its context's own mode (VIST2:
+    running compression; text: full KV; window: the current chunk only)."""
+    from ..inference import Vist2Engine
+    return lambda max_context: Vist2Engine(model, tok, cfg, compress=None, max_context=max_context,
+                                           device=env.device)
+
+
+def _retrieval(model, cfg, tok, indexed, opts: Options, env, seed: int) -> Dict:
+    from .retrieval import retrieval
+    return retrieval(_engines(model, tok, cfg, env), tok, indexed, opts.retrieval_contexts, opts.retrieval_depths,
+                     opts.retrieval_trials, seed)
 
 
 def run(opts: Options) -> Dict:
@@ -95,9 +110,10 @@ def run(opts: Options) -> Dict:
     import os
     from ..data.indexed import open_indexed
     from ..parallel.distributed import init_distributed
-    from .heldout import eval_config, heldout_dataset, rows_config, score
+    from .heldout import distinct_batches, eval_config, heldout_dataset, history_targets, rows_config, score
+    from ..metrics.paired import check_same_targets, retention
     from .retrieval import check_depths
-    from ..metrics.targets import check_same_targets, retention
+    from ..metrics.targets import chunk_bins
 
     if opts.batches < 1:
         raise EvaluationError(f"--batches must be >= 1, got {opts.batches}")
@@ -125,6 +141,21 @@ def run(opts: Options) -> Dict:
     dataset = heldout_dataset(rows_cfg, tok, opts.batches, model.context)
     if len(dataset) == 0:
         raise EvaluationError(f"the evaluation set {rows_cfg.data.valid_prefix} packs into no rows")
+    G, L = rows_cfg.parallel.global_batch_size, rows_cfg.model.chunk.text_tokens
+    usable = distinct_batches(dataset, opts.batches, G)
+    if usable < opts.batches:
+        raise EvaluationError(
+            f"--batches {opts.batches} of {G} rows asks for {opts.batches * G} held-out rows, but the evaluation "
+            f"set {rows_cfg.data.valid_prefix} holds {'fewer than one batch' if usable == 0 else usable * G} "
+            f"before its rows repeat (a repeated row counts the same targets twice and makes every standard "
+            f"error look smaller than it is): use " + (f"--batches {usable}" if usable else "a smaller --micro-batch")
+            + " or a larger held-out set")
+    history = history_targets(dataset, opts.batches, G, L)
+    if opts.text and opts.window and history == 0:
+        raise EvaluationError(
+            f"no held-out target of {rows_cfg.data.valid_prefix} has history (every document fits in one chunk "
+            f"of model.chunk.text_tokens = {L} tokens), so retention R against the controls cannot be measured: "
+            f"evaluate on documents longer than one chunk (--valid-prefix), or leave out --text/--window")
 
     env = init_distributed(opts.tp, opts.pp)
     log = print if env.is_main else (lambda *_: None)
@@ -132,22 +163,26 @@ def run(opts: Options) -> Dict:
                "rho": cfgs["model"].model.compression_ratio,
                "text_tokens_per_chunk": cfgs["model"].model.chunk.text_tokens,
                "valid_prefix": rows_cfg.data.valid_prefix, "layout": {"tp": opts.tp, "pp": opts.pp, "world": world},
+               "heldout_rows": {"rows": opts.batches * G, "distinct": True, "targets_with_history": history},
                "heldout": {}}
+    per_target = {}
     for ev in [model, *controls]:
         log(f"scoring {ev.role} ({ev.context}) {ev.step_dir} on {opts.batches} held-out batches")
         rows = dataset if ev.role == "model" else heldout_dataset(rows_cfg, tok, opts.batches, ev.context)
-        results["heldout"][ev.role] = score(cfgs[ev.role], str(ev.step_dir), env, rows, rows_cfg,
-                                            opts.batches, log)
+        results["heldout"][ev.role], per_target[ev.role] = score(cfgs[ev.role], str(ev.step_dir), env, rows,
+                                                                 rows_cfg, opts.batches, log)
         results["heldout"][ev.role]["checkpoint"] = str(ev.step_dir)
-    check_same_targets(results["heldout"])
+    check_same_targets(per_target)
     if opts.text and opts.window:
-        h = results["heldout"]
-        results["retention"] = retention(h["model"], h["window"], h["text"])
+        results["retention"] = retention(per_target, L, chunk_bins(rows_cfg),
+                                         parallel_state.get_data_parallel_group())
     if opts.pp > 1:
         results["engine_note"] = ("OCR read-back, retrieval and long documents run through the inference "
                                   "engine, which has no pipeline stages: run them with --pp 1")
     else:
-        # the model only: the controls' losses are what R needs, and their engine paths are theirs
-        results.update(engine_metrics(model, cfgs["model"], tok, indexed, opts, env))
+        # retrieval also for the controls (VIST2 next to the text control at every depth); OCR and
+        # long documents for the model only
+        results.update(engine_metrics(model, cfgs["model"], tok, indexed, opts, env,
+                                      [(ev, cfgs[ev.role]) for ev in controls]))
     torch.distributed.barrier()
     return results

@@ -20,7 +20,7 @@ from .readback import held_out_chunks, ocr_readback
 from .targets import chunk_bins, new_stats, summarize, target_loss_fn
 
 
-def split_eval(schedule, loader, num_micro: int, cfg: Config) -> Dict:
+def eval_by_target(schedule, loader, num_micro: int, cfg: Config) -> Dict:
     """One pass over the validation batches with per-target statistics (a collective over every
     rank, like trainer.evaluate) -> metrics/targets.py's summary."""
     schedule.engine.eval()
@@ -33,7 +33,7 @@ def split_eval(schedule, loader, num_micro: int, cfg: Config) -> Dict:
     return summarize(schedule.share_from_last(stats), bins)
 
 
-class ReadbackProbe:
+class ReadbackCer:
     """Greedy read-back of ``train.ocr_cer_chunks`` fixed held-out chunks with the training
     module. Every rank runs the same forwards (TP ranks cooperate, ZeRO-3 gathers as in training);
     without pipeline stages only (the read-back loop needs the whole model on each rank)."""

@@ -1,4 +1,4 @@
-"""The VIST2 objective: next-token loss on text targets, its split by chunk mode, and the OCR
+"""The VIST2 objective: next-token loss on text targets, its losses by chunk mode, and the OCR
 read-back probe's statistics. The pipeline schedule calls these as the loss function it is
 handed (last stage only) and adds the statistics they return into the accumulator it is given.
 
@@ -33,16 +33,16 @@ def token_losses(logits: torch.Tensor, batch: Vist2Batch) -> Tuple[torch.Tensor,
 
 def training_loss(logits: torch.Tensor, batch: Vist2Batch) -> Tuple[torch.Tensor, torch.Tensor]:
     """-> (summed loss, [loss sum and target count of read-back chunks, the same of history
-    chunks]) (``SPLIT_STATS`` values)."""
+    chunks]) (``MODE_STATS`` values)."""
     per_token = masked_token_losses(logits, batch)
     readback = batch.layout.readback.t()
     targets = batch.loss_mask.t() > 0
-    split = torch.stack([per_token[readback].sum(), (targets & readback).sum(),
+    by_mode = torch.stack([per_token[readback].sum(), (targets & readback).sum(),
                          per_token[~readback].sum(), (targets & ~readback).sum()]).detach().float()
-    return per_token.sum(), split
+    return per_token.sum(), by_mode
 
 
-SPLIT_STATS = 4
+MODE_STATS = 4
 
 
 def ocr_head_loss(logits: torch.Tensor, batch: OcrBatch) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -72,14 +72,14 @@ def readback_probe_loss(logits: torch.Tensor, batch: Vist2Batch
 PROBE_STATS = 2
 
 
-def split_means(split: torch.Tensor, schedule) -> Tuple[float, float]:
-    """Mean training loss on read-back chunks and on history chunks from ``split`` (accumulated
+def mode_means(by_mode: torch.Tensor, schedule) -> Tuple[float, float]:
+    """Mean training loss on read-back chunks and on history chunks from ``by_mode`` (accumulated
     ``training_loss`` statistics; zeroed here), nan where there were none; a collective: every
     rank calls it at the same step."""
-    totals = split.clone()
+    totals = by_mode.clone()
     dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
     totals = schedule.share_from_last(totals)
-    split.zero_()
+    by_mode.zero_()
 
     def mean(total, count):
         return (total / count).item() if count > 0 else float("nan")

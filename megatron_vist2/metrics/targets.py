@@ -1,5 +1,5 @@
 """Per-target held-out losses, tagged so that models with different contexts are compared on
-identical targets, and the history retention R computed from them.
+identical targets.
 
 A target is tagged by the chunk it belongs to (0-based: how far into its segment, i.e. how much
 history precedes it) and by whether it is the **first token of its chunk**. Chunk-first targets
@@ -9,18 +9,14 @@ window control; every other target is predicted inside its chunk's text. The two
 reported separately. Both tags come with the rows (data/packing.py: ``target``, the target's
 offset in its segment's text, the same in every context; ``first_target``), not from the model.
 
-R = (L_window - L_model) / (L_window - L_text): 0 when the model uses no history (it does as
-well as a model that sees only the current chunk), 1 when it keeps all of it (as well as the
-uncompressed text control). R is only as good as its denominator: each R comes with the controls'
-gap L_window - L_text and that gap's standard error (from the per-target loss variances, as if the
-two controls' targets were independent: an upper bound, their losses on the same targets are
-positively correlated); ``measurable`` is False when the gap is under two standard errors, and R
-then says nothing (a model whose history is worth nothing to the text control cannot lose it).
+Each model's losses are summarised here (all targets, chunk-first, within-chunk, by chunk
+index); the differences between models, target by target with their paired standard errors,
+and the retention R built from them are metrics/paired.py's.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -50,12 +46,15 @@ def target_tags(batch: Vist2Batch, L: int):
     return batch.target.clamp(min=0) // L, batch.first_target.bool()
 
 
-def target_loss_fn(bins: int, L: int):
+def target_loss_fn(bins: int, L: int, record: Optional[Callable] = None):
     """A loss function for the pipeline schedule: -> (summed loss, statistics [FIELDS x bins]):
     loss sum, target count and sum of squared losses of chunk-first and of within-chunk targets,
-    by target chunk index (indices past the last bin join the last)."""
+    by target chunk index (indices past the last bin join the last). ``record(per_token, batch)``
+    (optional: paired.TargetRecorder) also keeps every target's loss."""
     def loss_fn(logits: torch.Tensor, batch: Vist2Batch):
         per_token = masked_token_losses(logits, batch).t()          # [batch, seq]
+        if record is not None:
+            record(per_token.detach(), batch)
         chunk, first = target_tags(batch, L)
         targets = batch.loss_mask > 0
         idx = chunk.clamp(max=bins - 1)
@@ -92,51 +91,3 @@ def summarize(stats: torch.Tensor, bins: int) -> Dict:
             "by_chunk": [{"chunk": i, "loss_within": _mean(float(ws[i]), float(wc[i])),
                           "targets_within": int(wc[i]), "loss_first": _mean(float(fs[i]), float(fc[i])),
                           "targets_first": int(fc[i])} for i in range(bins)]}
-
-
-def retention_ratio(model: Optional[float], window: Optional[float], text: Optional[float]) -> Optional[float]:
-    """R = (L_window - L_model) / (L_window - L_text); None when a loss is missing or the
-    controls do not differ (no history to keep)."""
-    if model is None or window is None or text is None or abs(window - text) < 1e-12:
-        return None
-    return (window - model) / (window - text)
-
-
-def controls_gap(window: Dict, text: Dict) -> Dict:
-    """L_window - L_text of two ``summarize`` parts, its standard error and whether it exceeds two."""
-    if window["loss"] is None or text["loss"] is None or not window["targets"] or not text["targets"]:
-        return {"gap": None, "gap_se": None, "measurable": False}
-    gap = window["loss"] - text["loss"]
-    se = math.sqrt(window["loss_variance"] / window["targets"] + text["loss_variance"] / text["targets"])
-    return {"gap": gap, "gap_se": se, "measurable": bool(gap > 2 * se)}
-
-
-def retention(model: Dict, window: Dict, text: Dict) -> Dict:
-    """R overall, on within-chunk and on chunk-first targets, and by chunk index, from three
-    ``summarize`` results on the same rows; with the controls' gap behind each of the three."""
-    def by(key):
-        return retention_ratio(model[key]["loss"], window[key]["loss"], text[key]["loss"])
-    rows: List[Dict] = []
-    for a, b, c in zip(model["by_chunk"], window["by_chunk"], text["by_chunk"]):
-        rows.append({"chunk": a["chunk"],
-                     "within": retention_ratio(a["loss_within"], b["loss_within"], c["loss_within"]),
-                     "first": retention_ratio(a["loss_first"], b["loss_first"], c["loss_first"])})
-    return {"overall": retention_ratio(model["loss"], window["loss"], text["loss"]),
-            "within_chunk": by("within_chunk"), "chunk_first": by("chunk_first"), "by_chunk": rows,
-            "controls_gap": {"overall": controls_gap(window, text),
-                             "within_chunk": controls_gap(window["within_chunk"], text["within_chunk"]),
-                             "chunk_first": controls_gap(window["chunk_first"], text["chunk_first"])}}
-
-
-def check_same_targets(results: Dict[str, Dict]) -> None:
-    """Every model must have been scored on the same within-chunk targets (the same rows): a
-    difference in their counts means the rows differed, and R would compare unlike things.
-    (Chunk-first targets may differ: a context without history may leave them unscored.)"""
-    counts = {name: [r["targets_within"] for r in res["by_chunk"]] for name, res in results.items()}
-    names = list(counts)
-    for name in names[1:]:
-        if counts[name] != counts[names[0]]:
-            from ..errors import UserError
-            raise UserError(f"the {name} checkpoint was scored on other targets than the {names[0]} "
-                            f"checkpoint ({counts[name]} vs {counts[names[0]]} per chunk): its rows "
-                            f"differ; check data.seq_length and model.chunk of both")

@@ -164,9 +164,9 @@ class StepMeter:
         self.flops += self.dp * sum(training_flops(self.cfg, b.layout, b.images.shape[0], self.cfg.train.freeze)
                                     for b in micro)
 
-    def log(self, log: MetricsLogger, step: int, loss: float, engine, split: Tuple[float, float],
+    def log(self, log: MetricsLogger, step: int, loss: float, engine, by_mode: Tuple[float, float],
             consumed: int, seq_length: int, ocr_loss: Optional[float] = None) -> None:
-        """Print and record step ``step``'s line; ``split``: the mean loss on read-back and on
+        """Print and record step ``step``'s line; ``by_mode``: the mean loss on read-back and on
         history chunks since the last line; ``ocr_loss``: the OCR head's mean loss per cell since
         then (None without an OCR head loss)."""
         cfg, peak = self.cfg, self.peak
@@ -177,7 +177,7 @@ class StepMeter:
         lr = engine.get_lr()[0]
         interval = step - self.last_logged
         tflops = self.flops / (now - self.t_last) / self.world_size / 1e12      # per device
-        readback_loss, history_loss = split
+        readback_loss, history_loss = by_mode
         memory = peak_memory_gb()
         log.print(f"step {step}/{cfg.train.steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm "
                   f"{grad_norm:.3f} | {tps:,.0f} tok/s | {(now - self.t_last) / interval:.2f} s/step | "

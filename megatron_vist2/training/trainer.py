@@ -44,14 +44,14 @@ from ..checkpoint.resume import load_checkpoint, resume_dir
 from ..checkpoint.save import save_checkpoint
 from .curriculum import Curriculum
 from .deepspeed_config import deepspeed_config, resolve_dtype
-from ..metrics.loss import PROBE_STATS, SPLIT_STATS, ocr_head_loss, readback_probe_loss, split_means, training_loss
+from ..metrics.loss import MODE_STATS, PROBE_STATS, mode_means, ocr_head_loss, readback_probe_loss, training_loss
 from .logger import MetricsLogger, StepMeter, memory_in_use_gb, wandb_settings
 from .optim import build_optimizer, build_scheduler
 from ..checkpoint import faults
 from .health import RunHealth
 from .signals import StopOnSignal
 from .watchdog import collective
-from ..metrics.during_training import ReadbackProbe, split_eval
+from ..metrics.during_training import ReadbackCer, eval_by_target
 from .ocr_stage import (FrontEval, collate_for, front_eval_line, ocr_cells, ocr_first_loss, ocr_loss_mean,
                         ocr_train_set)
 
@@ -118,11 +118,11 @@ def make_schedule(cfg: Config, env: DistEnv, engine) -> PipelineSchedule:
 
 
 def train_step(schedule: PipelineSchedule, micro_batches: Optional[List[Vist2Batch]],
-               num_micro: int, dp: int, seq_length: int, split: Optional[torch.Tensor] = None,
+               num_micro: int, dp: int, seq_length: int, by_mode: Optional[torch.Tensor] = None,
                loss_fn=training_loss, ocr_weight: float = 1.0, ocr_stats: Optional[torch.Tensor] = None) -> float:
     """One optimizer step over ``num_micro`` micro-batches of rows of ``seq_length`` tokens;
     ``micro_batches`` on the first pipeline stage only (every rank without pipeline parallelism);
-    the loss split by chunk mode is added into ``split`` (metrics/loss.py). Batches with OCR
+    the losses by chunk mode are added into ``by_mode`` (metrics/loss.py). Batches with OCR
     targets add ``ocr_weight`` x the OCR head's mean loss (training/ocr_stage.py; its [summed loss,
     cells] added into ``ocr_stats``). Returns the step's LM loss."""
     count = ocr_count = None
@@ -132,7 +132,7 @@ def train_step(schedule: PipelineSchedule, micro_batches: Optional[List[Vist2Bat
             ocr_count = ocr_cells(micro_batches)
     first_loss = ocr_first_loss(ocr_weight, ocr_count) if ocr_count is not None else None
     with collective("pipeline step (stage p2p, DeepSpeed gradient reduction and norm)"):
-        return schedule.train_step(micro_batches, num_micro, count, dp, seq_length, loss_fn, split,
+        return schedule.train_step(micro_batches, num_micro, count, dp, seq_length, loss_fn, by_mode,
                                    first_loss, ocr_stats)
 
 
@@ -161,7 +161,7 @@ def evaluate(schedule: PipelineSchedule, loader, num_micro: int, seq_length: int
 
 
 @dataclass
-class Run:
+class TrainingSetup:
     """What ``setup`` builds for the loop."""
     cfg: Config
     log: MetricsLogger
@@ -173,7 +173,7 @@ class Run:
     reads_data: bool                          # first pipeline stage: later ones get metadata
     valid_loader: Optional[DataLoader]
     probe_loader: Optional[DataLoader]
-    readback_probe: Optional[ReadbackProbe]   # train.ocr_cer_chunks: greedy read-back CER
+    readback_cer: Optional[ReadbackCer]       # train.ocr_cer_chunks: greedy read-back CER
     front_eval: Optional[FrontEval]           # train.ocr_head_eval_chunks: the OCR head's accuracy (first stage)
     step: int                                 # where training starts (0, or the resumed step)
     consumed: int
@@ -194,7 +194,7 @@ def loader(cfg: Config, dataset, consumed_samples: int, global_batches: int, dp:
                       generator=torch.Generator().manual_seed(cfg.train.seed))
 
 
-def setup(cfg: Config, env: DistEnv) -> Run:
+def setup(cfg: Config, env: DistEnv) -> TrainingSetup:
     """Model, engine and schedule of this rank's stage, the validation and OCR-probe data, and
     the starting point (a resumed run, or a new stage initialised from a previous one)."""
     dp = data_parallel_size(cfg, env.world_size)
@@ -239,17 +239,17 @@ def setup(cfg: Config, env: DistEnv) -> Run:
                                   cfg.train.ocr_probe_batches * G)
         if reads_data:
             probe_loader = loader(cfg, probe_set, 0, cfg.train.ocr_probe_batches, dp)
-    why_not = ReadbackProbe.wanted(cfg)
+    why_not = ReadbackCer.wanted(cfg)
     if why_not not in (None, "off"):
         log.print(why_not)
-    readback_probe = ReadbackProbe(cfg, tokenizer) if why_not is None and rows else None
+    readback_cer = ReadbackCer(cfg, tokenizer) if why_not is None and rows else None
     front_eval = FrontEval(cfg, tokenizer) if FrontEval.wanted(cfg) and reads_data else None
-    return Run(cfg, log, tokenizer, engine, schedule, dp, gas, reads_data, valid_loader, probe_loader,
-               readback_probe, front_eval, step, consumed, memory_before_model, path)
+    return TrainingSetup(cfg, log, tokenizer, engine, schedule, dp, gas, reads_data, valid_loader,
+                         probe_loader, readback_cer, front_eval, step, consumed, memory_before_model, path)
 
 
-def run_eval(run: Run, at_step: int) -> Tuple[float, Optional[float]]:
-    """Validation loss, split into chunk-first and within-chunk targets (and, with
+def run_eval(run: TrainingSetup, at_step: int) -> Tuple[float, Optional[float]]:
+    """Validation loss, by target: chunk-first and within-chunk (and, with
     train.ocr_probe_batches, the OCR read-back accuracy; with train.ocr_cer_chunks, the greedy
     read-back CER; with train.ocr_head_eval_chunks, the front's held-out accuracy), logged;
     validation rows are full length whatever the curriculum's phase. Stage 0's front-only
@@ -257,13 +257,13 @@ def run_eval(run: Run, at_step: int) -> Tuple[float, Optional[float]]:
     cfg = run.cfg
     loss, values, text = 0.0, {}, f"step {at_step}:"
     if cfg.train.objective == "lm":
-        split = split_eval(run.schedule, run.valid_loader, cfg.train.eval_batches * run.gas, cfg)
-        loss = split["loss"] if split["loss"] is not None else 0.0
+        by_target = eval_by_target(run.schedule, run.valid_loader, cfg.train.eval_batches * run.gas, cfg)
+        loss = by_target["loss"] if by_target["loss"] is not None else 0.0
         values, text = {"eval/loss": loss}, f"step {at_step}: eval loss {loss:.4f}"
         for key in ("chunk_first", "within_chunk"):
-            if split[key]["loss"] is not None:
-                values[f"eval/loss_{key}"] = split[key]["loss"]
-                text += f" ({key.replace('_', '-')} {split[key]['loss']:.4f})"
+            if by_target[key]["loss"] is not None:
+                values[f"eval/loss_{key}"] = by_target[key]["loss"]
+                text += f" ({key.replace('_', '-')} {by_target[key]['loss']:.4f})"
     if run.front_eval is not None:
         run.front = front = run.front_eval(run.engine, run.schedule.device)
         values.update({"eval/front_char_accuracy": front["char_accuracy"], "eval/front_loss": front["loss"],
@@ -272,9 +272,9 @@ def run_eval(run: Run, at_step: int) -> Tuple[float, Optional[float]]:
         text += front_eval_line(front)
         if cfg.train.objective == "ocr":      # the run's held-out loss: the head's, per cell
             loss = values["eval/loss"] = front["loss"]
-    if run.readback_probe is not None:
-        values["eval/ocr_cer"] = cer = run.readback_probe.cer(run.engine, run.schedule.device)
-        text += f" | OCR read-back CER {cer:.3f} ({len(run.readback_probe.chunks)} chunks)"
+    if run.readback_cer is not None:
+        values["eval/ocr_cer"] = cer = run.readback_cer.cer(run.engine, run.schedule.device)
+        text += f" | OCR read-back CER {cer:.3f} ({len(run.readback_cer.chunks)} chunks)"
     ocr_accuracy = None
     if cfg.train.ocr_probe_batches:
         _, ocr_accuracy = evaluate(run.schedule, run.probe_loader, cfg.train.ocr_probe_batches * run.gas,
@@ -286,7 +286,7 @@ def run_eval(run: Run, at_step: int) -> Tuple[float, Optional[float]]:
     return loss, ocr_accuracy
 
 
-def start_phase(run: Run, curriculum: Curriculum, phase, step: int, consumed: int):
+def start_phase(run: TrainingSetup, curriculum: Curriculum, phase, step: int, consumed: int):
     """A new curriculum phase: the same corpus packed with its share and row length, read on
     from ``consumed`` -> its micro-batches (None on later pipeline stages)."""
     batches = None
@@ -307,7 +307,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     eval_before, ocr_accuracy = run_eval(run, step)
     last_eval = eval_before
     run.log.log(step, {"train/memory_before_model_gb": run.memory_before_model})
-    split = torch.zeros(SPLIT_STATS, device=env.device)     # loss by chunk mode since the last log
+    by_mode = torch.zeros(MODE_STATS, device=env.device)     # loss by chunk mode since the last log
     ocr_stats = torch.zeros(2, device=env.device)           # the OCR head's [loss sum, cells] since then
     meter = StepMeter(cfg, run.dp, env.world_size, step)
     stop = StopOnSignal(cfg.train.max_wall_minutes, env.device)
@@ -329,7 +329,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         if cfg.train.objective == "ocr":
             loss = train_step_front(run.schedule, micro, run.gas, run.dp, loss_fn, ocr_stats)
         else:
-            loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, split, loss_fn,
+            loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, by_mode, loss_fn,
                               cfg.train.ocr_weight, ocr_stats)
         faults.nan_weights(run.engine.module, step + 1, env.rank)      # tests only (MEGATRON_VIST2_FAULT)
         step += 1
@@ -341,7 +341,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             phase, meter.last_logged = None, step
             continue
         if step % cfg.train.log_interval == 0 or step == cfg.train.steps:
-            meter.log(run.log, step, loss, run.engine, split_means(split, run.schedule), consumed,
+            meter.log(run.log, step, loss, run.engine, mode_means(by_mode, run.schedule), consumed,
                       phase.seq_length, ocr_loss_mean(ocr_stats))
             health.report_step_times(step)
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:

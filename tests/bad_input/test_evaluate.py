@@ -1,6 +1,8 @@
 """Bad input to tools/evaluate.py: controls trained with another tokenizer, chunking or data, a
 checkpoint whose model.context this version does not know, a control passed in the wrong role,
-retrieval depths beyond the context, an empty evaluation set, an existing output directory.
+retrieval depths beyond the context, an empty evaluation set, a held-out set with no target
+beyond chunk 0 (no history: R would be noise), more rows asked for than the held-out set holds
+before its rows repeat, an existing output directory.
 Refused with the flag/field named, no checkpoint touched, no output written."""
 import pytest
 
@@ -34,6 +36,22 @@ def empty_valid(ctx):
     write_indexed(str(ctx.tmp / "empty"), [], load_tokenizer(ctx.data.tokenizer))
 
 
+def held_out(name, docs, length):
+    """A held-out set of ``docs`` documents of ``length`` tokens each."""
+    def setup(ctx):
+        import numpy as np
+        from megatron_vist2.data.indexed import write_indexed
+        from megatron_vist2.data.tokenizer import load_tokenizer
+        rng = np.random.default_rng(0)
+        write_indexed(str(ctx.tmp / name), [(f"d{i}", rng.integers(10, 500, length).tolist(), None)
+                                            for i in range(docs)], load_tokenizer(ctx.data.tokenizer))
+    return setup
+
+
+def both(*setups):
+    return lambda ctx: [s(ctx) for s in setups]
+
+
 def evaluate(*args):
     return lambda c: ["--checkpoint", str(c.ckpt), "--out", str(c.tmp / "eval"), "--ocr-chunks", "0",
                       "--long-docs", "0", *[a.format(tmp=c.tmp, data=c.data) for a in args]]
@@ -56,6 +74,17 @@ CASES = [
          ["retrieval depth 100 does not fit a context of 128 tokens", "--retrieval-contexts"]),
     Case("eval-empty-set", "tools/evaluate.py", evaluate("--valid-prefix", "{tmp}/empty"),
          ["the evaluation set", "empty", "cannot be used"], empty_valid),
+    # documents of 20 tokens: one chunk each, so no target has history and R cannot be measured
+    # (before: exit 0 and eval.json with R = -201.9)
+    Case("eval-no-history", "tools/evaluate.py",
+         evaluate("--valid-prefix", "{tmp}/short", "--text", "{tmp}/text", "--window", "{tmp}/window",
+                  "--batches", "1", "--micro-batch", "2"),
+         ["no held-out target of", "has history", "one chunk", "--valid-prefix"],
+         both(held_out("short", 40, 20), control("text"), control("window"))),
+    # 10 documents of one row each, 16 rows asked for: rows would repeat (before: not mentioned)
+    Case("eval-rows-repeat", "tools/evaluate.py", evaluate("--valid-prefix", "{tmp}/small"),
+         ["asks for 16 held-out rows", "holds 8 before its rows repeat", "use --batches 2"],
+         held_out("small", 10, 224)),
     Case("eval-out-exists", "tools/evaluate.py", evaluate(),
          ["--out", "already exists"], lambda c: (c.tmp / "eval").mkdir()),
 ]

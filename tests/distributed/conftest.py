@@ -1,5 +1,6 @@
-"""Fixtures of the parity modules: each module sets WORLD (2 or 4); its scenarios run in one
-torchrun launch per module, and the single-process references once per model variant."""
+"""Fixtures of the parity modules: each module sets WORLD (2 or 4); its scenarios run in one job
+of the session's rank pool (tests/distributed/pool.py), and the single-process references once
+per model variant. How to add a multi-rank case: tests/README.md."""
 import pytest
 
 from tests.distributed.parity import launch_worker, reference_run

@@ -1,7 +1,9 @@
 """4-rank worker for test_evaluate.py (TP 2 x PP 2): read a consolidated checkpoint into a
 TP2/PP2/ZeRO-3 engine and save it in that layout (the layout a cluster run leaves), then run the
-evaluation with TP and PP ranks on both checkpoints, and with TP2 alone (PP 1: the engine's measures,
-OCR read-back, retrieval and long documents, run on TP ranks); rank 0 writes the results."""
+evaluation with TP and PP ranks on both checkpoints (against the two controls on the first), and with
+TP2 alone (PP 1, two data-parallel ranks: the engine's measures, OCR read-back, retrieval and long
+documents, run on TP ranks; the controls' paired statistics summed over the ranks); rank 0 writes
+the results."""
 import json
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ ENGINE = dict(batches=1, micro_batch=4, ocr_chunks=3, retrieval_contexts=(192,),
               retrieval_trials=2, long_docs=1, long_max_tokens=480)
 
 
-def main(ckpt, out, valid):
+def main(ckpt, out, valid, text, window):
     from megatron_vist2.config import apply_overrides, config_from_dict, validate
     from megatron_vist2.evaluation.runner import Options, run
     from megatron_vist2.parallel.distributed import init_distributed
@@ -33,13 +35,15 @@ def main(ckpt, out, valid):
     save_checkpoint(engine, cfg, 2, 0, read_manifest(step_dir)["tokenizer_sha256"], print)
     del engine
     results = {}
-    for name, path in (("consolidated", ckpt), ("tp2pp2z3", f"{out}/tp2pp2z3")):
+    for name, path, controls in (("consolidated", ckpt, {"text": text, "window": window}),
+                                 ("tp2pp2z3", f"{out}/tp2pp2z3", {})):
         results[name] = run(Options(checkpoint=path, tp=2, pp=2, batches=2, micro_batch=4, ocr_chunks=0,
-                                    long_docs=0, valid_prefix=valid))
+                                    long_docs=0, valid_prefix=valid, **controls))
     from megatron.core import parallel_state
     parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(2, 1, create_gloo_process_groups=False)
-    results["tp2_engine"] = run(Options(checkpoint=f"{out}/tp2pp2z3", tp=2, **ENGINE, valid_prefix=valid))
+    results["tp2_engine"] = run(Options(checkpoint=f"{out}/tp2pp2z3", tp=2, **ENGINE, valid_prefix=valid,
+                                        text=text, window=window))
     if env.rank == 0:
         Path(out, "results.json").write_text(json.dumps(results))
 

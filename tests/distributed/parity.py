@@ -5,9 +5,6 @@ The reference is plain PyTorch: no DeepSpeed, no process groups beyond one rank,
 (8 rows) as 4 micro-batches of 2 with gradient accumulation (the order in which a one-rank run
 draws dropout masks), loss = mean cross-entropy over all the batch's text targets, torch AdamW
 with its own parameter groups."""
-import subprocess
-import sys
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,17 +16,14 @@ from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.models import Vist2Model
 from megatron_vist2.metrics.loss import token_losses
-from megatron_vist2.parallel.distributed import free_port
-from tests.conftest import REPO, subprocess_env
+from tests.distributed import pool
 from tests.distributed.scenario import OCR_WEIGHT, STEPS, Layout, scenario_overrides
 
 
 def launch_worker(world: int, tiny_data, out, script: str = "tests/distributed/parity_worker.py") -> dict:
-    """One torchrun launch of ``script`` (args: the tiny data's root, ``out``); -> what it saved."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
-           "--master_port", str(free_port()), script, str(tiny_data.root), str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=1200)
+    """``script`` on ``world`` ranks (args: the tiny data's root, ``out``), as one job of the
+    session's rank pool (tests/distributed/pool.py); -> what it saved, and its output."""
+    proc = pool.run(world, "script", [script, str(tiny_data.root), str(out)], timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return torch.load(out, weights_only=True), proc.stdout + proc.stderr
 

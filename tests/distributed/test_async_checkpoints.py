@@ -3,22 +3,20 @@ synchronous save's byte for byte (DP2 ZeRO-2, PP2: one launch), a rank killed (S
 middle of a background write leaves the previous checkpoint as the restart point, and the run
 exits only once the save in flight is complete."""
 import json
-import subprocess
-import sys
 
 import pytest
 
-from megatron_vist2.parallel.distributed import free_port
-from tests.conftest import REPO, subprocess_env
+from tests.distributed import pool
 from tests.distributed.runs import metrics, train
+
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def compared(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("async_vs_sync")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), "tests/distributed/async_save_worker.py", str(tiny_data.root), str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    proc = pool.run(2, "script", ["tests/distributed/async_save_worker.py", str(tiny_data.root), str(out)],
+                    timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return json.loads((out / "results.json").read_text())
 

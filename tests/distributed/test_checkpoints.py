@@ -9,6 +9,8 @@ import pytest
 from tests.conftest import tiny_overrides
 from tests.distributed.runs import losses, train
 
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
+
 
 def test_rank_killed_during_save_keeps_previous_checkpoint(tiny_data, tmp_path):
     out = tmp_path / "run"

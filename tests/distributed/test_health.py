@@ -22,6 +22,8 @@ from megatron_vist2.metrics.loss import token_losses
 from tests.distributed.health_worker import G, overrides
 from tests.distributed.parity import launch_worker
 
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def results(tiny_data, tmp_path_factory):

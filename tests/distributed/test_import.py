@@ -1,6 +1,7 @@
 """tools/import_hf.py: a random Qwen3ForCausalLM and a SigLIP vision tower (its 4 x 4 position
 grid resized to our 4 x 8) become a checkpoint our model reproduces Qwen3's logits from, and
 that tensor-parallel and single-process training start from identically."""
+import pytest
 import torch
 from transformers import Qwen3ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
@@ -8,6 +9,8 @@ from megatron_vist2.config import load_config, validate
 from megatron_vist2.convert import qwen3
 from tests.conftest import tiny_overrides
 from tests.distributed.runs import metrics, tool, train
+
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
 
 
 def test_imported_model_matches_qwen3_and_starts_any_layout(dist_env, tiny_data, tmp_path):

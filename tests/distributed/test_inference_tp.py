@@ -1,24 +1,21 @@
 """Consistency law at tensor-parallel size 2 (one launch of 2 gloo ranks for the module): the
 TP2 engine equals the TP2 teacher-forced training forward, and both equal the single-process
 (TP1) model built from the same seed."""
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from megatron_vist2.parallel.distributed import free_port
-from tests.conftest import REPO, subprocess_env, tiny_model
+from tests.conftest import tiny_model
+from tests.distributed import pool
 from tests.distributed.tp_scenario import OVERRIDES
 from tests.inference_helpers import teacher_forced
+
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def tp2(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("tp") / "tp2.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), "tests/distributed/tp_inference_worker.py", str(tiny_data.root), str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    proc = pool.run(2, "script", ["tests/distributed/tp_inference_worker.py", str(tiny_data.root), str(out)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return torch.load(out, weights_only=False)
 

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from megatron_vist2.parallel.distributed import free_port
 from tests.conftest import REPO, subprocess_env, tiny_overrides
+
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
 
 BIN = Path(sys.executable).parent
 

@@ -12,6 +12,8 @@ from tests.distributed.conftest import scenarios_of
 from tests.distributed.parity import assert_matches_reference
 from tests.distributed.scenario import SCENARIOS, Layout, scenario_overrides
 
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
+
 WORLD = 2
 
 

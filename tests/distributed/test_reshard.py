@@ -7,6 +7,8 @@ import pytest
 
 from tests.distributed.runs import losses, metrics, tool, train
 
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
+
 LAYOUTS = {   # name: (overrides, ranks)
     "single": ([], 1),
     "tp2": (["parallel.tensor_parallel=2"], 2),

@@ -8,6 +8,8 @@ import pytest
 from tests.conftest import REPO, subprocess_env
 from tests.distributed.runs import losses, metrics, train, train_args
 
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
+
 
 OCR_STAGE0 = ["model.ocr_head.enabled=true", "train.objective=ocr", "train.ocr_head_eval_chunks=8",
               "parallel.micro_batch_size=4", "parallel.global_batch_size=8"]

@@ -14,6 +14,8 @@ import pytest
 from megatron_vist2.parallel.distributed import free_port
 from tests.conftest import REPO, subprocess_env, tiny_overrides
 
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
+
 SRUN = """#!/usr/bin/env bash
 ntasks="$SLURM_NTASKS"
 while [[ "$1" == --* ]]; do

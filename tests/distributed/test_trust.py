@@ -8,8 +8,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import REPO, subprocess_env
 from tests.distributed.runs import train, train_args
+
+pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
 
 
 def _hashes(root):

@@ -17,6 +17,7 @@ def loss_and_grads(model, batch):
     return (total / count).item(), [p.grad.clone() for p in model.parameters()]
 
 
+@pytest.mark.slow                          # over ~5 s in-process: many model builds
 @pytest.mark.parametrize("mode", ["full", "selective"])
 def test_checkpointing_keeps_loss_and_gradients(dist_env, tiny_data, mode):
     cfg, tok, ds, plain = tiny_model(tiny_data)

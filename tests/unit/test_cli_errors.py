@@ -1,18 +1,17 @@
 """Bad input anywhere on the main path stops with one 'error: ...' line (exit 2), no traceback."""
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from ..conftest import REPO, subprocess_env, tiny_overrides
+from tests.commands import command
+from ..conftest import REPO, tiny_overrides
 
-pytestmark = pytest.mark.slow              # every test runs the command line in a subprocess
+pytestmark = pytest.mark.slow              # tokenizer training and many command lines: over ~5 s
 
 
 def run(*args):
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
+    """The command line ``python *args``, run in this process (tests/commands.py)."""
+    proc = command(*args)
     return proc.returncode, proc.stderr
 
 

@@ -37,6 +37,7 @@ def smollm2(tmp_path_factory):
     return plain, tok, out
 
 
+@pytest.mark.slow                          # over ~5 s in-process: real pretrained weights (SmolLM2-135M)
 def test_packaged_llama_imports_with_equal_logits_and_round_trips(dist_env, smollm2, tmp_path):
     hf, tok, hf_dir = smollm2
     cfg = validate(load_config("tiny-cpu", SMOLLM2), 1)

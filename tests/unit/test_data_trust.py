@@ -3,8 +3,6 @@ manifests and index files, and the blend's per-source accounting."""
 import json
 import random
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,8 @@ from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.errors import DatasetError
 
-from ..conftest import REPO, subprocess_env, tiny_overrides
+from tests.commands import command
+from ..conftest import tiny_overrides
 
 
 def copy_dataset(src: str, dst) -> str:
@@ -68,12 +67,11 @@ def test_large_files_sampled_at_start_and_fully_by_verify(tmp_path, tiny_data, m
         open_indexed(prefix, tok)
 
 
+@pytest.mark.slow                          # over ~5 s in-process: the full dataset verification
 def test_inspect_data_verify_names_the_file(tmp_path, tiny_data):
     prefix = copy_dataset(tiny_data.train, tmp_path / "ds")
     flip(tmp_path / "ds.bin", 5)
-    bad = subprocess.run([sys.executable, "tools/inspect_data.py", "--prefix", prefix, "--verify",
-                          *tiny_overrides(tiny_data)],
-                         cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    bad = command("tools/inspect_data.py", "--prefix", prefix, "--verify", *tiny_overrides(tiny_data))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
     assert "ds.bin: contents differ" in bad.stdout and "re-run tools/preprocess_data.py" in bad.stdout
 

@@ -34,22 +34,163 @@ def test_cer_counter_sums_edits_over_reference_characters():
     assert s["char_accuracy"] == pytest.approx(0.7)
 
 
-def test_retention_ratio_formula():
-    from megatron_vist2.metrics.targets import retention_ratio
-    assert retention_ratio(2.0, 3.0, 2.0) == 1.0           # as good as the text control
-    assert retention_ratio(3.0, 3.0, 2.0) == 0.0           # as good as no history
-    assert retention_ratio(2.5, 3.0, 2.0) == 0.5
-    assert retention_ratio(2.5, 3.0, 3.0) is None          # the controls do not differ
+def _constructed_per_target(rows=12, S=40, L=8, seed=0):
+    """Per-target losses of two models on the same targets: each target has a difficulty both
+    models share (correlated losses), the second model is 0.05 nats worse with its own noise."""
+    rng = np.random.default_rng(seed)
+    label = np.where(rng.random((rows, S)) < 0.8, rng.integers(0, 500, (rows, S)), -1)
+    target = np.tile(np.arange(S), (rows, 1))
+    first = (target % L == 0) & (target > 0)
+    hard = rng.gamma(2.0, 1.5, (rows, S)) + rng.normal(0, 0.5, (rows, 1))    # per target and per row
+    a = hard + rng.normal(0, 0.2, (rows, S))
+    b = hard + 0.05 + rng.normal(0, 0.2, (rows, S))
+    common = {"label": label, "target": target, "first": first}
+    return {"text": {**common, "loss": a}, "window": {**common, "loss": b}}, L
 
 
-def test_controls_gap_and_its_standard_error():
-    from megatron_vist2.metrics.targets import controls_gap
-    window = {"loss": 3.0, "targets": 100, "loss_variance": 4.0}
-    text = {"loss": 2.9, "targets": 400, "loss_variance": 1.0}
-    g = controls_gap(window, text)
-    se = math.sqrt(4.0 / 100 + 1.0 / 400)                     # 0.206: a 0.1-nat gap is noise
-    assert g["gap"] == pytest.approx(0.1) and g["gap_se"] == pytest.approx(se) and not g["measurable"]
-    assert controls_gap({**window, "loss": 3.5}, text)["measurable"]
+def test_paired_standard_error_equals_brute_force():
+    """The gap window - text and its paired SE sd(d)/sqrt(n) on targets with history, against a
+    loop over the constructed targets (statistics.stdev), and the row-clustered SE against the
+    sandwich formula over rows written out; the unpaired SE is several times larger here."""
+    import statistics
+    from megatron_vist2.metrics.paired import categories, difference, difference_sums
+    pt, L = _constructed_per_target()
+    w, t = pt["window"], pt["text"]
+    sel = categories(w, L, bins=5)
+    stats = difference_sums(w["loss"], t["loss"], sel)
+    names = list(sel)
+    for key, keep in (("overall", lambda tg, f: True), ("within_chunk", lambda tg, f: not f),
+                      ("chunk_first", lambda tg, f: f), ("within_2", lambda tg, f: not f and tg // L == 2)):
+        d, per_row = [], []
+        for r in range(w["label"].shape[0]):
+            row = [w["loss"][r, k] - t["loss"][r, k] for k in range(w["label"].shape[1])
+                   if w["label"][r, k] >= 0 and w["target"][r, k] // L >= 1 and keep(w["target"][r, k], w["first"][r, k])]
+            d += row
+            if row:
+                per_row.append((sum(row), len(row)))
+        got = difference(stats[names.index(key)])
+        n, mean = len(d), statistics.fmean(d)
+        assert got["targets"] == n and got["gap"] == pytest.approx(mean, rel=1e-12, abs=1e-12)
+        assert got["gap_se"] == pytest.approx(statistics.stdev(d) / math.sqrt(n), rel=1e-9)
+        R = len(per_row)
+        clustered = math.sqrt(R / (R - 1) * sum((D - mean * k) ** 2 for D, k in per_row)) / n
+        assert got["gap_se_rows"] == pytest.approx(clustered, rel=1e-9)
+        # chunk 0 (no history) is left out
+        assert n == sum(1 for r in range(12) for k in range(40)
+                        if w["label"][r, k] >= 0 and k >= L and keep(k, w["first"][r, k]))
+    overall = difference(stats[names.index("overall")])
+    a = [w["loss"][r, k] for r in range(12) for k in range(40) if sel["overall"][r, k]]
+    b = [t["loss"][r, k] for r in range(12) for k in range(40) if sel["overall"][r, k]]
+    unpaired = math.sqrt(statistics.pvariance(a) / len(a) + statistics.pvariance(b) / len(b))
+    assert unpaired > 5 * overall["gap_se"], (unpaired, overall)     # measured 0.188 vs 0.016
+    # additive over data-parallel ranks (disjoint rows)
+    halves = [difference_sums(w["loss"][s], t["loss"][s], {k: v[s] for k, v in sel.items()})
+              for s in (slice(0, 5), slice(5, 12))]
+    np.testing.assert_allclose(halves[0] + halves[1], stats, rtol=1e-12)
+
+
+def test_gap_measurable_only_at_two_standard_errors():
+    from megatron_vist2.metrics.paired import STATS, controls_difference as difference
+    d = np.array([0.1, 0.3, -0.2, 0.5, 0.2])         # one row: no row-clustered SE
+    stats = dict(zip(STATS, [5, d.sum(), (d * d).sum(), 1, d.sum() ** 2, d.sum() * 5, 25]))
+    g = difference(np.array([stats[k] for k in STATS]))
+    se = d.std(ddof=1) / math.sqrt(5)                  # 0.116: a gap of 0.18 is 1.6 SE
+    assert g["gap_se"] == pytest.approx(se) and g["gap_se_rows"] is None
+    assert not g["measurable"] and "under two standard errors" in g["reason"]
+    d2 = d + 0.1
+    g2 = difference(np.array([5, d2.sum(), (d2 * d2).sum(), 1, 0, 0, 0]))
+    assert g2["measurable"] and g2["gap"] >= 2 * g2["gap_se"]
+    assert not difference(np.array([1, 0.3, 0.09, 1, 0, 0, 0]))["measurable"]    # one target
+
+
+def test_retention_and_its_standard_error_against_the_delta_method():
+    """R = mean(w - m) / mean(w - t) on the targets with history, and its paired SE against the
+    delta method written with numpy's covariance: var(R) = (var(a) + R^2 var(b) - 2 R cov(a, b))
+    / (n mean(b)^2), a = w - m, b = w - t."""
+    from megatron_vist2.metrics.paired import categories, retention
+    pt, L = _constructed_per_target()
+    rng = np.random.default_rng(1)
+    w, t = pt["window"]["loss"], pt["text"]["loss"] - 0.4          # history worth 0.45 nats
+    m = w - 0.3 * (w - t) + rng.normal(0, 0.1, w.shape)            # keeps about 30 % of it
+    per_target = {role: {**pt["window"], "loss": x} for role, x in (("model", m), ("text", t), ("window", w))}
+    r = retention(per_target, L, bins=5)
+    sel = categories(pt["window"], L, 5)["overall"]
+    a, b = (w - m)[sel], (w - t)[sel]
+    R = a.mean() / b.mean()
+    cov = np.cov(a, b)                                             # ddof 1
+    se = math.sqrt((cov[0, 0] + R * R * cov[1, 1] - 2 * R * cov[0, 1]) / len(a)) / b.mean()
+    assert r["overall"] == pytest.approx(R, rel=1e-12) and 0.25 < R < 0.35
+    assert r["se"]["overall"]["paired"] == pytest.approx(se, rel=1e-9)
+    assert r["controls_gap"]["overall"]["measurable"] and "measurable" not in r["model_gap"]["overall"]
+
+
+def test_recorder_keys_targets_by_text_position(tiny_data, dist_env):
+    """The recorder puts every target where its row's text position says, in VIST2 rows and in
+    the controls' rows alike: the label kept at slot k is the row's k-th text token (read off the
+    text control's row, which holds the text alone), and the chunk-first flags agree."""
+    from dataclasses import replace
+    from megatron_vist2.data.dataset import PackedVist2Dataset, collate
+    from megatron_vist2.data.indexed import open_indexed
+    from megatron_vist2.metrics.paired import TargetRecorder, check_same_targets
+    from megatron_vist2.models.attention import TEXT
+    cfg, tok, _, _ = tiny_model(tiny_data)
+    got = {}
+    for context in ("vist2", "text", "window"):
+        c = replace(cfg, model=replace(cfg.model, context=context))
+        ds = PackedVist2Dataset(open_indexed(tiny_data.valid, tok), tok, c, seed=7)
+        batch = collate([ds[i] for i in range(3)])
+        rec = TargetRecorder(1, 3, cfg.data.seq_length, "cpu")
+        rec(batch.labels.double() + 0.5, batch)       # a "loss" that names its target
+        got[context] = rec.arrays()
+        if context == "text":
+            text_rows = [batch.tokens[r][batch.layout.kind[r] == TEXT].numpy() for r in range(3)]
+    check_same_targets(got)
+    for r in range(3):
+        label = got["vist2"]["label"][r]
+        has = np.nonzero(label >= 0)[0]
+        assert len(has) > 100
+        np.testing.assert_array_equal(label[has], text_rows[r][has])
+        np.testing.assert_array_equal(got["vist2"]["loss"][r][has], label[has] + 0.5)
+    assert all(np.array_equal(got["vist2"]["first"], got[c]["first"]) for c in ("text", "window"))
+    got["window"]["label"][0, 5] += 1
+    with pytest.raises(Exception, match="scored on other targets"):
+        check_same_targets(got)
+
+
+def test_retrieval_by_depth_side_by_side(tiny_data):
+    """Pass-key prompts put the key sentence exactly ``depth`` tokens before the question, and
+    every model gets the same prompts: a reader that sees the whole prompt finds the key at every
+    depth, one that sees only the last 96 tokens only where the key sentence (42 tokens) lies inside;
+    side_by_side puts the two next to each other, cell by cell."""
+    import re
+    from megatron_vist2.data.indexed import open_indexed
+    from megatron_vist2.data.tokenizer import load_tokenizer
+    from megatron_vist2.evaluation.retrieval import NEEDLE, QUESTION, build_trials, retrieval, side_by_side
+    tok = load_tokenizer(tiny_data.tokenizer)
+    indexed = open_indexed(tiny_data.valid, tok)
+    question = tok.encode(QUESTION)
+    seen = []
+
+    class Reader:
+        def __init__(self, visible):
+            self.visible = visible
+
+        def generate(self, prompts, params):
+            seen.append(list(prompts[0]))
+            found = re.search(r"pass key is (\d{5})", tok.decode(prompts[0][-self.visible:]))
+            return [tok.encode(" " + found.group(1)) if found else [0] * params.max_new_tokens]
+
+    for prompt, key in build_trials(tok, np.arange(1000) % 400 + 20, 192, 100, 3, seed=5):
+        needle = tok.encode(NEEDLE.format(key=tok.decode(key).strip()))
+        end = len(prompt) - 100 - len(question)
+        assert len(prompt) == 192 and prompt[end - len(needle):end] == needle
+    results = {name: retrieval(lambda n, v=visible: Reader(v), tok, indexed, [192], [8, 120], 3, seed=5)
+               for name, visible in (("model", 10 ** 6), ("window", 96))}
+    assert seen[:6] == seen[6:]                                       # the same prompts for both
+    both = side_by_side(results)
+    assert [(c["depth"], c["by_model"]) for c in both["cells"]] == [
+        (8, {"model": 1.0, "window": 1.0}), (120, {"model": 1.0, "window": 0.0})]
+    assert both["accuracy"] == 1.0 and both["by_model"] == {"model": 1.0, "window": 0.5}
 
 
 # A hand-built backbone for which history matters: "predict a token this document has used".
@@ -165,16 +306,16 @@ def test_text_control_as_the_model_gives_retention_one(history_data, models):
 def test_zeroed_aligner_keeps_no_history(history_data, models):
     """Zero visual tokens carry nothing: within a chunk the model sees only the chunk's own text
     (plus zero keys and values that take ~1e-10 of the attention), so on within-chunk targets it
-    scores like the window control, R ~ 0 (measured -1.3e-7), while history is worth 4.4 nats
-    to the text control.
+    scores like the window control, R ~ 0 (measured 5.4e-9 on the targets with history), while
+    history is worth 5.1 +- 0.19 nats there to the text control.
     Its chunk-first targets see nothing at all: uniform over the vocabulary."""
     r = evaluate(history_data, models["zeroed"], models["text"], models["window"])
     h = r["heldout"]
     assert h["model"]["targets"] == h["window"]["targets"] - h["window"]["chunk_first"]["targets"] \
         + h["model"]["chunk_first"]["targets"]
     gap = h["window"]["within_chunk"]["loss"] - h["text"]["within_chunk"]["loss"]
-    assert gap > 1.0 and r["retention"]["controls_gap"]["within_chunk"]["measurable"], h     # measured 4.37
-    assert abs(r["retention"]["within_chunk"]) < 1e-4, r["retention"]               # measured -1.3e-7
+    assert gap > 1.0 and r["retention"]["controls_gap"]["within_chunk"]["measurable"], h     # measured 4.37 on all
+    assert abs(r["retention"]["within_chunk"]) < 1e-4, r["retention"]               # measured 5.4e-9
     # every chunk's first token is predicted from a zero hidden state (the last visual token):
     # logits 0, uniform over the (padded) vocabulary of 512
     assert h["model"]["chunk_first"]["loss"] == pytest.approx(math.log(512), rel=1e-5)

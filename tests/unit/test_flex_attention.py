@@ -1,12 +1,14 @@
 """The block-sparse flex_attention path (model.attention_backend=flex) equals dense SDPA: both are
 built from the same mask rule, so this checks the block mask and the compiled kernel."""
 import numpy as np
+import pytest
 import torch
 
 from megatron_vist2.data.packing import Segment, assemble_row
 from megatron_vist2.models.attention import TokenLayout, attend, build_mask
 
 
+@pytest.mark.slow                          # over ~5 s in-process: compiles flex_attention
 def test_flex_equals_dense_sdpa():
     L, m, S = 8, 2, 100                              # S not a multiple of flex's 128-token blocks
     segs = [Segment(0, 0, 40, (False,) * 5), Segment(1, 0, 30, (True, False, False, True))]

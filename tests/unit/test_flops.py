@@ -1,6 +1,7 @@
 """The FLOP formulas (cost/flops.py) against independent counts: PyTorch's FlopCounterMode on a
 real forward for every matmul and convolution, and a brute-force count of the pairs the VIST2
 rule allows for attention."""
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -25,6 +26,7 @@ def test_matmul_flops_equal_pytorch_flop_counter(dist_env, tiny_data):
     assert ours == counter.get_total_flops()
 
 
+@pytest.mark.slow                          # over ~5 s in-process: a brute-force count
 def test_attended_pairs_equal_brute_force(dist_env, tiny_data):
     cfg, _, ds, _ = tiny_model(tiny_data, "data.readback_fraction=0.5")
     layout = collate([ds[2], ds[3]]).layout

@@ -43,6 +43,7 @@ def engine_tokens(setup, params):
     return engine.generate(prompts, params)
 
 
+@pytest.mark.slow                          # over ~5 s in-process: export + generate in a batch
 @pytest.mark.parametrize("sampled", [False, True])
 def test_cached_generate_equals_engine_in_a_batch_at_different_phases(setup, sampled):
     from megatron_vist2.inference.engine import SamplingParams
@@ -66,6 +67,7 @@ def test_cached_generate_equals_engine_in_a_batch_at_different_phases(setup, sam
                                                            seed=8))     # the seed matters
 
 
+@pytest.mark.slow                          # over ~5 s in-process: export + generate
 def test_max_length_eos_stop_strings_and_streamer(setup):
     from transformers.generation.streamers import BaseStreamer
     cfg, tok, _, _, hf, prompts = setup

@@ -13,6 +13,7 @@ def setup(dist_env, tiny_data):
     return tiny_model(tiny_data, "model.init_std=0.1", "data.seq_length=1024")
 
 
+@pytest.mark.slow                          # over ~5 s in-process: many engine steps
 def test_consistency_law_batch_of_mixed_lengths_and_phases(setup):
     cfg, tok, ds, model = setup
     L = cfg.model.chunk.text_tokens
@@ -80,6 +81,7 @@ def test_kv_memory_at_16k_context(setup):
     assert vist2.cache.nbytes / base.cache.nbytes <= 0.27
 
 
+@pytest.mark.slow                          # over ~5 s in-process: many engine steps
 def test_generate_greedy_is_deterministic_and_bad_input_is_refused(setup):
     cfg, tok, ds, model = setup
     engine = Vist2Engine(model, tok, cfg, compress=True, max_context=200, batch_size=2)
@@ -141,22 +143,18 @@ def test_checkpoint_mismatches_are_refused(setup, fake_checkpoint, tmp_path):
         load_for_inference(str(broken))
 
 
-@pytest.mark.slow                          # the generate command line in subprocesses
+@pytest.mark.slow                          # three generate command lines: over ~5 s
 def test_generate_cli_streams_and_reports(fake_checkpoint):
-    import subprocess
-    import sys
-    from tests.conftest import REPO, subprocess_env
-    args = [sys.executable, "-m", "megatron_vist2.generate", "--checkpoint", str(fake_checkpoint),
+    from tests.commands import command
+    args = ["-m", "megatron_vist2.generate", "--checkpoint", str(fake_checkpoint),
             "--prompt", "Fellow-Citizens of the Senate and House of Representatives: " * 3,
             "--max-new-tokens", "40", "--max-context", "512"]
-    vist2 = subprocess.run(args, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    base = subprocess.run(args + ["--baseline"], cwd=REPO, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=300)
+    vist2 = command(*args)
+    base = command(*args, "--baseline")
     assert vist2.returncode == 0 and base.returncode == 0, vist2.stderr[-2000:] + base.stderr[-2000:]
     assert "VIST2 (rho = 4)" in vist2.stdout and "chunks compressed" in vist2.stdout
     assert "baseline (full text KV)" in base.stdout
-    empty = subprocess.run(args[:5] + ["--prompt", "  "], cwd=REPO, env=subprocess_env(),
-                           capture_output=True, text=True, timeout=300)
+    empty = command(*args[:4], "--prompt", "  ")
     assert empty.returncode == 2 and "error: the prompt is empty" in empty.stderr
 
 

@@ -79,6 +79,7 @@ def run_lm_eval(setup, task, limit):
     return lm, res["results"][task], res["samples"][task]
 
 
+@pytest.mark.slow                          # over ~5 s in-process: lm-eval on an exported model
 def test_last_word_task_equals_our_evaluation(setup, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -99,6 +100,7 @@ def test_last_word_task_equals_our_evaluation(setup, monkeypatch):
     assert metrics["perplexity,none"] == pytest.approx(math.exp(-np.mean(lls)), rel=1e-4)
     
 
+@pytest.mark.slow                          # over ~5 s in-process: lm-eval on an exported model
 def test_perplexity_task_equals_our_evaluation(setup, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

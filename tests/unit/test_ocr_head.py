@@ -1,4 +1,4 @@
-"""The OCR head of stage 0 (models/ocr_head.py, data/ocr_targets.py, evaluation/front.py) and the
+"""The OCR head of stage 0 (models/ocr_head.py, data/ocr_targets.py, metrics/front.py) and the
 renderer's legibility rule.
 
 References: the rendered pixels (each target cell, drawn alone by Pillow at the pen position its

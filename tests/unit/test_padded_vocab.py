@@ -78,6 +78,7 @@ def test_import_declares_the_tokenizer_size(qwen_pieces, tmp_path):
     assert f"model.llm.vocab_size={ROWS}" in out and f"model.llm.tokenizer_vocab_size={tok.vocab_size}" in out
 
 
+@pytest.mark.slow                          # over ~5 s in-process: train, export, generate
 def test_train_export_generate_never_sample_the_extra_rows(qwen_pieces, dist_env, tmp_path):
     from transformers import AutoModelForCausalLM
     from megatron_vist2.convert.vist2 import export_vist2

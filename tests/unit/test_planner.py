@@ -2,14 +2,12 @@
 models tools/dry_run.py builds on the meta device, and its ranking only returns layouts that
 validate, fit, and come fastest first."""
 import re
-import subprocess
-import sys
 
 import pytest
 
 from megatron_vist2.config import load_config, validate
 from megatron_vist2.cost.planner import Cluster, memory, plan_layouts, stage_sizes
-from tests.conftest import REPO, subprocess_env
+from tests.commands import batch
 
 LAYOUTS = [   # (preset, world, overrides)
     ("8b", 8, ["parallel.tensor_parallel=4", "parallel.pipeline_parallel=2", "parallel.global_batch_size=8"]),
@@ -21,12 +19,22 @@ LAYOUTS = [   # (preset, world, overrides)
 ]
 
 
-@pytest.mark.slow                          # tools/dry_run.py in a subprocess
+def dry_run_args(preset, world, overrides):
+    return ("tools/dry_run.py", "--preset", preset, "--world", str(world), "--gpu-memory-gib", "100000", *overrides)
+
+
+@pytest.fixture(scope="module")
+def dry_runs():
+    """tools/dry_run.py for every layout, in one fresh interpreter (it sets up fake process groups
+    of its own): command line -> result."""
+    commands = [dry_run_args(*layout) for layout in LAYOUTS]
+    return dict(zip(commands, batch(commands)))
+
+
+@pytest.mark.slow                          # tools/dry_run.py in a process of its own
 @pytest.mark.parametrize("preset,world,overrides", LAYOUTS, ids=[f"{p}-{w}" for p, w, _ in LAYOUTS])
-def test_parameters_per_rank_equal_the_built_stage_models(preset, world, overrides):
-    proc = subprocess.run([sys.executable, "tools/dry_run.py", "--preset", preset, "--world", str(world),
-                           "--gpu-memory-gib", "100000", *overrides], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
+def test_parameters_per_rank_equal_the_built_stage_models(dry_runs, preset, world, overrides):
+    proc = dry_runs[dry_run_args(preset, world, overrides)]
     assert proc.returncode == 0, proc.stderr[-3000:]
     built = [int(m.group(1).replace(",", "")) for m in
              re.finditer(r"^\s+\d+\s+\d+\s+([\d,]+)\s", proc.stdout, re.M)]

@@ -110,6 +110,7 @@ def two_training_steps(model, batch) -> list:
     return losses
 
 
+@pytest.mark.slow                          # over ~5 s in-process: preprocess, train, export, generate
 def test_preprocess_train_export_generate(real_tok, dist_env, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from megatron_vist2.config import load_config, validate
