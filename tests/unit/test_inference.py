@@ -158,6 +158,7 @@ def test_generate_cli_streams_and_reports(fake_checkpoint):
     assert empty.returncode == 2 and "error: the prompt is empty" in empty.stderr
 
 
+@pytest.mark.slow                          # over ~5 s in-process: 2 x 400 decode steps
 def test_baseline_greedy_tokens_equal_transformers_over_a_long_generation(setup):
     """The engine's baseline (compress=False) and transformers' own Qwen3ForCausalLM generate on
     the same weights (convert/qwen3.py's table) write the same 400 greedy tokens."""
