@@ -10,7 +10,7 @@ Writing (default): the LongBench-Write prompts that ask for >= --min-words words
   wheel's file), each generating --new tokens (3,000 by default).
   - batch 1, in this process, systems alternating, best of --repeat: end-to-end time, time to
     first token, decode time per token over the run, and the cumulative time after each token
-    (plotted: docs/figures/long_writing.png);
+    (plotted: long_writing.png in --out);
   - per system, the peak memory while generating (CPU: the resident set sampled every 2 ms, in a
     fresh process per system, the other systems' models not loaded; GPU: torch's peak
     allocation, in this process), at batch 1 and at the largest batch whose KV cache fits
