@@ -150,23 +150,23 @@ def write_bundle(directory: Path) -> List[str]:
     return list(BUNDLED.values())
 
 
-def _definitions(tree: ast.Module) -> Dict[str, int]:
-    """Qualified names of the functions and classes a module defines (top level and methods) ->
-    line; top-level assignments too (constants)."""
+def _definitions(tree: ast.Module) -> Dict[str, tuple]:
+    """Qualified names a module defines -> (line, is a function or class): its functions and
+    classes (top level, and methods as 'Class.method') and its top-level assignments (constants)."""
     out = {}
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            out[node.name] = node.lineno
+            out[node.name] = (node.lineno, True)
             if isinstance(node, ast.ClassDef):
                 for item in node.body:
                     if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                        out[f"{node.name}.{item.name}"] = item.lineno
+                        out[f"{node.name}.{item.name}"] = (item.lineno, True)
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for t in targets:
                 for n in ast.walk(t):
                     if isinstance(n, ast.Name):
-                        out[n.id] = node.lineno
+                        out[n.id] = (node.lineno, False)
     return out
 
 
@@ -182,29 +182,22 @@ def check_remote_code(remote_dir: Optional[Path] = None) -> List[str]:
     findings = []
     for f in HAND_WRITTEN:
         path = remote_dir / f
-        for name, line in _definitions(ast.parse(path.read_text())).items():
-            top = name.split(".")[0]
-            if "." not in name and top in shared:
-                findings.append(f"{path}:{line}: defines '{name}', which megatron_vist2/{shared[top]} "
-                                f"defines: import it from .{BUNDLED[shared[top]][:-3]} instead of a copy")
-            elif (isinstance(_node_kind(path, name), str) and name not in DECLARED.get(f, {})):
+        for name, (line, is_def) in _definitions(ast.parse(path.read_text())).items():
+            if name in shared:
+                findings.append(f"{path}:{line}: defines '{name}', which megatron_vist2/{shared[name]} "
+                                f"defines: import it from .{BUNDLED[shared[name]][:-3]} instead of a copy")
+            elif is_def and name not in DECLARED.get(f, {}):
                 findings.append(f"{path}:{line}: '{name}' is not in DECLARED (megatron_vist2/convert/"
                                 f"bundle.py): if it re-implements package code, import that code from "
                                 f"a bundled module; else declare it with the test that ties it, or as glue")
+    for f, names in DECLARED.items():                 # every tie names a test that exists
+        for name, tie in names.items():
+            if tie.startswith("tests/"):
+                test_file, _, test = tie.partition("::")
+                where = PACKAGE.parent / test_file
+                if not where.is_file() or f"def {test}(" not in where.read_text():
+                    findings.append(f"DECLARED[{f!r}][{name!r}] names {tie}, which does not exist")
     return findings
-
-
-def _node_kind(path: Path, name: str) -> Optional[str]:
-    """'def' for a function/class definition named ``name`` in ``path`` (not a constant)."""
-    tree = ast.parse(path.read_text())
-    top, _, method = name.partition(".")
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == top:
-            if not method:
-                return "def"
-            return "def" if any(isinstance(i, (ast.FunctionDef, ast.AsyncFunctionDef)) and i.name == method
-                                for i in node.body) else None
-    return None
 
 
 def check_export(directory) -> List[str]:

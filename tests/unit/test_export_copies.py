@@ -36,6 +36,14 @@ def test_remote_code_is_clean_and_the_check_catches_planted_copies(tmp_path):
     assert any("'Vist2ForCausalLM.slots' is not in DECLARED" in f for f in bundle.check_remote_code(remote))
 
 
+def test_a_tie_must_name_a_test_that_exists(monkeypatch):
+    ties = {**bundle.DECLARED["modeling_vist2.py"],
+            "Vist2Aligner.forward": "tests/unit/test_export_copies.py::test_no_such_test"}
+    monkeypatch.setitem(bundle.DECLARED, "modeling_vist2.py", ties)
+    assert bundle.check_remote_code() == ["DECLARED['modeling_vist2.py']['Vist2Aligner.forward'] names "
+                                          "tests/unit/test_export_copies.py::test_no_such_test, which does not exist"]
+
+
 def test_bundled_copies_are_generated_and_an_edited_copy_is_caught(tmp_path):
     names = bundle.write_bundle(tmp_path)
     assert sorted(names) == sorted(bundle.BUNDLED.values())
