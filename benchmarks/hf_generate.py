@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
 from common import machine
-from inference import corpus_tokens
+from inference_setup import corpus_tokens
 from megatron_vist2.config import load_config, validate
 from megatron_vist2.convert.vist2 import export_vist2
 from megatron_vist2.data.tokenizer import load_tokenizer

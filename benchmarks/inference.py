@@ -11,11 +11,20 @@ rendering time. Then the crossover lengths, a long-writing workload from LongBen
     python benchmarks/inference.py [--preset bench-cpu] [--lengths 1024,2048,...] [--gen 128]
     python benchmarks/inference.py --ttft-only --lengths 2048,4096,8192,16384   # prefill only
                                    [--repeat 3] [--threads N]
+    # one GPU, bf16, the model built on the device (benchmarks/gpu_all.sh):
+    python benchmarks/inference.py --preset 1.7b --device cuda --dtype bf16 --ttft-only \
+        --lengths 2048,8192 --repeat 3 data.tokenizer=data/tokenizer/sotu.model
 
-A third system, transformers' Qwen3ForCausalLM on the same backbone weights (exported with
-convert/qwen3.py, fp32, sdpa), is timed for the time to first token (one forward over the prompt
-computing the last position's logits, then the argmax), so the engine's baseline is measured
-against the library a user would otherwise run.
+Prompt tokens come from the tokenized corpus (data/sotu_train.bin, the repository's data step);
+a preset whose tokenizer is not built (e.g. 1.7b's data/tokenizer/qwen2) can take the bundled
+one with ``data.tokenizer=data/tokenizer/sotu.model``: its ids are rows of any larger embedding,
+and the engine samples only among the tokenizer's ids.
+
+A third system, transformers' Qwen3ForCausalLM on the same backbone weights (convert/qwen3.py's
+names, copied in memory; same device and dtype, sdpa), is timed for the time to first token (one
+forward over the prompt computing the last position's logits, then the argmax), so the engine's
+baseline is measured against the library a user would otherwise run (--no-transformers: not).
+Decode against transformers' generate, and long writing: benchmarks/long_writing.py.
 
 Cost model (docs/spec.md), for a context of n text tokens at rho = L / m:
   KV entries: n/rho + L (VIST2) vs n; prefill LLM tokens: n/rho + tail vs n, plus ViT + aligner
@@ -25,89 +34,44 @@ Cost model (docs/spec.md), for a context of n text tokens at rho = L / m:
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from common import machine
-from megatron_vist2.config import load_config, validate
-from megatron_vist2.data.corpus import iter_documents
-from megatron_vist2.data.tokenizer import file_sha256, load_tokenizer
+from inference_setup import (DTYPES, add_device_args, benchmark_config, build_model, clock, corpus_tokens,
+                             longbench_write, setup_device, transformers_backbone)
+from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.inference import Vist2Engine
-from megatron_vist2.models import Vist2Model
 from megatron_vist2.parallel.distributed import init_distributed
-
-LONGBENCH_SHA256 = "1f6e99497cc24d65894d65e014062f398ba946ebdd254b7f8b339e48d3ab5779"
-
-
-def longbench_write(dest: Path):
-    """LongBench-Write's 120 prompts, from the evalscope 1.14.1 wheel (PyPI), checked by sha256."""
-    path = dest / "longbench_write.jsonl"
-    if not path.is_file():
-        dest.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest),
-                        "evalscope==1.14.1"], check=True)
-        wheel = next(dest.glob("evalscope-1.14.1-*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            data = z.read("evalscope/third_party/longbench_write/resources/longbench_write.jsonl")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    if file_sha256(path) != LONGBENCH_SHA256:
-        raise SystemExit(f"{path}: unexpected sha256; delete it to fetch again")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def corpus_tokens(tok, n):
-    ids = []
-    for _, text in iter_documents("sotu"):
-        ids += tok.encode(text)
-        if len(ids) >= n:
-            return ids[:n]
-    raise SystemExit(f"the corpus has fewer than {n} tokens")
-
-
-def transformers_backbone(model, cfg, out_dir: Path):
-    """Our backbone exported to Qwen3ForCausalLM (same weights), loaded fp32 with sdpa."""
-    from transformers import AutoModelForCausalLM
-    from megatron_vist2.convert.qwen3 import export_backbone
-    state = {n: p.detach() for n, p in model.named_parameters()}
-    path = export_backbone(state.__getitem__, cfg, str(out_dir))
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32,
-                                                attn_implementation="sdpa").eval()
 
 
 @torch.no_grad()
 def transformers_ttft(hf, prompt) -> float:
-    ids = torch.tensor([prompt])
-    t0 = time.perf_counter()
-    hf(input_ids=ids, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1)
-    return time.perf_counter() - t0
+    device = hf.device
+    ids = torch.tensor([prompt], device=device)
+    t0 = clock(device)
+    hf(input_ids=ids, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1).tolist()
+    return clock(device) - t0
 
 
 @torch.no_grad()
 def run(model, tok, cfg, prompt, gen, compress):
     engine = Vist2Engine(model, tok, cfg, compress=compress, max_context=len(prompt) + gen + 1)
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    sync()                                     # GPU work is asynchronous: finish it before a clock read
-    t0 = time.perf_counter()
+    device = engine.device
+    t0 = clock(device)                         # GPU work is asynchronous: clock() synchronises
     logits = engine.prefill([prompt])
     token = logits.argmax(-1)
-    sync()
-    ttft = time.perf_counter() - t0
+    ttft = clock(device) - t0
     prefill_flops = dict(engine.stats.flops)
     prefill_render = engine.stats.render_seconds
     steps = []
     for _ in range(gen):
-        t = time.perf_counter()
+        t = clock(device)
         token = engine.step(token).argmax(-1)
-        sync()
-        steps.append(time.perf_counter() - t)
+        steps.append(clock(device) - t)
     decode_flops = {k: (v - prefill_flops.get(k, 0)) / max(gen, 1) for k, v in engine.stats.flops.items()}
     decode = float(np.mean(steps)) if steps else float("nan")
     return {"ttft_s": ttft, "decode_s": decode, "tokens_per_s": 1 / decode,
@@ -157,7 +121,13 @@ def main():
     ap.add_argument("--preset", default="bench-cpu")
     ap.add_argument("--lengths", default="256,512,1024,2048,4096,8192,16384,32768")
     ap.add_argument("--gen", type=int, default=128)
-    ap.add_argument("--write-prompts", type=int, default=4, help="LongBench-Write prompts to run")
+    add_device_args(ap, threads=os.cpu_count() or 1)
+    ap.add_argument("--write-prompts", type=int, default=4,
+                    help="LongBench-Write prompts to run (0: none; the comparison with transformers' "
+                         "generate is benchmarks/long_writing.py)")
+    ap.add_argument("--no-download", action="store_true", help="never pip-download LongBench-Write")
+    ap.add_argument("--no-transformers", action="store_true",
+                    help="skip transformers' Qwen3 (the peer's time to first token)")
     ap.add_argument("--write-min-words", type=int, default=2000,
                     help="use the prompts whose target length is at least this many words")
     ap.add_argument("--write-cap", type=int, default=4096, help="max tokens generated per prompt")
@@ -168,9 +138,6 @@ def main():
     ap.add_argument("--repeat", type=int, default=3,
                     help="--ttft-only: time each system this many times, alternating, and report "
                          "the median (a shared machine's load comes in bursts)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                    help="torch threads (default: every core; 1 on a machine shared with other jobs, "
-                         "where a second thread waits for a busy core)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     if not args.no_plot:                       # checked before the sweep, not after it
@@ -179,24 +146,22 @@ def main():
         except ImportError:
             ap.error("matplotlib is not installed (the plots need it): pip install -e '.[bench]' "
                      "(or pip install matplotlib==3.11.2), or pass --no-plot")
-    if args.repeat < 1 or args.threads < 1:
-        ap.error("--repeat and --threads must be >= 1")
-    torch.set_num_threads(args.threads)
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
+    device = setup_device(args)
     init_distributed(1, 1)
-    cfg = validate(load_config(args.preset, args.overrides))
+    cfg = benchmark_config(args.preset, args.overrides)
     tok = load_tokenizer(cfg.data.tokenizer)
-    torch.manual_seed(0)
-    model = Vist2Model(cfg).eval()
+    model = build_model(cfg, device, DTYPES[args.dtype])
     L, m = cfg.model.chunk.text_tokens, cfg.model.visual_tokens_per_chunk
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()} | {device} | torch {torch.__version__}")
     print(f"preset {args.preset}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"L = {L}, m = {m}, rho = {L // m}, random weights, fp32, greedy")
+          f"L = {L}, m = {m}, rho = {L // m}, random weights, {args.dtype}, greedy")
     lengths = [int(x) for x in args.lengths.split(",")]
     text = corpus_tokens(tok, max(lengths))
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        hf = transformers_backbone(model, cfg, Path(tmp) / "qwen3")
-    transformers_ttft(hf, text[:64])                                   # warm-up
+    hf = None if args.no_transformers else transformers_backbone(model, cfg, max(lengths) + args.gen + 1)
+    if hf is not None:
+        transformers_ttft(hf, text[:64])                               # warm-up
     if args.ttft_only:
         run(model, tok, cfg, text[:64], 0, False)                          # warm-up
         run(model, tok, cfg, text[:128], 0, True)
@@ -206,7 +171,7 @@ def main():
         for n in lengths:
             times = {"hf": [], "baseline": [], "vist2": []}
             for _ in range(args.repeat):           # alternate, so a burst of load hits all three
-                times["hf"].append(transformers_ttft(hf, text[:n]))
+                times["hf"].append(transformers_ttft(hf, text[:n]) if hf is not None else float("nan"))
                 times["baseline"].append(run(model, tok, cfg, text[:n], 0, False)["ttft_s"])
                 times["vist2"].append(run(model, tok, cfg, text[:n], 0, True)["ttft_s"])
             t_hf, b, v = (float(np.median(times[k])) for k in ("hf", "baseline", "vist2"))
@@ -218,7 +183,7 @@ def main():
         row = {"n": n, "predicted": predicted(cfg, n, args.gen)}
         for system, compress in (("baseline", False), ("vist2", True)):
             row[system] = run(model, tok, cfg, text[:n], args.gen, compress)
-        row["transformers_ttft_s"] = t_hf = transformers_ttft(hf, text[:n])
+        row["transformers_ttft_s"] = t_hf = transformers_ttft(hf, text[:n]) if hf is not None else float("nan")
         b, v = row["baseline"], row["vist2"]
         p = row["predicted"]
         print(f"\nprompt {n} tokens, {args.gen} generated")
@@ -246,10 +211,11 @@ def main():
     print(f"\ncrossover (smallest swept prompt where VIST2 is faster): time to first token "
           f"{crossover('ttft_s')}, decode per token {crossover('decode_s')}")
 
-    prompts = [p for p in longbench_write(Path("data/eval"))
-               if p["length"] >= args.write_min_words][:args.write_prompts]
-    print(f"\nLongBench-Write (first {len(prompts)} prompts asking for >= {args.write_min_words} words; "
-          f"generation to the target length, about 1.5 tokens per word, capped at {args.write_cap}):")
+    prompts = [p for p in longbench_write(not args.no_download)
+               if p["length"] >= args.write_min_words][:args.write_prompts] if args.write_prompts > 0 else []
+    if prompts:
+        print(f"\nLongBench-Write (first {len(prompts)} prompts asking for >= {args.write_min_words} words; "
+              f"generation to the target length, about 1.5 tokens per word, capped at {args.write_cap}):")
     writing = []
     for item in prompts:
         ids = tok.encode(item["prompt"])

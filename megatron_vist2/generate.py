@@ -2,6 +2,7 @@
 
     python -m megatron_vist2.generate --checkpoint runs/tiny-cpu/checkpoints --prompt "Fellow citizens"
     python -m megatron_vist2.generate --checkpoint CKPT --prompt-file speech.txt --max-new-tokens 200 --baseline
+    python -m megatron_vist2.generate --checkpoint CKPT --prompt "..." --device cuda --dtype bf16
 
 Stops at the tokenizer's end-of-sequence token (--ignore-eos: not), at --stop strings and after
 --max-new-tokens; --chat wraps the prompt in the tokenizer's chat template. Streams the
@@ -15,7 +16,9 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
+from .config.schema import Device, InferenceDtype
 from .errors import run_cli
 
 
@@ -84,6 +87,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-context", type=int, default=8192)
     ap.add_argument("--baseline", action="store_true", help="plain causal LM with a full text KV cache")
+    ap.add_argument("--device", choices=get_args(Device), default="cpu",
+                    help="where the model and its KV cache live (built there directly)")
+    ap.add_argument("--dtype", choices=get_args(InferenceDtype), default="fp32", help="weights and KV cache")
     ap.add_argument("--tokenizer", help="override the tokenizer stored with the checkpoint")
     ap.add_argument("--stop", action="append", default=[], help="stop when the output contains this text "
                     "(repeatable); generation also stops at the tokenizer's end-of-sequence token")
@@ -97,12 +103,16 @@ def main(argv=None) -> None:
 
     from .convert.tokens import chat_template, eos_id
     from .inference import InferenceError, SamplingParams, Vist2Engine
-    from .inference.load import load_for_inference
+    import torch
+    from .inference.load import DTYPES, load_for_inference
     from .parallel.distributed import init_distributed, shutdown
     from .checkpoint.format import read_manifest, resolve_tag_dir
     manifest = read_manifest(resolve_tag_dir(args.checkpoint))
     init_distributed(1, 1)
-    model, tok, cfg = load_for_inference(args.checkpoint, args.overrides, args.tokenizer)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InferenceError("--device cuda: torch sees no CUDA device on this machine")
+    model, tok, cfg = load_for_inference(args.checkpoint, args.overrides, args.tokenizer,
+                                         device=args.device, dtype=DTYPES[args.dtype])
     renders = not args.baseline and cfg.model.context == "vist2"     # the controls render nothing
     if renders and not manifest.get("step"):
         print(f"warning: {args.checkpoint} is at step 0 (e.g. right after tools/import_hf.py): its vision "

@@ -20,6 +20,9 @@ SpikeMode = Literal["off", "log", "rollback"]
 # visual tokens); "text" = the uncompressed control (earlier chunks as text, plain causal
 # attention over the segment); "window" = the no-history control (its own chunk only).
 Context = Literal["vist2", "text", "window"]
+# What an inference or benchmark command line runs on (--device, --dtype: an explicit dtype).
+Device = Literal["cpu", "cuda"]
+InferenceDtype = Literal["fp32", "bf16"]
 # What a training run optimises (docs/training.md, "Stage 0: teaching the front to read"):
 # "lm" = the VIST2 next-token objective over packed rows (plus train.ocr_weight x the OCR head's
 # loss on the rows' images when model.ocr_head.enabled); "ocr" = the front alone: rendered chunks

@@ -91,6 +91,26 @@ def export_backbone(weight: Callable[[str], torch.Tensor], cfg: Config, out_dir:
                                  out_dir, shard_bytes, save)
 
 
+def in_memory_backbone(model, cfg: Config, max_positions: int = 0):
+    """Our backbone as transformers' own Qwen3ForCausalLM (LlamaForCausalLM), in memory: the same
+    weights (this table's names) copied onto the model's device in its dtype, SDPA attention,
+    ``max_position_embeddings`` at least ``max_positions`` (the peer in benchmarks and tests)."""
+    from transformers import AutoModelForCausalLM
+    p = next(model.parameters())
+    config = hf_config(cfg)
+    config.max_position_embeddings = max(config.max_position_embeddings, max_positions)
+    with torch.device(p.device):
+        hf = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=p.dtype)
+    params = dict(model.named_parameters())
+    state = dict(mapped_tensors(name_pairs(cfg), lambda n: params[n].detach(), cfg.model.llm.vocab_size))
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - ({"lm_head.weight"} if cfg.model.llm.tie_embeddings else set()):
+        raise RuntimeError(f"transformers backbone: missing {missing}, unexpected {unexpected}")
+    if cfg.model.llm.tie_embeddings:
+        hf.tie_weights()
+    return hf.eval()
+
+
 # config.json field (after _hf_fields) -> our field; the import derives the model from these
 HF_FIELDS = {"qk_norm": "model.llm.qk_norm", "vocab_size": "model.llm.vocab_size",
              "hidden_size": "model.llm.hidden_size", "num_hidden_layers": "model.llm.num_layers",

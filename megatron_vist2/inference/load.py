@@ -2,7 +2,9 @@
 0-3) or a consolidated checkpoint, read as full weights (checkpoint/sources.py)."""
 from __future__ import annotations
 
-from typing import Iterable, Tuple
+from typing import Iterable, Optional, Tuple, get_args
+
+import torch
 
 from ..config import (Config, apply_overrides, config_from_dict, recorded_config,
                       tokenizer_size_problem, validate)
@@ -12,10 +14,17 @@ from ..data.tokenizer import Tokenizer, load_tokenizer
 from ..errors import CheckpointError
 from ..models.vist2 import Vist2Model
 from ..checkpoint.tokenizer_record import find_tokenizer
+from ..config.schema import InferenceDtype
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {name: TORCH_DTYPES[name] for name in get_args(InferenceDtype)}   # --dtype name -> torch dtype
 
 
-def load_for_inference(checkpoint: str, overrides: Iterable[str] = (),
-                       tokenizer_path: str = None) -> Tuple[Vist2Model, Tokenizer, Config]:
+def load_for_inference(checkpoint: str, overrides: Iterable[str] = (), tokenizer_path: str = None,
+                       device: str = "cpu", dtype: Optional[torch.dtype] = None
+                       ) -> Tuple[Vist2Model, Tokenizer, Config]:
+    """-> (model on ``device`` in ``dtype`` (default fp32), eval mode; tokenizer; config). The
+    model is built directly on the device, then the checkpoint's weights are copied in."""
     source = open_checkpoint(checkpoint)
     recorded_config(source.config, source.step_dir / "config.yaml")     # a model this version knows
     data = dict(source.config)
@@ -32,6 +41,7 @@ def load_for_inference(checkpoint: str, overrides: Iterable[str] = (),
     problem = tokenizer_size_problem(cfg, tok.vocab_size, tok.path)
     if problem:
         raise CheckpointError(f"{problem} (the checkpoint's config)")
-    model = Vist2Model(cfg)
+    with torch.device(device):
+        model = Vist2Model(cfg)
     load_weights(model, source, log=lambda *_: None)
-    return model.eval(), tok, cfg
+    return model.to(dtype=dtype or torch.float32).eval(), tok, cfg

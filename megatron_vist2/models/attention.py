@@ -103,6 +103,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, dropout_p: f
             raise ValueError(f"mask '{mask}': only '{CAUSAL}' over as many keys as queries")
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p,
                                               enable_gqa=k.shape[1] != q.shape[1])
+    b, heads, queries, d = q.shape
+    if mask is None and queries == 1 and k.shape[1] != heads:
+        # One query per head reading every key (an inference decode step) with grouped KV heads:
+        # the query heads that share a KV head are that head's queries (the same attention), one
+        # SDPA call without its GQA path, which copies K and V per query head on the CPU
+        # (benchmarks/long_writing.py: 30 % of a decode step's attention at 8K keys).
+        kv = k.shape[1]
+        out = F.scaled_dot_product_attention(q.reshape(b, kv, heads // kv, d), k, v, dropout_p=dropout_p)
+        return out.reshape(b, heads, 1, d)
     if mask is None or isinstance(mask, torch.Tensor):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                               enable_gqa=k.shape[1] != q.shape[1])

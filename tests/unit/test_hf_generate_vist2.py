@@ -1,8 +1,9 @@
-"""The exported VIST2 model's cached generate (convert/remote_code/generation_vist2.py) against
-megatron_vist2's engine, the independent implementation of the same algorithm: the same tokens
-across several chunk boundaries for a padded batch whose rows sit at different chunk phases,
-greedy and sampled; transformers' conventions (max_length, eos, stop strings, streamer); the
-directory surviving save_pretrained; bad input refused by name."""
+"""The exported VIST2 model's cached generate (convert/remote_code/generation_vist2.py: the
+engine's own schedule and cache, bundled, with transformers' Qwen3 as the backbone) against
+megatron_vist2's engine (our megatron-core backbone): the same tokens across several chunk
+boundaries for a padded batch whose rows sit at different chunk phases, greedy and sampled;
+transformers' conventions (max_length, eos, stop strings, streamer); the directory surviving
+save_pretrained; bad input refused by name. The fast tier's check: test_export_copies.py."""
 import shutil
 
 import pytest

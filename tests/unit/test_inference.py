@@ -156,3 +156,94 @@ def test_generate_cli_streams_and_reports(fake_checkpoint):
     assert "baseline (full text KV)" in base.stdout
     empty = command(*args[:4], "--prompt", "  ")
     assert empty.returncode == 2 and "error: the prompt is empty" in empty.stderr
+
+
+@pytest.mark.slow                          # over ~5 s in-process: 2 x 400 decode steps
+def test_baseline_greedy_tokens_equal_transformers_over_a_long_generation(setup):
+    """The engine's baseline (compress=False) and transformers' own Qwen3ForCausalLM generate on
+    the same weights (convert/qwen3.py's table) write the same 400 greedy tokens."""
+    from megatron_vist2.convert.qwen3 import in_memory_backbone
+    cfg, tok, ds, model = setup
+    prompt, new = streams(ds, [40], seed=7)[0], 400
+    engine = Vist2Engine(model, tok, cfg, compress=False, max_context=len(prompt) + new + 1)
+    ours = engine.generate([prompt], SamplingParams(max_new_tokens=new))[0]
+    hf = in_memory_backbone(model, cfg, len(prompt) + new + 1)
+    theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                         pad_token_id=0)[0, len(prompt):].tolist()
+    assert len(set(ours)) > 20                       # not one token repeated: a real comparison
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_plan_reads_what_the_vist2_rule_allows(seed):
+    """cache.py's slot arithmetic against models/attention.py's rule, pair by pair: lay each row's
+    used slots out as the tokens they hold (visual tokens of finished chunks, then the current
+    chunk's text, then the new queries) and evaluate vist2_mask_mod on (query slot, key slot)."""
+    from megatron_vist2.inference.cache import KVCache
+    from megatron_vist2.models.attention import CAUSAL, TEXT, VISUAL, TokenLayout, vist2_mask_mod
+    g = torch.Generator().manual_seed(seed)
+    L, m, B = 8, 2, 4
+    cache = KVCache(1, B, 1, 4, 6 * m, L, torch.float32, "cpu", m)
+    for b in range(B):
+        cache.visual_len[b] = m * int(torch.randint(0, 5, (1,), generator=g))
+        cache.text_len[b] = int(torch.randint(0, L - 3, (1,), generator=g))
+    if seed == 2:                                        # every row at the same phase: no mask tensor
+        cache.visual_len, cache.text_len = [2 * m] * B, [3] * B
+
+    def rule(rows, queries, q_slot0, keys, q_text):
+        """[rows, q, keys] from the rule, each row's slots as the tokens they hold."""
+        out = torch.zeros(len(rows), queries, keys, dtype=torch.bool)
+        for i, b in enumerate(rows):
+            v, t = cache.visual_len[b], cache.text_len[b]
+            n = max(keys, q_slot0[i] + queries)
+            s = torch.arange(n)
+            used = v + t + (queries if q_text else 0) if q_text else q_slot0[i] + queries
+            kind = torch.where(s < v, VISUAL, TEXT) if q_text else torch.full((n,), VISUAL)
+            chunk = torch.where(s < v, s // m, v // m) if q_text else s // m
+            layout = TokenLayout(doc=torch.where(s < used, 0, -1)[None], chunk=chunk[None], kind=kind[None],
+                                 readback=torch.zeros(1, n, dtype=torch.bool), position=s[None])
+            qs = torch.arange(q_slot0[i], q_slot0[i] + queries)
+            out[i] = vist2_mask_mod(layout)(0, None, qs[:, None], torch.arange(keys)[None])
+        return out
+
+    def reads(plan, rows, q):
+        if plan.mask is None:
+            return torch.ones(len(rows), q, plan.keys, dtype=torch.bool)
+        if isinstance(plan.mask, str):
+            assert plan.mask == CAUSAL
+            return torch.ones(q, plan.keys, dtype=torch.bool).tril()[None].expand(len(rows), -1, -1)
+        return plan.mask[:, 0]
+
+    for q in (1, 3):
+        active = [True] * B if seed == 2 else [True, False, True, True]
+        plan = cache.text_plan(slice(0, B), q, active)
+        rows = [b for b in range(B) if active[b]]
+        starts = [cache.visual_len[b] + cache.text_len[b] for b in rows]
+        want = rule(rows, q, starts, plan.keys, True)
+        assert torch.equal(reads(plan, range(B), q)[[b for b in range(B) if active[b]]], want)
+        assert plan.pairs == int(want.sum())
+        assert (seed == 2 and q == 1) == (plan.mask is None)
+    for b in range(B):
+        for chunks in (1, 3):
+            plan = cache.visual_plan(b, chunks * m)
+            want = rule([b], chunks * m, [cache.visual_len[b]], plan.keys, False)
+            assert torch.equal(reads(plan, [b], chunks * m), want) and plan.pairs == int(want.sum())
+
+
+def test_plain_linears_give_megatrons_numbers(setup):
+    """parallel/compat.py plain_linears (the engine's TP = 1 fast path) changes no bit of the
+    model's output, and only applies without gradients."""
+    from megatron.core.tensor_parallel import layers
+    from megatron_vist2.parallel.compat import plain_linears
+    cfg, tok, ds, model = setup
+    s = streams(ds, [70], seed=8)[0]
+    batch = causal_text_batch(s, (cfg.model.chunk.image_height, cfg.model.chunk.image_width))
+    forward = layers.ColumnParallelLinear.forward
+    with torch.no_grad():
+        ref = model(batch)
+        with plain_linears():
+            assert layers.ColumnParallelLinear.forward is not forward
+            fast = model(batch)
+    assert layers.ColumnParallelLinear.forward is forward and torch.equal(fast, ref)
+    with plain_linears():                                   # gradients on: megatron's own path
+        assert layers.ColumnParallelLinear.forward is forward

@@ -5,16 +5,16 @@ Why not transformers' own ``GenerationMixin.generate`` with a ``Cache`` subclass
 one new token per step at the next position and grows the cache by one entry. VIST2 breaks all
 three: the token that finishes a chunk is not run as text at all (the chunk is rendered, encoded
 and run as m visual tokens), its chunk's text entries are then evicted, and positions restart at
-the chunk's visual block (compressed RoPE positions). So this file keeps the smallest correct
-thing: a preallocated per-row cache (``Vist2Cache``, the one object Qwen3's attention writes
-through ``update``) and a short loop that follows transformers' conventions (``GenerationConfig``,
-``max_new_tokens``/``max_length``, greedy or temperature/top-k/top-p sampling through
-transformers' own logits warpers, ``eos_token_id``, ``stop_strings``, padded batches via
-``attention_mask``, streamers). It is the same algorithm as megatron_vist2's
-``inference/engine.py`` (rows at different chunk phases in one batch; rows that sit out a step
-write to a scratch slot nothing attends to) and gives its tokens (tested).
+the chunk's visual block (compressed RoPE positions). So the schedule and the cache are
+megatron_vist2's own, bundled from its source (vist2_decoder.py = inference/decoder.py,
+vist2_kv_cache.py = inference/cache.py: the same code as its engine), and this file adds the
+forwards through transformers' Qwen3 and a short loop that follows transformers' conventions
+(``GenerationConfig``, ``max_new_tokens``/``max_length``, greedy or temperature/top-k/top-p
+sampling through transformers' own logits warpers, ``eos_token_id``, ``stop_strings``, padded
+batches via ``attention_mask``, streamers).
 """
 import copy
+import inspect
 from typing import List, Optional
 
 import torch
@@ -22,32 +22,19 @@ from transformers import GenerationConfig
 from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
                                                     TopKLogitsWarper, TopPLogitsWarper)
 
-from .vist2_kv_cache import KVCache
+from .vist2_decoder import ChunkedDecoder
+from .vist2_kv_cache import KVCache, max_position
 
 
 class Vist2Cache(KVCache):
-    """megatron_vist2's engine cache (inference/cache.py, bundled as vist2_kv_cache.py): per layer
-    [batch, kv_heads, slots, head_dim]; per row ``[0, V)`` visual tokens of finished chunks,
-    ``[V, V + L)`` text of the current chunk, one scratch slot; eviction resets ``text_len``.
-    Here it also serves as Qwen3's cache object: ``update`` writes at ``write_slots``."""
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.rows, self.write_slots = slice(0, self.k.shape[1]), None
+    """The engine's cache (vist2_kv_cache.py), also serving as Qwen3's cache object: ``update``
+    stores the new K/V of the forward in progress (``plan``) and returns the keys it reads."""
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        """Qwen3Attention's hook: store the new K/V of ``rows`` at ``write_slots`` [rows, q] and
-        return every slot of those rows (the attention mask says which count)."""
-        return self.layer(layer_idx, self.rows, self.write_slots).store(key_states, value_states)
+        return self.layer(layer_idx).store(key_states, value_states)
 
     def get_seq_length(self, layer_idx=0):   # asked by transformers only when no positions are given
         return 0
-
-
-def max_position(n_tokens: int, L: int, m: int) -> int:
-    """The largest RoPE position a sequence of ``n_tokens`` uses (compressed positions)."""
-    full, tail = divmod(n_tokens, L)
-    return full * m - 1 if tail == 0 else full * m + tail - 1
 
 
 def check_sampling(gc: GenerationConfig) -> None:
@@ -86,101 +73,50 @@ def warpers(gc: GenerationConfig) -> LogitsProcessorList:
     return out
 
 
-class Vist2Generator:
-    """One generate call: the cache, each row's current-chunk tokens, and the three forwards."""
+class Vist2Generator(ChunkedDecoder):
+    """One generate call: the engine's schedule (vist2_decoder.py) with Qwen3 as the backbone."""
 
-    def __init__(self, model, batch: int, max_tokens: int):
-        self.model, self.L, self.m = model, model.L, model.m
-        lm = model.language_model
+    def __init__(self, model, batch: int, max_tokens: int, prefill_block: int = 256):
+        self.model = model
         tc = model.config.text_config
-        p = lm.get_input_embeddings().weight
+        p = model.language_model.get_input_embeddings().weight
         self.device, self.dtype = p.device, p.dtype
-        chunks = max_tokens // self.L
-        self.cache = Vist2Cache(tc.num_hidden_layers, batch, tc.num_key_value_heads,
-                                getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
-                                chunks * self.m, self.L, self.dtype, self.device)
-        self.chunk_tokens: List[List[int]] = [[] for _ in range(batch)]
+        L, m = model.L, model.m
+        cache = Vist2Cache(tc.num_hidden_layers, batch, tc.num_key_value_heads,
+                           getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads,
+                           -(-max_tokens // L) * m, L, self.dtype, self.device, m)
+        super().__init__("vist2", L, m, cache, prefill_block)
+        # the cache's keyword: ``cache`` from transformers 5.2x, ``past_key_values`` before (an
+        # unknown keyword would be swallowed by **kwargs, and Qwen3 would make its own cache)
+        params = inspect.signature(type(model.language_model.model).forward).parameters
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
-    def _run(self, rows: slice, embeds, positions, slots, mask, last_only: bool):
-        """Embeddings [nb, q, D] through the backbone with the cache -> logits (fp32)."""
-        self.cache.rows, self.cache.write_slots = rows, slots
-        out = self.model.language_model.model(inputs_embeds=embeds, position_ids=positions,
+    def _backbone(self, plan, embeds, last_only: bool):
+        """Embeddings [rows, q, D] through Qwen3 with the cache -> logits (fp32)."""
+        self.cache.plan = plan
+        # transformers' SDPA path sets is_causal itself when it gets no mask and several queries:
+        # right for the causal kernel (CAUSAL), so several queries reading every key need a mask
+        mask = None if isinstance(plan.mask, str) else plan.mask
+        q = embeds.shape[1]
+        if plan.mask is None and q > 1:
+            mask = torch.ones(embeds.shape[0], 1, q, plan.keys, dtype=torch.bool, device=self.device)
+        out = self.model.language_model.model(inputs_embeds=embeds, position_ids=plan.positions,
                                               attention_mask={"full_attention": mask},
-                                              cache=self.cache, use_cache=True)
+                                              use_cache=True, **{self.cache_kwarg: self.cache})
         hidden = out.last_hidden_state
         return self.model.language_model.lm_head(hidden[:, -1:] if last_only else hidden).float()
 
-    def text(self, rows: slice, tokens: torch.Tensor, active: torch.Tensor, last_only=True):
-        """tokens [nb, q] as text of each row's current chunk (inactive rows: scratch slot)."""
-        c = self.cache
-        q = tokens.shape[1]
-        vis_len, txt_len = c.visual_len[rows], c.text_len[rows]
-        offs = torch.arange(q, device=self.device)
-        slots = torch.where(active[:, None], c.visual_slots + txt_len[:, None] + offs, c.scratch)
-        positions = torch.where(active[:, None], (vis_len // self.m)[:, None] * self.m + txt_len[:, None] + offs, 0)
-        s = torch.arange(c.slots, device=self.device)[None, None, :]
-        qpos = (txt_len[:, None] + offs)[:, :, None]
-        visible = (s < vis_len[:, None, None]) | \
-                  ((s >= c.visual_slots) & (s - c.visual_slots <= qpos) & (s < c.scratch))
-        mask = torch.where(active[:, None, None], visible, s == c.scratch)[:, None]
-        embeds = self.model.language_model.get_input_embeddings()(tokens)
-        logits = self._run(rows, embeds, positions, slots, mask, last_only)
-        c.text_len[rows] += active.long() * q
-        return logits[:, -1]
+    def run_text(self, plan, tokens, last_only):
+        return self._backbone(plan, self.model.language_model.get_input_embeddings()(tokens), last_only)
 
-    def visual(self, row: int, chunk_ids: List[List[int]]):
-        """Render, encode and prefill finished chunks of one row -> logits [V] at the last
-        visual token (it predicts the next chunk's first token)."""
-        c, m = self.cache, self.m
-        vis = self.model.encode_images(self.model.render(chunk_ids).to(self.device))   # [k, m, D]
-        q = vis.shape[0] * m
-        v0 = int(c.visual_len[row])
-        slots = (v0 + torch.arange(q, device=self.device))[None]
-        s = torch.arange(c.slots, device=self.device)[None, :]
-        mask = ((s < v0 + q) & (s // m <= (slots[0] // m)[:, None]))[None, None]   # visual sees visual <= own chunk
-        logits = self._run(slice(row, row + 1), vis.reshape(1, q, -1).to(self.dtype), slots, slots, mask, True)
-        c.visual_len[row] += q
-        return logits[0, -1]
+    def run_visual(self, plan, images, last_only):
+        vis = self.model.encode_images(images.to(self.device))                  # [k, m, D]
+        k, m = vis.shape[0], self.m
+        logits = self._backbone(plan, vis.reshape(1, k * m, -1).to(self.dtype), last_only)[0]
+        return logits[-1:] if last_only else logits[m - 1::m]
 
-    def prefill(self, row: int, prompt: List[int], block: int = 1024):
-        """Full chunks as images, the unfinished tail as text -> next-token logits [V]."""
-        L = self.L
-        full = len(prompt) // L
-        chunks = [prompt[i * L:(i + 1) * L] for i in range(full)]
-        group = max(1, block // self.m)
-        logits = None
-        for i in range(0, full, group):
-            logits = self.visual(row, chunks[i:i + group])
-        tail = prompt[full * L:]
-        active = torch.ones(1, dtype=torch.bool, device=self.device)
-        for i in range(0, len(tail), block):
-            logits = self.text(slice(row, row + 1), torch.tensor([tail[i:i + block]], device=self.device), active)[0]
-        self.chunk_tokens[row] = list(tail)
-        return logits
-
-    def step(self, tokens: torch.Tensor, active: torch.Tensor):
-        """Append one token per active row -> next-token logits [B, V]; a token that finishes
-        its chunk compresses it (render, encode, prefill m visual tokens, evict its text)."""
-        B = tokens.shape[0]
-        logits = None
-        text_rows = active.clone()
-        finished = {}
-        for b in range(B):
-            if not active[b]:
-                continue
-            self.chunk_tokens[b].append(int(tokens[b]))
-            if len(self.chunk_tokens[b]) == self.L:
-                text_rows[b] = False
-                finished[b] = self.visual(b, [self.chunk_tokens[b]])
-                self.cache.text_len[b] = 0                       # evict the chunk's text K/V
-                self.chunk_tokens[b] = []
-        if text_rows.any():
-            logits = self.text(slice(0, B), tokens.to(self.device)[:, None], text_rows)
-        if logits is None:
-            logits = torch.zeros(B, self.model.config.text_config.vocab_size, device=self.device)
-        for b, row_logits in finished.items():
-            logits[b] = row_logits
-        return logits
+    def render(self, chunk_ids: List[List[int]]):
+        return self.model.render(chunk_ids)
 
 
 def prepare_config(model, generation_config: Optional[GenerationConfig], kwargs: dict) -> GenerationConfig:
@@ -199,7 +135,7 @@ def generate(model, input_ids, attention_mask=None, generation_config=None, stre
     for ignored in ("tokenizer", "use_cache"):       # transformers callers pass these; not needed
         kwargs.pop(ignored, None)
     gc = prepare_config(model, generation_config, kwargs)
-    input_ids = torch.as_tensor(input_ids)
+    input_ids = torch.as_tensor(input_ids, device=input_ids.device if isinstance(input_ids, torch.Tensor) else "cpu")
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
     B, S = input_ids.shape
@@ -233,11 +169,11 @@ def generate(model, input_ids, attention_mask=None, generation_config=None, stre
     process = warpers(gc)
 
     g = Vist2Generator(model, B, longest)
-    logits = torch.stack([g.prefill(b, p) for b, p in enumerate(prompts)])
+    logits = torch.stack([g.prefill_row(b, p, last_only=True)[-1] for b, p in enumerate(prompts)])
     if streamer is not None:
         streamer.put(input_ids.cpu())
     out: List[List[int]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool)
+    done = torch.zeros(B, dtype=torch.bool, device="cpu")            # host-side bookkeeping
     for i in range(new):
         scores = process(None, logits[..., :model.tokenizer_vocab_size])   # never padding rows
         if gc.do_sample:
@@ -256,11 +192,11 @@ def generate(model, input_ids, attention_mask=None, generation_config=None, stre
             streamer.put(tokens)
         if bool(done.all()) or i == new - 1:
             break
-        logits = g.step(tokens, ~done)
+        logits = g.step(tokens.tolist(), (~done).tolist())
     if streamer is not None:
         streamer.end()
     n = max(len(o) for o in out)
-    tail = torch.tensor([o + [pad] * (n - len(o)) for o in out], dtype=input_ids.dtype).reshape(B, n)
+    tail = torch.tensor([o + [pad] * (n - len(o)) for o in out], dtype=input_ids.dtype, device="cpu").reshape(B, n)
     model.last_cache_bytes = g.cache.nbytes
     sequences = torch.cat([input_ids.cpu(), tail], dim=1)
     if gc.return_dict_in_generate:

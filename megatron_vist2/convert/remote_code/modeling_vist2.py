@@ -21,51 +21,16 @@ from typing import List
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from transformers import GenerationMixin, PreTrainedModel, Qwen3ForCausalLM
+from transformers import GenerationMixin, PreTrainedModel, Qwen3ForCausalLM, SiglipVisionConfig
 from transformers.modeling_outputs import CausalLMOutput
+from transformers.models.siglip.modeling_siglip import SiglipEncoder
 
-from .generation_vist2 import generate as cached_generate, max_position
 from .configuration_vist2 import Vist2Config
+from .generation_vist2 import generate as cached_generate
+from .vist2_attention import PAD, VISUAL, TokenLayout, dense_mask
+from .vist2_kv_cache import max_position
+from .vist2_packing import Segment, assemble_row
 from .vist2_renderer import Renderer
-
-TEXT, VISUAL, PAD = 0, 1, -1
-
-
-# ---------------------------------------------------------------- vision tower (SigLIP names)
-class _Attention(nn.Module):
-    def __init__(self, d, heads):
-        super().__init__()
-        self.heads = heads
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
-
-    def forward(self, x):
-        n, p, d = x.shape
-        q, k, v = (f(x).view(n, p, self.heads, -1).transpose(1, 2) for f in (self.q_proj, self.k_proj, self.v_proj))
-        return self.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, p, d))
-
-
-class _MLP(nn.Module):
-    def __init__(self, d, f):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(d, f), nn.Linear(f, d)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
-
-
-class _Layer(nn.Module):
-    def __init__(self, v):
-        super().__init__()
-        d = v["hidden_size"]
-        self.layer_norm1 = nn.LayerNorm(d, eps=v["layernorm_eps"])
-        self.self_attn = _Attention(d, v["num_heads"])
-        self.layer_norm2 = nn.LayerNorm(d, eps=v["layernorm_eps"])
-        self.mlp = _MLP(d, v["ffn_hidden_size"])
-
-    def forward(self, x):
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
 
 
 class _Embeddings(nn.Module):
@@ -75,14 +40,10 @@ class _Embeddings(nn.Module):
         self.position_embedding = nn.Embedding(patches, v["hidden_size"])
 
 
-class _Encoder(nn.Module):
-    def __init__(self, v):
-        super().__init__()
-        self.layers = nn.ModuleList(_Layer(v) for _ in range(v["num_layers"]))
-
-
 class Vist2VisionTower(nn.Module):
-    """uint8 grayscale renders [n, H, W] -> patch features [n, patches, d] (row-major grid)."""
+    """uint8 grayscale renders [n, H, W] -> patch features [n, patches, d] (row-major grid): our
+    patch embedding (SigLIP's square-image embedding does not fit H != W), then transformers'
+    own SigLIP encoder layers and a final LayerNorm (SigLIP names, convert/siglip.py)."""
 
     def __init__(self, config: Vist2Config):
         super().__init__()
@@ -90,16 +51,20 @@ class Vist2VisionTower(nn.Module):
         self.channels = v["num_channels"]
         self.grid = (c["image_height"] // v["patch_size"], c["image_width"] // v["patch_size"])
         self.embeddings = _Embeddings(v, self.grid[0] * self.grid[1])
-        self.encoder = _Encoder(v)
+        siglip = SiglipVisionConfig(hidden_size=v["hidden_size"], intermediate_size=v["ffn_hidden_size"],
+                                    num_hidden_layers=v["num_layers"], num_attention_heads=v["num_heads"],
+                                    num_channels=v["num_channels"], patch_size=v["patch_size"],
+                                    layer_norm_eps=v["layernorm_eps"], hidden_act="gelu_pytorch_tanh",
+                                    attention_dropout=0.0)
+        siglip._attn_implementation = "sdpa"
+        self.encoder = SiglipEncoder(siglip)
         self.post_layernorm = nn.LayerNorm(v["hidden_size"], eps=v["layernorm_eps"])
 
     def forward(self, images):
         x = images.to(self.post_layernorm.weight.dtype) / 127.5 - 1.0      # SigLIP's [-1, 1]
         x = self.embeddings.patch_embedding(x[:, None].expand(-1, self.channels, -1, -1))
         x = x.flatten(2).transpose(1, 2) + self.embeddings.position_embedding.weight
-        for layer in self.encoder.layers:
-            x = layer(x)
-        return self.post_layernorm(x)
+        return self.post_layernorm(self.encoder(inputs_embeds=x).last_hidden_state)
 
 
 class Vist2Aligner(nn.Module):
@@ -114,23 +79,6 @@ class Vist2Aligner(nn.Module):
         n, _, d = patches.shape
         x = patches.reshape(n, gh // k, k, gw // k, k, d).permute(0, 1, 3, 2, 4, 5)
         return torch.tanh(self.proj(x.reshape(n, (gh // k) * (gw // k), k * k * d)))
-
-
-def vist2_mask(doc, chunk, kind, readback):
-    """The VIST2 attention rule, bool [batch, 1, seq, seq] (True = may attend): text sees its own
-    chunk's text causally and the visual tokens of earlier chunks (and of its own in read-back
-    mode); visual tokens see visual tokens of chunks up to their own; never across documents; a
-    padding query sees only itself."""
-    s = doc.shape[1]
-    q, k = torch.arange(s)[:, None], torch.arange(s)[None, :]
-    qd, kd, qc, kc = doc[:, :, None], doc[:, None, :], chunk[:, :, None], chunk[:, None, :]
-    qt, kt = kind[:, :, None] == TEXT, kind[:, None, :] == TEXT
-    qv, kv = kind[:, :, None] == VISUAL, kind[:, None, :] == VISUAL
-    text_text = kt & (kc == qc) & (k <= q)
-    text_image = kv & ((kc < qc) | (readback[:, :, None] & (kc == qc)))
-    same = (qd == kd) & (qd >= 0)
-    allowed = same & ((qt & (text_text | text_image)) | (qv & kv & (kc <= qc)))
-    return (allowed | ((qd < 0) & (q == k)))[:, None]
 
 
 class Vist2ForCausalLM(PreTrainedModel, GenerationMixin):
@@ -215,13 +163,14 @@ class Vist2ForCausalLM(PreTrainedModel, GenerationMixin):
     def text_layout(self, input_ids, attention_mask=None):
         """Plain token rows [B, T] (``attention_mask``: 1 = token, left or right padding) -> the
         packed VIST2 layout of each row read as one document in history mode, as training lays it
-        out: chunks of L tokens, every finished chunk (the last one too, when full) followed by
-        its m visual tokens, compressed positions. -> (layout dict for ``forward``, index [B, T]
-        of the position whose output predicts the token after each input token, -1 at padding)."""
+        out (vist2_packing.py = megatron_vist2's data/packing.py, interleaved order): chunks of L
+        tokens, every finished chunk (the last one too, when full) followed by its m visual
+        tokens, compressed positions. -> (layout dict for ``forward``, index [B, T] of the
+        position whose output predicts the token after each input token, -1 at padding)."""
         L, m = self.L, self.m
         B, T = input_ids.shape
         keep = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        rows, chunks = [], []
+        rows, chunks, predictors = [], [], []
         for b in range(B):
             where = keep[b].nonzero()[:, 0].tolist()
             ids = input_ids[b, where].tolist()
@@ -230,32 +179,28 @@ class Vist2ForCausalLM(PreTrainedModel, GenerationMixin):
                                  f"{max_position(len(ids), L, m)}; the model has max_position_embeddings "
                                  f"{self.config.text_config.max_position_embeddings} (pass fewer tokens, "
                                  f"e.g. lm-eval's max_length)")
-            entries, predictor = [], [-1] * T          # (token, kind, chunk, position)
-            for c in range(0, -(-len(ids) // L)):
-                text = ids[c * L:(c + 1) * L]
-                first = len(entries)
-                entries += [(t, TEXT, c, c * m + i) for i, t in enumerate(text)]
-                for i in range(len(text) - 1):
-                    predictor[where[c * L + i]] = first + i
-                if len(text) == L:                    # finished: rendered, read as V_c
-                    chunks.append(text)
-                    entries += [(0, VISUAL, c, c * m + j) for j in range(m)]
-                    predictor[where[c * L + L - 1]] = len(entries) - 1   # V_c predicts chunk c + 1
-                else:
-                    predictor[where[c * L + len(text) - 1]] = first + len(text) - 1
-            rows.append((entries, predictor))     # images: row-major order (row, then chunk)
-        S = max(len(e) for e, _ in rows)
-        lay = {k: torch.full((B, S), v, dtype=torch.long) for k, v in
+            # one extra token: training's layout then gives the last token's predictor (a full
+            # last chunk gets its image); the extra token is the row's last entry, dropped
+            seg = Segment(0, 0, len(ids) + 1, (False,) * -(-(len(ids) + 1) // L))
+            row = assemble_row([seg], [np.asarray(ids + [0])], L, m, seg.row_tokens(L, m), order="interleaved")
+            at = {int(t): p for p, t in enumerate(row.target) if t >= 0}
+            predictor = [-1] * T
+            for i, w in enumerate(where):
+                predictor[w] = at[i + 1]
+            rows.append(row)
+            chunks += [c.tolist() for c in row.image_chunks]
+            predictors.append(predictor)
+        S = max(len(r.tokens) - 1 for r in rows)
+        lay = {k: torch.full((B, S), v, dtype=torch.long, device="cpu") for k, v in
                (("input_ids", 0), ("kind", PAD), ("chunk", 0), ("position_ids", 0), ("doc", -1))}
-        for b, (entries, _) in enumerate(rows):
-            if entries:
-                cols = torch.tensor(entries, dtype=torch.long).t()
-                for k, col in zip(("input_ids", "kind", "chunk", "position_ids"), cols):
-                    lay[k][b, :len(entries)] = col
-                lay["doc"][b, :len(entries)] = 0
-        lay["readback"] = torch.zeros((B, S), dtype=torch.bool)
+        for b, row in enumerate(rows):
+            n = len(row.tokens) - 1
+            for k, col in (("input_ids", row.tokens), ("kind", row.kind), ("chunk", row.chunk),
+                           ("position_ids", row.position), ("doc", row.doc)):
+                lay[k][b, :n] = torch.from_numpy(col[:n])
+        lay["readback"] = torch.zeros((B, S), dtype=torch.bool, device="cpu")
         lay["images"] = self.render(chunks) if chunks else None
-        return lay, torch.tensor([p for _, p in rows], dtype=torch.long)
+        return lay, torch.tensor(predictors, dtype=torch.long, device="cpu")     # host-side, moved by forward
 
     # ------------------------------------------------------------ forward over a packed layout
     def forward(self, input_ids, attention_mask=None, images=None, kind=None, position_ids=None,
@@ -281,7 +226,8 @@ class Vist2ForCausalLM(PreTrainedModel, GenerationMixin):
         if images is not None and images.shape[0]:
             vis = self.encode_images(images).to(embeds.dtype)
             embeds = embeds.masked_scatter(visual[..., None], vis)
-        mask = vist2_mask(doc, chunk, kind, readback.bool())
+        mask = dense_mask(TokenLayout(doc=doc, chunk=chunk, kind=kind, readback=readback.bool(),
+                                      position=position_ids))
         out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids)
         return CausalLMOutput(logits=out.logits)
 
