@@ -1,4 +1,4 @@
-"""Worker for tests/distributed/test_health.py (one torchrun launch, 2 ranks): runs the real
+"""Worker for tests/distributed/test_health.py (one job of the 2-rank pool): runs the real
 training loop (``trainer.train``) once per scenario with a fault injected through
 MEGATRON_VIST2_FAULT; rank 0 saves what the test compares (full parameters, the torch optimizer's
 step counts on every rank, the result, errors, checkpoint hashes, watchdog dumps)."""

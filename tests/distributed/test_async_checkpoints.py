@@ -1,5 +1,5 @@
 """Asynchronous checkpoints (checkpoint.async_save) through the real code: the files equal the
-synchronous save's byte for byte (DP2 ZeRO-2, PP2: one launch), a rank killed (SIGKILL) in the
+synchronous save's byte for byte (DP2 ZeRO-2, PP2: one pool job), a rank killed (SIGKILL) in the
 middle of a background write leaves the previous checkpoint as the restart point, and the run
 exits only once the save in flight is complete."""
 import json

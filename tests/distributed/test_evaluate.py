@@ -1,4 +1,4 @@
-"""tools/evaluate.py in the launcher's layout (one launch of 4 gloo ranks: TP 2 x PP 2) and on a
+"""tools/evaluate.py in the launcher's layout (one job of the 4-rank pool: TP 2 x PP 2) and on a
 checkpoint saved in the TP2/PP2/ZeRO-3 layout gives the single-process numbers of the same
 weights (1e-5): held-out loss, chunk-first and within-chunk losses, loss by chunk index, and
 against the two controls the paired gaps and their standard errors; and with TP2 alone (two

@@ -1,4 +1,4 @@
-"""Run health through the real training loop, 2 gloo ranks in one launch (health_worker.py):
+"""Run health through the real training loop, 2 gloo ranks in one pool job (health_worker.py):
 a NaN in one rank's loss or gradients is skipped on every rank, repeated NaNs stop the run with
 the last good checkpoint untouched, a loss spike rolls back to the expected step and data
 position, and a stalled rank is reported by the watchdog.

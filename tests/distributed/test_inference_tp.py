@@ -1,4 +1,4 @@
-"""Consistency law at tensor-parallel size 2 (one launch of 2 gloo ranks for the module): the
+"""Consistency law at tensor-parallel size 2 (one job of the 2-rank pool for the module): the
 TP2 engine equals the TP2 teacher-forced training forward, and both equal the single-process
 (TP1) model built from the same seed."""
 import pytest

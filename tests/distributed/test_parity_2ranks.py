@@ -2,7 +2,7 @@
 parallel under ZeRO 0-3, tensor parallel (with and without sequence parallelism) under ZeRO-1
 and ZeRO-3, pipeline parallel (1F1B over 4 micro-batches, even and uneven layer splits) under
 ZeRO 0, 1 and 3 with tied and untied embeddings, and grouped-query attention with fewer KV heads
-than TP ranks (replicated KV). One torchrun launch for the whole module."""
+than TP ranks (replicated KV). One job of the session's rank pool for the whole module."""
 import pytest
 import torch
 

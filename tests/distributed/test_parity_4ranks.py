@@ -1,6 +1,6 @@
 """DeepSpeed on 4 gloo ranks equals the single-process run: pipeline x data parallel under
 ZeRO-3 (a ZeRO-3 engine per pipeline stage over that stage's data-parallel group) and ZeRO-1,
-pipeline x tensor parallel, and tensor x data parallel under ZeRO-3. One torchrun launch."""
+pipeline x tensor parallel, and tensor x data parallel under ZeRO-3. One job of the 4-rank pool."""
 import pytest
 
 from tests.distributed.conftest import scenarios_of

@@ -49,7 +49,8 @@ def per_target(model, samples, backward=True):
     return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+# flex compiles (inductor starts worker processes): the slow tier
+@pytest.mark.parametrize("backend", ["sdpa", pytest.param("flex", marks=pytest.mark.slow)])
 def test_blocked_order_equals_interleaved(dist_env, tiny_data, backend):
     cfg, tok, ds, model = tiny_model(tiny_data, f"model.attention_backend={backend}", "model.init_std=0.1")
     model.train()
