@@ -23,7 +23,7 @@ from ..models.attention import TEXT, TokenLayout
 from ..models.vist2 import Vist2Batch
 from .indexed import IndexedDocs, open_indexed
 from .packing import PER_TOKEN, assemble_row, pack_segments, segment_document
-from .ocr_targets import Charset, render_with_targets
+from .ocr_targets import Charset, cell_size, render_with_targets
 from .renderer import Renderer, chunk_text
 from .tokenizer import Tokenizer
 
@@ -38,6 +38,7 @@ class PackedVist2Dataset(Dataset):
         m = cfg.model
         self.ocr = m.ocr_head if ocr_targets else None
         self.charset = Charset(m.ocr_head) if ocr_targets else None
+        self.cell = cell_size(m) if ocr_targets else None
         self.L, self.m, self.S = m.chunk.text_tokens, m.visual_tokens_per_chunk, cfg.data.seq_length
         self.context = m.context      # the controls get the model's rows without images (packing.py)
         self.renderer = Renderer.from_model_config(m)
@@ -73,8 +74,8 @@ class PackedVist2Dataset(Dataset):
         if self.ocr is None:
             images = [self.renderer.render_chunk(ids, self.tokenizer.decode) for ids in row.image_chunks]
         else:
-            drawn = [render_with_targets(self.renderer, chunk_text(self.tokenizer.decode(ids)), self.ocr, self.charset)
-                     for ids in row.image_chunks]
+            drawn = [render_with_targets(self.renderer, chunk_text(self.tokenizer.decode(ids)), self.ocr,
+                                         self.charset, self.cell) for ids in row.image_chunks]
             images = [image for image, _ in drawn]
             out["ocr_targets"] = np.stack([t for _, t in drawn]) if drawn else \
                 np.zeros((0, self.ocr.cells), np.int64)

@@ -1,18 +1,23 @@
 """Targets of the OCR head (models/ocr_head.py), from the renderer's own layout, and the stage-0
 data: every chunk of the training split, rendered on the fly with its targets.
 
-A chunk's targets are a ``lines x columns`` grid of class ids (``model.ocr_head``): cell
-(i, j) holds the j-th character of the renderer's line i, and the cell after a line's last
-character holds the one space or newline the wrap consumed there (none after a word broken at
-the line width), so the non-empty cells read row by row are exactly the normalised text
-(``normalize_text``). With a monospaced font (the default DejaVu Sans Mono) cell (i, j) is also
-a place in the image: the glyph's pen starts at x = margin + j * advance, y = margin + i * line
-height (tests/unit/test_ocr_head.py checks this against the rendered pixels). Class 0 is
-"empty", 1 "unknown" (a character outside ``charset``), then the charset in its order.
+A chunk's targets are a ``lines x columns`` grid of class ids (``model.ocr_head``) laid over
+the image: a cell is one line height x one glyph advance at the smallest size fit mode may use
+(``cell_size``), so a cell is a fixed place in the image whatever size the renderer chose. Each
+character of the renderer's layout goes to the cell holding its pen position (line i's top
+i x line height, the advance of the characters before it on the line; both relative to the
+margin), and the one space or newline a line's wrap consumed goes where the pen stands after the
+line's last character (none after a word broken at the line width). Larger sizes leave cells
+between characters empty; no two characters share a cell (their advances are at least a cell
+wide). The non-empty cells read row by row are exactly the normalised text (``normalize_text``);
+tests/unit/test_ocr_head.py rebuilds the rendered pixels from the cells. Class 0 is "empty",
+1 "unknown" (a character outside ``charset``), then the charset in its order. (Cells indexed by
+the character's line and place in the line instead sit at different places for different font
+sizes: measured slower to learn, docs/fidelity.md, "Stage 0".)
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -63,18 +68,21 @@ def line_cells(text: str, lines: List[str]) -> List[str]:
     return out
 
 
-def required_grid(m: ModelConfig) -> Tuple[int, int]:
-    """(lines, columns) a grid needs so every text that renders fits it: the lines of the image
-    and a line's characters (+ the consumed separator) at the smallest size fit mode may use
-    (the narrowest glyph of the charset for a proportional font)."""
+def cell_size(m: ModelConfig) -> Tuple[int, int]:
+    """(height, width) of a grid cell in pixels: the line height and the narrowest advance of the
+    charset at the smallest size fit mode may use."""
     r = m.render
-    size = r.font_size if r.mode == "strict" else r.min_font_size
-    font = load_font(r.font, size)
+    font = load_font(r.font, r.font_size if r.mode == "strict" else r.min_font_size)
     ascent, descent = font.getmetrics()
-    line_height = ascent + descent + r.line_spacing
-    lines = (m.chunk.image_height - 2 * r.margin + r.line_spacing) // line_height
-    narrowest = min(max(1, advance(font, ch)) for ch in m.ocr_head.charset if ch != "\n")
-    return lines, (m.chunk.image_width - 2 * r.margin) // narrowest + 1
+    return ascent + descent + r.line_spacing, min(max(1, advance(font, ch)) for ch in m.ocr_head.charset if ch != "\n")
+
+
+def required_grid(m: ModelConfig) -> Tuple[int, int]:
+    """(lines, columns) a grid needs so every text that renders fits it: the image in cells, plus
+    a column for the separator after a full line."""
+    r, (height, width) = m.render, cell_size(m)
+    return ((m.chunk.image_height - 2 * r.margin + r.line_spacing) // height,
+            (m.chunk.image_width - 2 * r.margin) // width + 1)
 
 
 def grid_problem(m: ModelConfig) -> Optional[str]:
@@ -91,24 +99,34 @@ def grid_problem(m: ModelConfig) -> Optional[str]:
             f"model.ocr_head.columns={columns} (one more than a line's characters: the separator its wrap consumed)")
 
 
-def grid_targets(cells: List[str], ocr: OcrHeadConfig, charset: Charset) -> np.ndarray:
-    """Lines with their separators -> int64 [lines * columns] class ids (row-major)."""
-    if len(cells) > ocr.lines or any(len(c) > ocr.columns for c in cells):
-        raise ConfigError(f"a chunk renders as {len(cells)} lines of up to {max(map(len, cells))} cells, more "
-                          f"than model.ocr_head's {ocr.lines} x {ocr.columns} grid: enlarge the grid "
-                          f"(tools/inspect_data.py --ocr-grid prints what the geometry needs)")
+def grid_targets(cells: List[str], line_height: int, width: Callable[[str], int], cell: Tuple[int, int],
+                 ocr: OcrHeadConfig, charset: Charset) -> np.ndarray:
+    """Lines with their separators, drawn ``line_height`` apart with advances ``width(ch)``, on
+    cells of ``cell`` = (height, width) pixels -> int64 [lines * columns] class ids (row-major)."""
     grid = np.full((ocr.lines, ocr.columns), OcrHeadConfig.EMPTY, np.int64)
-    for i, cell in enumerate(cells):
-        grid[i, :len(cell)] = [charset.encode(ch) for ch in cell]
+    for i, line in enumerate(cells):
+        row, x = i * line_height // cell[0], 0
+        for ch in line:
+            col = x // cell[1]
+            while col < ocr.columns and row < ocr.lines and grid[row, col] != OcrHeadConfig.EMPTY:
+                col += 1                       # a zero-width character (never in the default charset)
+            if row >= ocr.lines or col >= ocr.columns:
+                raise ConfigError(f"a chunk's layout reaches cell ({row}, {col}) of model.ocr_head's {ocr.lines} x "
+                                  f"{ocr.columns} grid: enlarge the grid (tools/inspect_data.py --ocr-grid "
+                                  f"prints what the geometry needs)")
+            grid[row, col] = charset.encode(ch)
+            x += width(ch)
     return grid.reshape(-1)
 
 
-def render_with_targets(renderer: Renderer, text: str, ocr: OcrHeadConfig, charset: Charset
-                        ) -> Tuple[np.ndarray, np.ndarray]:
-    """A chunk's text (as ``chunk_text`` gives it) -> (its image, its grid targets), from one layout."""
+def render_with_targets(renderer: Renderer, text: str, ocr: OcrHeadConfig, charset: Charset,
+                        cell: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """A chunk's text (as ``chunk_text`` gives it) -> (its image, its grid targets), from one
+    layout; ``cell``: ``cell_size`` of the model."""
     font, lines, line_height = renderer.layout(text)
     cells = line_cells(normalize_text(text, renderer.cfg.tab_width), lines)
-    return renderer.draw(font, lines, line_height), grid_targets(cells, ocr, charset)
+    return (renderer.draw(font, lines, line_height),
+            grid_targets(cells, line_height, renderer.measure(font), cell, ocr, charset))
 
 
 class OcrChunkDataset(Dataset):
@@ -121,7 +139,7 @@ class OcrChunkDataset(Dataset):
         m = cfg.model
         self.indexed, self.tokenizer, self.seed, self.ocr = indexed, tokenizer, seed, m.ocr_head
         self.renderer = Renderer.from_model_config(m)
-        self.charset = Charset(m.ocr_head)
+        self.charset, self.cell = Charset(m.ocr_head), cell_size(m)
         L = m.chunk.text_tokens
         self.chunks = np.array([(d, s, min(L, int(n) - s)) for d, n in enumerate(indexed.lengths)
                                 for s in range(0, int(n), L)], np.int64).reshape(-1, 3)
@@ -139,7 +157,7 @@ class OcrChunkDataset(Dataset):
     def __getitem__(self, g: int) -> dict:
         d, s, n = self.chunks[self.chunk_index(g)]
         text = chunk_text(self.tokenizer.decode(self.indexed.tokens(int(d), int(s), int(n)).tolist()))
-        image, targets = render_with_targets(self.renderer, text, self.ocr, self.charset)
+        image, targets = render_with_targets(self.renderer, text, self.ocr, self.charset, self.cell)
         return {"image": image, "targets": targets}
 
 

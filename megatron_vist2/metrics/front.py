@@ -28,16 +28,16 @@ Read = Callable[[torch.Tensor], torch.Tensor]
 
 @torch.no_grad()
 def front_readback(read: Read, chunks: Sequence[np.ndarray], renderer: Renderer, tokenizer,
-                   ocr: OcrHeadConfig, batch_size: int = 64, device="cpu", blind: bool = True) -> Dict:
+                   ocr: OcrHeadConfig, cell, batch_size: int = 64, device="cpu", blind: bool = True) -> Dict:
     """-> {cer, char_accuracy, exact_match, chunks, chars, loss (mean cross-entropy per cell),
     by_font_size, blind (with ``blind``), examples} over ``chunks`` (token ids, e.g.
-    ``metrics.readback.held_out_chunks``)."""
+    ``metrics.readback.held_out_chunks``); ``cell``: ``data.ocr_targets.cell_size`` of the model."""
     charset = Charset(ocr)
     overall, by_size, unread = CerCounter(), defaultdict(CerCounter), CerCounter()
     loss, cells, examples = 0.0, 0, []
     for i in range(0, len(chunks), batch_size):
         texts = [chunk_text(tokenizer.decode(np.asarray(c).tolist())) for c in chunks[i:i + batch_size]]
-        rendered = [render_with_targets(renderer, t, ocr, charset) for t in texts]
+        rendered = [render_with_targets(renderer, t, ocr, charset, cell) for t in texts]
         images = torch.from_numpy(np.stack([image for image, _ in rendered])).to(device)
         targets = torch.from_numpy(np.stack([t for _, t in rendered])).to(device)
         logits = read(images)

@@ -26,7 +26,7 @@ from megatron.core import parallel_state
 from ..config import Config
 from ..data.dataset import parse_blend
 from ..data.indexed import open_indexed
-from ..data.ocr_targets import OcrChunkDataset, collate_ocr
+from ..data.ocr_targets import OcrChunkDataset, cell_size, collate_ocr
 from ..data.renderer import Renderer
 from ..errors import ConfigError
 from ..metrics.front import front_readback
@@ -105,7 +105,7 @@ class FrontEval:
         engine.eval()
         start = time.time()
         out = front_readback(lambda images: engine(OcrBatch(images)), self.chunks, self.renderer,
-                             self.tokenizer, self.cfg.model.ocr_head, device=device)
+                             self.tokenizer, self.cfg.model.ocr_head, cell_size(self.cfg.model), device=device)
         engine.train()
         out["seconds"] = time.time() - start
         return out
