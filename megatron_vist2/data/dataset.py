@@ -22,14 +22,19 @@ from ..errors import ConfigError
 from ..models.attention import TEXT, TokenLayout
 from ..models.vist2 import Vist2Batch
 from .indexed import IndexedDocs, open_indexed
-from .packing import PER_TOKEN, assemble_row, pack_segments, segment_document
+from .packing import PER_TOKEN, assemble_row, mask_readback_inputs, pack_segments, segment_document
 from .renderer import Renderer
 from .tokenizer import Tokenizer
 
 
 class PackedVist2Dataset(Dataset):
-    def __init__(self, indexed: IndexedDocs, tokenizer: Tokenizer, cfg: Config, seed: int):
+    """``training``: rows to train on (``data.readback_input_mask`` masks inputs of their
+    read-back chunks, drawn per sample from (seed, g)); evaluation rows are never masked."""
+
+    def __init__(self, indexed: IndexedDocs, tokenizer: Tokenizer, cfg: Config, seed: int,
+                 training: bool = False):
         self.indexed, self.tokenizer, self.seed = indexed, tokenizer, seed
+        self.input_mask = cfg.data.readback_input_mask if training else 0.0
         m = cfg.model
         self.L, self.m, self.S = m.chunk.text_tokens, m.visual_tokens_per_chunk, cfg.data.seq_length
         self.context = m.context      # the controls get the model's rows without images (packing.py)
@@ -53,7 +58,11 @@ class PackedVist2Dataset(Dataset):
         return int(self._perm_cache[epoch][i])
 
     def __getitem__(self, g: int) -> dict:
-        return self.build_row(self.rows[self.row_index(g)])
+        row = self.build_row(self.rows[self.row_index(g)])
+        if self.input_mask > 0:
+            rng = np.random.default_rng([self.seed, g, 0x3A5C])
+            row["tokens"] = mask_readback_inputs(row, self.input_mask, rng)
+        return row
 
     def build_row(self, segments, order: str = "blocked") -> dict:
         """Lay out, label and render one row made of ``segments`` (numpy arrays, for collate);
@@ -131,10 +140,12 @@ class BlendedDataset(Dataset):
         return sample
 
 
-def build_dataset(spec: str, tokenizer: Tokenizer, cfg: Config, seed: int, num_samples: int):
-    """One prefix -> its PackedVist2Dataset; a weighted spec -> a BlendedDataset over them."""
+def build_dataset(spec: str, tokenizer: Tokenizer, cfg: Config, seed: int, num_samples: int,
+                  training: bool = False):
+    """One prefix -> its PackedVist2Dataset; a weighted spec -> a BlendedDataset over them
+    (``training``: see PackedVist2Dataset)."""
     blend = parse_blend(spec)
-    parts = [PackedVist2Dataset(open_indexed(p, tokenizer), tokenizer, cfg, seed + i)
+    parts = [PackedVist2Dataset(open_indexed(p, tokenizer), tokenizer, cfg, seed + i, training)
              for i, (_, p) in enumerate(blend)]
     if len(parts) == 1:
         return parts[0]

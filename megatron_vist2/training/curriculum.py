@@ -56,4 +56,4 @@ class Curriculum:
         phase_cfg = replace(cfg, data=replace(cfg.data, readback_fraction=phase.readback_share,
                                               seq_length=phase.seq_length))
         return build_dataset(cfg.data.train_prefix, tokenizer, phase_cfg, cfg.train.seed,
-                             cfg.train.steps * cfg.parallel.global_batch_size)
+                             cfg.train.steps * cfg.parallel.global_batch_size, training=True)

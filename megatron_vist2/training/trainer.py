@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import List, Optional, Tuple
 
 import deepspeed
@@ -43,7 +44,7 @@ from .async_checkpoint import AsyncWriter
 from .checkpoint import load_checkpoint, resume_dir, save_checkpoint
 from .curriculum import Curriculum
 from .deepspeed_config import deepspeed_config, resolve_dtype
-from .loss import PROBE_STATS, SPLIT_STATS, readback_probe_loss, split_means, training_loss
+from .loss import PROBE_STATS, SPLIT_STATS, TargetWeights, readback_probe_loss, split_means, training_loss
 from .metrics import MetricsLogger, StepMeter, memory_in_use_gb, wandb_settings
 from .optim import build_optimizer, build_scheduler
 from ..checkpoint.safeguards import inject_nan_fault
@@ -63,6 +64,10 @@ class TrainResult:
     tokens_per_second: float
     checkpoint: Optional[str]
     ocr_accuracy: Optional[float] = None      # last OCR read-back probe (train.ocr_probe_batches)
+    # greedy read-back of train.ocr_cer_chunks held-out chunks at the end: character accuracy, and
+    # the same chunks read from each other's images (blind: what the language prior alone reaches)
+    ocr_char_accuracy: Optional[float] = None
+    ocr_blind_accuracy: Optional[float] = None
 
 
 def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
@@ -115,15 +120,16 @@ def make_schedule(cfg: Config, env: DistEnv, engine) -> PipelineSchedule:
 
 def train_step(schedule: PipelineSchedule, micro_batches: Optional[List[Vist2Batch]],
                num_micro: int, dp: int, seq_length: int, split: Optional[torch.Tensor] = None,
-               loss_fn=training_loss) -> float:
+               loss_fn=training_loss, weights: TargetWeights = TargetWeights()) -> float:
     """One optimizer step over ``num_micro`` micro-batches of rows of ``seq_length`` tokens;
     ``micro_batches`` on the first pipeline stage only (every rank without pipeline parallelism);
-    the loss split by chunk mode is added into ``split`` (training/loss.py). Returns the step's
+    the loss split by chunk mode is added into ``split`` (training/loss.py). ``loss_fn`` must
+    weigh its targets by ``weights`` (their sum is the step's target count). Returns the step's
     loss."""
     count = None
     if micro_batches is not None:
         with collective("target-count all_reduce (data-parallel group)", timed=True):
-            count = _all_reduce_sum(sum(b.loss_mask.sum() for b in micro_batches))
+            count = _all_reduce_sum(sum(weights.of(b).sum() for b in micro_batches))
     with collective("pipeline step (stage p2p, DeepSpeed gradient reduction and norm)"):
         return schedule.train_step(micro_batches, num_micro, count, dp, seq_length, loss_fn, split)
 
@@ -160,6 +166,7 @@ class Run:
     consumed: int
     memory_before_model: float
     checkpoint: Optional[str] = None          # the resumed checkpoint (never saved again)
+    ocr_read: Optional[dict] = None           # the final greedy read-back (train.ocr_cer_chunks)
 
 
 def loader(cfg: Config, dataset, consumed_samples: int, global_batches: int, dp: int) -> DataLoader:
@@ -226,10 +233,11 @@ def setup(cfg: Config, env: DistEnv) -> Run:
                readback_probe, step, consumed, memory_before_model, path)
 
 
-def run_eval(run: Run, at_step: int) -> Tuple[float, Optional[float]]:
+def run_eval(run: Run, at_step: int, final: bool = False) -> Tuple[float, Optional[float]]:
     """Validation loss, split into chunk-first and within-chunk targets (and, with
     train.ocr_probe_batches, the OCR read-back accuracy; with train.ocr_cer_chunks, the greedy
-    read-back CER), logged; validation rows are full length whatever the curriculum's phase."""
+    read-back CER, at the ``final`` evaluation with its blind score, kept in ``run.ocr_read``),
+    logged; validation rows are full length whatever the curriculum's phase."""
     cfg = run.cfg
     split = split_eval(run.schedule, run.valid_loader, cfg.train.eval_batches * run.gas, cfg)
     loss = split["loss"] if split["loss"] is not None else 0.0
@@ -239,8 +247,13 @@ def run_eval(run: Run, at_step: int) -> Tuple[float, Optional[float]]:
             values[f"eval/loss_{key}"] = split[key]["loss"]
             text += f" ({key.replace('_', '-')} {split[key]['loss']:.4f})"
     if run.readback_probe is not None:
-        values["eval/ocr_cer"] = cer = run.readback_probe.cer(run.engine, run.schedule.device)
+        read = run.readback_probe.read(run.engine, run.schedule.device, blind=final)
+        values["eval/ocr_cer"] = cer = read["cer"]
         text += f" | OCR read-back CER {cer:.3f} ({len(run.readback_probe.chunks)} chunks)"
+        if "blind" in read:
+            values["eval/ocr_cer_blind"] = read["blind"]["cer"]
+            text += f", blind {read['blind']['cer']:.3f}"
+            run.ocr_read = read
     ocr_accuracy = None
     if cfg.train.ocr_probe_batches:
         _, ocr_accuracy = evaluate(run.schedule, run.probe_loader, cfg.train.ocr_probe_batches * run.gas,
@@ -279,18 +292,19 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     path = run.checkpoint                      # the newest checkpoint of this run
     writer = AsyncWriter(run.log.print) if cfg.checkpoint.async_save else None
     health = RunHealth(run, env, writer)       # skipped non-finite steps, spikes, stragglers, hangs
+    weights = TargetWeights.from_config(cfg.train)          # the objective's target weights
     while step < cfg.train.steps:
         if writer is not None:
             writer.poll()                      # rank 0 completes a background save once written
         if phase is None or curriculum.index_at(step) != phase.index:
             phase = curriculum.phase(step)
             batches = start_phase(run, curriculum, phase, step, consumed)
-        loss_fn = health.start_step(step + 1, training_loss)
+        loss_fn = health.start_step(step + 1, partial(training_loss, weights=weights))
         micro = [next(batches) for _ in range(run.gas)] if run.reads_data else None
         if micro:
             meter.count(micro)                 # on the host copies: no device sync
             micro = [b.to(env.device) for b in micro]
-        loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, split, loss_fn)
+        loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, split, loss_fn, weights)
         inject_nan_fault(run.engine.module, step + 1)      # tests only (MEGATRON_VIST2_FAULT)
         step += 1
         consumed += cfg.parallel.global_batch_size
@@ -321,12 +335,14 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     if stopped:                                # no final evaluation: the grace period is short
         eval_after = last_eval
     else:
-        eval_after, ocr_accuracy = run_eval(run, step)
+        eval_after, ocr_accuracy = run_eval(run, step, final=True)
     if path is None or not path.endswith(f"step_{step:07d}"):      # a resumed run at its end
         path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print,
                                writer)
     if writer is not None:
         writer.wait(env.device)                # exit only with every save complete
     run.log.close()
+    read = run.ocr_read or {}
     return TrainResult(step, consumed, losses, eval_before, eval_after,
-                       meter.all_tokens / max(elapsed, 1e-9), path, ocr_accuracy)
+                       meter.all_tokens / max(elapsed, 1e-9), path, ocr_accuracy,
+                       read.get("char_accuracy"), read.get("blind", {}).get("char_accuracy"))
