@@ -20,13 +20,13 @@ from .errors import run_cli
 
 def preflight(cfg: Config) -> None:
     """Input checks that need files, not processes: tokenizer, datasets, checkpoint dirs."""
-    from .parallel.planner import available_memory_bytes, memory_problem
+    from .cost.planner import available_memory_bytes, memory_problem
     from .data.dataset import parse_blend
     from .data.indexed import open_indexed
     from .data.tokenizer import load_tokenizer
     from .checkpoint.format import resolve_tag_dir
-    from .training.checkpoint import check_compatible, resume_dir
-    from .checkpoint.safeguards import check_dir_writable, check_tokenizer_identity
+    from .checkpoint.resume import check_compatible, check_dir_writable, resume_dir
+    from .checkpoint.tokenizer_record import check_tokenizer_identity
 
     problem = memory_problem(cfg, int(os.environ.get("WORLD_SIZE", "1")), available_memory_bytes(_device()))
     if problem:                                 # before any file is read or process started
@@ -42,12 +42,16 @@ def preflight(cfg: Config) -> None:
                 from .data.font_coverage import warn_missing_glyphs
                 warn_missing_glyphs(cfg.model.render, (tok.decode(docs.tokens(d)) for d in range(min(32, len(docs)))),
                                     f"the first documents of {prefix}")
+    from .data.ocr_targets import grid_problem
+    problem = grid_problem(cfg.model)          # the OCR head's grid must hold every rendering
+    if problem:
+        raise ConfigError(problem)
     resumed = resume_dir(cfg, log=print)   # refuses to start over complete checkpoints
     for field, start_from in (("checkpoint.load_dir" if cfg.checkpoint.load_dir else "checkpoint.save_dir",
                                resumed), ("checkpoint.init_from", cfg.checkpoint.init_from)):
         if start_from:
             step_dir = resolve_tag_dir(start_from)
-            check_compatible(step_dir, cfg)
+            check_compatible(step_dir, cfg, weights_only=field == "checkpoint.init_from")
             check_tokenizer_identity(step_dir, tok, field, cfg.checkpoint.allow_new_tokenizer)
         if resumed:                        # a resumed run continues its own stage: no init_from
             break
@@ -83,7 +87,7 @@ def main(argv=None) -> None:
     if env.is_main:
         first = sum(result.train_losses[:10]) / max(1, len(result.train_losses[:10]))
         last = sum(result.train_losses[-10:]) / max(1, len(result.train_losses[-10:]))
-        drop = 100.0 * (1.0 - result.eval_after / result.eval_before)
+        drop = 100.0 * (1.0 - result.eval_after / result.eval_before) if result.eval_before else float("nan")
         summary = {
             "steps": result.steps, "finished": result.steps >= cfg.train.steps,
             "consumed_samples": result.consumed_samples,
@@ -94,10 +98,16 @@ def main(argv=None) -> None:
             "ocr_readback_accuracy": result.ocr_accuracy,
             "ocr_char_accuracy": result.ocr_char_accuracy, "ocr_blind_char_accuracy": result.ocr_blind_accuracy,
         }
+        if result.front is not None:
+            summary["front"] = {k: v for k, v in result.front.items() if k != "examples"}
         Path(cfg.logging.dir, "summary.json").write_text(json.dumps(summary, indent=1))
         print("\n=== summary ===")
         print(f"train loss      {first:.4f} (first 10 steps) -> {last:.4f} (last 10 steps)")
         print(f"held-out loss   {result.eval_before:.4f} -> {result.eval_after:.4f} ({drop:.1f} % lower)")
+        if result.front is not None:
+            print(f"front (OCR head) held-out character accuracy {result.front['char_accuracy']:.1%} "
+                  f"(blind {result.front.get('blind', {}).get('char_accuracy', float('nan')):.1%}; "
+                  f"{result.front['chunks']} chunks, 1 - CER)")
         if result.ocr_accuracy is not None:
             print(f"OCR read-back   {result.ocr_accuracy:.1%} of read-back text tokens predicted "
                   f"(chance {1 / cfg.model.llm.vocab_size:.2%})")

@@ -1,10 +1,10 @@
 """Values derived from the config, in one place: what the code computes from more than one
 field (the data-parallel size from the world size, the padded vocabulary, each pipeline stage's
-layers). A value derived from one dataclass alone is a property on it (``ModelConfig.
+layers, the parameter counts). A value derived from one dataclass alone is a property on it (``ModelConfig.
 visual_tokens_per_chunk``, ``compression_ratio``)."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from .schema import Config
 
@@ -22,6 +22,23 @@ def name_under(name: str, prefix: str) -> bool:
     """Is parameter (or module) ``name`` inside ``prefix`` (``train.freeze``,
     ``optim.lr_multipliers``)? ``front.vision`` covers ``front.vision.x`` but not ``front.visionx``."""
     return name == prefix or name.startswith(prefix + ".")
+
+
+def ocr_aux_loss(cfg: Config) -> bool:
+    """Does a row-training run (train.objective=lm) add the OCR head's loss on its images?"""
+    return (cfg.model.ocr_head.enabled and cfg.model.context == "vist2" and cfg.train.objective == "lm"
+            and cfg.train.ocr_weight > 0)
+
+
+def frozen_by_objective(cfg: Config) -> List[str]:
+    """Parameter prefixes the objective leaves out of training, besides train.freeze: the front-only
+    stage 0 (train.objective=ocr) trains the ViT, the aligner and the OCR head only; an OCR head
+    without a loss (train.ocr_weight=0) stays as it is."""
+    if cfg.train.objective == "ocr":
+        return ["front.embedding", "layers", "head"]
+    if cfg.model.ocr_head.enabled and not ocr_aux_loss(cfg):
+        return ["front.ocr_head"]
+    return []
 
 
 def stage_layer_counts(cfg: Config) -> List[int]:
@@ -69,3 +86,46 @@ def padded_vocab_size(cfg: Config) -> int:
     llm = cfg.model.llm
     multiple = llm.make_vocab_size_divisible_by * cfg.parallel.tensor_parallel
     return -(-llm.vocab_size // multiple) * multiple
+
+
+def analytic_parameter_counts(cfg: Config) -> Dict[str, int]:
+    """Parameters of the spec's parts from the config alone (no model is built):
+    {vision, aligner, llm, ocr_head, total}. The controls (``model.context`` text / window) have no ViT or
+    aligner.
+
+    ViT (SigLIP shape, d = hidden, f = FFN, P = patches, C = channels, p = patch):
+        patch conv C p^2 d + d, positions P d, per layer 4d (two LayerNorms) + 4(d^2 + d) (q, k, v, o)
+        + (d f + f) + (f d + d) (MLP), final LayerNorm 2d.
+    Aligner: (k^2 d) D + D.
+    LLM (D = hidden, F = FFN, h / g = query / KV heads, e = head dim, V = padded vocab):
+        embedding V D, per layer 2D (norms) + D h e + 2 D g e + h e D (q, k, v, o) + 2e (QK-norm, if on)
+        + 3 D F (SwiGLU), final norm D, output layer V D unless tied.
+    """
+    m = cfg.model
+    v, llm, k = m.vision, m.llm, m.aligner.merge
+    d, f, P = v.hidden_size, v.ffn_hidden_size, m.patches_per_image
+    vision = (v.num_channels * v.patch_size ** 2 * d + d + P * d
+              + v.num_layers * (4 * d + 4 * (d * d + d) + (d * f + f) + (f * d + d)) + 2 * d)
+    D, F, h, g, e = llm.hidden_size, llm.ffn_hidden_size, llm.num_heads, llm.num_kv_heads, llm.head_dim
+    aligner = k * k * d * D + D
+    V = padded_vocab_size(cfg)
+    layer = 2 * D + D * h * e + 2 * D * g * e + h * e * D + (2 * e if llm.qk_norm else 0) + 3 * D * F
+    lm = V * D + llm.num_layers * layer + D + (0 if llm.tie_embeddings else V * D)
+    if m.context != "vist2":                   # the controls have no vision encoder or aligner
+        vision = aligner = 0
+    ocr = ocr_head_parameters(cfg) if m.ocr_head.enabled and m.context == "vist2" else 0
+    return {"vision": vision, "aligner": aligner, "llm": lm, "ocr_head": ocr,
+            "total": vision + aligner + lm + ocr}
+
+
+def ocr_head_parameters(cfg: Config) -> int:
+    """The OCR head (models/ocr_head.py, W = its width, S = cell features, Q = queries, C = classes):
+    input projection D W + W, token positions m W, the self-attention block 8 W^2 + 11 W (two
+    LayerNorms, q/k/v/out, MLP W -> 2W -> W), each cross-attention block that + 2 W (the memory's
+    LayerNorm), queries Q W, cell expansion W (4 S) + 4 S, cell LayerNorm 2 S, classifier S C + C."""
+    m, o = cfg.model, cfg.model.ocr_head
+    W, S = o.hidden_size, o.slot_size
+    block = 8 * W * W + 11 * W
+    return (m.llm.hidden_size * W + W + m.visual_tokens_per_chunk * W + block
+            + o.num_layers * (block + 2 * W) + o.num_queries * W
+            + W * o.slots_per_query * S + o.slots_per_query * S + 2 * S + S * o.num_classes + o.num_classes)

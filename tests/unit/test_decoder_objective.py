@@ -1,5 +1,5 @@
 """The decoder's read-back objective (issue 24): weighted image-only / read-back targets
-(training/loss.py ``TargetWeights``) and masked read-back inputs (data/packing.py
+(metrics/loss.py ``TargetWeights``) and masked read-back inputs (data/packing.py
 ``mask_readback_inputs``), each against a reference written from the spec's rules."""
 import numpy as np
 import torch
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from megatron_vist2.data.packing import MASK_ID, Segment, assemble_row, mask_readback_inputs
 from megatron_vist2.models.attention import TEXT, TokenLayout
 from megatron_vist2.models.vist2 import Vist2Batch
-from megatron_vist2.training.loss import TargetWeights, training_loss
+from megatron_vist2.metrics.loss import TargetWeights, training_loss
 
 L, M = 8, 2
 

@@ -22,7 +22,7 @@ from .targets import chunk_bins, new_stats, summarize, target_loss_fn
 
 def split_eval(schedule, loader, num_micro: int, cfg: Config) -> Dict:
     """One pass over the validation batches with per-target statistics (a collective over every
-    rank, like trainer.evaluate) -> evaluation/targets.py's summary."""
+    rank, like trainer.evaluate) -> metrics/targets.py's summary."""
     schedule.engine.eval()
     bins = chunk_bins(cfg)
     stats = new_stats(bins, schedule.device)
@@ -57,7 +57,7 @@ class ReadbackProbe:
 
     @torch.no_grad()
     def read(self, engine, device, blind: bool = False) -> Dict:
-        """evaluation/readback.py's ``ocr_readback`` summary of the held-out chunks (with
+        """metrics/readback.py's ``ocr_readback`` summary of the held-out chunks (with
         ``blind``: also read from each other's images, the language prior's score)."""
         engine.eval()
 

@@ -7,7 +7,7 @@ predicts the next token of its chunk, and the first token of chunk i is predicte
 visual token of V_{i-1} (or of V_i in read-back mode), i.e. from the images alone.
 
 Target weights (``train.image_target_weight``, ``train.readback_target_weight``): the training
-objective may count some targets more than others. ``target_weights`` derives each position's
+objective may count some targets more than others. ``TargetWeights`` derives each position's
 weight from the per-token layout alone (so every pipeline stage computes the same weights from
 the metadata that travels with the activations); the step's loss is then the weighted mean
 sum(w ce) / sum(w) over the global batch (the trainer all-reduces sum(w) as its target count).
@@ -25,6 +25,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
 from ..models.attention import VISUAL
+from ..models.ocr_head import OcrBatch, ocr_loss
 from ..models.vist2 import Vist2Batch
 
 
@@ -78,6 +79,13 @@ def training_loss(logits: torch.Tensor, batch: Vist2Batch, weights: TargetWeight
 
 
 SPLIT_STATS = 4
+
+
+def ocr_head_loss(logits: torch.Tensor, batch: OcrBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Stage 0 (``train.objective=ocr``): the OCR head's cell logits -> (cross-entropy summed over
+    the cells, [that sum, the number of cells]) (models/ocr_head.py)."""
+    total, cells = ocr_loss(logits, batch.targets)
+    return total, torch.stack([total.detach().float(), cells])
 
 
 def readback_probe_loss(logits: torch.Tensor, batch: Vist2Batch
