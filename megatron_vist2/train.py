@@ -99,6 +99,7 @@ def main(argv=None) -> None:
             "eval_loss_drop_percent": drop, "tokens_per_second": result.tokens_per_second,
             "tensorboard": str(Path(cfg.logging.dir) / "tensorboard"), "checkpoint": result.checkpoint,
             "ocr_readback_accuracy": result.ocr_accuracy,
+            "ocr_char_accuracy": result.ocr_char_accuracy, "ocr_blind_char_accuracy": result.ocr_blind_accuracy,
         }
         if result.front is not None:
             summary["front"] = {k: v for k, v in result.front.items() if k != "examples"}
@@ -113,6 +114,10 @@ def main(argv=None) -> None:
         if result.ocr_accuracy is not None:
             print(f"OCR read-back   {result.ocr_accuracy:.1%} of read-back text tokens predicted "
                   f"(chance {1 / cfg.model.llm.vocab_size:.2%})")
+        if result.ocr_char_accuracy is not None:
+            blind = "n/a" if result.ocr_blind_accuracy is None else f"{result.ocr_blind_accuracy:.1%}"
+            print(f"OCR read-back   held-out character accuracy {result.ocr_char_accuracy:.1%} (blind {blind}: "
+                  f"read from other chunks' images), {cfg.train.ocr_cer_chunks} chunks read greedily")
         print(f"throughput      {result.tokens_per_second:,.0f} tokens/s (text + visual, all ranks)")
         print(f"tensorboard     tensorboard --logdir {summary['tensorboard']}")
         print(f"checkpoint      {result.checkpoint}")

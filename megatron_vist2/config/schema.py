@@ -193,6 +193,10 @@ class DataConfig:
     # curriculum: [[step, share], ...] from each step on (e.g. [[0, 1.0], [500, 0.5], [1000, 0.0]]);
     # empty = readback_fraction throughout
     readback_schedule: List[List[float]] = field(default_factory=list)
+    # training rows only: each read-back chunk replaces a share u ~ U(0, readback_input_mask) of its
+    # text inputs by id 0 (labels unchanged), so its targets must come from its image, not from
+    # the text before them (data/packing.py: mask_readback_inputs); 0 = off, 1 = up to all
+    readback_input_mask: float = 0.0
     # history-length curriculum: [[step, seq_length], ...] packs rows of that many tokens (more
     # chunks of history per row) from each step on, up to data.seq_length (e.g. [[0, 2048],
     # [5000, 4096], [10000, 8192]]); empty = data.seq_length throughout
@@ -251,6 +255,11 @@ class TrainConfig:
     # held-out chunks read by the OCR head at each evaluation (character accuracy = 1 - CER, and
     # its blind score: the images rotated by one); 0 = none
     ocr_head_eval_chunks: int = 0
+    # Weights in the training objective (metrics/loss.py; the LM loss is the weighted mean): targets
+    # predicted from visual tokens alone (each chunk's first token: from V_i in read-back mode,
+    # from V_{i-1} otherwise), and every target of a read-back chunk. 1 = the plain mean.
+    image_target_weight: float = 1.0
+    readback_target_weight: float = 1.0
 
 
 @dataclass

@@ -215,6 +215,9 @@ def _data_problems(cfg: Config) -> List[str]:
                               if p.sequence_parallel else ""))
     if not 0.0 <= d.readback_fraction <= 1.0:
         out.append(f"data.readback_fraction must be in [0, 1], got {d.readback_fraction}")
+    if not 0.0 <= d.readback_input_mask <= 1.0:
+        out.append(f"data.readback_input_mask must be in [0, 1] (the largest share of a read-back "
+                   f"chunk's text inputs masked), got {d.readback_input_mask}")
     if d.num_workers < 0:
         out.append(f"data.num_workers must be >= 0, got {d.num_workers}")
     return out
@@ -259,6 +262,9 @@ def _train_problems(cfg: Config) -> List[str]:
         out.append(f"train.ocr_probe_batches must be >= 0, got {t.ocr_probe_batches}")
     if t.ocr_cer_chunks < 0:
         out.append(f"train.ocr_cer_chunks must be >= 0, got {t.ocr_cer_chunks}")
+    for name in ("image_target_weight", "readback_target_weight"):
+        if not getattr(t, name) > 0:
+            out.append(f"train.{name} must be > 0 (1 = the plain mean), got {getattr(t, name)}")
     if t.max_wall_minutes < 0:
         out.append(f"train.max_wall_minutes must be >= 0 (0 = no limit), got {t.max_wall_minutes}")
     return out

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..models.attention import TEXT, TokenLayout
 from ..models.vist2 import Vist2Batch
 from .indexed import IndexedDocs, open_indexed
-from .packing import PER_TOKEN, assemble_row, pack_segments, segment_document
+from .packing import PER_TOKEN, assemble_row, mask_readback_inputs, pack_segments, segment_document
 from .ocr_targets import Charset, cell_size, render_with_targets
 from .renderer import Renderer, chunk_text
 from .tokenizer import Tokenizer
@@ -30,11 +30,13 @@ from .tokenizer import Tokenizer
 
 class PackedVist2Dataset(Dataset):
     """``ocr_targets``: each image also gets the OCR head's targets (data/ocr_targets.py), from the
-    same layout that draws it."""
+    same layout that draws it. ``training``: rows to train on (``data.readback_input_mask`` masks
+    inputs of their read-back chunks, drawn per sample from (seed, g)); evaluation rows never are."""
 
     def __init__(self, indexed: IndexedDocs, tokenizer: Tokenizer, cfg: Config, seed: int,
-                 ocr_targets: bool = False):
+                 ocr_targets: bool = False, training: bool = False):
         self.indexed, self.tokenizer, self.seed = indexed, tokenizer, seed
+        self.input_mask = cfg.data.readback_input_mask if training else 0.0
         m = cfg.model
         self.ocr = m.ocr_head if ocr_targets else None
         self.charset = Charset(m.ocr_head) if ocr_targets else None
@@ -61,7 +63,11 @@ class PackedVist2Dataset(Dataset):
         return int(self._perm_cache[epoch][i])
 
     def __getitem__(self, g: int) -> dict:
-        return self.build_row(self.rows[self.row_index(g)])
+        row = self.build_row(self.rows[self.row_index(g)])
+        if self.input_mask > 0:
+            rng = np.random.default_rng([self.seed, g, 0x3A5C])
+            row["tokens"] = mask_readback_inputs(row, self.input_mask, rng)
+        return row
 
     def build_row(self, segments, order: str = "blocked") -> dict:
         """Lay out, label and render one row made of ``segments`` (numpy arrays, for collate);
@@ -147,10 +153,11 @@ class BlendedDataset(Dataset):
 
 
 def build_dataset(spec: str, tokenizer: Tokenizer, cfg: Config, seed: int, num_samples: int,
-                  ocr_targets: bool = False):
-    """One prefix -> its PackedVist2Dataset; a weighted spec -> a BlendedDataset over them."""
+                  ocr_targets: bool = False, training: bool = False):
+    """One prefix -> its PackedVist2Dataset; a weighted spec -> a BlendedDataset over them
+    (``ocr_targets``, ``training``: see PackedVist2Dataset)."""
     blend = parse_blend(spec)
-    parts = [PackedVist2Dataset(open_indexed(p, tokenizer), tokenizer, cfg, seed + i, ocr_targets)
+    parts = [PackedVist2Dataset(open_indexed(p, tokenizer), tokenizer, cfg, seed + i, ocr_targets, training)
              for i, (_, p) in enumerate(blend)]
     if len(parts) == 1:
         return parts[0]

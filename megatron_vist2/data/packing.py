@@ -220,6 +220,31 @@ def control_row(row: RowArrays, context: str, L: int, m: int) -> RowArrays:
     return out
 
 
+MASK_ID = 0      # a masked text input: the id visual and padding positions hold (never a label)
+
+
+def mask_readback_inputs(row, max_share: float, rng: np.random.Generator) -> np.ndarray:
+    """``row``: a RowArrays, or a dict of its per-token arrays. -> its tokens with part of each read-back chunk's text inputs replaced by ``MASK_ID``:
+    each read-back chunk draws a share u ~ U(0, max_share) and masks each of its text inputs with
+    probability u; labels, loss mask and metadata are unchanged (any physical order).
+
+    Why: in a read-back chunk the target of text position t is token t + 1, which the language
+    prior predicts from tokens <= t as well as the image shows it; the prior wins and the image
+    is ignored (docs/fidelity.md). A masked input hides that evidence, so the target has to come
+    from V_i. Shares drawn per chunk from 0 to ``max_share`` keep unmasked chunks (what
+    read-back at evaluation and history chunks look like) in the mix."""
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    tokens, doc, chunk = get("tokens").copy(), get("doc"), get("chunk")
+    if max_share <= 0:
+        return tokens
+    text_rb = (get("kind") == TEXT) & get("readback")
+    for d, c in sorted({(int(d), int(c)) for d, c in zip(doc[text_rb], chunk[text_rb])}):
+        where = np.nonzero(text_rb & (doc == d) & (chunk == c))[0]
+        share = rng.uniform(0.0, max_share)
+        tokens[where[rng.random(len(where)) < share]] = MASK_ID
+    return tokens
+
+
 def reorder(row: RowArrays, order: str) -> RowArrays:
     """Permute an interleaved row's tokens, with their metadata and labels, into ``order``.
     'blocked': every visual token of the row first, then every text token, then the padding, each

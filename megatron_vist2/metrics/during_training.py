@@ -56,12 +56,17 @@ class ReadbackCer:
         return None
 
     @torch.no_grad()
-    def cer(self, engine, device) -> float:
+    def read(self, engine, device, blind: bool = False) -> Dict:
+        """metrics/readback.py's ``ocr_readback`` summary of the held-out chunks (with
+        ``blind``: also read from each other's images, the language prior's score)."""
         engine.eval()
 
         def forward(batch):
             return tensor_parallel.gather_from_tensor_model_parallel_region(engine(batch))
         out = ocr_readback(forward, self.chunks, self.renderer, self.tokenizer, self.L, self.m, device=device,
-                           blind=False)
+                           blind=blind)
         engine.train()
-        return out["cer"]
+        return out
+
+    def cer(self, engine, device) -> float:
+        return self.read(engine, device)["cer"]

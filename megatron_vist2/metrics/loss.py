@@ -5,15 +5,26 @@ handed (last stage only) and adds the statistics they return into the accumulato
 Only text tokens are ever targets (``labels``/``loss_mask`` come from the packer): a text token
 predicts the next token of its chunk, and the first token of chunk i is predicted by the last
 visual token of V_{i-1} (or of V_i in read-back mode), i.e. from the images alone.
+
+Target weights (``train.image_target_weight``, ``train.readback_target_weight``): the training
+objective may count some targets more than others. ``TargetWeights`` derives each position's
+weight from the per-token layout alone (so every pipeline stage computes the same weights from
+the metadata that travels with the activations); the step's loss is then the weighted mean
+sum(w ce) / sum(w) over the global batch (the trainer all-reduces sum(w) as its target count).
+Why: in a read-back chunk only its first target is predicted from the image alone; the other
+31 of 32 are teacher-forced continuations the language prior already predicts, so the image's
+share of the gradient is small unless those image-only targets weigh more (docs/fidelity.md).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
+from ..models.attention import VISUAL
 from ..models.ocr_head import OcrBatch, ocr_loss
 from ..models.vist2 import Vist2Batch
 
@@ -31,15 +42,40 @@ def token_losses(logits: torch.Tensor, batch: Vist2Batch) -> Tuple[torch.Tensor,
     return masked_token_losses(logits, batch).sum(), batch.loss_mask.sum()
 
 
-def training_loss(logits: torch.Tensor, batch: Vist2Batch) -> Tuple[torch.Tensor, torch.Tensor]:
-    """-> (summed loss, [loss sum and target count of read-back chunks, the same of history
-    chunks]) (``MODE_STATS`` values)."""
+@dataclass(frozen=True)
+class TargetWeights:
+    """How much each kind of target counts in the training objective (1, 1: the plain mean)."""
+    image: float = 1.0        # targets predicted from visual tokens alone (a chunk's first token)
+    readback: float = 1.0     # every target of a read-back chunk (its first one: both factors)
+
+    @staticmethod
+    def from_config(train_cfg) -> "TargetWeights":
+        return TargetWeights(train_cfg.image_target_weight, train_cfg.readback_target_weight)
+
+    def factors(self, batch: Vist2Batch) -> torch.Tensor:
+        """Per-position factor [batch, seq] of the target a position predicts (1: none applies)."""
+        f = torch.ones(batch.loss_mask.shape, device=batch.loss_mask.device)
+        f = torch.where(batch.layout.readback, f * self.readback, f)
+        return torch.where(batch.layout.kind == VISUAL, f * self.image, f)
+
+    def of(self, batch: Vist2Batch) -> torch.Tensor:
+        """Per-position weight [batch, seq]: ``loss_mask`` times its target's factor."""
+        return batch.loss_mask.float() * self.factors(batch)
+
+
+def training_loss(logits: torch.Tensor, batch: Vist2Batch, weights: TargetWeights = TargetWeights()
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """-> (summed weighted loss, [loss sum and target count of read-back chunks, the same of
+    history chunks], unweighted) (``MODE_STATS`` values). Divide by ``weights.of(batch).sum()``
+    (summed over the global batch) for the objective's mean."""
     per_token = masked_token_losses(logits, batch)
     readback = batch.layout.readback.t()
     targets = batch.loss_mask.t() > 0
     by_mode = torch.stack([per_token[readback].sum(), (targets & readback).sum(),
                          per_token[~readback].sum(), (targets & ~readback).sum()]).detach().float()
-    return per_token.sum(), by_mode
+    if weights == TargetWeights():
+        return per_token.sum(), by_mode
+    return (per_token * weights.factors(batch).t().to(per_token.dtype)).sum(), by_mode
 
 
 MODE_STATS = 4

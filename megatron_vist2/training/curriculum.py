@@ -56,4 +56,5 @@ class Curriculum:
         phase_cfg = replace(cfg, data=replace(cfg.data, readback_fraction=phase.readback_share,
                                               seq_length=phase.seq_length))
         return build_dataset(cfg.data.train_prefix, tokenizer, phase_cfg, cfg.train.seed,
-                             cfg.train.steps * cfg.parallel.global_batch_size, ocr_targets=ocr_aux_loss(cfg))
+                             cfg.train.steps * cfg.parallel.global_batch_size, ocr_targets=ocr_aux_loss(cfg),
+                             training=True)

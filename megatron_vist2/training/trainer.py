@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import List, Optional, Tuple
 
 import deepspeed
@@ -44,7 +45,8 @@ from ..checkpoint.resume import load_checkpoint, resume_dir
 from ..checkpoint.save import save_checkpoint
 from .curriculum import Curriculum
 from .deepspeed_config import deepspeed_config, resolve_dtype
-from ..metrics.loss import MODE_STATS, PROBE_STATS, mode_means, ocr_head_loss, readback_probe_loss, training_loss
+from ..metrics.loss import (MODE_STATS, PROBE_STATS, TargetWeights, mode_means, ocr_head_loss,
+                            readback_probe_loss, training_loss)
 from .logger import MetricsLogger, StepMeter, memory_in_use_gb, wandb_settings
 from .optim import build_optimizer, build_scheduler
 from ..checkpoint import faults
@@ -67,6 +69,10 @@ class TrainResult:
     checkpoint: Optional[str]
     ocr_accuracy: Optional[float] = None      # last OCR read-back probe (train.ocr_probe_batches)
     front: Optional[dict] = None              # last held-out front evaluation (train.ocr_head_eval_chunks)
+    # greedy read-back of train.ocr_cer_chunks held-out chunks at the end: character accuracy, and
+    # the same chunks read from each other's images (blind: what the language prior alone reaches)
+    ocr_char_accuracy: Optional[float] = None
+    ocr_blind_accuracy: Optional[float] = None
 
 
 def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
@@ -119,16 +125,18 @@ def make_schedule(cfg: Config, env: DistEnv, engine) -> PipelineSchedule:
 
 def train_step(schedule: PipelineSchedule, micro_batches: Optional[List[Vist2Batch]],
                num_micro: int, dp: int, seq_length: int, by_mode: Optional[torch.Tensor] = None,
-               loss_fn=training_loss, ocr_weight: float = 1.0, ocr_stats: Optional[torch.Tensor] = None) -> float:
+               loss_fn=training_loss, ocr_weight: float = 1.0, ocr_stats: Optional[torch.Tensor] = None,
+               weights: TargetWeights = TargetWeights()) -> float:
     """One optimizer step over ``num_micro`` micro-batches of rows of ``seq_length`` tokens;
     ``micro_batches`` on the first pipeline stage only (every rank without pipeline parallelism);
-    the losses by chunk mode are added into ``by_mode`` (metrics/loss.py). Batches with OCR
-    targets add ``ocr_weight`` x the OCR head's mean loss (training/ocr_stage.py; its [summed loss,
-    cells] added into ``ocr_stats``). Returns the step's LM loss."""
+    the losses by chunk mode are added into ``by_mode`` (metrics/loss.py). ``loss_fn`` weighs its
+    targets by ``weights`` (their sum is the step's target count). Batches with OCR targets add
+    ``ocr_weight`` x the OCR head's mean loss (training/ocr_stage.py; its [summed loss, cells]
+    added into ``ocr_stats``). Returns the step's LM loss (the weighted mean)."""
     count = ocr_count = None
     if micro_batches is not None:
         with collective("target-count all_reduce (data-parallel group)", timed=True):
-            count = _all_reduce_sum(sum(b.loss_mask.sum() for b in micro_batches))
+            count = _all_reduce_sum(sum(weights.of(b).sum() for b in micro_batches))
             ocr_count = ocr_cells(micro_batches)
     first_loss = ocr_first_loss(ocr_weight, ocr_count) if ocr_count is not None else None
     with collective("pipeline step (stage p2p, DeepSpeed gradient reduction and norm)"):
@@ -179,6 +187,7 @@ class TrainingSetup:
     consumed: int
     memory_before_model: float
     checkpoint: Optional[str] = None          # the resumed checkpoint (never saved again)
+    ocr_read: Optional[dict] = None           # the final greedy read-back (train.ocr_cer_chunks)
     front: Optional[dict] = None              # the last front evaluation (first stage)
 
 
@@ -248,10 +257,10 @@ def setup(cfg: Config, env: DistEnv) -> TrainingSetup:
                          probe_loader, readback_cer, front_eval, step, consumed, memory_before_model, path)
 
 
-def run_eval(run: TrainingSetup, at_step: int) -> Tuple[float, Optional[float]]:
+def run_eval(run: TrainingSetup, at_step: int, final: bool = False) -> Tuple[float, Optional[float]]:
     """Validation loss, by target: chunk-first and within-chunk (and, with
     train.ocr_probe_batches, the OCR read-back accuracy; with train.ocr_cer_chunks, the greedy
-    read-back CER; with train.ocr_head_eval_chunks, the front's held-out accuracy), logged;
+    read-back CER, at the ``final`` evaluation with its blind score, kept in ``run.ocr_read``; with train.ocr_head_eval_chunks, the front's held-out accuracy), logged;
     validation rows are full length whatever the curriculum's phase. Stage 0's front-only
     objective has no rows: its evaluation loss is the OCR head's held-out loss per cell."""
     cfg = run.cfg
@@ -273,8 +282,13 @@ def run_eval(run: TrainingSetup, at_step: int) -> Tuple[float, Optional[float]]:
         if cfg.train.objective == "ocr":      # the run's held-out loss: the head's, per cell
             loss = values["eval/loss"] = front["loss"]
     if run.readback_cer is not None:
-        values["eval/ocr_cer"] = cer = run.readback_cer.cer(run.engine, run.schedule.device)
+        read = run.readback_cer.read(run.engine, run.schedule.device, blind=final)
+        values["eval/ocr_cer"] = cer = read["cer"]
         text += f" | OCR read-back CER {cer:.3f} ({len(run.readback_cer.chunks)} chunks)"
+        if "blind" in read:
+            values["eval/ocr_cer_blind"] = read["blind"]["cer"]
+            text += f", blind {read['blind']['cer']:.3f}"
+            run.ocr_read = read
     ocr_accuracy = None
     if cfg.train.ocr_probe_batches:
         _, ocr_accuracy = evaluate(run.schedule, run.probe_loader, cfg.train.ocr_probe_batches * run.gas,
@@ -315,13 +329,15 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     path = run.checkpoint                      # the newest checkpoint of this run
     writer = AsyncWriter(run.log.print) if cfg.checkpoint.async_save else None
     health = RunHealth(run, env, writer)       # skipped non-finite steps, spikes, stragglers, hangs
+    weights = TargetWeights.from_config(cfg.train)          # the LM objective's target weights
     while step < cfg.train.steps:
         if writer is not None:
             writer.poll()                      # rank 0 completes a background save once written
         if phase is None or curriculum.index_at(step) != phase.index:
             phase = curriculum.phase(step)
             batches = start_phase(run, curriculum, phase, step, consumed)
-        loss_fn = health.start_step(step + 1, ocr_head_loss if cfg.train.objective == "ocr" else training_loss)
+        loss_fn = health.start_step(step + 1, ocr_head_loss if cfg.train.objective == "ocr"
+                                    else partial(training_loss, weights=weights))
         micro = [next(batches) for _ in range(run.gas)] if run.reads_data else None
         if micro:
             meter.count(micro)                 # on the host copies: no device sync
@@ -330,7 +346,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             loss = train_step_front(run.schedule, micro, run.gas, run.dp, loss_fn, ocr_stats)
         else:
             loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, by_mode, loss_fn,
-                              cfg.train.ocr_weight, ocr_stats)
+                              cfg.train.ocr_weight, ocr_stats, weights)
         faults.nan_weights(run.engine.module, step + 1, env.rank)      # tests only (MEGATRON_VIST2_FAULT)
         step += 1
         consumed += cfg.parallel.global_batch_size
@@ -361,12 +377,14 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     if stopped:                                # no final evaluation: the grace period is short
         eval_after = last_eval
     else:
-        eval_after, ocr_accuracy = run_eval(run, step)
+        eval_after, ocr_accuracy = run_eval(run, step, final=True)
     if path is None or not path.endswith(f"step_{step:07d}"):      # a resumed run at its end
         path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print,
                                writer)
     if writer is not None:
         writer.wait(env.device)                # exit only with every save complete
     run.log.close()
+    read = run.ocr_read or {}
     return TrainResult(step, consumed, losses, eval_before, eval_after,
-                       meter.all_tokens / max(elapsed, 1e-9), path, ocr_accuracy, run.front)
+                       meter.all_tokens / max(elapsed, 1e-9), path, ocr_accuracy, run.front,
+                       read.get("char_accuracy"), read.get("blind", {}).get("char_accuracy"))
