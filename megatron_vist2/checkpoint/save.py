@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -28,7 +28,7 @@ from ..config import Config, config_to_dict, data_parallel_size
 from ..errors import CheckpointError
 from . import faults
 from .async_write import SnapshotEngine
-from .divergence import refuse_non_finite
+from .divergence import check_weights
 from .format import (MARKER, PARTIAL, TENSORS_FILE, advance_latest, complete_tags, describe_stage, disk_errors,
                      write_atomic, write_manifest)
 from .tokenizer_record import store_tokenizer
@@ -59,17 +59,19 @@ def _rng_states() -> dict:
 
 
 def save_checkpoint(engine, cfg: Config, step: int, consumed_samples: int,
-                    tokenizer_sha256: str, log=print, writer=None) -> str:
+                    tokenizer_sha256: str, log=print, writer=None, start_norm: Optional[float] = None) -> str:
     """Save step ``step``; with ``writer`` (an AsyncWriter, ``checkpoint.async_save``) only the
     copy into host memory happens now: the files are written in the background and the
-    checkpoint is complete once ``writer`` says so (async_write.py)."""
+    checkpoint is complete once ``writer`` says so (async_write.py). The weights are checked
+    first (divergence.py; their norm against ``start_norm``, the norm the run started from)."""
     root = Path(cfg.checkpoint.save_dir)
     tag = f"step_{step:07d}"
     partial, final = root / f"{tag}{PARTIAL}", root / tag
     start = time.time()
     if writer is not None:
         writer.wait(engine.device)             # at most one save in flight
-    refuse_non_finite(engine.module, step, str(root), engine.device)   # collective, before any write
+    check_weights(engine.module, step, str(root), engine.device, start_norm,    # collective, before
+                  cfg.checkpoint.max_weight_growth)                         # any write
     if (final / MARKER).is_file():            # never replace a complete checkpoint
         raise CheckpointError(f"{final} already exists (a complete checkpoint): not overwriting it; "
                               f"set checkpoint.save_dir to a new directory")
@@ -86,7 +88,8 @@ def _save_checkpoint(engine, cfg, step, consumed_samples, tokenizer_sha256, log,
     dist.barrier()
     save_dir, ds_tag = stage_location(partial)
     snap = None if writer is None else SnapshotEngine(engine.checkpoint_engine, writer.pool)
-    real, engine.checkpoint_engine = engine.checkpoint_engine, snap or engine.checkpoint_engine
+    real = engine.checkpoint_engine
+    engine.checkpoint_engine = snap or faults.checkpoint_engine(real, step, dist.get_rank())   # tests: disk-full
     try:
         engine.save_checkpoint(str(save_dir), tag=ds_tag, save_latest=False,
                                client_state={"step": step, "consumed_samples": consumed_samples,

@@ -38,16 +38,12 @@ from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
 from ..parallel.pipeline import PipelineSchedule, stage_part
 from ..parallel.random import seed_runtime_rng
-from ..checkpoint.format import resolve_tag_dir
-from ..checkpoint.async_write import AsyncWriter
-from ..checkpoint.resume import load_checkpoint, resume_dir
-from ..checkpoint.save import save_checkpoint
+from ..checkpoint.manager import CheckpointManager
 from .curriculum import Curriculum
 from .deepspeed_config import deepspeed_config, resolve_dtype
 from .loss import PROBE_STATS, SPLIT_STATS, readback_probe_loss, split_means, training_loss
 from .metrics import MetricsLogger, StepMeter, memory_in_use_gb, wandb_settings
 from .optim import build_optimizer, build_scheduler
-from ..checkpoint import faults
 from .health import RunHealth
 from .signals import StopOnSignal
 from .watchdog import collective
@@ -64,6 +60,7 @@ class TrainResult:
     tokens_per_second: float
     checkpoint: Optional[str]
     ocr_accuracy: Optional[float] = None      # last OCR read-back probe (train.ocr_probe_batches)
+    skipped_steps: int = 0                    # steps whose update was not applied (run health)
 
 
 def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
@@ -157,10 +154,10 @@ class Run:
     valid_loader: Optional[DataLoader]
     probe_loader: Optional[DataLoader]
     readback_probe: Optional[ReadbackProbe]   # train.ocr_cer_chunks: greedy read-back CER
+    ckpt: CheckpointManager                   # save, resume, rollback, asynchronous writes
     step: int                                 # where training starts (0, or the resumed step)
     consumed: int
     memory_before_model: float
-    checkpoint: Optional[str] = None          # the resumed checkpoint (never saved again)
 
 
 def loader(cfg: Config, dataset, consumed_samples: int, global_batches: int, dp: int) -> DataLoader:
@@ -197,18 +194,8 @@ def setup(cfg: Config, env: DistEnv) -> Run:
     schedule = make_schedule(cfg, env, engine)
     reads_data = model.part.first
 
-    step, consumed = 0, 0
-    start_from = resume_dir(cfg)
-    path = None                                # the newest checkpoint of this run
-    if start_from:
-        step, consumed = load_checkpoint(engine, cfg, start_from, log.print)
-        path = str(resolve_tag_dir(start_from))          # a complete checkpoint is never re-saved
-        log.print(f"resumed from {start_from} at step {step} ({consumed} samples)"
-                  + ("; train.steps is reached: nothing left to train" if step >= cfg.train.steps else ""))
-    elif cfg.checkpoint.init_from:             # a new stage: the previous stage's weights only
-        prev_step, _ = load_checkpoint(engine, cfg, cfg.checkpoint.init_from, log.print, weights_only=True)
-        log.print(f"initialised from the weights of {cfg.checkpoint.init_from} (its step {prev_step}); "
-                  f"new optimizer and schedule")
+    ckpt = CheckpointManager(cfg, engine, tokenizer, log, env.device)
+    step, consumed = ckpt.start()              # a resume, a new stage's weights, or step 0
 
     valid_loader = probe_loader = None
     if reads_data:                             # the same validation samples for every layout
@@ -224,7 +211,7 @@ def setup(cfg: Config, env: DistEnv) -> Run:
         log.print(why_not)
     readback_probe = ReadbackProbe(cfg, tokenizer) if why_not is None else None
     return Run(cfg, log, tokenizer, engine, schedule, dp, gas, reads_data, valid_loader, probe_loader,
-               readback_probe, step, consumed, memory_before_model, path)
+               readback_probe, ckpt, step, consumed, memory_before_model)
 
 
 def run_eval(run: Run, at_step: int) -> Tuple[float, Optional[float]]:
@@ -277,12 +264,8 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     meter = StepMeter(cfg, run.dp, env.world_size, step)
     stop = StopOnSignal(cfg.train.max_wall_minutes, env.device)
     losses, stopped, phase, batches = [], False, None, None
-    path = run.checkpoint                      # the newest checkpoint of this run
-    writer = AsyncWriter(run.log.print) if cfg.checkpoint.async_save else None
-    health = RunHealth(run, env, writer)       # skipped non-finite steps, spikes, stragglers, hangs
+    health = RunHealth(run, env)               # skipped non-finite steps, spikes, stragglers, hangs
     while step < cfg.train.steps:
-        if writer is not None:
-            writer.poll()                      # rank 0 completes a background save once written
         if phase is None or curriculum.index_at(step) != phase.index:
             phase = curriculum.phase(step)
             batches = start_phase(run, curriculum, phase, step, consumed)
@@ -292,11 +275,11 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             meter.count(micro)                 # on the host copies: no device sync
             micro = [b.to(env.device) for b in micro]
         loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, split, loss_fn)
-        faults.nan_weights(run.engine.module, step + 1, env.rank)      # tests only (MEGATRON_VIST2_FAULT)
         step += 1
         consumed += cfg.parallel.global_batch_size
         losses.append(loss)
-        rollback = health.end_step(step, loss, consumed, path)   # a skipped step raises after too many
+        # saves when due and the step was applied; stops a diverged run; rolls back on a spike
+        rollback = run.ckpt.after_step(step, consumed, health.end_step(step, loss, consumed))
         if rollback is not None:               # the newest checkpoint is loaded: read on past the spike
             step, consumed = rollback
             phase, meter.last_logged = None, step
@@ -307,9 +290,6 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             health.report_step_times(step)
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:
             last_eval, ocr_accuracy = run_eval(run, step)
-        if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step < cfg.train.steps:
-            path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print,
-                                   writer)
         with collective("stop-flag all_reduce (world)", timed=True):
             should_stop = stop.should_stop()
         if should_stop:
@@ -323,11 +303,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         eval_after = last_eval
     else:
         eval_after, ocr_accuracy = run_eval(run, step)
-    if path is None or not path.endswith(f"step_{step:07d}"):      # a resumed run at its end
-        path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print,
-                               writer)
-    if writer is not None:
-        writer.wait(env.device)                # exit only with every save complete
+    path = run.ckpt.finish(step, consumed)     # the final save; every save complete before exit
     run.log.close()
     return TrainResult(step, consumed, losses, eval_before, eval_after,
-                       meter.all_tokens / max(elapsed, 1e-9), path, ocr_accuracy)
+                       meter.all_tokens / max(elapsed, 1e-9), path, ocr_accuracy, health.total_skips)
