@@ -1,7 +1,8 @@
 """``CheckpointManager``: the training side's one object for checkpoints (docs/checkpoints.md).
 
-The trainer makes four calls on it and train.py one; run health (training/health.py) makes none,
-it only reports each step's verdict (``StepHealth``)::
+The trainer makes four calls on it and train.py one; run health (training/health.py) makes none:
+the trainer hands its verdict on each step (training/health.py ``StepHealth``: this package reads
+its fields and never imports it) to ``after_step``::
 
     CheckpointManager.preflight(cfg, tokenizer)      # train.py, before any process group exists
     ckpt = CheckpointManager(cfg, engine, tokenizer, log, device)
@@ -23,31 +24,19 @@ What it owns, each rule in one place:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch.distributed as dist
 
+from ..config.validate import check_dir_writable
 from . import faults
 from .async_write import AsyncWriter
 from .divergence import diverged, start_norm
 from .format import resolve_tag_dir
-from ..config.validate import check_dir_writable
 from .resume import check_compatible, load_checkpoint, resume_dir
 from .save import save_checkpoint
 from .tokenizer_record import check_tokenizer_identity
-
-
-@dataclass
-class StepHealth:
-    """Run health's verdict on one step, for the checkpoint manager."""
-    skipped: bool = False                   # the update was not applied (non-finite loss or gradient)
-    diverged: Optional[str] = None          # too many skips in a row: why the run stops
-    # a loss spike with spike_mode=rollback: its description, metrics, and the sample to read on from
-    spike: Optional[str] = None
-    spike_values: Optional[Dict[str, float]] = None
-    rollback_to_sample: Optional[int] = None
 
 
 class CheckpointManager:
@@ -102,10 +91,12 @@ class CheckpointManager:
         return step, consumed
 
     # ------------------------------------------------------------------ every step
-    def after_step(self, step: int, consumed: int, health: StepHealth) -> Optional[Tuple[int, int]]:
-        """After step ``step`` (every rank, the same verdict): complete a background save that is
-        written; stop when run health says the run diverged; roll back on a spike (-> the step
-        and sample to continue from); save when due and the step was applied."""
+    def after_step(self, step: int, consumed: int, health) -> Optional[Tuple[int, int]]:
+        """After step ``step`` (every rank, the same verdict ``health``: ``skipped``, ``diverged`` (why
+        the run stops, or None), ``spike``/``spike_values``/``rollback_to_sample`` (a rollback asked
+        for)): complete a background save that is written; stop a diverged run naming the last good
+        checkpoint; roll back on a spike (-> the step and sample to continue from); save when due
+        and the step was applied."""
         if self.writer is not None:
             self.writer.poll()                 # rank 0 completes a background save once written
         faults.nan_weights(self.engine.module, step, dist.get_rank())      # tests only
@@ -125,7 +116,7 @@ class CheckpointManager:
             self._save(step, consumed)
         return None
 
-    def _spike(self, step: int, consumed: int, health: StepHealth) -> Optional[Tuple[int, int]]:
+    def _spike(self, step: int, consumed: int, health) -> Optional[Tuple[int, int]]:
         print_, h = self.log.print, self.cfg.train.health
         if self.newest is None:
             print_(health.spike + "; no checkpoint to roll back to yet: continuing")

@@ -34,14 +34,26 @@ import math
 import statistics
 import time
 from collections import deque
-from typing import List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
-from ..checkpoint.manager import StepHealth
 from .faults import Faults
 from .watchdog import Watchdog, collective, take_waited
+
+
+@dataclass
+class StepHealth:
+    """The verdict on one step that the checkpoint manager acts on (checkpoint/manager.py
+    ``StepVerdict``): never save a skipped step, stop a diverged run, roll back on a spike."""
+    skipped: bool = False                   # the update was not applied (non-finite loss or gradient)
+    diverged: Optional[str] = None          # too many skips in a row: why the run stops
+    # a loss spike with spike_mode=rollback: its description, metrics, and the sample to read on from
+    spike: Optional[str] = None
+    spike_values: Optional[Dict[str, float]] = None
+    rollback_to_sample: Optional[int] = None
 
 
 class NonFiniteGuard:
