@@ -11,11 +11,12 @@ What makes a checkpoint good (the rule every save follows, manager.py):
   would save them and later name them "the last good checkpoint".
 
 ``check_weights`` runs as one collective with one host sync per save (the per-parameter norms
-are stacked on the device first). A run that stops because it diverged names the last good
-checkpoint and the way back (``diverged``).
+are stacked on the device first; only a non-finite norm costs an exact second look). A run that
+stops because it diverged names the last good checkpoint and the way back (``diverged``).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -40,42 +41,48 @@ def _local_tensors(module) -> List[torch.Tensor]:
     return out
 
 
-def weight_norm(module, device) -> torch.Tensor:
-    """Collective: [sum of squares of every rank's weights (replicated weights counted once per
-    rank that holds them, the same way at every call), ranks with a non-finite weight], fp64,
-    without a host sync. One fused norm kernel per kind over the parameters."""
+def _sum_of_squares(module, device) -> torch.Tensor:
+    """Collective: the sum of squares of every rank's weights (replicated weights counted once per
+    rank that holds them, the same way at every call), fp64, without a host sync: one fused norm
+    kernel over the parameters (0.18 s/GiB on a CPU core; the largest |w| would take 2.8 s)."""
     tensors = _local_tensors(module)
-    stats = torch.zeros(2, dtype=torch.float64, device=device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
     if tensors:
-        norms = torch.stack(torch._foreach_norm(tensors, 2)).double()
-        largest = torch.stack(torch._foreach_norm(tensors, float("inf"))).double().max()
-        stats[0] = norms.square().sum()              # inf when a weight is huge: then insane anyway
-        stats[1] = (~torch.isfinite(largest)).double()     # max |w| is finite iff every weight is
+        total = torch.stack(torch._foreach_norm(tensors, 2)).double().square().sum()
     if dist.is_initialized():
-        dist.all_reduce(stats)
-    return stats
+        dist.all_reduce(total)
+    return total
+
+
+def _non_finite_anywhere(module, device) -> bool:
+    """Collective, exact (the slow path, only when the norm is not finite)."""
+    bad = torch.tensor(float(any(not bool(torch.isfinite(t).all()) for t in _local_tensors(module))),
+                       device=device)
+    if dist.is_initialized():
+        dist.all_reduce(bad)
+    return bad.item() > 0
 
 
 def check_weights(module, step: int, save_dir: str, device, start_norm: Optional[float] = None,
                   max_growth: float = 0.0) -> float:
     """Collective, before anything is written: CheckpointError on every rank when any rank holds a
     non-finite weight, or when the weights' norm exceeds ``max_growth`` x ``start_norm`` (both
-    given, max_growth > 0). -> the norm (one host sync)."""
-    sum_squares, bad_ranks = weight_norm(module, device).tolist()
-    norm = sum_squares ** 0.5
-    if bad_ranks > 0:
+    given, max_growth > 0). -> the norm. One host sync when the norm is finite; a non-finite norm
+    (a NaN/inf weight, or weights so large their squares overflow) is then told apart exactly."""
+    norm = _sum_of_squares(module, device).item() ** 0.5
+    if not math.isfinite(norm) and _non_finite_anywhere(module, device):
         _refuse(f"the weights hold NaN/inf after step {step}", save_dir)
     if start_norm and max_growth > 0 and not norm <= max_growth * start_norm:
-        _refuse(f"the weights' norm after step {step} is {norm:.3g}, {norm / start_norm:.3g}x the "
-                f"{start_norm:.3g} this run started from (checkpoint.max_weight_growth = {max_growth:g})",
-                save_dir)
+        size = f"is {norm:.3g}, {norm / start_norm:.3g}x" if math.isfinite(norm) else \
+            "overflows fp32 (above 1.8e19; the weights are finite but huge), against"
+        _refuse(f"the weights' norm after step {step} {size} the {start_norm:.3g} this run started from "
+                f"(checkpoint.max_weight_growth = {max_growth:g})", save_dir)
     return norm
 
 
-def start_norm(module, device) -> float:
+def weights_norm(module, device) -> float:
     """The norm ``check_weights`` compares against (collective, at the start of a run)."""
-    sum_squares, _ = weight_norm(module, device).tolist()
-    return sum_squares ** 0.5
+    return _sum_of_squares(module, device).item() ** 0.5
 
 
 def _refuse(what: str, save_dir: str) -> None:

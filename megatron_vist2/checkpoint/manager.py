@@ -32,7 +32,7 @@ import torch.distributed as dist
 from ..config.validate import check_dir_writable
 from . import faults
 from .async_write import AsyncWriter
-from .divergence import diverged, start_norm
+from .divergence import diverged, weights_norm
 from .format import resolve_tag_dir
 from .resume import check_compatible, load_checkpoint, resume_dir
 from .save import save_checkpoint
@@ -87,7 +87,7 @@ class CheckpointManager:
             print_(f"learning rate {self.engine.get_lr()[0]:.4g} at step 0: this run's schedule (optim.lr "
                    f"{cfg.optim.lr:g}, {cfg.optim.warmup_steps} warm-up steps, cosine to optim.min_lr "
                    f"{cfg.optim.min_lr:g} at train.steps {cfg.train.steps})")
-        self.start_norm = start_norm(self.engine.module, self.device)
+        self.start_norm = weights_norm(self.engine.module, self.device)
         return step, consumed
 
     # ------------------------------------------------------------------ every step

@@ -70,8 +70,11 @@ def save_checkpoint(engine, cfg: Config, step: int, consumed_samples: int,
     start = time.time()
     if writer is not None:
         writer.wait(engine.device)             # at most one save in flight
-    check_weights(engine.module, step, str(root), engine.device, start_norm,    # collective, before
-                  cfg.checkpoint.max_weight_growth)                         # any write
+    norm = check_weights(engine.module, step, str(root), engine.device, start_norm,   # collective,
+                         cfg.checkpoint.max_weight_growth)                        # before any write
+    if start_norm:
+        log(f"step {step}: weights' norm {norm:.4g}, {norm / start_norm:.2f}x the {start_norm:.4g} this run "
+            f"started from (checkpoint.max_weight_growth = {cfg.checkpoint.max_weight_growth:g})")
     if (final / MARKER).is_file():            # never replace a complete checkpoint
         raise CheckpointError(f"{final} already exists (a complete checkpoint): not overwriting it; "
                               f"set checkpoint.save_dir to a new directory")
