@@ -6,7 +6,7 @@
 Single process: the trainer's own engine (DeepSpeed, ZeRO-0, AdamW) and schedule, rows packed
 from the bundled corpus (data/sotu_train with data/tokenizer/sotu.model, built by
 examples/tiny_cpu/run.sh; token ids of the small tokenizer are valid ids of any larger vocabulary).
-MFU = models/size.py training_flops (3 x forward: LLM matmuls per non-padding token, attention
+MFU = cost/flops.py training_flops (3 x forward: LLM matmuls per non-padding token, attention
 over the pairs the VIST2 mask allows, ViT + aligner per image; recomputation not counted) per
 second / peak. Peak: bf16 dense of the GPU model (H100/H200 SXM 989 TFLOP/s, A100 312) or
 --peak-tflops; on a CPU without --peak-tflops only TFLOP/s is printed.
@@ -41,9 +41,9 @@ def main():
     from megatron_vist2.data.dataset import PackedVist2Dataset, collate
     from megatron_vist2.data.indexed import open_indexed
     from megatron_vist2.data.tokenizer import load_tokenizer
-    from megatron_vist2.models.size import training_flops
+    from megatron_vist2.cost.flops import training_flops
     from megatron_vist2.parallel.distributed import init_distributed
-    from megatron_vist2.training.metrics import device_peak_tflops
+    from megatron_vist2.training.logger import device_peak_tflops
     from megatron_vist2.training.trainer import build_model, make_engine, make_schedule, train_step
 
     mb = args.micro_batch

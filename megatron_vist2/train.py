@@ -20,7 +20,7 @@ from .errors import TrainingError, run_cli
 
 def preflight(cfg: Config) -> None:
     """Input checks that need files, not processes: tokenizer, datasets, checkpoint dirs."""
-    from .parallel.planner import available_memory_bytes, memory_problem
+    from .cost.planner import available_memory_bytes, memory_problem
     from .data.dataset import parse_blend
     from .data.indexed import open_indexed
     from .data.tokenizer import load_tokenizer

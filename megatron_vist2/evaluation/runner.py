@@ -63,7 +63,7 @@ def engine_metrics(ev: Evaluated, cfg, tok, indexed, opts: Options, env) -> Dict
     from ..data.renderer import Renderer
     from ..inference import Vist2Engine
     from .longdoc import long_context_loss, long_documents, row_text_tokens
-    from .readback import held_out_chunks, ocr_readback
+    from ..metrics.readback import held_out_chunks, ocr_readback
     from .retrieval import retrieval
     model = _inference_model(ev, cfg, env)
     mc = cfg.model
@@ -97,7 +97,7 @@ def run(opts: Options) -> Dict:
     from ..parallel.distributed import init_distributed
     from .heldout import eval_config, heldout_dataset, rows_config, score
     from .retrieval import check_depths
-    from .targets import check_same_targets, retention
+    from ..metrics.targets import check_same_targets, retention
 
     if opts.batches < 1:
         raise EvaluationError(f"--batches must be >= 1, got {opts.batches}")

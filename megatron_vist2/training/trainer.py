@@ -12,7 +12,7 @@ how the global batch is split across ranks and micro-batches.
 
 Reading order: ``train`` (the loop), ``setup`` (model, engine, schedule, validation data,
 resume), ``train_step`` and ``evaluate`` (one call of the pipeline schedule each, with the VIST2
-loss of training/loss.py); the curriculum is training/curriculum.py, the log line metrics.py.
+loss of metrics/loss.py); the curriculum is training/curriculum.py, the log line logger.py.
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from torch.utils.data import DataLoader
 
-from ..config import Config, data_parallel_size, gradient_accumulation_steps, name_under
+from ..config import (Config, analytic_parameter_counts, data_parallel_size, gradient_accumulation_steps,
+                     name_under)
 from ..data.dataset import GlobalBatchSampler, build_dataset, collate
 from ..data.tokenizer import Tokenizer, load_tokenizer
-from ..models.size import analytic_parameter_counts
 from ..models.vist2 import Vist2Batch, Vist2Model
 from ..parallel.deepspeed_mpu import MegatronMPU
 from ..parallel.distributed import DistEnv
@@ -41,13 +41,13 @@ from ..parallel.random import seed_runtime_rng
 from ..checkpoint.manager import CheckpointManager
 from .curriculum import Curriculum
 from .deepspeed_config import deepspeed_config, resolve_dtype
-from .loss import PROBE_STATS, SPLIT_STATS, readback_probe_loss, split_means, training_loss
-from .metrics import MetricsLogger, StepMeter, memory_in_use_gb, wandb_settings
+from ..metrics.loss import PROBE_STATS, SPLIT_STATS, readback_probe_loss, split_means, training_loss
+from .logger import MetricsLogger, StepMeter, memory_in_use_gb, wandb_settings
 from .optim import build_optimizer, build_scheduler
 from .health import RunHealth
 from .signals import StopOnSignal
 from .watchdog import collective
-from ..evaluation.during_training import ReadbackProbe, split_eval
+from ..metrics.during_training import ReadbackProbe, split_eval
 
 
 @dataclass
@@ -116,7 +116,7 @@ def train_step(schedule: PipelineSchedule, micro_batches: Optional[List[Vist2Bat
                loss_fn=training_loss) -> float:
     """One optimizer step over ``num_micro`` micro-batches of rows of ``seq_length`` tokens;
     ``micro_batches`` on the first pipeline stage only (every rank without pipeline parallelism);
-    the loss split by chunk mode is added into ``split`` (training/loss.py). Returns the step's
+    the loss split by chunk mode is added into ``split`` (metrics/loss.py). Returns the step's
     loss."""
     count = None
     if micro_batches is not None:

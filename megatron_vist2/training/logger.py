@@ -19,7 +19,7 @@ from ..config import Config, config_to_dict
 from ..config.validate import WANDB_MISSING
 from ..errors import ConfigError
 from ..models.attention import PAD
-from ..models.size import training_flops
+from ..cost.flops import training_flops
 
 # Dense bf16 peak of a device, by a substring of its name (SXM parts).
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
