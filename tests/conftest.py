@@ -34,6 +34,16 @@ HEAVY = {
     "tests/unit/test_lm_eval_vist2.py::test_last_word_task_equals_our_evaluation",
     "tests/unit/test_lm_eval_vist2.py::test_perplexity_task_equals_our_evaluation",
     "tests/unit/test_padded_vocab.py::test_train_export_generate_never_sample_the_extra_rows",
+    # checkpoint trust and the GPU checkpoint findings: each trains or builds an engine in-process
+    "tests/bad_input/test_checkpoint_trust.py::test_a_diverging_run_saves_no_blown_up_checkpoint",
+    "tests/bad_input/test_checkpoint_trust.py::test_a_full_disk_during_a_save_says_so",
+    "tests/bad_input/test_checkpoint_trust.py::test_a_run_that_skipped_most_steps_says_so_and_fails",
+    "tests/bad_input/test_checkpoint_trust.py::test_a_resume_applies_a_new_learning_rate_and_says_where_it_comes_from",
+    "tests/bad_input/test_checkpoint_trust.py::test_a_resume_without_changes_continues_the_saved_schedule",
+    "tests/bad_input/test_checkpoint_trust.py::test_a_diverging_resume_names_the_checkpoint_it_came_from_as_last_good",
+    "tests/unit/test_checkpoint_gpu_path.py::test_the_crafted_checkpoint_records_cuda_storages",
+    "tests/unit/test_checkpoint_gpu_path.py::test_a_gpu_checkpoint_reads_on_a_machine_without_cuda",
+    "tests/unit/test_checkpoint_gpu_path.py::test_export_consolidate_and_evaluate_a_gpu_checkpoint_without_cuda",
 }
 
 
