@@ -110,9 +110,11 @@ def check_writable_target(out: str, flag: str = "--out") -> Path:
     return p
 
 
-# torch.save writes through C++ (caffe2/serialize/inline_container.cc): a failed write surfaces as
-# a RuntimeError without errno ("PytorchStreamWriter failed writing file data/0: file write
-# failed", "unexpected pos 704 vs 598", or the stream's own "basic_ios::clear: iostream error")
+# torch.save writes an ASCII path through C++ (caffe2/serialize/inline_container.cc): a failed
+# write surfaces as a RuntimeError without errno ("PytorchStreamWriter failed writing file data/0:
+# file write failed", "unexpected pos 704 vs 598", or the stream's own "basic_ios::clear: iostream
+# error"). Another path goes through a Python file (torch/serialization.py _open_zipfile_writer_file):
+# the OSError itself, or torch's RuntimeError with that OSError as its context.
 _TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed writing", "file write failed", "unexpected pos",
                          "basic_ios::clear", "iostream error")
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -124,6 +126,14 @@ def _torch_write_failure(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def _chained_errno(exc: BaseException) -> Optional[int]:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno:
+            return exc.errno
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _space_errno(where: Path) -> Optional[int]:
@@ -158,7 +168,7 @@ def disk_errors(where: Path) -> Iterator[None]:
     except RuntimeError as exc:
         if not _torch_write_failure(exc):
             raise
-        code = _space_errno(where)
+        code = _chained_errno(exc) or _space_errno(where)
         raise _write_error(where, code, f"torch.save could not write ({str(exc).splitlines()[0]})") from None
 
 

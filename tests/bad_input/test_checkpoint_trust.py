@@ -209,6 +209,12 @@ def test_torch_write_failures_are_recognised(tmp_path, monkeypatch):
             with disk_errors(tmp_path):
                 torch.save({"x": torch.ones(size)}, "/dev/full")
         assert "disk is full" not in str(exc.value)
+    # a path that is not ASCII goes through a Python file: torch's error carries the OSError
+    (tmp_path / "ü").symlink_to("/dev/full")
+    with pytest.raises(CheckpointError, match=r"failed: the disk is full"):
+        with disk_errors(tmp_path):
+            torch.save({"x": torch.ones(1 << 20)}, tmp_path / "ü")
+    (tmp_path / "ü").unlink()
     with pytest.raises(RuntimeError, match="something else"):
         with disk_errors(tmp_path):
             raise RuntimeError("something else")
