@@ -41,6 +41,10 @@ def preflight(cfg: Config) -> None:
                 from .data.font_coverage import warn_missing_glyphs
                 warn_missing_glyphs(cfg.model.render, (tok.decode(docs.tokens(d)) for d in range(min(32, len(docs)))),
                                     f"the first documents of {prefix}")
+    from .data.ocr_targets import grid_problem
+    problem = grid_problem(cfg.model)          # the OCR head's grid must hold every rendering
+    if problem:
+        raise ConfigError(problem)
     CheckpointManager.preflight(cfg, tok)   # where it starts; never over a complete checkpoint
     check_dir_writable(cfg.logging.dir, "logging.dir")
 
@@ -74,7 +78,7 @@ def main(argv=None) -> None:
     if env.is_main:
         first = sum(result.train_losses[:10]) / max(1, len(result.train_losses[:10]))
         last = sum(result.train_losses[-10:]) / max(1, len(result.train_losses[-10:]))
-        drop = 100.0 * (1.0 - result.eval_after / result.eval_before)
+        drop = 100.0 * (1.0 - result.eval_after / result.eval_before) if result.eval_before else float("nan")
         summary = {
             "steps": result.steps, "finished": result.steps >= cfg.train.steps,
             "consumed_samples": result.consumed_samples,
@@ -84,10 +88,16 @@ def main(argv=None) -> None:
             "tensorboard": str(Path(cfg.logging.dir) / "tensorboard"), "checkpoint": result.checkpoint,
             "ocr_readback_accuracy": result.ocr_accuracy, "skipped_steps": result.skipped_steps,
         }
+        if result.front is not None:
+            summary["front"] = {k: v for k, v in result.front.items() if k != "examples"}
         Path(cfg.logging.dir, "summary.json").write_text(json.dumps(summary, indent=1))
         print("\n=== summary ===")
         print(f"train loss      {first:.4f} (first 10 steps) -> {last:.4f} (last 10 steps)")
         print(f"held-out loss   {result.eval_before:.4f} -> {result.eval_after:.4f} ({drop:.1f} % lower)")
+        if result.front is not None:
+            print(f"front (OCR head) held-out character accuracy {result.front['char_accuracy']:.1%} "
+                  f"(blind {result.front.get('blind', {}).get('char_accuracy', float('nan')):.1%}; "
+                  f"{result.front['chunks']} chunks, 1 - CER)")
         if result.ocr_accuracy is not None:
             print(f"OCR read-back   {result.ocr_accuracy:.1%} of read-back text tokens predicted "
                   f"(chance {1 / cfg.model.llm.vocab_size:.2%})")

@@ -3,7 +3,8 @@
 
     python tools/inspect_data.py --preset tiny-cpu --stats                 # dataset statistics
     python tools/inspect_data.py --preset tiny-cpu --row 3 --out row.png   # one packed row as a picture
-    python tools/inspect_data.py --preset tiny-cpu --check-render          # does every chunk fit its image?
+    python tools/inspect_data.py --preset tiny-cpu --check-render          # does every chunk fit its image, legibly?
+    python tools/inspect_data.py --preset tiny-cpu-rho8 --ocr-grid         # the OCR head's grid this geometry needs
     python tools/inspect_data.py --preset tiny-cpu --verify                # full checksums of every file
     python tools/inspect_data.py --prefix data/sotu_train --verify         # one dataset, any config
 
@@ -68,23 +69,33 @@ def verify(prefixes, tok) -> int:
 
 
 def check_render(ds: PackedVist2Dataset) -> int:
-    """Lay out every chunk of the dataset; print the font sizes used; return the overflow count."""
+    """Lay out every chunk of the dataset; print the font sizes used (with their glyph advance and
+    the share drawn below model.render.min_legible_advance); return the overflow count."""
+    import warnings
     from collections import Counter
+    from megatron_vist2.data.renderer import IllegibleRenderWarning, advance, chunk_text, load_font
     from megatron_vist2.errors import RenderOverflowError
     sizes, failed, first = Counter(), 0, None
     L = ds.L
-    for d in range(len(ds.indexed)):
-        ids = ds.indexed.tokens(d)
-        for start in range(0, len(ids), L):
-            text = ds.tokenizer.decode(ids[start:start + L])
-            try:
-                sizes[ds.renderer.layout(text)[0].size] += 1
-            except RenderOverflowError:
-                failed += 1
-                first = first or (d, start, text)
+    r = ds.renderer.cfg
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IllegibleRenderWarning)      # counted below instead
+        for d in range(len(ds.indexed)):
+            ids = ds.indexed.tokens(d)
+            for start in range(0, len(ids), L):
+                text = chunk_text(ds.tokenizer.decode(ids[start:start + L]))
+                try:
+                    sizes[ds.renderer.layout(text)[0].size] += 1
+                except RenderOverflowError:
+                    failed += 1
+                    first = first or (d, start, text)
     total = sum(sizes.values()) + failed
-    print(f"check-render: {total:,} chunks, font sizes used {dict(sorted(sizes.items()))}, "
-          f"{failed} do not fit")
+    adv = {s: advance(load_font(r.font, s), "0") for s in sizes}
+    shares = ", ".join(f"{s} pt ({adv[s]} px): {n:,} ({n / total:.1%})" for s, n in sorted(sizes.items()))
+    small = sum(n for s, n in sizes.items() if adv[s] < r.min_legible_advance)
+    print(f"check-render: {total:,} chunks in {ds.renderer.height} x {ds.renderer.width}, font size (glyph "
+          f"advance): {shares}; {failed} do not fit; {small:,} ({small / max(total, 1):.1%}) below the "
+          f"legible advance of {r.min_legible_advance} px (model.render.min_legible_advance)")
     if first:
         print(f"  first that does not fit: document {first[0]}, token {first[1]}: {first[2]!r}")
         print("  fix: lower model.render.min_font_size or line_spacing, or enlarge the image")
@@ -133,6 +144,8 @@ def main():
     ap.add_argument("--split", choices=["train", "valid"], default="train")
     ap.add_argument("--stats", action="store_true")
     ap.add_argument("--check-render", action="store_true", help="lay out every chunk; exit 2 if any overflows")
+    ap.add_argument("--ocr-grid", action="store_true", help="print the OCR head's grid (model.ocr_head.lines / "
+                    "columns) this geometry needs, and the one configured")
     ap.add_argument("--row", type=int, help="global sample index of the row to draw")
     ap.add_argument("--out", default="row.png")
     ap.add_argument("--verify", action="store_true", help="full checksums of every dataset file; exit 2 if any differs")
@@ -140,6 +153,15 @@ def main():
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     cfg = validate(load_config(args.preset, args.overrides))
+    if args.ocr_grid:
+        from megatron_vist2.data.ocr_targets import required_grid
+        lines, columns = required_grid(cfg.model)
+        o = cfg.model.ocr_head
+        print(f"ocr-grid: a {cfg.model.chunk.image_height} x {cfg.model.chunk.image_width} image down to "
+              f"{cfg.model.render.min_font_size} pt needs model.ocr_head.lines={lines} model.ocr_head.columns={columns} "
+              f"({lines * columns} cells); configured {o.lines} x {o.columns}")
+        if not (args.stats or args.check_render or args.row is not None or args.verify):
+            return
     tok = load_tokenizer(cfg.data.tokenizer)
     spec = args.prefix or (cfg.data.train_prefix if args.split == "train" else cfg.data.valid_prefix)
     prefixes = [p for _, p in parse_blend(spec)]

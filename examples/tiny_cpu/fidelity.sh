@@ -10,7 +10,8 @@
 #
 # Settings (environment): PRESET, STEPS, OUT (runs go to OUT/<name>), LAUNCH (trainer launcher),
 # EVAL_LAUNCH (python, or a launcher running tools/evaluate.py), EXTRA (overrides for every run,
-# e.g. data paths), READBACK (read-back share of the rho runs), RHO2 / RHO4 / RHO8 (the model
+# e.g. data paths), READBACK (read-back share of the rho runs), RHO2_PRESET / RHO8_PRESET (the
+# preset of the rho-2 / rho-8 runs), RHO2 / RHO4 / RHO8 (the model
 # overrides giving each rho for the preset), EVAL_BATCHES, OCR_CHUNKS, RETRIEVAL_CONTEXTS,
 # RETRIEVAL_DEPTHS, RETRIEVAL_TRIALS, LONG_DOCS, LONG_MAX_TOKENS, CER_CHUNKS, DOC (the page written), PREPARE (0: data exists),
 # VARIANTS (more VIST2 runs at rho 4, "name=overrides;name=overrides", e.g. what limits the tiny models:
@@ -34,18 +35,26 @@ LONG_DOCS="${LONG_DOCS:-2}"
 LONG_MAX_TOKENS="${LONG_MAX_TOKENS:-1024}"
 CER_CHUNKS="${CER_CHUNKS:-8}"      # read-back CER logged at each training evaluation (VIST2 runs)
 DOC="${DOC:-docs/fidelity.md}"
-# rho = L / m with L fixed (the controls share the chunking): m follows the image size.
-# tiny-cpu: L = 32, 64 x 128 -> m = 8 (rho 4); 128 x 128 -> 16 (rho 2); 64 x 64 -> 4 (rho 8).
-# paper presets: L = 64, 128 x 128 -> m = 16 (rho 4); 128 x 256 -> 32 (rho 2); 64 x 128 -> 8 (rho 8).
+# rho = L / m with L fixed (the controls share the chunking): m follows the image size and the
+# aligner's merge, never the glyph size (every rho renders legibly: docs/fidelity.md, "Stage 0").
+# tiny-cpu: L = 32, 64 x 128 merge 2 -> m = 8 (rho 4); the presets tiny-cpu-rho2 (128 x 128,
+# 9-12 pt, merge 2 -> 16) and tiny-cpu-rho8 (the same image, merge 4 -> 4).
+# paper presets: L = 64, 128 x 128 merge 2 -> m = 16 (rho 4); 128 x 256 merge 2 -> 32 (rho 2);
+# 128 x 256 merge 4 -> 8 (rho 8).
 if [[ "$PRESET" == tiny-cpu ]]; then
-  RHO2="${RHO2:-model.chunk.image_height=128}"
+  RHO2_PRESET="${RHO2_PRESET:-tiny-cpu-rho2}"
+  RHO8_PRESET="${RHO8_PRESET:-tiny-cpu-rho8}"
+  RHO2="${RHO2:-}"
   RHO4="${RHO4:-}"
-  RHO8="${RHO8:-model.chunk.image_width=64 model.render.min_font_size=3}"
+  RHO8="${RHO8:-}"
 else
-  RHO2="${RHO2:-model.chunk.image_width=256}"
+  RHO2_PRESET="${RHO2_PRESET:-$PRESET}"
+  RHO8_PRESET="${RHO8_PRESET:-$PRESET}"
+  RHO2="${RHO2:-model.chunk.image_width=256 model.ocr_head.columns=64}"
   RHO4="${RHO4:-}"
-  RHO8="${RHO8:-model.chunk.image_height=64}"
+  RHO8="${RHO8:-model.chunk.image_width=256 model.aligner.merge=4 model.ocr_head.columns=64}"
 fi
+declare -A RUN_PRESET=([vist2_rho2]="$RHO2_PRESET" [vist2_rho8]="$RHO8_PRESET")
 HALF=$(( STEPS / 2 > 0 ? STEPS / 2 : 1 ))
 if [[ "${PREPARE:-1}" == 1 && "$PRESET" == tiny-cpu ]]; then
   . examples/tiny_cpu/prepare_data.sh
@@ -80,7 +89,7 @@ for name in "${NAMES[@]}"; do
   echo "== training $name"
   t0=$(date +%s)
   # shellcheck disable=SC2086  # the override lists are word lists
-  $LAUNCH --preset "$PRESET" train.steps="$STEPS" train.eval_interval=0 checkpoint.save_interval=0 \
+  $LAUNCH --preset "${RUN_PRESET[$name]:-$PRESET}" train.steps="$STEPS" train.eval_interval=0 checkpoint.save_interval=0 \
     logging.dir="$run" checkpoint.save_dir="$run/checkpoints" $EXTRA ${ARGS[$name]}
   echo "$(( $(date +%s) - t0 ))" > "$run/train_seconds"
   echo "${ARGS[$name]}" > "$run/overrides"

@@ -57,11 +57,11 @@ class CheckpointManager:
         settings, and an unwritable save directory."""
         resumed = resume_dir(cfg, log=log)
         field = "checkpoint.load_dir" if cfg.checkpoint.load_dir else "checkpoint.save_dir"
-        for field, start_from, resume in ((field, resumed, True),
-                                          ("checkpoint.init_from", cfg.checkpoint.init_from, False)):
+        for field, start_from, weights_only in ((field, resumed, False),
+                                                ("checkpoint.init_from", cfg.checkpoint.init_from, True)):
             if start_from:
                 step_dir = resolve_tag_dir(start_from)
-                check_compatible(step_dir, cfg, resume=resume)
+                check_compatible(step_dir, cfg, weights_only)
                 check_tokenizer_identity(step_dir, tokenizer, field, cfg.checkpoint.allow_new_tokenizer)
             if resumed:                        # a resumed run continues its own stage: no init_from
                 break

@@ -43,13 +43,20 @@ def load_full_state(engine, source: CheckpointSource, weights_only: bool, dp_gro
     """Write ``source``'s full tensors into this rank's part of ``engine`` (any TP/PP/DP layout,
     any ZeRO stage): weights, DeepSpeed's fp32 master copies and, unless ``weights_only``, Adam's
     state, its step count and the learning-rate schedule. Every parameter of this rank must be
-    in ``source``; a name or shape that does not match is reported, never skipped."""
+    in ``source`` (``weights_only``: but for an OCR head the source lacks, which keeps its
+    initialisation); a name or shape that does not match is reported, never skipped."""
     tp = parallel_state.get_tensor_model_parallel_world_size()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     module, opt = engine.module, engine.optimizer
     named = list(module.named_parameters())
     have = set(source.names())
     missing = [n for n, _ in named if n not in have]
+    if weights_only:          # a new stage may add the OCR head (models/ocr_head.py): it starts fresh
+        fresh = [n for n in missing if n.startswith("front.ocr_head.")]
+        missing = [n for n in missing if n not in fresh]
+        named = [(n, p) for n, p in named if n not in fresh]
+        if fresh:
+            log(f"{source.step_dir} has no OCR head: its {len(fresh)} tensors keep their initialisation")
     if missing:
         raise CheckpointError(f"{source.step_dir} has no tensor for {len(missing)} parameter(s) of "
                               f"this model: {', '.join(missing[:5])}")

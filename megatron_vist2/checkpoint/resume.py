@@ -35,7 +35,8 @@ from .save import layout_of, stage_location
 from .sources import open_checkpoint
 
 # Model settings that do not change the weights: a run may resume with other values.
-_FREE_TO_CHANGE = {"model.llm.hidden_dropout", "model.llm.attention_dropout", "model.attention_backend"}
+_FREE_TO_CHANGE = {"model.llm.hidden_dropout", "model.llm.attention_dropout", "model.attention_backend",
+                   "model.render.min_legible_advance"}   # the renderer only warns by it
 
 
 def start_point(save_dir: str, load_dir: Optional[str], auto_resume: bool,
@@ -132,25 +133,30 @@ def _new_schedule_hint(step_dir: Path) -> str:
             f"state and the schedule from step 0)")
 
 
-def check_compatible(step_dir: Path, cfg: Config, resume: bool = True) -> bool:
-    """The saved model must be this model; name every difference. A resume (``resume``, not a new
-    stage's ``init_from``) must also be able to apply this run's optimizer settings (a change
-    that regroups the parameters is refused by name). -> whether the saved layout is this run's
-    (else the checkpoint is resharded on load)."""
+def check_compatible(step_dir: Path, cfg: Config, weights_only: bool = False) -> bool:
+    """The saved model must be this model; name every difference. A resume (not ``weights_only``,
+    a new stage's ``init_from``) must also be able to apply this run's optimizer settings (a
+    change that regroups the parameters is refused by name). ``weights_only``: the OCR head
+    (model.ocr_head) may differ: a head the checkpoint lacks starts from its initialisation, one
+    this run lacks is left behind (through the reshard path). -> whether the saved layout is this
+    run's (else the checkpoint is resharded on load)."""
     saved = _saved_config(step_dir)
     diffs = [f"{f}: checkpoint {a!r}, this run {b!r}" for f, a, b in
              _differences(saved["model"], config_to_dict(cfg)["model"], "model") if f not in _FREE_TO_CHANGE]
+    head_changed = any(d.startswith("model.ocr_head.") for d in diffs)
+    if weights_only:
+        diffs = [d for d in diffs if not d.startswith("model.ocr_head.")]
     if diffs:
         raise CheckpointError(f"{step_dir} holds a different model:\n  - " + "\n  - ".join(diffs)
                               + "\nload a checkpoint of this model or change the model config to match")
-    regrouped = _regrouping(schedule_changes(saved, cfg)) if resume else []
+    regrouped = _regrouping(schedule_changes(saved, cfg)) if not weights_only else []
     if regrouped:
         raise CheckpointError(
             f"resuming {step_dir} with another optimizer grouping:\n  - " + "\n  - ".join(regrouped)
             + "\nthe saved optimizer state is kept per parameter group, so a resume cannot apply this. "
             f"Resume with the checkpoint's values, or start a new schedule from its weights: "
             + _new_schedule_hint(step_dir))
-    return read_manifest(step_dir)["layout"] == layout_of(cfg)
+    return read_manifest(step_dir)["layout"] == layout_of(cfg) and not head_changed
 
 
 def load_checkpoint(engine, cfg: Config, load_dir: str, log=print, weights_only: bool = False
@@ -166,7 +172,7 @@ def load_checkpoint(engine, cfg: Config, load_dir: str, log=print, weights_only:
         log(f"ignoring incomplete checkpoint(s) in {load_dir}: {', '.join(ignored)} "
             f"(a save that did not finish)")
     step_dir = resolve_tag_dir(load_dir)
-    same_layout = check_compatible(step_dir, cfg, resume=not weights_only)
+    same_layout = check_compatible(step_dir, cfg, weights_only)
     ours = _this_runs_schedule(engine)
     start = time.time()
     if same_layout and read_manifest(step_dir).get("format") != CONSOLIDATED:

@@ -24,6 +24,23 @@ def name_under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+def ocr_aux_loss(cfg: Config) -> bool:
+    """Does a row-training run (train.objective=lm) add the OCR head's loss on its images?"""
+    return (cfg.model.ocr_head.enabled and cfg.model.context == "vist2" and cfg.train.objective == "lm"
+            and cfg.train.ocr_weight > 0)
+
+
+def frozen_by_objective(cfg: Config) -> List[str]:
+    """Parameter prefixes the objective leaves out of training, besides train.freeze: the front-only
+    stage 0 (train.objective=ocr) trains the ViT, the aligner and the OCR head only; an OCR head
+    without a loss (train.ocr_weight=0) stays as it is."""
+    if cfg.train.objective == "ocr":
+        return ["front.embedding", "layers", "head"]
+    if cfg.model.ocr_head.enabled and not ocr_aux_loss(cfg):
+        return ["front.ocr_head"]
+    return []
+
+
 def stage_layer_counts(cfg: Config) -> List[int]:
     """Decoder layers held by each pipeline stage, first to last."""
     p, n = cfg.parallel, cfg.model.llm.num_layers
@@ -73,7 +90,7 @@ def padded_vocab_size(cfg: Config) -> int:
 
 def analytic_parameter_counts(cfg: Config) -> Dict[str, int]:
     """Parameters of the spec's parts from the config alone (no model is built):
-    {vision, aligner, llm, total}. The controls (``model.context`` text / window) have no ViT or
+    {vision, aligner, llm, ocr_head, total}. The controls (``model.context`` text / window) have no ViT or
     aligner.
 
     ViT (SigLIP shape, d = hidden, f = FFN, P = patches, C = channels, p = patch):
@@ -96,4 +113,19 @@ def analytic_parameter_counts(cfg: Config) -> Dict[str, int]:
     lm = V * D + llm.num_layers * layer + D + (0 if llm.tie_embeddings else V * D)
     if m.context != "vist2":                   # the controls have no vision encoder or aligner
         vision = aligner = 0
-    return {"vision": vision, "aligner": aligner, "llm": lm, "total": vision + aligner + lm}
+    ocr = ocr_head_parameters(cfg) if m.ocr_head.enabled and m.context == "vist2" else 0
+    return {"vision": vision, "aligner": aligner, "llm": lm, "ocr_head": ocr,
+            "total": vision + aligner + lm + ocr}
+
+
+def ocr_head_parameters(cfg: Config) -> int:
+    """The OCR head (models/ocr_head.py, W = its width, S = cell features, Q = queries, C = classes):
+    input projection D W + W, token positions m W, the self-attention block 8 W^2 + 11 W (two
+    LayerNorms, q/k/v/out, MLP W -> 2W -> W), each cross-attention block that + 2 W (the memory's
+    LayerNorm), queries Q W, cell expansion W (4 S) + 4 S, cell LayerNorm 2 S, classifier S C + C."""
+    m, o = cfg.model, cfg.model.ocr_head
+    W, S = o.hidden_size, o.slot_size
+    block = 8 * W * W + 11 * W
+    return (m.llm.hidden_size * W + W + m.visual_tokens_per_chunk * W + block
+            + o.num_layers * (block + 2 * W) + o.num_queries * W
+            + W * o.slots_per_query * S + o.slots_per_query * S + 2 * S + S * o.num_classes + o.num_classes)

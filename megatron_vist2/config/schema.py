@@ -20,6 +20,15 @@ SpikeMode = Literal["off", "log", "rollback"]
 # visual tokens); "text" = the uncompressed control (earlier chunks as text, plain causal
 # attention over the segment); "window" = the no-history control (its own chunk only).
 Context = Literal["vist2", "text", "window"]
+# What a training run optimises (docs/training.md, "Stage 0: teaching the front to read"):
+# "lm" = the VIST2 next-token objective over packed rows (plus train.ocr_weight x the OCR head's
+# loss on the rows' images when model.ocr_head.enabled); "ocr" = the front alone: rendered chunks
+# of the training split -> ViT -> aligner -> OCR head, cross-entropy against the renderer's own
+# layout, no LLM forward (the LLM's weights stay as they are).
+Objective = Literal["lm", "ocr"]
+# The OCR head's characters by default: a newline and printable ASCII (every other character is
+# the class "unknown"). The list is stored in the config, so checkpoints and evaluation agree.
+DEFAULT_OCR_CHARSET = "\n" + "".join(chr(c) for c in range(32, 127))
 
 
 @dataclass
@@ -81,6 +90,46 @@ class RenderConfig:
     margin: int = 2                    # pixels left blank on every side
     line_spacing: int = 1              # extra pixels between lines
     tab_width: int = 4                 # a tab becomes this many spaces
+    # Legibility: the renderer warns (once per size) when a chunk is drawn at a size whose glyph
+    # advance (the width of "0") is below this many pixels; compress with the image geometry and
+    # model.aligner.merge rather than with smaller glyphs (docs/spec.md, "Rendering"). 0 = never warn.
+    min_legible_advance: int = 4
+
+
+@dataclass
+class OcrHeadConfig:
+    """An auxiliary reading head on the aligner output (models/ocr_head.py): learned queries
+    cross-attend to one image's visual tokens and classify every cell of a lines x columns
+    character grid (class 0 "empty", 1 "unknown", then ``charset``), trained by cross-entropy
+    against the renderer's own layout (data/ocr_targets.py). Stage 0 uses it to teach the front
+    to read; it is not part of the exported Hugging Face model."""
+    enabled: bool = False
+    # The grid: at least the lines an image holds at model.render.min_font_size, and a line's
+    # characters at that size plus one (the space or newline its wrap consumed); the trainer
+    # names the values needed when these are too small (tools/inspect_data.py --ocr-grid)
+    lines: int = 0
+    columns: int = 0
+    charset: str = DEFAULT_OCR_CHARSET
+    hidden_size: int = 128
+    num_heads: int = 4
+    num_layers: int = 2                # cross-attention blocks of the queries
+    slots_per_query: int = 4           # grid cells one query classifies
+    slot_size: int = 64                # features of one cell before its classifier
+
+    EMPTY = 0                          # class ids before the charset's (not fields: fixed)
+    UNKNOWN = 1
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.charset) + 2
+
+    @property
+    def cells(self) -> int:
+        return self.lines * self.columns
+
+    @property
+    def num_queries(self) -> int:
+        return -(-self.cells // self.slots_per_query)
 
 
 @dataclass
@@ -90,6 +139,7 @@ class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+    ocr_head: OcrHeadConfig = field(default_factory=OcrHeadConfig)
     init_std: float = 0.02
     attention_backend: AttentionBackend = "sdpa"   # "sdpa" (dense bool mask, built per forward) or "flex" (block-sparse)
     # "vist2", or a control trained on the same rows and targets: "text" (history as text) or
@@ -122,8 +172,8 @@ class ParallelConfig:
     # the ViT, aligner and embedding); null = an even split
     pipeline_layers: Optional[List[int]] = None
     zero_stage: ZeroStage = 0
-    micro_batch_size: int = 1          # rows per rank per forward
-    global_batch_size: int = 8         # rows per optimizer step, over all data-parallel ranks
+    micro_batch_size: int = 1          # rows per rank per forward (train.objective=ocr: images)
+    global_batch_size: int = 8         # rows per optimizer step, over all data-parallel ranks (ocr: images)
     # data_parallel is derived: world_size / (tensor_parallel * pipeline_parallel)
 
 
@@ -193,6 +243,11 @@ class TrainConfig:
     ocr_probe_batches: int = 0         # read-back accuracy probe at each evaluation (global batches)
     health: HealthConfig = field(default_factory=HealthConfig)
     ocr_cer_chunks: int = 0            # held-out chunks read back greedily at each evaluation (CER)
+    objective: Objective = "lm"        # "lm" (rows, next-token loss) or "ocr" (the front alone: stage 0)
+    ocr_weight: float = 1.0            # "lm" with model.ocr_head.enabled: loss = LM mean + this x OCR mean
+    # held-out chunks read by the OCR head at each evaluation (character accuracy = 1 - CER, and
+    # its blind score: the images rotated by one); 0 = none
+    ocr_head_eval_chunks: int = 0
 
 
 @dataclass

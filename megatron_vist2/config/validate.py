@@ -88,6 +88,43 @@ def _model_problems(cfg: Config) -> List[str]:
                    "(flex_attention has no dropout)")
     if m.init_std <= 0:
         out.append(f"model.init_std must be > 0, got {m.init_std}")
+    if r.min_legible_advance < 0:
+        out.append(f"model.render.min_legible_advance must be >= 0 (pixels; 0 = never warn), got {r.min_legible_advance}")
+    return out + _ocr_head_problems(cfg)
+
+
+def _ocr_head_problems(cfg: Config) -> List[str]:
+    o, t = cfg.model.ocr_head, cfg.train
+    out = []
+    if t.objective == "ocr":
+        if not o.enabled or cfg.model.context != "vist2":
+            out.append("train.objective=ocr trains the front with the OCR head: set model.ocr_head.enabled=true "
+                       "(a VIST2 model, model.context=vist2)")
+        if cfg.parallel.pipeline_parallel != 1:
+            out.append("train.objective=ocr runs the front alone (no LLM), on one pipeline stage: set "
+                       "parallel.pipeline_parallel=1, or train the OCR head inside the whole model "
+                       "(train.objective=lm with model.ocr_head.enabled and train.ocr_weight > 0)")
+    if t.ocr_weight < 0:
+        out.append(f"train.ocr_weight must be >= 0, got {t.ocr_weight}")
+    if t.ocr_head_eval_chunks < 0:
+        out.append(f"train.ocr_head_eval_chunks must be >= 0, got {t.ocr_head_eval_chunks}")
+    if t.ocr_head_eval_chunks and not o.enabled:
+        out.append("train.ocr_head_eval_chunks reads held-out chunks with the OCR head: set model.ocr_head.enabled=true")
+    if not o.enabled:
+        return out
+    sizes = {"lines": o.lines, "columns": o.columns, "hidden_size": o.hidden_size, "num_heads": o.num_heads,
+             "num_layers": o.num_layers, "slots_per_query": o.slots_per_query, "slot_size": o.slot_size}
+    out += [f"model.ocr_head.{k} must be a positive integer, got {v} (tools/inspect_data.py --ocr-grid "
+            f"prints the lines and columns an image needs)" for k, v in sizes.items() if v <= 0]
+    if o.num_heads > 0 and o.hidden_size % o.num_heads:
+        out.append(f"model.ocr_head.hidden_size ({o.hidden_size}) must be divisible by model.ocr_head.num_heads "
+                   f"({o.num_heads})")
+    doubled = sorted({ch for ch in o.charset if o.charset.count(ch) > 1})
+    if doubled or not o.charset:
+        out.append(f"model.ocr_head.charset must list each character once (repeated: {doubled!r})")
+    if set(o.charset) & {"\t", "\r"}:
+        out.append("model.ocr_head.charset must not hold a tab or carriage return: the renderer turns them into "
+                   "spaces and newlines before layout (docs/spec.md, 'Rendering')")
     return out
 
 
@@ -202,7 +239,7 @@ def _train_problems(cfg: Config) -> List[str]:
     o, t = cfg.optim, cfg.train
     out = []
     n_layers = cfg.model.llm.num_layers
-    parts = {"front", "front.vision", "front.aligner", "front.embedding", "layers", "head"}
+    parts = {"front", "front.vision", "front.aligner", "front.embedding", "front.ocr_head", "layers", "head"}
     for prefix in t.freeze + list(o.lr_multipliers):
         head = ".".join(prefix.split(".")[:2])
         if not (prefix.split(".")[0] in {"front", "layers", "head"} and
@@ -210,7 +247,7 @@ def _train_problems(cfg: Config) -> List[str]:
                                    and int(head[7:]) < n_layers))):
             out.append(f"train.freeze / optim.lr_multipliers: '{prefix}' names no part of the model; "
                        f"use a parameter-name prefix such as front.vision, front.aligner, "
-                       f"front.embedding, layers, layers.0 .. layers.{n_layers - 1}, head")
+                       f"front.embedding, front.ocr_head, layers, layers.0 .. layers.{n_layers - 1}, head")
     if any(v <= 0 for v in o.lr_multipliers.values()):
         out.append(f"optim.lr_multipliers must be > 0 (freeze with train.freeze), got {o.lr_multipliers}")
     if t.ocr_probe_batches < 0:

@@ -3,7 +3,8 @@ backbone under ``language_model.`` (Qwen3ForCausalLM names, convert/qwen3.py's t
 under ``vision_tower.`` (SigLIP names, convert/siglip.py's table), the aligner under
 ``aligner.``; plus configuration_vist2.py / modeling_vist2.py / generation_vist2.py
 (convert/remote_code/), the renderer's and the KV cache's source, the font and the tokenizer, so
-the directory alone reproduces our outputs.
+the directory alone reproduces our outputs. The OCR head of stage 0 (``front.ocr_head``, a
+training aid) is not exported: only the tensors named by ``name_pairs`` are written.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def hf_config(cfg: Config, tokenizer_file: str, asset_files=(), tokenizer_vocab_
                   "image_width": m.chunk.image_width},
         "render": {"font": Path(r.font).name, "font_size": r.font_size, "min_font_size": r.min_font_size,
                    "mode": r.mode, "margin": r.margin, "line_spacing": r.line_spacing,
-                   "tab_width": r.tab_width},
+                   "tab_width": r.tab_width, "min_legible_advance": r.min_legible_advance},
         "visual_tokens_per_chunk": m.visual_tokens_per_chunk,
         "tokenizer_file": tokenizer_file,
         "asset_files": list(asset_files), "tokenizer_vocab_size": tokenizer_vocab_size,

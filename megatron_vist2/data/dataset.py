@@ -23,14 +23,21 @@ from ..models.attention import TEXT, TokenLayout
 from ..models.vist2 import Vist2Batch
 from .indexed import IndexedDocs, open_indexed
 from .packing import PER_TOKEN, assemble_row, pack_segments, segment_document
-from .renderer import Renderer
+from .ocr_targets import Charset, render_with_targets
+from .renderer import Renderer, chunk_text
 from .tokenizer import Tokenizer
 
 
 class PackedVist2Dataset(Dataset):
-    def __init__(self, indexed: IndexedDocs, tokenizer: Tokenizer, cfg: Config, seed: int):
+    """``ocr_targets``: each image also gets the OCR head's targets (data/ocr_targets.py), from the
+    same layout that draws it."""
+
+    def __init__(self, indexed: IndexedDocs, tokenizer: Tokenizer, cfg: Config, seed: int,
+                 ocr_targets: bool = False):
         self.indexed, self.tokenizer, self.seed = indexed, tokenizer, seed
         m = cfg.model
+        self.ocr = m.ocr_head if ocr_targets else None
+        self.charset = Charset(m.ocr_head) if ocr_targets else None
         self.L, self.m, self.S = m.chunk.text_tokens, m.visual_tokens_per_chunk, cfg.data.seq_length
         self.context = m.context      # the controls get the model's rows without images (packing.py)
         self.renderer = Renderer.from_model_config(m)
@@ -62,8 +69,15 @@ class PackedVist2Dataset(Dataset):
         masks = None if self.indexed.mask_ds is None else \
             [self.indexed.response_mask(s.doc_index, s.start, s.length) for s in segments]
         row = assemble_row(segments, toks, self.L, self.m, self.S, masks, order, self.context)
-        images = [self.renderer.render_chunk(ids, self.tokenizer.decode) for ids in row.image_chunks]
         out = {k: getattr(row, k) for k in PER_TOKEN}
+        if self.ocr is None:
+            images = [self.renderer.render_chunk(ids, self.tokenizer.decode) for ids in row.image_chunks]
+        else:
+            drawn = [render_with_targets(self.renderer, chunk_text(self.tokenizer.decode(ids)), self.ocr, self.charset)
+                     for ids in row.image_chunks]
+            images = [image for image, _ in drawn]
+            out["ocr_targets"] = np.stack([t for _, t in drawn]) if drawn else \
+                np.zeros((0, self.ocr.cells), np.int64)
         out["images"] = np.stack(images) if images else \
             np.zeros((0, self.renderer.height, self.renderer.width), np.uint8)
         out["source"] = 0
@@ -131,10 +145,11 @@ class BlendedDataset(Dataset):
         return sample
 
 
-def build_dataset(spec: str, tokenizer: Tokenizer, cfg: Config, seed: int, num_samples: int):
+def build_dataset(spec: str, tokenizer: Tokenizer, cfg: Config, seed: int, num_samples: int,
+                  ocr_targets: bool = False):
     """One prefix -> its PackedVist2Dataset; a weighted spec -> a BlendedDataset over them."""
     blend = parse_blend(spec)
-    parts = [PackedVist2Dataset(open_indexed(p, tokenizer), tokenizer, cfg, seed + i)
+    parts = [PackedVist2Dataset(open_indexed(p, tokenizer), tokenizer, cfg, seed + i, ocr_targets)
              for i, (_, p) in enumerate(blend)]
     if len(parts) == 1:
         return parts[0]
@@ -150,10 +165,12 @@ def collate(samples: List[dict]) -> Vist2Batch:
     layout = TokenLayout(doc=stack("doc"), chunk=stack("chunk"), kind=stack("kind"),
                          readback=stack("readback"), position=stack("position"))
     images = torch.from_numpy(np.concatenate([s["images"] for s in samples]))
+    ocr = torch.from_numpy(np.concatenate([s["ocr_targets"] for s in samples])) if "ocr_targets" in samples[0] else None
     return Vist2Batch(tokens=stack("tokens"), layout=layout, images=images,
                       labels=stack("labels"), loss_mask=stack("loss_mask"),
                       target=stack("target"), first_target=stack("first_target"),
-                      source=torch.tensor([s.get("source", 0) for s in samples], dtype=torch.int64))
+                      source=torch.tensor([s.get("source", 0) for s in samples], dtype=torch.int64),
+                      ocr_targets=ocr)
 
 
 def tokens_per_source(batches: Iterable[Vist2Batch], num_sources: int) -> np.ndarray:

@@ -19,6 +19,10 @@ Layout, context-free so a character looks the same wherever it appears:
     its own, anchored at its pen position (left, ascender line), and clipped to the image.
 Strict mode raises ``RenderOverflowError`` if the lines do not fit; fit mode retries one point
 smaller down to ``min_font_size`` and raises past that. Text is never silently truncated.
+Legibility: a chunk drawn at a size whose glyph advance (the width of "0") is below
+``min_legible_advance`` pixels cannot be read; the renderer warns once per process and size
+(``IllegibleRenderWarning``), naming the size and what to change (compress with the image
+geometry and the aligner's merge, not with smaller glyphs).
 
 ``ReferenceRenderer`` states this with one Pillow ``draw.text`` per glyph. ``Renderer`` (used
 everywhere else) produces the same bytes from cached glyph and word bitmaps combined with a numpy
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import unicodedata
+import warnings
 from importlib.resources import files
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -45,6 +50,31 @@ NAMED_FONTS: Dict[str, Callable[[], Tuple[str, int, str]]] = {
     "noto-sans-cjk-sc": lambda: (str(files("manimgx_fonts_cjk") / "NotoSansCJK-VF.otf.ttc"), 2,
                                  "Regular"),
 }
+
+
+class IllegibleRenderWarning(UserWarning):
+    """A chunk was drawn with glyphs too small to read (``model.render.min_legible_advance``)."""
+
+
+_WARNED_SIZES: set = set()
+
+
+def legibility_problem(render, size: int, height: int, width: int):
+    """None when ``size`` draws glyphs at least ``render.min_legible_advance`` px wide, else the
+    warning: the size, its advance, the smallest legible size and what to change."""
+    limit = getattr(render, "min_legible_advance", 0)
+    adv = advance(load_font(render.font, size), "0")
+    if not limit or adv >= limit:
+        return None
+    legible = next((s for s in range(size + 1, 4 * size + 8) if advance(load_font(render.font, s), "0") >= limit),
+                   None)
+    return (f"a chunk renders at font size {size} (glyph advance {adv} px, below model.render."
+            f"min_legible_advance={limit} px) in a {height} x {width} image: text that small cannot be "
+            f"read. Compress with the image geometry instead of the glyphs: a larger image "
+            f"(model.chunk.image_height / image_width) with a larger model.aligner.merge keeps the visual "
+            f"tokens per chunk (e.g. 128 x 128 with merge 4 gives 4 tokens, as 64 x 64 with merge 2), or "
+            f"fewer model.chunk.text_tokens; model.render.min_font_size={legible} stops with an error "
+            f"instead of drawing illegible text")
 
 
 def normalize_text(text: str, tab_width: int) -> str:
@@ -151,11 +181,22 @@ class ReferenceRenderer:
                 continue
             lines = wrap(text, inner_w, width)
             if len(lines) * line_height - self.cfg.line_spacing <= inner_h:
+                self._check_legible(size)
                 return font, lines, line_height
         raise RenderOverflowError(
             f"text of {len(text)} characters does not fit a {self.height}x{self.width} image "
             f"at font size {size} ({self.cfg.mode} mode): use a "
             f"larger image, fewer model.chunk.text_tokens, or a smaller model.render.min_font_size")
+
+    def _check_legible(self, size: int) -> None:
+        """Warn once per process, font, size and image size when glyphs are too small to read."""
+        key = (self.cfg.font, size, self.height, self.width)
+        if key in _WARNED_SIZES:
+            return
+        _WARNED_SIZES.add(key)
+        problem = legibility_problem(self.cfg, size, self.height, self.width)
+        if problem:
+            warnings.warn(problem, IllegibleRenderWarning, stacklevel=3)
 
     def draw(self, font, lines: List[str], line_height: int) -> np.ndarray:
         image = Image.new("L", (self.width, self.height), 255)

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
+from ..models.ocr_head import OcrBatch, ocr_loss
 from ..models.vist2 import Vist2Batch
 
 
@@ -42,6 +43,13 @@ def training_loss(logits: torch.Tensor, batch: Vist2Batch) -> Tuple[torch.Tensor
 
 
 SPLIT_STATS = 4
+
+
+def ocr_head_loss(logits: torch.Tensor, batch: OcrBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Stage 0 (``train.objective=ocr``): the OCR head's cell logits -> (cross-entropy summed over
+    the cells, [that sum, the number of cells]) (models/ocr_head.py)."""
+    total, cells = ocr_loss(logits, batch.targets)
+    return total, torch.stack([total.detach().float(), cells])
 
 
 def readback_probe_loss(logits: torch.Tensor, batch: Vist2Batch

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, fields
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,7 @@ from ..config.derived import padded_vocab_size
 from .aligner import Aligner
 from .attention import VISUAL, TokenLayout, build_mask
 from .llm import LMHead, decoder_layer
+from .ocr_head import OcrBatch, OcrGridHead, ocr_loss
 from .transformer import Rotary, normal_init
 from .vision import VisionEncoder
 
@@ -42,6 +43,9 @@ class Vist2Batch:
     # every model.context, so evaluation compares models target by target (data/packing.py)
     target: Optional[torch.Tensor] = None
     first_target: Optional[torch.Tensor] = None   # bool [batch, seq]: the label starts a chunk > 0
+    # int64 [num_images, lines * columns]: each image's OCR-head targets (model.ocr_head.enabled
+    # with train.objective=lm: the auxiliary loss; data/ocr_targets.py), else None
+    ocr_targets: Optional[torch.Tensor] = None
 
     def to(self, device) -> "Vist2Batch":
         moved = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
@@ -60,9 +64,12 @@ def model_parallel_config(tensor_parallel_size: int, sequence_parallel: bool = F
 
 class Vist2Front(nn.Module):
     """Text embedding, image encoding and the splice of visual tokens into the text stream.
-    The controls (``model.context`` text / window) see no images: no vision encoder, no aligner."""
+    The controls (``model.context`` text / window) see no images: no vision encoder, no aligner.
+    With ``model.ocr_head.enabled`` the front also holds the OCR head (models/ocr_head.py, built
+    from its own seed): a forward given the images' targets leaves its summed loss and cell count
+    in ``ocr_loss`` for the pipeline schedule to add to the first stage's backward."""
 
-    def __init__(self, cfg: ModelConfig, vocab_padded: int, mp: ModelParallelConfig):
+    def __init__(self, cfg: ModelConfig, vocab_padded: int, mp: ModelParallelConfig, seed: int = 0):
         super().__init__()
         # The ViT and aligner never use sequence parallelism: their sequences are 64 patches and
         # the aligner's input is image-major, not sequence-major.
@@ -75,6 +82,9 @@ class Vist2Front(nn.Module):
                                    self.vision.grid, vision_mp, cfg.init_std)
         self.embedding = tensor_parallel.VocabParallelEmbedding(
             vocab_padded, cfg.llm.hidden_size, init_method=normal_init(cfg.init_std), config=mp)
+        self.ocr_head = _seeded(seed, "front.ocr_head", lambda: OcrGridHead(cfg)) \
+            if cfg.ocr_head.enabled and self.vision is not None else None
+        self.ocr_loss: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [n, H, W] -> visual tokens [n, m, hidden]."""
@@ -83,12 +93,22 @@ class Vist2Front(nn.Module):
                              "its rows carry no images")
         return self.aligner(self.vision(images))
 
-    def forward(self, tokens: torch.Tensor, images: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
-        """-> hidden [seq, batch, hidden] with visual tokens at the VISUAL positions."""
+    def read(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [n, H, W] -> the OCR head's cell logits [n, cells, classes] (no LLM)."""
+        if self.ocr_head is None:
+            raise ValueError("this model has no OCR head: set model.ocr_head.enabled=true (a VIST2 model)")
+        return self.ocr_head(self.encode_images(images))
+
+    def forward(self, tokens: torch.Tensor, images: torch.Tensor, kind: torch.Tensor,
+                ocr_targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """-> hidden [seq, batch, hidden] with visual tokens at the VISUAL positions (and, given
+        ``ocr_targets`` and an OCR head, the head's loss on the images in ``ocr_loss``)."""
         hidden = self.embedding(tokens)
         visual = kind == VISUAL
         if images.shape[0]:
             vis = self.encode_images(images)
+            if ocr_targets is not None and self.ocr_head is not None:
+                self.ocr_loss = ocr_loss(self.ocr_head(vis), ocr_targets)
             if vis.shape[0] * vis.shape[1] != int(visual.sum()):
                 raise ValueError(f"batch has {int(visual.sum())} visual positions but "
                                  f"{vis.shape[0]} images x {vis.shape[1]} tokens")
@@ -147,7 +167,7 @@ class Vist2Model(nn.Module):
         self.attention_backend = mcfg.attention_backend
         self.context = mcfg.context
         vocab = padded_vocab_size(cfg)
-        self.front = _seeded(seed, "front", lambda: Vist2Front(mcfg, vocab, mp)) if part.first else None
+        self.front = _seeded(seed, "front", lambda: Vist2Front(mcfg, vocab, mp, seed)) if part.first else None
         self.rotary = Rotary(mcfg.llm.head_dim, mcfg.llm.rope_theta)
         self.layers = nn.ModuleDict({
             str(i): _seeded(seed, f"layers.{i}", lambda: decoder_layer(mcfg.llm, mp, mcfg.init_std))
@@ -170,9 +190,14 @@ class Vist2Model(nn.Module):
 
         A stage after the first takes the previous stage's ``hidden`` (the batch then needs only
         its layout, labels and loss mask); a last stage without the front takes the tied
-        ``output_weight`` from the first stage."""
+        ``output_weight`` from the first stage.
+
+        An ``OcrBatch`` (stage 0, ``train.objective=ocr``; first stage) runs the front and the OCR
+        head only: -> cell logits [n, cells, classes]."""
+        if isinstance(batch, OcrBatch):
+            return self.front.read(batch.images)
         if self.part.first:
-            hidden = self.front(batch.tokens, batch.images, batch.layout.kind)
+            hidden = self.front(batch.tokens, batch.images, batch.layout.kind, batch.ocr_targets)
         rope = self.rotary(batch.layout.position)
         mask = build_mask(batch.layout, self.attention_backend, self.context) if len(self.layers) else None
         for layer in self.layers.values():
@@ -185,11 +210,20 @@ class Vist2Model(nn.Module):
                 raise ValueError("a last pipeline stage with tied embeddings needs output_weight")
         return self.head(hidden, output_weight)
 
+    def take_ocr_loss(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The OCR head's (summed loss, cells) of the last forward (first stage), once; else None."""
+        if self.front is None:
+            return None
+        out, self.front.ocr_loss = self.front.ocr_loss, None
+        return out
+
     def parameter_counts(self) -> Dict[str, int]:
         """Parameters held by this rank, split as the spec's parts."""
         def count(module):
             return sum(p.numel() for p in module.parameters()) if module is not None else 0
         vision = count(self.front.vision) if self.front is not None else 0
         aligner = count(self.front.aligner) if self.front is not None else 0   # (0 in the controls)
+        ocr = count(self.front.ocr_head) if self.front is not None else 0
         total = count(self)
-        return {"vision": vision, "aligner": aligner, "llm": total - vision - aligner, "total": total}
+        return {"vision": vision, "aligner": aligner, "llm": total - vision - aligner - ocr, "ocr_head": ocr,
+                "total": total}

@@ -21,7 +21,7 @@ def sum_partial_grads_over_tensor_parallel(model: torch.nn.Module) -> int:
 
     hooked = 0
     for p in model.parameters():
-        if getattr(p, "tp_partial_grad", False):
+        if getattr(p, "tp_partial_grad", False) and p.requires_grad:     # frozen: no gradient to sum
             p.register_hook(hook)
             hooked += 1
     return hooked

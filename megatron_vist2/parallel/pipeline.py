@@ -25,6 +25,15 @@ between neighbouring stages with torch.distributed point-to-point calls (NCCL or
     it is handed, back-propagates ``loss_sum`` and adds ``stats`` (None: nothing to add) into the
     caller's accumulator. The objective itself is metrics/loss.py. The row length comes with
     each call (a curriculum changes it; evaluation rows are full length).
+  - A first-stage loss (``first_loss_fn(module, batch) -> (loss, stats) or None``, called on the
+    first stage right after each micro-batch's forward: e.g. an auxiliary head on the images,
+    which only the first stage has) is back-propagated with that micro-batch's backward there.
+    It is given as its share of the step's objective (already divided by whatever global count
+    normalises it); the schedule undoes DeepSpeed's averaging over data-parallel ranks and
+    accumulation steps for it, as it does for the last stage's loss, so the update follows
+    d(last stage's mean + sum of first-stage shares) under any layout.
+  - ``train_step_unstaged`` is the step for batches that are not rows (one stage, no metadata):
+    forward, ``loss_fn``, backward, as ``train_step`` does them on a single stage.
 """
 from __future__ import annotations
 
@@ -45,6 +54,8 @@ META_FIELDS = ("doc", "chunk", "kind", "readback", "position")   # + labels, los
 META_ROWS = len(META_FIELDS) + 4
 # (stage output, batch) -> (summed loss, statistics to accumulate or None); last stage only
 LossFn = Callable[[torch.Tensor, Vist2Batch], Tuple[torch.Tensor, Optional[torch.Tensor]]]
+# (first stage's module, batch) -> (its share of the step's objective, statistics or None), or None
+FirstLossFn = Callable[[torch.nn.Module, Vist2Batch], Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]]
 
 
 def stage_part(cfg: Config) -> StagePart:
@@ -100,6 +111,10 @@ class PipelineSchedule:
         self.tied = engine.module.tied and not (self.part.first and self.part.last)
         self.output_weight: Optional[torch.Tensor] = None
         self.update_guard = None                 # training/health.py NonFiniteGuard (the trainer sets it)
+        self._first_loss_fn: Optional[FirstLossFn] = None     # this step's (train_step)
+        self._first_stats: Optional[torch.Tensor] = None
+        self._pending_first: deque = deque()     # first-stage losses awaiting their backward
+        self._undo_averaging = (1, 1)            # (dp, accumulation steps) of this step
         if p.zero_stage == 3:
             compat.check_zero3_micro_steps()
         if p.pipeline_parallel > 1 and p.zero_stage == 3:
@@ -155,6 +170,12 @@ class PipelineSchedule:
         if self.part.first:
             meta = pack_metadata(batch)
             out = self.engine(batch)
+            extra = self._first_loss_fn(self.engine.module, batch) if self._first_loss_fn else None
+            if extra is not None:
+                loss, first_stats = extra
+                self._pending_first.append(loss)
+                if first_stats is not None and self._first_stats is not None:
+                    self._first_stats += first_stats
         else:
             batch = unpack_metadata(meta)
             out = self.engine(batch, hidden=hidden, output_weight=self.output_weight)
@@ -164,12 +185,21 @@ class PipelineSchedule:
                 stats += extra
         return out, meta
 
+    def _first_term(self, out: torch.Tensor, scaled_wrt_gas: bool):
+        """The oldest pending first-stage loss (0 without one), times what DeepSpeed's reduction
+        divides by: the data-parallel size, and the accumulation steps when this backward is
+        scaled by them (a last stage's; a first stage's surrogate backward is not)."""
+        if not self._pending_first:
+            return 0.0
+        dp, gas = self._undo_averaging
+        return self._pending_first.popleft().to(out.dtype) * (dp * gas if scaled_wrt_gas else dp)
+
     def _backward(self, inp, out, grad, scale, final: bool):
         """Back-propagate one micro-batch; -> the gradient for the previous stage (or None)."""
         if self.part.last:
-            self.engine.backward(out * scale.to(out.dtype))
+            self.engine.backward(out * scale.to(out.dtype) + self._first_term(out, scaled_wrt_gas=True))
         else:
-            surrogate = (out * grad).sum()
+            surrogate = (out * grad).sum() + self._first_term(out, scaled_wrt_gas=False)
             if final and self.tied and self.part.first:
                 embedding = self.engine.module.front.embedding
                 tied_grad = torch.empty(embedding.num_embeddings_per_partition, embedding.embedding_dim,
@@ -202,12 +232,15 @@ class PipelineSchedule:
     # ------------------------------------------------------------------ schedules
     def train_step(self, micro_batches: Optional[List[Vist2Batch]], num_micro: int,
                    count: Optional[torch.Tensor], dp: int, seq_length: int, loss_fn: LossFn,
-                   stats: Optional[torch.Tensor] = None) -> float:
+                   stats: Optional[torch.Tensor] = None, first_loss_fn: Optional["FirstLossFn"] = None,
+                   first_stats: Optional[torch.Tensor] = None) -> float:
         """1F1B over ``num_micro`` micro-batches of rows of ``seq_length`` tokens (given on the
         first stage only). ``count``: the global number of loss targets of the step (first stage).
-        ``loss_fn``'s statistics are added into ``stats`` (last stage). Returns the step's mean
-        loss."""
+        ``loss_fn``'s statistics are added into ``stats`` (last stage); ``first_loss_fn``'s (first
+        stage, see above) into ``first_stats``. Returns the step's mean loss of the last stage."""
         self._use_rows_of(seq_length)
+        self._first_loss_fn, self._first_stats = first_loss_fn, first_stats
+        self._pending_first, self._undo_averaging = deque(), (dp, num_micro)
         count = self._broadcast(count if self.part.first else torch.zeros(()), self.first_rank)
         scale = dp * num_micro / count.clamp(min=1.0)
         self._sync_tied_weight()
@@ -265,6 +298,28 @@ class PipelineSchedule:
             step()
         return self._step_loss(loss_sum, count)
 
+    def train_step_unstaged(self, micro_batches: List, num_micro: int, count: torch.Tensor, dp: int,
+                            loss_fn: LossFn, stats: Optional[torch.Tensor] = None) -> float:
+        """One optimizer step over ``num_micro`` micro-batches that are not rows (no pipeline
+        stages, no metadata): each runs ``engine(batch)``, then ``loss_fn(output, batch) -> (summed
+        loss, statistics or None)`` (statistics added into ``stats``), back-propagated as sum x dp x
+        num_micro / ``count`` (the global count the loss is a mean over), as ``train_step`` does on
+        a single stage. Returns that mean."""
+        if not (self.part.first and self.part.last):
+            raise ValueError("a step without pipeline stages needs parallel.pipeline_parallel=1")
+        scale = dp * num_micro / count.clamp(min=1.0)
+        loss_sum = torch.zeros((), device=self.device)
+        for i, batch in enumerate(micro_batches):
+            loss, extra = loss_fn(self.engine(batch), batch)
+            loss_sum = loss_sum + loss.detach().float()
+            if extra is not None and stats is not None:
+                stats += extra
+            self.engine.backward(loss * scale.to(loss.dtype))
+            self._step(final=i + 1 == num_micro, loss_sum=loss_sum)
+        total = loss_sum.clone()
+        dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+        return (total / count.clamp(min=1.0)).item()
+
     @torch.no_grad()
     def evaluate(self, micro_batches: Optional[Iterable[Vist2Batch]], num_micro: int, seq_length: int,
                  loss_fn: LossFn, stats: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -273,6 +328,7 @@ class PipelineSchedule:
         into ``stats``)."""
         self._use_rows_of(seq_length)
         self._sync_tied_weight()
+        self._first_loss_fn = None                 # evaluation trains nothing
         loss_sum = torch.zeros((), device=self.device)
         count = torch.zeros((), device=self.device)
         feed = (b.to(self.device) for b in micro_batches) if micro_batches is not None else [None] * num_micro

@@ -20,6 +20,7 @@ from ..config.validate import WANDB_MISSING
 from ..errors import ConfigError
 from ..models.attention import PAD
 from ..cost.flops import training_flops
+from ..models.ocr_head import OcrBatch
 
 # Dense bf16 peak of a device, by a substring of its name (SXM parts).
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -150,6 +151,10 @@ class StepMeter:
         return {k: int(v) for k, v in zip(self.source_keys, self.source_total)}
 
     def count(self, micro: List) -> None:
+        if micro and isinstance(micro[0], OcrBatch):      # stage 0's images: their visual tokens
+            new_tokens = sum(b.images.shape[0] for b in micro) * self.cfg.model.visual_tokens_per_chunk * self.dp
+            self.tokens, self.all_tokens = self.tokens + new_tokens, self.all_tokens + new_tokens
+            return
         if self.source_keys:
             from ..data.dataset import tokens_per_source
             self.source_new += tokens_per_source(micro, len(self.source_keys))
@@ -160,9 +165,10 @@ class StepMeter:
                                     for b in micro)
 
     def log(self, log: MetricsLogger, step: int, loss: float, engine, split: Tuple[float, float],
-            consumed: int, seq_length: int) -> None:
+            consumed: int, seq_length: int, ocr_loss: Optional[float] = None) -> None:
         """Print and record step ``step``'s line; ``split``: the mean loss on read-back and on
-        history chunks since the last line."""
+        history chunks since the last line; ``ocr_loss``: the OCR head's mean loss per cell since
+        then (None without an OCR head loss)."""
         cfg, peak = self.cfg, self.peak
         now = time.time()
         tps = self.tokens / (now - self.t_last)
@@ -176,12 +182,13 @@ class StepMeter:
         log.print(f"step {step}/{cfg.train.steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm "
                   f"{grad_norm:.3f} | {tps:,.0f} tok/s | {(now - self.t_last) / interval:.2f} s/step | "
                   f"{tflops:.2f} TFLOP/s" + (f" ({tflops / peak:.1%} MFU)" if peak else "")
-                  + f" | {memory:.1f} GB")
+                  + f" | {memory:.1f} GB" + (f" | OCR head loss {ocr_loss:.4f}" if ocr_loss is not None else ""))
         log.log(step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
                        "train/tokens_per_s": tps, "train/samples_per_s":
                        interval * cfg.parallel.global_batch_size / (now - self.t_last),
                        "train/tflops_per_device": tflops, "train/loss_readback": readback_loss,
                        "train/loss_history": history_loss, "train/peak_memory_gb": memory,
                        "train/consumed_samples": consumed, "train/seq_length": seq_length}
-                | ({"train/mfu": tflops / peak} if peak else {}) | self._sources_logged(engine.device))
+                | ({"train/mfu": tflops / peak} if peak else {})
+                | ({"train/ocr_loss": ocr_loss} if ocr_loss is not None else {}) | self._sources_logged(engine.device))
         self.tokens, self.flops, self.t_last, self.last_logged = 0, 0.0, now, step

@@ -26,8 +26,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from torch.utils.data import DataLoader
 
-from ..config import (Config, analytic_parameter_counts, data_parallel_size, gradient_accumulation_steps,
-                     name_under)
+from ..config import (Config, analytic_parameter_counts, data_parallel_size, frozen_by_objective,
+                      gradient_accumulation_steps, name_under)
 from ..data.dataset import GlobalBatchSampler, build_dataset, collate
 from ..data.tokenizer import Tokenizer, load_tokenizer
 from ..models.vist2 import Vist2Batch, Vist2Model
@@ -41,13 +41,15 @@ from ..parallel.random import seed_runtime_rng
 from ..checkpoint.manager import CheckpointManager
 from .curriculum import Curriculum
 from .deepspeed_config import deepspeed_config, resolve_dtype
-from ..metrics.loss import PROBE_STATS, SPLIT_STATS, readback_probe_loss, split_means, training_loss
+from ..metrics.loss import PROBE_STATS, SPLIT_STATS, ocr_head_loss, readback_probe_loss, split_means, training_loss
 from .logger import MetricsLogger, StepMeter, memory_in_use_gb, wandb_settings
 from .optim import build_optimizer, build_scheduler
 from .health import RunHealth
 from .signals import StopOnSignal
 from .watchdog import collective
 from ..metrics.during_training import ReadbackProbe, split_eval
+from .ocr_stage import (FrontEval, collate_for, front_eval_line, ocr_cells, ocr_first_loss, ocr_loss_mean,
+                        ocr_train_set)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class TrainResult:
     tokens_per_second: float
     checkpoint: Optional[str]
     ocr_accuracy: Optional[float] = None      # last OCR read-back probe (train.ocr_probe_batches)
+    front: Optional[dict] = None              # last held-out front evaluation (train.ocr_head_eval_chunks)
     skipped_steps: int = 0                    # steps whose update was not applied (run health)
 
 
@@ -72,7 +75,7 @@ def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
 def build_model(cfg: Config, env: DistEnv) -> Vist2Model:
     """This rank's pipeline stage of the model (the whole model without pipeline parallelism)."""
     model = Vist2Model(cfg, part=stage_part(cfg))
-    freeze(model, cfg.train.freeze)
+    freeze(model, cfg.train.freeze + frozen_by_objective(cfg))
     seed_runtime_rng(cfg.train.seed)           # dropout streams (parallel/random.py)
     sum_partial_grads_over_tensor_parallel(model)
     apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
@@ -113,17 +116,31 @@ def make_schedule(cfg: Config, env: DistEnv, engine) -> PipelineSchedule:
 
 def train_step(schedule: PipelineSchedule, micro_batches: Optional[List[Vist2Batch]],
                num_micro: int, dp: int, seq_length: int, split: Optional[torch.Tensor] = None,
-               loss_fn=training_loss) -> float:
+               loss_fn=training_loss, ocr_weight: float = 1.0, ocr_stats: Optional[torch.Tensor] = None) -> float:
     """One optimizer step over ``num_micro`` micro-batches of rows of ``seq_length`` tokens;
     ``micro_batches`` on the first pipeline stage only (every rank without pipeline parallelism);
-    the loss split by chunk mode is added into ``split`` (metrics/loss.py). Returns the step's
-    loss."""
-    count = None
+    the loss split by chunk mode is added into ``split`` (metrics/loss.py). Batches with OCR
+    targets add ``ocr_weight`` x the OCR head's mean loss (training/ocr_stage.py; its [summed loss,
+    cells] added into ``ocr_stats``). Returns the step's LM loss."""
+    count = ocr_count = None
     if micro_batches is not None:
         with collective("target-count all_reduce (data-parallel group)", timed=True):
             count = _all_reduce_sum(sum(b.loss_mask.sum() for b in micro_batches))
+            ocr_count = ocr_cells(micro_batches)
+    first_loss = ocr_first_loss(ocr_weight, ocr_count) if ocr_count is not None else None
     with collective("pipeline step (stage p2p, DeepSpeed gradient reduction and norm)"):
-        return schedule.train_step(micro_batches, num_micro, count, dp, seq_length, loss_fn, split)
+        return schedule.train_step(micro_batches, num_micro, count, dp, seq_length, loss_fn, split,
+                                   first_loss, ocr_stats)
+
+
+def train_step_front(schedule: PipelineSchedule, micro_batches, num_micro: int, dp: int,
+                     loss_fn=ocr_head_loss, ocr_stats: Optional[torch.Tensor] = None) -> float:
+    """Stage 0's front-only optimizer step (``train.objective=ocr``) over ``num_micro`` micro-batches
+    of rendered chunks (training/ocr_stage.py). Returns the mean loss per cell."""
+    with collective("cell-count all_reduce (data-parallel group)", timed=True):
+        count = ocr_cells(micro_batches)
+    with collective("front step (DeepSpeed gradient reduction and norm)"):
+        return schedule.train_step_unstaged(micro_batches, num_micro, count, dp, loss_fn, ocr_stats)
 
 
 def evaluate(schedule: PipelineSchedule, loader, num_micro: int, seq_length: int) -> Tuple[float, float]:
@@ -154,10 +171,12 @@ class Run:
     valid_loader: Optional[DataLoader]
     probe_loader: Optional[DataLoader]
     readback_probe: Optional[ReadbackProbe]   # train.ocr_cer_chunks: greedy read-back CER
+    front_eval: Optional[FrontEval]           # train.ocr_head_eval_chunks: the OCR head's accuracy (first stage)
     ckpt: CheckpointManager                   # save, resume, rollback, asynchronous writes
     step: int                                 # where training starts (0, or the resumed step)
     consumed: int
     memory_before_model: float
+    front: Optional[dict] = None              # the last front evaluation (first stage)
 
 
 def loader(cfg: Config, dataset, consumed_samples: int, global_batches: int, dp: int) -> DataLoader:
@@ -167,7 +186,7 @@ def loader(cfg: Config, dataset, consumed_samples: int, global_batches: int, dp:
                                  parallel_state.get_data_parallel_rank(), dp, global_batches)
     # a generator of its own: starting an iterator would otherwise draw from the global
     # generator and shift the dropout masks (a resumed run restores that generator)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_for(cfg),
                       num_workers=cfg.data.num_workers, persistent_workers=False,
                       generator=torch.Generator().manual_seed(cfg.train.seed))
 
@@ -180,8 +199,9 @@ def setup(cfg: Config, env: DistEnv) -> Run:
     log = MetricsLogger(cfg.logging.dir, env.is_main, cfg.logging.tensorboard, wandb_settings(cfg))
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     G = cfg.parallel.global_batch_size
+    rows = cfg.train.objective == "lm"        # stage 0's front-only objective has no rows to evaluate
     valid_set = build_dataset(cfg.data.valid_prefix, tokenizer, cfg, cfg.train.seed + 1000,
-                              cfg.train.eval_batches * G)
+                              cfg.train.eval_batches * G) if rows else None
     memory_before_model = memory_in_use_gb()     # the model's share of peak memory = peak - this
     model = build_model(cfg, env)
     counts = analytic_parameter_counts(cfg)
@@ -198,7 +218,7 @@ def setup(cfg: Config, env: DistEnv) -> Run:
     step, consumed = ckpt.start()              # a resume, a new stage's weights, or step 0
 
     valid_loader = probe_loader = None
-    if reads_data:                             # the same validation samples for every layout
+    if reads_data and rows:                    # the same validation samples for every layout
         valid_loader = loader(cfg, valid_set, 0, cfg.train.eval_batches, dp)
     if cfg.train.ocr_probe_batches:            # the validation text, every chunk read back
         probe_cfg = replace(cfg, data=replace(cfg.data, readback_fraction=1.0))
@@ -209,23 +229,36 @@ def setup(cfg: Config, env: DistEnv) -> Run:
     why_not = ReadbackProbe.wanted(cfg)
     if why_not not in (None, "off"):
         log.print(why_not)
-    readback_probe = ReadbackProbe(cfg, tokenizer) if why_not is None else None
+    readback_probe = ReadbackProbe(cfg, tokenizer) if why_not is None and rows else None
+    front_eval = FrontEval(cfg, tokenizer) if FrontEval.wanted(cfg) and reads_data else None
     return Run(cfg, log, tokenizer, engine, schedule, dp, gas, reads_data, valid_loader, probe_loader,
-               readback_probe, ckpt, step, consumed, memory_before_model)
+               readback_probe, front_eval, ckpt, step, consumed, memory_before_model)
 
 
 def run_eval(run: Run, at_step: int) -> Tuple[float, Optional[float]]:
     """Validation loss, split into chunk-first and within-chunk targets (and, with
     train.ocr_probe_batches, the OCR read-back accuracy; with train.ocr_cer_chunks, the greedy
-    read-back CER), logged; validation rows are full length whatever the curriculum's phase."""
+    read-back CER; with train.ocr_head_eval_chunks, the front's held-out accuracy), logged;
+    validation rows are full length whatever the curriculum's phase. Stage 0's front-only
+    objective has no rows: its evaluation loss is the OCR head's held-out loss per cell."""
     cfg = run.cfg
-    split = split_eval(run.schedule, run.valid_loader, cfg.train.eval_batches * run.gas, cfg)
-    loss = split["loss"] if split["loss"] is not None else 0.0
-    values, text = {"eval/loss": loss}, f"step {at_step}: eval loss {loss:.4f}"
-    for key in ("chunk_first", "within_chunk"):
-        if split[key]["loss"] is not None:
-            values[f"eval/loss_{key}"] = split[key]["loss"]
-            text += f" ({key.replace('_', '-')} {split[key]['loss']:.4f})"
+    loss, values, text = 0.0, {}, f"step {at_step}:"
+    if cfg.train.objective == "lm":
+        split = split_eval(run.schedule, run.valid_loader, cfg.train.eval_batches * run.gas, cfg)
+        loss = split["loss"] if split["loss"] is not None else 0.0
+        values, text = {"eval/loss": loss}, f"step {at_step}: eval loss {loss:.4f}"
+        for key in ("chunk_first", "within_chunk"):
+            if split[key]["loss"] is not None:
+                values[f"eval/loss_{key}"] = split[key]["loss"]
+                text += f" ({key.replace('_', '-')} {split[key]['loss']:.4f})"
+    if run.front_eval is not None:
+        run.front = front = run.front_eval(run.engine, run.schedule.device)
+        values.update({"eval/front_char_accuracy": front["char_accuracy"], "eval/front_loss": front["loss"],
+                       "eval/front_blind_char_accuracy": front.get("blind", {}).get("char_accuracy", float("nan")),
+                       "eval/front_exact_match": front["exact_match"]})
+        text += front_eval_line(front)
+        if cfg.train.objective == "ocr":      # the run's held-out loss: the head's, per cell
+            loss = values["eval/loss"] = front["loss"]
     if run.readback_probe is not None:
         values["eval/ocr_cer"] = cer = run.readback_probe.cer(run.engine, run.schedule.device)
         text += f" | OCR read-back CER {cer:.3f} ({len(run.readback_probe.chunks)} chunks)"
@@ -245,7 +278,8 @@ def start_phase(run: Run, curriculum: Curriculum, phase, step: int, consumed: in
     from ``consumed`` -> its micro-batches (None on later pipeline stages)."""
     batches = None
     if run.reads_data:
-        train_set = curriculum.dataset(phase, run.tokenizer)
+        train_set = ocr_train_set(run.cfg, run.tokenizer) if run.cfg.train.objective == "ocr" else \
+            curriculum.dataset(phase, run.tokenizer)
         batches = iter(loader(run.cfg, train_set, consumed, min(phase.end, run.cfg.train.steps) - step, run.dp))
     if len(curriculum) > 1:
         run.log.print(f"step {step}: read-back share {phase.readback_share:g}, rows of {phase.seq_length} "
@@ -261,6 +295,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     last_eval = eval_before
     run.log.log(step, {"train/memory_before_model_gb": run.memory_before_model})
     split = torch.zeros(SPLIT_STATS, device=env.device)     # loss by chunk mode since the last log
+    ocr_stats = torch.zeros(2, device=env.device)           # the OCR head's [loss sum, cells] since then
     meter = StepMeter(cfg, run.dp, env.world_size, step)
     stop = StopOnSignal(cfg.train.max_wall_minutes, env.device)
     losses, stopped, phase, batches = [], False, None, None
@@ -269,12 +304,16 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         if phase is None or curriculum.index_at(step) != phase.index:
             phase = curriculum.phase(step)
             batches = start_phase(run, curriculum, phase, step, consumed)
-        loss_fn = health.start_step(step + 1, training_loss)
+        loss_fn = health.start_step(step + 1, ocr_head_loss if cfg.train.objective == "ocr" else training_loss)
         micro = [next(batches) for _ in range(run.gas)] if run.reads_data else None
         if micro:
             meter.count(micro)                 # on the host copies: no device sync
             micro = [b.to(env.device) for b in micro]
-        loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, split, loss_fn)
+        if cfg.train.objective == "ocr":
+            loss = train_step_front(run.schedule, micro, run.gas, run.dp, loss_fn, ocr_stats)
+        else:
+            loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, split, loss_fn,
+                              cfg.train.ocr_weight, ocr_stats)
         step += 1
         consumed += cfg.parallel.global_batch_size
         losses.append(loss)
@@ -286,7 +325,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             continue
         if step % cfg.train.log_interval == 0 or step == cfg.train.steps:
             meter.log(run.log, step, loss, run.engine, split_means(split, run.schedule), consumed,
-                      phase.seq_length)
+                      phase.seq_length, ocr_loss_mean(ocr_stats))
             health.report_step_times(step)
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:
             last_eval, ocr_accuracy = run_eval(run, step)
@@ -306,4 +345,4 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     path = run.ckpt.finish(step, consumed)     # the final save; every save complete before exit
     run.log.close()
     return TrainResult(step, consumed, losses, eval_before, eval_after,
-                       meter.all_tokens / max(elapsed, 1e-9), path, ocr_accuracy, health.total_skips)
+                       meter.all_tokens / max(elapsed, 1e-9), path, ocr_accuracy, run.front, health.total_skips)

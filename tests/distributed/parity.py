@@ -10,16 +10,18 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from megatron_vist2.config import load_config, validate
 from megatron_vist2.data.dataset import PackedVist2Dataset, collate
+from megatron_vist2.data.ocr_targets import OcrChunkDataset, collate_ocr
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.models import Vist2Model
 from megatron_vist2.metrics.loss import token_losses
 from megatron_vist2.parallel.distributed import free_port
 from tests.conftest import REPO, subprocess_env
-from tests.distributed.scenario import STEPS, Layout, scenario_overrides
+from tests.distributed.scenario import OCR_WEIGHT, STEPS, Layout, scenario_overrides
 
 
 def launch_worker(world: int, tiny_data, out, script: str = "tests/distributed/parity_worker.py") -> dict:
@@ -33,11 +35,17 @@ def launch_worker(world: int, tiny_data, out, script: str = "tests/distributed/p
 
 
 def reference_run(tiny_data, tied: bool = True, kv_heads: int = 2, hidden_dropout: float = 0.0,
-                  context: str = "vist2"):
-    layout = Layout(1, tied=tied, kv_heads=kv_heads, hidden_dropout=hidden_dropout, context=context)
+                  context: str = "vist2", ocr: str = ""):
+    """``ocr``: "aux" adds OCR_WEIGHT x the OCR head's mean cross-entropy over the global batch's
+    cells to the loss; "front" trains the front and the head alone on rendered chunks (the
+    reported loss is then the OCR mean)."""
+    layout = Layout(1, tied=tied, kv_heads=kv_heads, hidden_dropout=hidden_dropout, context=context, ocr=ocr)
     cfg = validate(load_config("tiny-cpu", scenario_overrides(tiny_data, layout)))
     tok = load_tokenizer(cfg.data.tokenizer)
-    ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, cfg.train.seed)
+    if ocr == "front":
+        return _front_reference(cfg, tok)
+    ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, cfg.train.seed,
+                            ocr_targets=ocr == "aux")
     model = Vist2Model(cfg)
     params = [p for p in model.parameters()]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
@@ -50,12 +58,45 @@ def reference_run(tiny_data, tied: bool = True, kv_heads: int = 2, hidden_dropou
         batches = [collate([ds[i] for i in range(start, start + micro)])
                    for start in range(step * G, (step + 1) * G, micro)]
         count = sum(b.loss_mask.sum() for b in batches)
+        cells = sum(b.ocr_targets.numel() for b in batches) if ocr else None
         opt.zero_grad()
         loss = 0.0
         for batch in batches:
             total, _ = token_losses(model(batch), batch)
-            (total / count).backward()
+            extra = 0.0
+            if ocr:                            # the head's loss on this batch's images, by hand
+                vis = model.front.aligner(model.front.vision(batch.images))
+                extra = F.cross_entropy(model.front.ocr_head(vis).flatten(0, 1), batch.ocr_targets.flatten(),
+                                        reduction="sum") * OCR_WEIGHT / cells
+            (total / count + extra).backward()
             loss += (total / count).item()
+        opt.step()
+        losses.append(loss)
+    return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _front_reference(cfg, tok):
+    """Stage 0's front-only objective: ViT -> aligner -> OCR head on rendered chunks, mean
+    cross-entropy over the global batch's cells; only those parts train."""
+    ds = OcrChunkDataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, cfg.train.seed)
+    model = Vist2Model(cfg)
+    params = [p for n, p in model.named_parameters() if n.startswith(("front.vision", "front.aligner", "front.ocr_head"))]
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                            lr=1e-3, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
+    G, micro = cfg.parallel.global_batch_size, cfg.parallel.micro_batch_size
+    losses = []
+    for step in range(STEPS):
+        batches = [collate_ocr([ds[i] for i in range(start, start + micro)])
+                   for start in range(step * G, (step + 1) * G, micro)]
+        cells = sum(b.targets.numel() for b in batches)
+        opt.zero_grad()
+        loss = 0.0
+        for b in batches:
+            total = F.cross_entropy(model.front.ocr_head(model.front.aligner(model.front.vision(b.images))).flatten(0, 1),
+                                    b.targets.flatten(), reduction="sum") / cells
+            total.backward()
+            loss += total.item()
         opt.step()
         losses.append(loss)
     return losses, {n: p.detach().clone() for n, p in model.named_parameters()}

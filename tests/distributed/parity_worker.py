@@ -11,14 +11,16 @@ from megatron.core import parallel_state
 from torch.utils.data import DataLoader
 
 from megatron_vist2.config import (data_parallel_size, gradient_accumulation_steps, load_config,
-                                   validate)
-from megatron_vist2.data.dataset import GlobalBatchSampler, PackedVist2Dataset, collate
+                                   ocr_aux_loss, validate)
+from megatron_vist2.data.dataset import GlobalBatchSampler, PackedVist2Dataset
+from megatron_vist2.data.ocr_targets import OcrChunkDataset
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.parallel.distributed import init_distributed
 from tests.distributed.gather import full_parameters
 from megatron_vist2.parallel.random import seed_runtime_rng
-from megatron_vist2.training.trainer import build_model, make_engine, make_schedule, train_step
+from megatron_vist2.training.ocr_stage import collate_for
+from megatron_vist2.training.trainer import build_model, make_engine, make_schedule, train_step, train_step_front
 from tests.distributed.scenario import SCENARIOS, STEPS, scenario_overrides
 
 
@@ -29,14 +31,19 @@ def run(cfg, env, layout, tok):
     schedule = make_schedule(cfg, env, engine)
     it = None
     if model.part.first:
-        ds = PackedVist2Dataset(open_indexed(cfg.data.train_prefix, tok), tok, cfg, cfg.train.seed)
+        indexed = open_indexed(cfg.data.train_prefix, tok)
+        ds = OcrChunkDataset(indexed, tok, cfg, cfg.train.seed) if layout.ocr == "front" else \
+            PackedVist2Dataset(indexed, tok, cfg, cfg.train.seed, ocr_targets=ocr_aux_loss(cfg))
         sampler = GlobalBatchSampler(0, cfg.parallel.micro_batch_size, cfg.parallel.global_batch_size,
                                      parallel_state.get_data_parallel_rank(), dp, STEPS)
-        it = iter(DataLoader(ds, batch_sampler=sampler, collate_fn=collate))
+        it = iter(DataLoader(ds, batch_sampler=sampler, collate_fn=collate_for(cfg)))
     seed_runtime_rng(cfg.train.seed)           # both sides draw dropout masks from the seed's start
-    losses = [train_step(schedule, [next(it) for _ in range(gas)] if it is not None else None,
-                         gas, dp, cfg.data.seq_length)
-              for _ in range(STEPS)]
+    if layout.ocr == "front":
+        losses = [train_step_front(schedule, [next(it) for _ in range(gas)], gas, dp) for _ in range(STEPS)]
+    else:
+        losses = [train_step(schedule, [next(it) for _ in range(gas)] if it is not None else None,
+                             gas, dp, cfg.data.seq_length, ocr_weight=cfg.train.ocr_weight)
+                  for _ in range(STEPS)]
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=layout.zero == 3):
         state = full_parameters(engine.module)
     parts = [None] * env.world_size

@@ -25,11 +25,14 @@ class Layout:
     kv_heads: int = 2                                   # tiny-cpu's; 1 with TP2 = replicated KV
     hidden_dropout: float = 0.0
     context: str = "vist2"                              # model.context: the model or a control
+    # the OCR head (stage 0): "" none, "aux" its loss added to the LM loss (train.ocr_weight 0.5),
+    # "front" the front-only objective (train.objective=ocr)
+    ocr: str = ""
 
     @property
-    def model(self) -> Tuple[bool, int, float, str]:
+    def model(self) -> Tuple[bool, int, float, str, str]:
         """What the single-process reference must match."""
-        return self.tied, self.kv_heads, self.hidden_dropout, self.context
+        return self.tied, self.kv_heads, self.hidden_dropout, self.context, self.ocr
 
     @property
     def dp(self) -> int:
@@ -50,6 +53,11 @@ SCENARIOS = {
     "tp2-zero3-window": Layout(2, tp=2, zero=3, context="window"),
     "pp2-zero3-text": Layout(2, pp=2, zero=3, context="text"),
     "pp2-zero3-window": Layout(2, pp=2, zero=3, context="window"),
+    # the OCR head: its auxiliary loss with TP2, PP2 (on the first stage) and ZeRO-3; stage 0's
+    # front-only objective with TP2 x ZeRO-3 and DP2 x ZeRO-2
+    "tp2-zero1-ocr-aux": Layout(2, tp=2, zero=1, ocr="aux"), "pp2-zero3-ocr-aux": Layout(2, pp=2, zero=3, ocr="aux"),
+    "dp2-zero3-ocr-aux": Layout(2, zero=3, ocr="aux"), "tp2-zero3-ocr-front": Layout(2, tp=2, zero=3, ocr="front"),
+    "dp2-zero2-ocr-front": Layout(2, zero=2, ocr="front"),
     # 4 ranks
     "pp2-dp2-zero3": Layout(4, pp=2, zero=3), "pp2-dp2-zero1": Layout(4, pp=2, zero=1),
     "pp2-dp2-zero2": Layout(4, pp=2, zero=2),
@@ -69,4 +77,9 @@ def scenario_overrides(data, layout: Layout):
                           f"model.llm.tie_embeddings={str(layout.tied).lower()}",
                           f"model.llm.num_kv_heads={layout.kv_heads}",
                           f"model.llm.hidden_dropout={layout.hidden_dropout}",
-                          f"model.context={layout.context}", *split)
+                          f"model.context={layout.context}", *split, *OCR_OVERRIDES[layout.ocr])
+
+
+OCR_WEIGHT = 0.5
+OCR_OVERRIDES = {"": [], "aux": ["model.ocr_head.enabled=true", f"train.ocr_weight={OCR_WEIGHT}"],
+                 "front": ["model.ocr_head.enabled=true", "train.objective=ocr"]}

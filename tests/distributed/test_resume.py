@@ -9,18 +9,30 @@ from tests.conftest import REPO, subprocess_env
 from tests.distributed.runs import losses, metrics, train, train_args
 
 
+OCR_STAGE0 = ["model.ocr_head.enabled=true", "train.objective=ocr", "train.ocr_head_eval_chunks=8",
+              "parallel.micro_batch_size=4", "parallel.global_batch_size=8"]
+
+
 @pytest.mark.parametrize("extra", [[], ["model.llm.hidden_dropout=0.1", "model.llm.attention_dropout=0.1"],
-                                   ["model.context=text"]],
-                         ids=["no-dropout", "dropout", "text-control"])
+                                   ["model.context=text"], OCR_STAGE0,
+                                   ["model.ocr_head.enabled=true", "train.ocr_head_eval_chunks=8"]],
+                         ids=["no-dropout", "dropout", "text-control", "ocr-stage0", "ocr-head-aux"])
 def test_resume_continues_exactly(tiny_data, tmp_path, extra):
     """With dropout the masks after the resume come from the restored random states; the text
-    control (no vision parameters) resumes as the model does."""
+    control (no vision parameters) resumes as the model does; stage 0 (the front alone with the
+    OCR head, on rendered chunks) and the OCR head's auxiliary loss resume exactly too (the
+    head's weights and optimizer state are in the checkpoint; eval/loss is then the head's)."""
     train(tiny_data, tmp_path / "straight", "train.steps=4", *extra)
     train(tiny_data, tmp_path / "split", "train.steps=2", *extra)
     train(tiny_data, tmp_path / "split", "train.steps=4", f"checkpoint.load_dir={tmp_path / 'split' / 'ckpt'}",
           *extra)
     a, b = losses(tmp_path / "straight"), losses(tmp_path / "split")
     assert b[3] == a[3] and b[4] == a[4]
+    if "model.ocr_head.enabled=true" in extra:
+        def front(out):
+            return [e["eval/front_char_accuracy"] for e in metrics(out) if e["step"] == 4 and "eval/front_loss" in e] + \
+                [e["train/ocr_loss"] for e in metrics(out) if e["step"] == 4 and "train/ocr_loss" in e]
+        assert len(front(tmp_path / "straight")) == 2 and front(tmp_path / "straight") == front(tmp_path / "split")
     assert [e["eval/loss"] for e in metrics(tmp_path / "straight") if e["step"] == 4 and "eval/loss" in e] == \
         [e["eval/loss"] for e in metrics(tmp_path / "split") if e["step"] == 4 and "eval/loss" in e]
 
