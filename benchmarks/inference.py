@@ -34,7 +34,6 @@ Cost model (docs/spec.md), for a context of n text tokens at rho = L / m:
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np

@@ -34,6 +34,10 @@ class CheckpointError(UserError):
     """A checkpoint directory that cannot be read or written."""
 
 
+class TrainingError(UserError):
+    """A run that ended without training (most of its steps skipped as non-finite)."""
+
+
 def run_cli(main: Callable[[], None]) -> None:
     """Run a tool's main(); a user error prints 'error: ...' on stderr and exits with code 2. So
     does an OSError (a file where a directory should be, no permission, a full disk): the

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from .config import Config, ConfigError, config_to_dict, load_config, tokenizer_size_problem, validate
-from .errors import run_cli
+from .errors import TrainingError, run_cli
 
 
 def preflight(cfg: Config) -> None:
@@ -24,9 +24,8 @@ def preflight(cfg: Config) -> None:
     from .data.dataset import parse_blend
     from .data.indexed import open_indexed
     from .data.tokenizer import load_tokenizer
-    from .checkpoint.format import resolve_tag_dir
-    from .checkpoint.resume import check_compatible, check_dir_writable, resume_dir
-    from .checkpoint.tokenizer_record import check_tokenizer_identity
+    from .checkpoint.manager import CheckpointManager
+    from .config.validate import check_dir_writable
 
     problem = memory_problem(cfg, int(os.environ.get("WORLD_SIZE", "1")), available_memory_bytes(_device()))
     if problem:                                 # before any file is read or process started
@@ -46,16 +45,7 @@ def preflight(cfg: Config) -> None:
     problem = grid_problem(cfg.model)          # the OCR head's grid must hold every rendering
     if problem:
         raise ConfigError(problem)
-    resumed = resume_dir(cfg, log=print)   # refuses to start over complete checkpoints
-    for field, start_from in (("checkpoint.load_dir" if cfg.checkpoint.load_dir else "checkpoint.save_dir",
-                               resumed), ("checkpoint.init_from", cfg.checkpoint.init_from)):
-        if start_from:
-            step_dir = resolve_tag_dir(start_from)
-            check_compatible(step_dir, cfg, weights_only=field == "checkpoint.init_from")
-            check_tokenizer_identity(step_dir, tok, field, cfg.checkpoint.allow_new_tokenizer)
-        if resumed:                        # a resumed run continues its own stage: no init_from
-            break
-    check_dir_writable(cfg.checkpoint.save_dir, "checkpoint.save_dir")
+    CheckpointManager.preflight(cfg, tok)   # where it starts; never over a complete checkpoint
     check_dir_writable(cfg.logging.dir, "logging.dir")
     from .training.logger import wandb_dir
     if wandb_dir(cfg) is not None:
@@ -83,6 +73,7 @@ def main(argv=None) -> None:
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _cuda() else "cuda")
     from .parallel.distributed import init_distributed, shutdown
+    from .training.health import did_not_train
     from .training.trainer import train
     env = init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel)
     _set_cpu_threads(env)
@@ -98,7 +89,7 @@ def main(argv=None) -> None:
             "eval_loss_before": result.eval_before, "eval_loss_after": result.eval_after,
             "eval_loss_drop_percent": drop, "tokens_per_second": result.tokens_per_second,
             "tensorboard": str(Path(cfg.logging.dir) / "tensorboard"), "checkpoint": result.checkpoint,
-            "ocr_readback_accuracy": result.ocr_accuracy,
+            "ocr_readback_accuracy": result.ocr_accuracy, "skipped_steps": result.skipped_steps,
             "ocr_char_accuracy": result.ocr_char_accuracy, "ocr_blind_char_accuracy": result.ocr_blind_accuracy,
         }
         if result.front is not None:
@@ -121,7 +112,13 @@ def main(argv=None) -> None:
         print(f"throughput      {result.tokens_per_second:,.0f} tokens/s (text + visual, all ranks)")
         print(f"tensorboard     tensorboard --logdir {summary['tensorboard']}")
         print(f"checkpoint      {result.checkpoint}")
+        if result.skipped_steps:
+            print(f"skipped steps   {result.skipped_steps} of the {len(result.train_losses)} this run ran "
+                  f"(non-finite loss or gradient: not applied)")
     shutdown()
+    failed = did_not_train(result.skipped_steps, len(result.train_losses))
+    if failed:                                  # every rank: the counts are the same everywhere
+        raise TrainingError(failed)
 
 
 def _device():

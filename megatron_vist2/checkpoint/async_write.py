@@ -63,7 +63,7 @@ def _register_tagger() -> None:
         _TAGGER.append(True)
 
 
-def snapshot(obj, memo: dict, storages: dict, pool: Optional[dict] = None):
+def snapshot(obj, memo: dict, storages: dict, pool: Optional[HostBuffers] = None):
     """A host copy of ``obj`` for a later ``torch.save``: containers rebuilt, tensors copied per
     storage (``storages``: the live storage -> its copy, shared by one checkpoint's files; the
     buffers from ``pool`` when it has their size), object identity kept (``memo``), other objects
@@ -95,17 +95,65 @@ def snapshot(obj, memo: dict, storages: dict, pool: Optional[dict] = None):
     return new
 
 
-def _host_buffer(nbytes: int, cuda: bool, pool: Optional[dict]):
-    """A host buffer of ``nbytes``: one the previous save used when there is one (its pages are
-    mapped already: a fresh buffer costs the kernel's page faults on top of the copy, 5x the
-    copy's time measured here), else a new one (pinned when the state is on a GPU)."""
-    free = pool.get(nbytes) if pool is not None else None
-    if free:
-        return free.pop()
-    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=cuda).untyped_storage()
+class HostBuffers:
+    """This rank's host buffers for snapshots, kept from one save to the next (a buffer whose pages
+    are mapped already costs only the copy: a fresh one adds the kernel's page faults, 5x the
+    copy's time measured here). Together they are one image of what the rank writes, sized to it.
+
+    On a GPU each buffer is page-locked with ``cudaHostRegister`` (so the device-to-host copies run
+    asynchronously) at exactly its size, and unregistered by ``close``. Not torch's pinned
+    allocator (``pin_memory=True``): it rounds every request up to a power of two and never gives
+    the memory back, up to 2x the state pinned per rank for the whole run. Not one arena either:
+    torch.save writes a storage per tensor storage, so each buffer must be a storage of its own,
+    and the state's total is known only after the first save; registering a buffer costs what
+    page-locking its bytes costs, once per run."""
+
+    def __init__(self, register=None, unregister=None):
+        self.free = {}                         # nbytes -> storages, ready for the next save
+        self.registered = []                   # data_ptrs page-locked here
+        self._register, self._unregister = register, unregister
+
+    def take(self, nbytes: int, cuda: bool):
+        free = self.free.get(nbytes)
+        if free:
+            return free.pop()
+        return _new_buffer(nbytes, cuda, self)
+
+    def give_back(self, buffers) -> None:
+        for buf in buffers:
+            self.free.setdefault(buf.nbytes(), []).append(buf)
+
+    def pin(self, buf) -> None:
+        register = self._register or torch.cuda.cudart().cudaHostRegister
+        err = register(buf.data_ptr(), buf.nbytes(), 0)
+        if err is not None and int(err) != 0:
+            raise CheckpointError(f"page-locking a {buf.nbytes()}-byte host buffer for an asynchronous save "
+                                  f"failed ({err}): the host is out of lockable memory (ulimit -l?); "
+                                  f"set checkpoint.async_save=false")
+        self.registered.append(buf.data_ptr())
+
+    def close(self) -> None:
+        """Unpin and drop every buffer (the end of the run)."""
+        unregister = self._unregister or (torch.cuda.cudart().cudaHostUnregister if self.registered else None)
+        for ptr in self.registered:
+            unregister(ptr)
+        self.registered, self.free = [], {}
 
 
-def _copy_tensor(t: torch.Tensor, storages: dict, pool: Optional[dict] = None) -> torch.Tensor:
+def _new_buffer(nbytes: int, cuda: bool, pool: Optional[HostBuffers]):
+    buf = torch.empty(nbytes, dtype=torch.uint8).untyped_storage()
+    if cuda and pool is not None:
+        pool.pin(buf)
+    return buf
+
+
+def _host_buffer(nbytes: int, cuda: bool, pool: Optional[HostBuffers]):
+    """A host buffer of ``nbytes``: from ``pool`` (a previous save's, else a new one, page-locked
+    when the state is on a GPU), or a plain new one without a pool."""
+    return pool.take(nbytes, cuda) if pool is not None else _new_buffer(nbytes, cuda, None)
+
+
+def _copy_tensor(t: torch.Tensor, storages: dict, pool: Optional[HostBuffers] = None) -> torch.Tensor:
     src = t.untyped_storage()
     if src.nbytes() == 0:
         return t                               # nothing to copy, nothing can change
@@ -135,7 +183,7 @@ class SnapshotEngine:
     ``save(state, path)`` becomes a host snapshot and a job for the writer thread, written later
     by the real engine's ``save`` (the same serializer, the same bytes)."""
 
-    def __init__(self, real, pool: Optional[dict] = None):
+    def __init__(self, real, pool: Optional[HostBuffers] = None):
         self.real, self.pool = real, pool
         self.jobs: List[Tuple[object, str, Callable]] = []
         self.storages = {}                     # shared by the files: one copy of a storage
@@ -181,7 +229,7 @@ class AsyncWriter:
         self.log = log
         self.pending: Optional[_Pending] = None
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.pool = {}                         # host buffers by size, kept between saves
+        self.pool = HostBuffers()              # host buffers, kept between saves
 
     def start(self, step: int, partial: Path, engine: SnapshotEngine,
               finish: Optional[Callable[[], None]]) -> None:
@@ -198,7 +246,7 @@ class AsyncWriter:
         try:
             with disk_errors(pending.partial.parent):
                 for state, path, write in jobs:
-                    write(state, path)
+                    write(state, faults.write_target(pending.step, self.rank, path))   # tests: disk-full
                     faults.after_async_file(pending.step, self.rank)     # tests only
                 marker.parent.mkdir(exist_ok=True)
                 marker.write_text("")
@@ -211,8 +259,8 @@ class AsyncWriter:
                 pass
         finally:
             jobs.clear()
-            for buf in buffers:                # the next save copies into them (main thread:
-                self.pool.setdefault(buf.nbytes(), []).append(buf)      # only once this ends)
+            self.pool.give_back(buffers)       # the next save copies into them (main thread:
+            #                                    only once this ends)
 
     def _failures(self) -> List[str]:
         done = self.pending.partial / DONE_DIR
@@ -272,6 +320,17 @@ class AsyncWriter:
     def _raise(self, failures: List[str]) -> None:
         partial = self.pending.partial if self.pending is not None else "the checkpoint"
         self.pending = None
+        full = [f.split(":")[0] for f in failures if "the disk is full" in f]
+        if full:
+            raise CheckpointError(
+                f"the background write of {partial} failed: the disk is full (no space left on device) "
+                f"on {', '.join(full)}; the save stays unfinished (ignored on restart) and the previous "
+                f"checkpoint and 'latest' are untouched. Free space or set checkpoint.save_dir elsewhere "
+                f"(checkpoint.keep_last limits how many are kept), then resume")
         raise CheckpointError(f"the background write of {partial} failed ({'; '.join(failures)}); "
                               f"the save stays unfinished (ignored on restart) and the previous "
                               f"checkpoint and 'latest' are untouched")
+
+    def close(self) -> None:
+        """The end of the run (after ``wait``): the host buffers go."""
+        self.pool.close()

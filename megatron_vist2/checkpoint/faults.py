@@ -12,6 +12,9 @@ Checkpoint faults (acted on here, for checkpoint/save.py and async_write.py):
 - ``slow-async-write``: the background writer sleeps ARG seconds (default 1) after each file.
 - ``nan-weights``: a NaN in the first parameter after optimizer step N, as an update that
   diverges while its loss is still finite does.
+- ``disk-full``: the save's shard files go to ``/dev/full`` (the kernel's real ENOSPC through
+  torch.save's own writer, synchronous or in the background), and so does the probe write that
+  format.disk_errors makes to tell a full disk from another write failure.
 Run-health faults (acted on by training/faults.py): ``nan-loss``, ``nan-grad``, ``stall``,
 ``spike`` (described there).
 """
@@ -21,10 +24,12 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional
 
 ENV = "MEGATRON_VIST2_FAULT"
-CHECKPOINT_KINDS = ("kill-in-save", "kill-in-async-write", "slow-async-write", "nan-weights")
+CHECKPOINT_KINDS = ("kill-in-save", "kill-in-async-write", "slow-async-write", "nan-weights", "disk-full")
+FULL_DEVICE = Path("/dev/full")
 TRAINING_KINDS = ("nan-loss", "nan-grad", "stall", "spike")
 
 
@@ -87,3 +92,30 @@ def nan_weights(module, step: int, rank: int) -> None:
         import torch
         with torch.no_grad():
             next(module.parameters()).view(-1)[0] = float("nan")
+
+
+def write_target(step: int, rank: int, path):
+    """Where a shard file of step ``step``'s save is written: ``path``, or /dev/full."""
+    return str(FULL_DEVICE) if _hit("disk-full", step, rank) else path
+
+
+class _FullDisk:
+    def __init__(self, real, step: int, rank: int):
+        self.real, self.step, self.rank = real, step, rank
+
+    def save(self, state_dict, path):
+        return self.real.save(state_dict, write_target(self.step, self.rank, path))
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def checkpoint_engine(real, step: int, rank: int):
+    """DeepSpeed's checkpoint engine for a synchronous save of step ``step``: ``real``, or under
+    ``disk-full`` one whose files go to /dev/full."""
+    return _FullDisk(real, step, rank) if _hit("disk-full", step, rank) else real
+
+
+def space_probe_file() -> Optional[Path]:
+    """/dev/full while a ``disk-full`` fault is set (format.disk_errors' probe write)."""
+    return FULL_DEVICE if from_env(("disk-full",)) else None

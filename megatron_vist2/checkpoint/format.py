@@ -23,12 +23,14 @@ import errno
 import importlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterator, List, Optional
 
 import torch
 
 from ..errors import CheckpointError
+from . import faults
 
 MARKER = "complete.json"
 LATEST = "latest"
@@ -108,20 +110,88 @@ def check_writable_target(out: str, flag: str = "--out") -> Path:
     return p
 
 
+# torch.save writes an ASCII path through C++ (caffe2/serialize/inline_container.cc): a failed
+# write surfaces as a RuntimeError without errno ("PytorchStreamWriter failed writing file data/0:
+# file write failed", "unexpected pos 704 vs 598", or the stream's own "basic_ios::clear: iostream
+# error"). Another path goes through a Python file (torch/serialization.py _open_zipfile_writer_file):
+# the OSError itself, or torch's RuntimeError with that OSError as its context.
+_TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed writing", "file write failed", "unexpected pos",
+                         "basic_ios::clear", "iostream error")
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _torch_write_failure(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, RuntimeError) and any(m in str(exc) for m in _TORCH_WRITE_FAILURES):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _chained_errno(exc: BaseException) -> Optional[int]:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno:
+            return exc.errno
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _space_errno(where: Path) -> Optional[int]:
+    """torch's message has no errno: write 1 MiB (fsync'ed) next to the checkpoint; a full disk
+    or quota refuses it -> its errno (None: the write succeeds, the disk is not full)."""
+    probe = faults.space_probe_file() or Path(where) / f".space_probe_{os.getpid()}"
+    created = not probe.exists()
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * (1 << 20))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        return exc.errno
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+    return None
+
+
 @contextlib.contextmanager
 def disk_errors(where: Path) -> Iterator[None]:
-    """An OS error while writing a checkpoint -> CheckpointError naming the directory and, for a
-    full disk or quota, saying so (the unfinished save stays ``.partial`` and is ignored)."""
+    """A failed write of a checkpoint -> CheckpointError naming the directory and, for a full disk
+    or quota, saying so (the unfinished save stays ``.partial`` and is ignored): an OSError, or
+    the RuntimeError torch.save raises for the same failure (its errno then comes from a probe
+    write). Any other error is left as it is."""
     try:
         yield
     except OSError as exc:
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        raise CheckpointError(
-            f"saving to {where} failed: " + ("the disk is full (no space left on device)" if full
-                                            else f"{exc.strerror or exc}")
-            + "; the previous complete checkpoint and 'latest' are untouched. "
-            + ("Free space or set checkpoint.save_dir elsewhere (checkpoint.keep_last limits how many "
-               "are kept), then resume" if full else "fix the directory, then resume")) from None
+        raise _write_error(where, exc.errno, exc.strerror or str(exc)) from None
+    except RuntimeError as exc:
+        if not _torch_write_failure(exc):
+            raise
+        code = _chained_errno(exc) or _space_errno(where)
+        raise _write_error(where, code, f"torch.save could not write ({str(exc).splitlines()[0]})") from None
+
+
+def _write_error(where: Path, code: Optional[int], what: str) -> CheckpointError:
+    full = code in _FULL
+    return CheckpointError(
+        f"saving to {where} failed: " + ("the disk is full (no space left on device)" if full else what)
+        + "; the previous complete checkpoint and 'latest' are untouched. "
+        + ("Free space or set checkpoint.save_dir elsewhere (checkpoint.keep_last limits how many "
+           "are kept), then resume" if full else "fix the directory, then resume"))
+
+
+def _unfinished(path: Path) -> Optional[str]:
+    """A step directory whose save did not finish (``step_N.partial``, or ``step_N`` without
+    its manifest), named as such for every reader (training, reshard, convert, inspect)."""
+    if (path / MARKER).is_file() or (path / LATEST).exists() or not re.fullmatch(
+            rf"step_\d+({re.escape(PARTIAL)})?", path.name):
+        return None
+    newest = complete_tags(path.parent)
+    return (f"{path} is an unfinished save (a run stopped while writing it: it has no {MARKER}), not "
+            f"a checkpoint; load a complete one: "
+            + (f"{path.parent} (its newest complete checkpoint is {newest[-1]})" if newest else
+               f"{path.parent} holds none"))
 
 
 def check_loadable(load_dir: str) -> str:
@@ -130,6 +200,9 @@ def check_loadable(load_dir: str) -> str:
     if not root.is_dir():
         raise CheckpointError(f"checkpoint directory {root} does not exist or is not a directory "
                               f"(checkpoint.load_dir)")
+    unfinished = _unfinished(root)
+    if unfinished:
+        raise CheckpointError(unfinished)
     latest = root / LATEST
     try:
         tag = latest.read_text().strip()
@@ -209,7 +282,10 @@ def resolve_tag_dir(path: str) -> Path:
     return p / check_loadable(path)
 
 
-def safe_load(path: str, map_location=None, mmap: bool = False):
+def safe_load(path: str, map_location="cpu", mmap: bool = False):
+    """``torch.load`` with ``weights_only`` (a short allowlist of DeepSpeed's own classes) onto the
+    CPU by default: a GPU run's files record each storage's device ("cuda:5"), which a machine
+    without CUDA, or with fewer GPUs, cannot restore; the caller moves what it needs."""
     classes = []
     for name in _SAFE_DEEPSPEED_GLOBALS:
         module, attr = name.rsplit(".", 1)

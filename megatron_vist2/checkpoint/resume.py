@@ -4,24 +4,28 @@
   A save directory with complete checkpoints is resumed from (its ``latest``, or the newest
   complete step when ``latest`` is missing) or refused: a new run never overwrites a complete
   checkpoint.
-- ``check_compatible``: the saved model must be this model (every differing field named).
+- ``check_compatible``: the saved model must be this model (every differing field named), and a
+  resume must be able to apply this run's optimizer settings.
+- ``schedule_changes`` / ``apply_schedule``: a resume continues the checkpoint's optimizer and
+  learning-rate schedule, except the ``optim.*`` and ``train.steps`` fields this run changes:
+  those apply from the resumed step on, named in the log with the learning rate the run uses.
+  A change that regroups the parameters (``optim.lr_multipliers``, weight decay to or from 0)
+  is refused with the way to start a new schedule from the weights (``checkpoint.init_from``).
 - ``load_checkpoint``: the saved layout goes to DeepSpeed (random states restored: bit-exact);
   another layout, or a consolidated checkpoint, is resharded (reshard.py), optimizer included.
-- ``check_dir_writable``: the save directory is checked writable before anything starts.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
 from ..config import Config, config_to_dict
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from ..parallel import compat
 from .format import (CONSOLIDATED, LATEST, MARKER, check_loadable, complete_tags, partial_checkpoints,
                      read_config_yaml, read_latest, read_manifest, resolve_tag_dir, safe_load, step_of)
@@ -90,59 +94,85 @@ def resume_dir(cfg: Config, log=lambda *_: None) -> Optional[str]:
     return start_point(c.save_dir, c.load_dir, c.auto_resume, c.init_from, log)
 
 
-def check_dir_writable(path: str, field: str) -> None:
-    """Create ``path`` and write a probe file in it, or ConfigError naming the field."""
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".write_probe_{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"{field} {p} is not writable ({exc.strerror or exc}); choose a directory "
-                          f"this user can write") from None
-
-
-def check_compatible(step_dir: Path, cfg: Config, weights_only: bool = False) -> bool:
-    """The saved model must be this model; name every difference. -> whether the saved layout
-    is this run's (else the checkpoint is resharded on load). ``weights_only`` (a new stage,
-    checkpoint.init_from): the OCR head (model.ocr_head) may differ: a head the checkpoint lacks
-    starts from its initialisation, one this run lacks is left behind (through the reshard path)."""
+def _saved_config(step_dir: Path) -> dict:
     from ..config import recorded_config
     # through the dataclasses: a field added since the save compares as its default
     path = step_dir / "config.yaml"
-    saved = config_to_dict(recorded_config(read_config_yaml(step_dir), path))
+    return config_to_dict(recorded_config(read_config_yaml(step_dir), path))
+
+
+def _differences(a, b, path: str) -> List[Tuple[str, object, object]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for key in sorted(set(a) | set(b))
+                for d in _differences(a.get(key), b.get(key), f"{path}.{key}" if path else key)]
+    return [] if a == b else [(path, a, b)]
+
+
+def schedule_changes(saved: dict, cfg: Config) -> List[Tuple[str, object, object]]:
+    """The optimizer and schedule fields (``optim.*``, ``train.steps``: the cosine's length) this
+    run sets otherwise than the checkpoint's config -> (field, saved, ours)."""
     ours = config_to_dict(cfg)
-    diffs = []
+    fields = [(f"optim.{k}", saved["optim"].get(k), ours["optim"].get(k)) for k in ours["optim"]]
+    return [(f, a, b) for f, a, b in fields + [("train.steps", saved["train"]["steps"], ours["train"]["steps"])]
+            if a != b]
 
-    def walk(a, b, path):
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b)):
-                walk(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-        elif a != b:
-            diffs.append(f"{path}: checkpoint {a!r}, this run {b!r}")
 
-    walk(saved["model"], ours["model"], "model")
-    diffs = [d for d in diffs if d.split(":")[0] not in _FREE_TO_CHANGE]
+def _regrouping(changes) -> List[str]:
+    """Changes a resume cannot apply: they regroup the parameters (groups are keyed by weight decay
+    zero or not and lr multiplier, optim.py), and the saved optimizer state is kept per group."""
+    out = []
+    for field, old, new in changes:
+        if field == "optim.lr_multipliers" or (field == "optim.weight_decay" and (old == 0) != (new == 0)):
+            out.append(f"{field}: checkpoint {old!r}, this run {new!r}")
+    return out
+
+
+def _new_schedule_hint(step_dir: Path) -> str:
+    return (f"checkpoint.init_from={step_dir} with a new checkpoint.save_dir (these weights, a new optimizer "
+            f"state and the schedule from step 0)")
+
+
+def check_compatible(step_dir: Path, cfg: Config, weights_only: bool = False) -> bool:
+    """The saved model must be this model; name every difference. A resume (not ``weights_only``,
+    a new stage's ``init_from``) must also be able to apply this run's optimizer settings (a
+    change that regroups the parameters is refused by name). ``weights_only``: the OCR head
+    (model.ocr_head) may differ: a head the checkpoint lacks starts from its initialisation, one
+    this run lacks is left behind (through the reshard path). -> whether the saved layout is this
+    run's (else the checkpoint is resharded on load)."""
+    saved = _saved_config(step_dir)
+    diffs = [f"{f}: checkpoint {a!r}, this run {b!r}" for f, a, b in
+             _differences(saved["model"], config_to_dict(cfg)["model"], "model") if f not in _FREE_TO_CHANGE]
     head_changed = any(d.startswith("model.ocr_head.") for d in diffs)
     if weights_only:
         diffs = [d for d in diffs if not d.startswith("model.ocr_head.")]
     if diffs:
         raise CheckpointError(f"{step_dir} holds a different model:\n  - " + "\n  - ".join(diffs)
                               + "\nload a checkpoint of this model or change the model config to match")
+    regrouped = _regrouping(schedule_changes(saved, cfg)) if not weights_only else []
+    if regrouped:
+        raise CheckpointError(
+            f"resuming {step_dir} with another optimizer grouping:\n  - " + "\n  - ".join(regrouped)
+            + "\nthe saved optimizer state is kept per parameter group, so a resume cannot apply this. "
+            "Resume with the checkpoint's values, or start a new schedule from its weights: "
+            + _new_schedule_hint(step_dir))
     return read_manifest(step_dir)["layout"] == layout_of(cfg) and not head_changed
 
 
 def load_checkpoint(engine, cfg: Config, load_dir: str, log=print, weights_only: bool = False
                     ) -> Tuple[int, int]:
     """Resume (model, optimizer, scheduler, step, samples) from ``load_dir``'s latest complete
-    checkpoint (or from ``load_dir`` itself when it is a step directory); ``weights_only``: only the model weights (a new training stage starts from them)."""
+    checkpoint (or from ``load_dir`` itself when it is a step directory); ``weights_only``: only
+    the model weights (a new training stage starts from them). A resume continues the saved
+    optimizer and learning-rate schedule, except the fields this run changes, which apply from
+    the resumed step on (``apply_schedule``); the log says which learning rate the run uses and
+    where it comes from."""
     ignored = partial_checkpoints(Path(load_dir))
     if ignored:
         log(f"ignoring incomplete checkpoint(s) in {load_dir}: {', '.join(ignored)} "
             f"(a save that did not finish)")
     step_dir = resolve_tag_dir(load_dir)
     same_layout = check_compatible(step_dir, cfg, weights_only)
+    ours = _this_runs_schedule(engine)
     start = time.time()
     if same_layout and read_manifest(step_dir).get("format") != CONSOLIDATED:
         save_dir, ds_tag = stage_location(step_dir)
@@ -162,7 +192,44 @@ def load_checkpoint(engine, cfg: Config, load_dir: str, log=print, weights_only:
         log(f"resharded {step_dir} (saved as {source.layout}) into this run's layout {layout_of(cfg)}"
             + ("" if weights_only else "; random states start from the seed"))
     log(f"loaded checkpoint {step_dir} in {time.time() - start:.2f} s")
-    return int(client["step"]), int(client["consumed_samples"])
+    step = int(client["step"])
+    if not weights_only:
+        changes = schedule_changes(_saved_config(step_dir), cfg)
+        if changes and ours is not None:
+            apply_schedule(engine, ours)
+        log(f"learning rate {engine.get_lr()[0]:.4g} at step {step}: " + (
+            f"this run's optim.* and train.steps, applied from the resumed step (changed since "
+            f"{step_dir.name}: " + "; ".join(f"{f} {a!r} -> {b!r}" for f, a, b in changes) + "); Adam's "
+            "moments and step count are the checkpoint's. To restart the schedule instead: "
+            + _new_schedule_hint(step_dir) if changes else
+            f"the schedule of {step_dir}, continued (optim.* and train.steps as saved)"))
+    return step, int(client["consumed_samples"])
+
+
+def _this_runs_schedule(engine):
+    """This run's base learning rates and group hyper-parameters (before a load replaces them)."""
+    sched = getattr(engine, "lr_scheduler", None)
+    if sched is None:
+        return None
+    return list(sched.base_lrs), [{k: g[k] for k in ("betas", "eps", "weight_decay")}
+                                  for g in sched.optimizer.param_groups]
+
+
+def apply_schedule(engine, ours) -> None:
+    """This run's schedule and optimizer hyper-parameters at the loaded schedule position (the
+    count of applied steps): base learning rates, betas, eps and weight decay from ``ours``,
+    each group's learning rate recomputed from this run's schedule."""
+    sched = engine.lr_scheduler
+    bases, hyper = ours
+    if len(bases) != len(sched.base_lrs):
+        raise CheckpointError(f"the checkpoint's optimizer has {len(sched.base_lrs)} parameter groups, this "
+                              f"run's {len(bases)}: it cannot be resumed with this run's optimizer settings")
+    lrs = [base * fn(sched.last_epoch) for base, fn in zip(bases, sched.lr_lambdas)]
+    state = sched.state_dict()
+    state.update(base_lrs=bases, _last_lr=lrs)            # through the public state dict
+    sched.load_state_dict(state)
+    for group, h, base, lr in zip(sched.optimizer.param_groups, hyper, bases, lrs):
+        group.update(h, initial_lr=base, lr=lr)
 
 
 def _restore_rng(step_dir: Path, log) -> None:

@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -28,7 +28,7 @@ from ..config import Config, config_to_dict, data_parallel_size
 from ..errors import CheckpointError
 from . import faults
 from .async_write import SnapshotEngine
-from .divergence import refuse_non_finite
+from .divergence import check_weights
 from .format import (MARKER, PARTIAL, TENSORS_FILE, advance_latest, complete_tags, describe_stage, disk_errors,
                      write_atomic, write_manifest)
 from .tokenizer_record import store_tokenizer
@@ -59,17 +59,22 @@ def _rng_states() -> dict:
 
 
 def save_checkpoint(engine, cfg: Config, step: int, consumed_samples: int,
-                    tokenizer_sha256: str, log=print, writer=None) -> str:
+                    tokenizer_sha256: str, log=print, writer=None, start_norm: Optional[float] = None) -> str:
     """Save step ``step``; with ``writer`` (an AsyncWriter, ``checkpoint.async_save``) only the
     copy into host memory happens now: the files are written in the background and the
-    checkpoint is complete once ``writer`` says so (async_write.py)."""
+    checkpoint is complete once ``writer`` says so (async_write.py). The weights are checked
+    first (divergence.py; their norm against ``start_norm``, the norm the run started from)."""
     root = Path(cfg.checkpoint.save_dir)
     tag = f"step_{step:07d}"
     partial, final = root / f"{tag}{PARTIAL}", root / tag
     start = time.time()
     if writer is not None:
         writer.wait(engine.device)             # at most one save in flight
-    refuse_non_finite(engine.module, step, str(root), engine.device)   # collective, before any write
+    norm = check_weights(engine.module, step, str(root), engine.device, start_norm,   # collective,
+                         cfg.checkpoint.max_weight_growth)                        # before any write
+    if start_norm:
+        log(f"step {step}: weights' norm {norm:.4g}, {norm / start_norm:.2f}x the {start_norm:.4g} this run "
+            f"started from (checkpoint.max_weight_growth = {cfg.checkpoint.max_weight_growth:g})")
     if (final / MARKER).is_file():            # never replace a complete checkpoint
         raise CheckpointError(f"{final} already exists (a complete checkpoint): not overwriting it; "
                               f"set checkpoint.save_dir to a new directory")
@@ -86,7 +91,8 @@ def _save_checkpoint(engine, cfg, step, consumed_samples, tokenizer_sha256, log,
     dist.barrier()
     save_dir, ds_tag = stage_location(partial)
     snap = None if writer is None else SnapshotEngine(engine.checkpoint_engine, writer.pool)
-    real, engine.checkpoint_engine = engine.checkpoint_engine, snap or engine.checkpoint_engine
+    real, writes = engine.checkpoint_engine, _Writes(partial.parent)
+    engine.checkpoint_engine = snap or writes.engine(faults.checkpoint_engine(real, step, dist.get_rank()))
     try:
         engine.save_checkpoint(str(save_dir), tag=ds_tag, save_latest=False,
                                client_state={"step": step, "consumed_samples": consumed_samples,
@@ -97,7 +103,7 @@ def _save_checkpoint(engine, cfg, step, consumed_samples, tokenizer_sha256, log,
     (partial / "rng").mkdir(exist_ok=True)
     rng_file = partial / "rng" / f"rank_{dist.get_rank():05d}.pt"
     if snap is None:
-        torch.save(_rng_states(), rng_file)
+        writes.run(torch.save, _rng_states(), rng_file)
     else:
         snap.add(_rng_states(), rng_file, torch.save)
         snap.done_copying()
@@ -106,11 +112,15 @@ def _save_checkpoint(engine, cfg, step, consumed_samples, tokenizer_sha256, log,
         parallel_state.get_data_parallel_rank() == 0
     dist.all_gather_object(stages, (parallel_state.get_pipeline_model_parallel_rank(), describe_stage(
         engine.module, engine.optimizer, cfg.parallel.tensor_parallel)) if leader else None)
+    stored = {}
     if dist.get_rank() == 0:                   # the small files, now (the thread runs no collective)
         ordered = [d for _, d in sorted(x for x in stages if x is not None)]
-        (partial / TENSORS_FILE).write_text(json.dumps({"stages": ordered}))
-        (partial / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        stored = store_tokenizer(partial, cfg.data.tokenizer)     # tools find it from anywhere
+        writes.run(lambda: ((partial / TENSORS_FILE).write_text(json.dumps({"stages": ordered})),
+                            (partial / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False)),
+                            stored.update(store_tokenizer(partial, cfg.data.tokenizer))))  # found from anywhere
+    if writer is None:
+        faults.kill_in_save(step, dist.get_rank())     # tests only
+    writes.raise_if_any(engine.device)         # collective: every rank has written its files, or all fail
     finish = None if dist.get_rank() != 0 else (lambda: _complete(
         cfg, partial, final, tag, log, start, step=step, consumed_samples=consumed_samples,
         layout=layout_of(cfg), tokenizer_sha256=tokenizer_sha256, **stored))
@@ -119,11 +129,50 @@ def _save_checkpoint(engine, cfg, step, consumed_samples, tokenizer_sha256, log,
             f"written in the background")
         writer.start(step, partial, snap, finish)
         return
-    faults.kill_in_save(step, dist.get_rank())     # tests only
-    dist.barrier()                             # every rank has written its shards
     if finish is not None:
         finish()
     dist.barrier()
+
+
+class _Writes:
+    """This rank's writes of one save: the first failure is kept (as ``disk_errors``' message), not
+    raised, so every rank still reaches the collectives of DeepSpeed's save and of ours (a rank
+    raising alone would leave the others waiting in them); ``raise_if_any`` then fails the save
+    on every rank together, naming the rank that failed."""
+
+    def __init__(self, where: Path):
+        self.where, self.error = where, None
+
+    def run(self, fn, *args) -> None:
+        if self.error is None:
+            try:
+                with disk_errors(self.where):
+                    fn(*args)
+            except CheckpointError as exc:
+                self.error = exc
+
+    def engine(self, real):
+        writes = self
+
+        class Collecting:
+            def save(self, state_dict, path):
+                writes.run(real.save, state_dict, path)
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+        return Collecting()
+
+    def raise_if_any(self, device) -> None:
+        failed = torch.tensor(float(self.error is not None), device=device)
+        dist.all_reduce(failed)
+        if failed.item() == 0:
+            return
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, None if self.error is None else str(self.error))
+        if self.error is not None:
+            raise self.error
+        rank, text = next((r, e) for r, e in enumerate(errors) if e is not None)
+        raise CheckpointError(f"rank {rank}: {text}")
 
 
 def _complete(cfg, partial: Path, final: Path, tag: str, log, start: float, **manifest) -> None:

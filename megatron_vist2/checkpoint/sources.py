@@ -87,7 +87,7 @@ def _load(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the checkpoint does not hold every shard of its "
                               f"layout")
-    return safe_load(str(path), mmap=True)
+    return safe_load(str(path), map_location="cpu", mmap=True)     # a GPU run's devices: not here
 
 
 def _by_rank(files: List[Path]) -> List[Path]:
@@ -143,9 +143,12 @@ class _FlatGroupShard:
                                   f"{tt}, its layout has {dp} data-parallel ranks")
         shards = [_load(f)["optimizer_state_dict"] for f in _by_rank(optim_files)]
         first = shards[0]
+        # a checkpoint saved before the first optimizer step has weights but no Adam state
+        stepped = all(s["base_optimizer_state"]["state"] for s in shards)
         self.flats = {kind: [_Flat([s["single_partition_of_fp32_groups"][g] if kind == "param"
                                     else s["base_optimizer_state"]["state"][g][kind] for s in shards])
-                             for g in range(len(model["param_shapes"]))] for kind in KINDS}
+                             for g in range(len(model["param_shapes"]))]
+                      for kind in KINDS if kind == "param" or stepped}
         paddings = first.get("param_alignment_paddings")
         for g, shapes in enumerate(model["param_shapes"]):
             offset = 0
@@ -153,10 +156,11 @@ class _FlatGroupShard:
                 numel = math.prod(shape)
                 self.index[name] = (g, offset, numel, tuple(shape))
                 offset += numel + (paddings[g][j] if paddings else 0)
-            self.steps.append(int(first["base_optimizer_state"]["state"][g]["step"]))
+            if stepped:
+                self.steps.append(int(first["base_optimizer_state"]["state"][g]["step"]))
 
     def tensor(self, name: str, kind: str) -> Optional[torch.Tensor]:
-        if name in self.index:
+        if name in self.index and kind in self.flats:
             g, start, numel, shape = self.index[name]
             return self.flats[kind][g].read(start, numel).view(shape).float()
         if kind == "param" and name in self.module:

@@ -277,6 +277,10 @@ class CheckpointConfig:
     # resume / init_from with a tokenizer other than the checkpoint's (every embedding row then
     # means another piece): refused unless this says the change is intended
     allow_new_tokenizer: bool = False
+    # a checkpoint whose weights' norm is more than this many times the norm the run started from
+    # (its initial or resumed weights) is refused as diverged, not saved (checkpoint/divergence.py);
+    # 0 = no limit (non-finite weights are refused whatever this says)
+    max_weight_growth: float = 100.0
 
 
 @dataclass

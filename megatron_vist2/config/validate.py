@@ -7,7 +7,9 @@ are its ``Literal`` type in schema.py (the loader checks the type, this module t
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
+from pathlib import Path
 from typing import List, Optional
 
 from ..errors import CheckpointError
@@ -274,6 +276,9 @@ def _checkpoint_problems(cfg: Config) -> List[str]:
     out = []
     if cfg.checkpoint.keep_last < 0:
         out.append(f"checkpoint.keep_last must be >= 0 (0 keeps every checkpoint), got {cfg.checkpoint.keep_last}")
+    if cfg.checkpoint.max_weight_growth != 0 and cfg.checkpoint.max_weight_growth <= 1:
+        out.append(f"checkpoint.max_weight_growth must be > 1 (times the norm the run started from) or 0 "
+                   f"(no limit), got {cfg.checkpoint.max_weight_growth}")
     if cfg.train.eval_interval < 0 or cfg.checkpoint.save_interval < 0:
         out.append("train.eval_interval and checkpoint.save_interval must be >= 0 (0 = off)")
     return out
@@ -341,3 +346,16 @@ def recorded_config(data: dict, path) -> Config:
                               + "; ".join(problems) + ". The checkpoint comes from a newer version or "
                               "was edited: use the version that wrote it, or correct the field")
     return cfg
+
+
+def check_dir_writable(path: str, field: str) -> None:
+    """Create ``path`` and write a probe file in it, or ConfigError naming the field."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write_probe_{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{field} {p} is not writable ({exc.strerror or exc}); choose a directory "
+                          f"this user can write") from None

@@ -12,7 +12,6 @@ from dataclasses import replace
 from typing import Dict, List, Tuple
 
 import numpy as np
-import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 

@@ -19,6 +19,13 @@ losses; a spike is not added to the window. The step's loss is the same number o
 (all-reduced by the schedule), so every rank decides alike without a collective. With
 ``spike_mode=rollback`` every rank reloads the newest checkpoint of the run and reads on from the
 spike's batch + ``spike_skip_batches``; the step counter goes back to the checkpoint's.
+
+Run health decides; the checkpoint manager acts (checkpoint/manager.py): ``end_step`` returns a
+``StepHealth`` (skipped, diverged, a rollback asked for), and the manager never saves a skipped
+step, stops a diverged run naming the last good checkpoint, and does the rollback.
+
+A run that did not train (``did_not_train``): more than half of the steps it ran were skipped.
+It exits non-zero after its summary (train.py), which says how many steps were skipped.
 """
 from __future__ import annotations
 
@@ -27,14 +34,26 @@ import math
 import statistics
 import time
 from collections import deque
-from typing import List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
-from ..checkpoint.divergence import raise_diverged
 from .faults import Faults
 from .watchdog import Watchdog, collective, take_waited
+
+
+@dataclass
+class StepHealth:
+    """The verdict on one step that the checkpoint manager acts on (checkpoint/manager.py
+    ``StepVerdict``): never save a skipped step, stop a diverged run, roll back on a spike."""
+    skipped: bool = False                   # the update was not applied (non-finite loss or gradient)
+    diverged: Optional[str] = None          # too many skips in a row: why the run stops
+    # a loss spike with spike_mode=rollback: its description, metrics, and the sample to read on from
+    spike: Optional[str] = None
+    spike_values: Optional[Dict[str, float]] = None
+    rollback_to_sample: Optional[int] = None
 
 
 class NonFiniteGuard:
@@ -132,9 +151,8 @@ class RunHealth:
     """The training loop's side of run health: ``start_step`` before a step, ``end_step`` after it
     (-> a rollback target or None), ``close`` at the end."""
 
-    def __init__(self, run, env, writer=None):
+    def __init__(self, run, env):
         self.run, self.cfg, self.h = run, run.cfg, run.cfg.train.health
-        self.writer = writer                   # the AsyncWriter of asynchronous saves, if any
         self.rank, self.world, self.device = env.rank, env.world_size, env.device
         self.faults = Faults(env.rank)
         self.faults.install_grad_fault(run.engine.module)       # before the guard's hooks
@@ -159,9 +177,9 @@ class RunHealth:
         self.faults.at(step)                                     # tests: a stalled rank
         return self.faults.loss_fn(loss_fn)
 
-    def end_step(self, step: int, loss: float, consumed: int, checkpoint: Optional[str]):
-        """After step ``step``: count a skip (stop after too many), watch for a spike; -> (step,
-        consumed) to continue from after a rollback, else None."""
+    def end_step(self, step: int, loss: float, consumed: int) -> StepHealth:
+        """After step ``step``: count a skip (too many in a row: the run diverged), watch for a
+        spike; -> the verdict for the checkpoint manager."""
         took = time.monotonic() - self._started
         if self.watchdog:
             self.watchdog.step_finished()
@@ -179,38 +197,33 @@ class RunHealth:
             log.log(step, {"health/skipped_step": 1.0, "health/nonfinite_loss": float(bool(self.guard.loss_ranks)),
                            "health/nonfinite_grad": float(bool(self.guard.grad_ranks or self.guard.deepspeed_overflow)),
                            "health/consecutive_skips": self.consecutive, "health/skips_total": self.total_skips})
+            diverged = None
             if self.consecutive >= self.h.max_consecutive_skips:
-                raise_diverged(f"{self.consecutive} steps in a row ({self.first_skipped}..{step}, "
-                               f"train.health.max_consecutive_skips) had a non-finite {what}: "
-                               f"training diverged and stops", self.cfg.checkpoint.save_dir)
-            return None
+                diverged = (f"{self.consecutive} steps in a row ({self.first_skipped}..{step}, "
+                            f"train.health.max_consecutive_skips) had a non-finite {what}: training "
+                            f"diverged and stops")
+            return StepHealth(skipped=True, diverged=diverged)
         self.consecutive, self.first_skipped = 0, None
-        return self._spike(step, self.faults.reported_loss(loss), consumed, checkpoint)
+        return self._spike(step, self.faults.reported_loss(loss), consumed)
 
-    def _spike(self, step, loss, consumed, checkpoint):
+    def _spike(self, step, loss, consumed) -> StepHealth:
+        """A spike is logged here, or (``spike_mode=rollback``) handed to the checkpoint manager,
+        which rolls back to the newest checkpoint and logs it."""
         if self.spikes is None or not math.isfinite(loss):
-            return None
+            return StepHealth()
         z = self.spikes.observe(loss)
         if z is None:
-            return None
-        log, h = self.run.log, self.h
-        rollback = h.spike_mode == "rollback" and checkpoint is not None
+            return StepHealth()
+        h = self.h
         values = {"health/loss_spike": loss, "health/loss_spike_zscore": z}
         text = (f"step {step}: loss spike {loss:.4f} (z = {z:.1f} over the last {h.spike_window} losses, "
                 f"threshold {h.spike_zscore:g})")
-        if not rollback:
-            log.print(text + ("; no checkpoint to roll back to yet: continuing" if h.spike_mode == "rollback" else ""))
-            log.log(step, values)
-            return None
-        from ..checkpoint.resume import load_checkpoint         # the trainer's own resume path
-        if self.writer is not None:            # an asynchronous save of ``checkpoint`` may be in flight:
-            self.writer.wait(self.device)      # every rank decided alike, so every rank waits here
-        back_step, _ = load_checkpoint(self.run.engine, self.cfg, checkpoint, log.print)
-        resume_at = consumed + h.spike_skip_batches * self.cfg.parallel.global_batch_size
-        log.print(f"{text}: rolled back to {checkpoint} (step {back_step}); data read on from sample "
-                  f"{resume_at} (the spike's batch and the {h.spike_skip_batches} after it are skipped)")
-        log.log(step, {**values, "health/rollback_to_step": back_step, "health/rollback_resume_sample": resume_at})
-        return back_step, resume_at
+        if h.spike_mode == "rollback":
+            return StepHealth(spike=text, spike_values=values,
+                              rollback_to_sample=consumed + h.spike_skip_batches * self.cfg.parallel.global_batch_size)
+        self.run.log.print(text)
+        self.run.log.log(step, values)
+        return StepHealth()
 
     def report_step_times(self, step: int) -> None:
         """Collective (every rank, at every log line): the slowest rank and its lag vs the median."""
@@ -237,3 +250,14 @@ class RunHealth:
     def close(self) -> None:
         if self.watchdog:
             self.watchdog.close()
+
+
+def did_not_train(skipped: int, steps: int) -> Optional[str]:
+    """The rule for a run that did not train: more than half of the ``steps`` it ran were skipped
+    (-> why, for its exit; None: it trained)."""
+    if skipped * 2 <= steps:
+        return None
+    return (f"{skipped} of the {steps} steps this run ran were skipped (a non-finite loss or gradient): "
+            f"the run did not train. Its weights are those of its last applied step; restart from the "
+            f"last good checkpoint with a lower optim.lr, more optim.warmup_steps or optim.grad_clip > 0, "
+            f"or check the data")

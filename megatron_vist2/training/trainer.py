@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from ..config import (Config, analytic_parameter_counts, data_parallel_size, frozen_by_objective,
                       gradient_accumulation_steps, name_under)
-from ..data.dataset import GlobalBatchSampler, build_dataset, collate
+from ..data.dataset import GlobalBatchSampler, build_dataset
 from ..data.tokenizer import Tokenizer, load_tokenizer
 from ..models.vist2 import Vist2Batch, Vist2Model
 from ..parallel.deepspeed_mpu import MegatronMPU
@@ -39,17 +39,13 @@ from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
 from ..parallel.pipeline import PipelineSchedule, stage_part
 from ..parallel.random import seed_runtime_rng
-from ..checkpoint.format import resolve_tag_dir
-from ..checkpoint.async_write import AsyncWriter
-from ..checkpoint.resume import load_checkpoint, resume_dir
-from ..checkpoint.save import save_checkpoint
+from ..checkpoint.manager import CheckpointManager
 from .curriculum import Curriculum
 from .deepspeed_config import deepspeed_config, resolve_dtype
 from ..metrics.loss import (MODE_STATS, PROBE_STATS, TargetWeights, mode_means, ocr_head_loss,
                             readback_probe_loss, training_loss)
 from .logger import MetricsLogger, StepMeter, memory_in_use_gb, wandb_settings
 from .optim import build_optimizer, build_scheduler
-from ..checkpoint import faults
 from .health import RunHealth
 from .signals import StopOnSignal
 from .watchdog import collective
@@ -73,6 +69,7 @@ class TrainResult:
     # the same chunks read from each other's images (blind: what the language prior alone reaches)
     ocr_char_accuracy: Optional[float] = None
     ocr_blind_accuracy: Optional[float] = None
+    skipped_steps: int = 0                    # steps whose update was not applied (run health)
 
 
 def _all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
@@ -183,10 +180,10 @@ class TrainingSetup:
     probe_loader: Optional[DataLoader]
     readback_cer: Optional[ReadbackCer]       # train.ocr_cer_chunks: greedy read-back CER
     front_eval: Optional[FrontEval]           # train.ocr_head_eval_chunks: the OCR head's accuracy (first stage)
+    ckpt: CheckpointManager                   # save, resume, rollback, asynchronous writes
     step: int                                 # where training starts (0, or the resumed step)
     consumed: int
     memory_before_model: float
-    checkpoint: Optional[str] = None          # the resumed checkpoint (never saved again)
     ocr_read: Optional[dict] = None           # the final greedy read-back (train.ocr_cer_chunks)
     front: Optional[dict] = None              # the last front evaluation (first stage)
 
@@ -226,18 +223,8 @@ def setup(cfg: Config, env: DistEnv) -> TrainingSetup:
     schedule = make_schedule(cfg, env, engine)
     reads_data = model.part.first
 
-    step, consumed = 0, 0
-    start_from = resume_dir(cfg)
-    path = None                                # the newest checkpoint of this run
-    if start_from:
-        step, consumed = load_checkpoint(engine, cfg, start_from, log.print)
-        path = str(resolve_tag_dir(start_from))          # a complete checkpoint is never re-saved
-        log.print(f"resumed from {start_from} at step {step} ({consumed} samples)"
-                  + ("; train.steps is reached: nothing left to train" if step >= cfg.train.steps else ""))
-    elif cfg.checkpoint.init_from:             # a new stage: the previous stage's weights only
-        prev_step, _ = load_checkpoint(engine, cfg, cfg.checkpoint.init_from, log.print, weights_only=True)
-        log.print(f"initialised from the weights of {cfg.checkpoint.init_from} (its step {prev_step}); "
-                  f"new optimizer and schedule")
+    ckpt = CheckpointManager(cfg, engine, tokenizer, log, env.device)
+    step, consumed = ckpt.start()              # a resume, a new stage's weights, or step 0
 
     valid_loader = probe_loader = None
     if reads_data and rows:                    # the same validation samples for every layout
@@ -254,7 +241,7 @@ def setup(cfg: Config, env: DistEnv) -> TrainingSetup:
     readback_cer = ReadbackCer(cfg, tokenizer) if why_not is None and rows else None
     front_eval = FrontEval(cfg, tokenizer) if FrontEval.wanted(cfg) and reads_data else None
     return TrainingSetup(cfg, log, tokenizer, engine, schedule, dp, gas, reads_data, valid_loader,
-                         probe_loader, readback_cer, front_eval, step, consumed, memory_before_model, path)
+                         probe_loader, readback_cer, front_eval, ckpt, step, consumed, memory_before_model)
 
 
 def run_eval(run: TrainingSetup, at_step: int, final: bool = False) -> Tuple[float, Optional[float]]:
@@ -326,13 +313,9 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     meter = StepMeter(cfg, run.dp, env.world_size, step)
     stop = StopOnSignal(cfg.train.max_wall_minutes, env.device)
     losses, stopped, phase, batches = [], False, None, None
-    path = run.checkpoint                      # the newest checkpoint of this run
-    writer = AsyncWriter(run.log.print) if cfg.checkpoint.async_save else None
-    health = RunHealth(run, env, writer)       # skipped non-finite steps, spikes, stragglers, hangs
+    health = RunHealth(run, env)               # skipped non-finite steps, spikes, stragglers, hangs
     weights = TargetWeights.from_config(cfg.train)          # the LM objective's target weights
     while step < cfg.train.steps:
-        if writer is not None:
-            writer.poll()                      # rank 0 completes a background save once written
         if phase is None or curriculum.index_at(step) != phase.index:
             phase = curriculum.phase(step)
             batches = start_phase(run, curriculum, phase, step, consumed)
@@ -347,11 +330,11 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         else:
             loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, by_mode, loss_fn,
                               cfg.train.ocr_weight, ocr_stats, weights)
-        faults.nan_weights(run.engine.module, step + 1, env.rank)      # tests only (MEGATRON_VIST2_FAULT)
         step += 1
         consumed += cfg.parallel.global_batch_size
         losses.append(loss)
-        rollback = health.end_step(step, loss, consumed, path)   # a skipped step raises after too many
+        # saves when due and the step was applied; stops a diverged run; rolls back on a spike
+        rollback = run.ckpt.after_step(step, consumed, health.end_step(step, loss, consumed))
         if rollback is not None:               # the newest checkpoint is loaded: read on past the spike
             step, consumed = rollback
             phase, meter.last_logged = None, step
@@ -362,9 +345,6 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             health.report_step_times(step)
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:
             last_eval, ocr_accuracy = run_eval(run, step)
-        if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step < cfg.train.steps:
-            path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print,
-                                   writer)
         with collective("stop-flag all_reduce (world)", timed=True):
             should_stop = stop.should_stop()
         if should_stop:
@@ -378,13 +358,11 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
         eval_after = last_eval
     else:
         eval_after, ocr_accuracy = run_eval(run, step, final=True)
-    if path is None or not path.endswith(f"step_{step:07d}"):      # a resumed run at its end
-        path = save_checkpoint(run.engine, cfg, step, consumed, run.tokenizer.sha256, run.log.print,
-                               writer)
-    if writer is not None:
-        writer.wait(env.device)                # exit only with every save complete
+    path = run.ckpt.finish(step, consumed)     # the final save; every save complete before exit
     run.log.close()
     read = run.ocr_read or {}
     return TrainResult(step, consumed, losses, eval_before, eval_after,
                        meter.all_tokens / max(elapsed, 1e-9), path, ocr_accuracy, run.front,
-                       read.get("char_accuracy"), read.get("blind", {}).get("char_accuracy"))
+                       ocr_char_accuracy=read.get("char_accuracy"),
+                       ocr_blind_accuracy=read.get("blind", {}).get("char_accuracy"),
+                       skipped_steps=health.total_skips)

@@ -104,7 +104,7 @@ CASES = [
     Case("vocab-size-mismatch", "train", train_with("model.llm.vocab_size=2048"),
          ["model.llm.vocab_size is 2048 but the tokenizer", "set model.llm.vocab_size=512"]),
     Case("dataset-missing", "train", lambda c: [*c.train, f"data.train_prefix={c.tmp}/none"],
-         [f"none.bin is missing"]),
+         ["none.bin is missing"]),
     Case("dataset-truncated", "train", lambda c: [*c.train, f"data.train_prefix={c.tmp}/cut"],
          ["cut.bin has 100 bytes, its manifest expects"], truncated_dataset),
     Case("valid-dataset-missing", "train", lambda c: [*c.train, f"data.valid_prefix={c.tmp}/gone"],

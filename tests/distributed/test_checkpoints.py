@@ -1,5 +1,6 @@
 """Checkpoints under faults, through the real entry points: a rank killed (SIGKILL) in the middle
-of a save leaves the previous checkpoint in charge and the restart says so; damaged or foreign
+of a save leaves the previous checkpoint in charge and the restart says so; a full disk on one
+rank fails the save on every rank with that rank's message (no rank left waiting); damaged or foreign
 checkpoints are refused with the file and the reason; keep_last rotates; the wall-time limit
 saves and exits 0."""
 import json
@@ -24,8 +25,14 @@ def test_rank_killed_during_save_keeps_previous_checkpoint(tiny_data, tmp_path):
     assert "ignoring incomplete checkpoint(s)" in restarted.stdout and "step_0000004.partial" in restarted.stdout
     assert f"resumed from {ckpt} at step 2" in restarted.stdout
     assert (ckpt / "latest").read_text() == "step_0000006"
+    # the reference run; its final save meets a full disk on rank 1 only (the kernel's ENOSPC,
+    # /dev/full): both ranks end with rank 1's message instead of rank 0 waiting in a collective
     straight = tmp_path / "straight"
-    train(tiny_data, straight, "train.steps=6", ranks=2)
+    full = train(tiny_data, straight, "train.steps=6", ranks=2, check=False,
+                 env_extra={"MEGATRON_VIST2_FAULT": "disk-full:6:1"})
+    assert full.returncode != 0
+    assert "error: rank 1: saving to" in full.stderr and "the disk is full" in full.stderr
+    assert not (straight / "ckpt" / "step_0000006").exists()
     assert losses(out)[6] == losses(straight)[6]     # the restart continued the same run
 
 

@@ -2,7 +2,6 @@
 the run resumes after losing 'latest' without touching a complete checkpoint (cases 8 and 1);
 a diverged run never saves its broken weights (case 7)."""
 import hashlib
-import json
 import signal
 import subprocess
 import sys

@@ -83,15 +83,15 @@ def test_a_save_completes_in_poll_once_written(dist_env, tmp_path):
 
 
 def test_finiteness_check_is_exact_when_the_fast_sum_overflows(dist_env):
-    """refuse_non_finite sums each tensor first (one pass); a sum that overflows on finite
-    weights falls back to the element-wise check instead of refusing the save."""
-    from megatron_vist2.checkpoint.divergence import refuse_non_finite
+    """check_weights decides finiteness on each tensor's largest |w| (exact), not on a sum that
+    overflows on finite weights."""
+    from megatron_vist2.checkpoint.divergence import check_weights
     big = torch.nn.Linear(2, 2)
     with torch.no_grad():
         big.weight.fill_(3e38)                    # finite; their sum is inf in fp32
     assert not torch.isfinite(big.weight.sum())
-    refuse_non_finite(big, 1, "unused", dist_env.device)
+    check_weights(big, 1, "unused", dist_env.device)
     with torch.no_grad():
         big.weight[0, 0] = float("nan")
     with pytest.raises(CheckpointError, match="NaN/inf after step 1"):
-        refuse_non_finite(big, 1, "unused", dist_env.device)
+        check_weights(big, 1, "unused", dist_env.device)

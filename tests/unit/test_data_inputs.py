@@ -5,7 +5,6 @@ import gzip
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from megatron_vist2.data.corpus import INSTRUCTION_FIELDS, TEXT_FIELDS, resolve_inputs

@@ -123,15 +123,15 @@ def test_generate_from_another_directory_stop_string_and_untrained_warning(tiny_
 def test_non_finite_weights_are_refused_before_anything_is_written(dist_env, tmp_path):
     """Case 7 (the collective check save_checkpoint runs first)."""
     from megatron_vist2.errors import CheckpointError
-    from megatron_vist2.checkpoint.divergence import refuse_non_finite
+    from megatron_vist2.checkpoint.divergence import check_weights
     module = torch.nn.Linear(3, 2)
-    refuse_non_finite(module, 5, str(tmp_path), torch.device("cpu"))      # finite: passes
+    check_weights(module, 5, str(tmp_path), torch.device("cpu"))      # finite: passes
     (tmp_path / "step_0000004").mkdir()
     (tmp_path / "latest").write_text("step_0000004")
     with torch.no_grad():
         module.weight[0, 1] = float("nan")
     with pytest.raises(CheckpointError, match=r"NaN/inf after step 5.*not saved.*step_0000004: restart"):
-        refuse_non_finite(module, 5, str(tmp_path), torch.device("cpu"))
+        check_weights(module, 5, str(tmp_path), torch.device("cpu"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_0000004"]
 
 
