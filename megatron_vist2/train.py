@@ -109,7 +109,8 @@ def main(argv=None) -> None:
 def _device():
     import torch
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        from .parallel.distributed import local_cuda_device
+        return local_cuda_device()
     return torch.device("cpu")
 
 

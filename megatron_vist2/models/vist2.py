@@ -87,18 +87,28 @@ class Vist2Front(nn.Module):
         """-> hidden [seq, batch, hidden] with visual tokens at the VISUAL positions."""
         hidden = self.embedding(tokens)
         visual = kind == VISUAL
-        if images.shape[0]:
-            vis = self.encode_images(images)
-            if vis.shape[0] * vis.shape[1] != int(visual.sum()):
-                raise ValueError(f"batch has {int(visual.sum())} visual positions but "
-                                 f"{vis.shape[0]} images x {vis.shape[1]} tokens")
+        vis = self.encode_images(images) if images.shape[0] else None
+        _check_visual_positions(visual, 0 if vis is None else vis.shape[0] * vis.shape[1],
+                                f"{images.shape[0]} images x {0 if vis is None else vis.shape[1]} tokens")
+        if vis is not None:
             hidden = hidden.masked_scatter(visual[..., None], vis.to(hidden.dtype))
-        elif visual.any():
-            raise ValueError("batch has visual positions but no images")
         hidden = hidden.transpose(0, 1).contiguous()
         if self.sequence_parallel:                      # each TP rank keeps its slice of the sequence
             hidden = tensor_parallel.scatter_to_sequence_parallel_region(hidden)
         return hidden
+
+
+def _check_visual_positions(visual: torch.Tensor, tokens: int, what: str) -> None:
+    """The batch has exactly ``tokens`` visual positions (one per visual token of its images).
+    Counting them is a device-to-host sync on a GPU, on every micro-batch: there the check is an
+    asynchronous device assert (a bad batch stops the process at the next sync, with the
+    message); on the CPU it costs nothing and raises a ValueError."""
+    count = visual.sum()
+    if visual.device.type == "cpu":
+        if int(count) != tokens:
+            raise ValueError(f"batch has {int(count)} visual positions but {what}")
+    else:
+        torch._assert_async(count == tokens, f"batch's visual positions differ from its {what}")
 
 
 @dataclass(frozen=True)

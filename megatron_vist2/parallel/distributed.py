@@ -40,6 +40,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cuda_device_index(local_rank: int, visible: int) -> int:
+    """The CUDA device index of the rank with ``local_rank`` on a node that shows it ``visible``
+    GPUs. Launchers that show every task the whole node (torchrun, the deepspeed launcher,
+    examples/slurm/train.sbatch) give LOCAL_RANK < visible: device LOCAL_RANK. A scheduler that
+    gives each task its own GPUs (SLURM ``--gpus-per-task=1``, ``--gpu-bind=per_task:1``) shows
+    fewer: device LOCAL_RANK mod visible (0 with one GPU per task)."""
+    if visible < 1:
+        raise RuntimeError("CUDA is available but no device is visible (CUDA_VISIBLE_DEVICES?)")
+    return local_rank if local_rank < visible else local_rank % visible
+
+
+def local_cuda_device() -> torch.device:
+    """This rank's GPU (``cuda_device_index`` of LOCAL_RANK and the visible devices)."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return torch.device("cuda", cuda_device_index(local_rank, torch.cuda.device_count()))
+
+
 def init_distributed(tensor_parallel: int = 1, pipeline_parallel: int = 1,
                      timeout_minutes: int = 30, own: bool = True) -> DistEnv:
     """``own=False``: the caller (a test session, a notebook) keeps what is set up here, and no
@@ -51,8 +68,14 @@ def init_distributed(tensor_parallel: int = 1, pipeline_parallel: int = 1,
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    device = local_cuda_device() if cuda else torch.device("cpu")
     if cuda:
+        if device.index != local_rank:
+            # DeepSpeed takes its device from LOCAL_RANK (engine, ZeRO-3's partitioning): the same
+            # index as ours, or "invalid device ordinal" on a node that shows this task fewer GPUs
+            print(f"rank {rank}: LOCAL_RANK {local_rank} -> {device} ({torch.cuda.device_count()} "
+                  f"visible device(s)); LOCAL_RANK set to {device.index} for DeepSpeed", flush=True)
+            os.environ["LOCAL_RANK"] = str(device.index)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         if own:

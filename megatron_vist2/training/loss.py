@@ -36,8 +36,10 @@ def training_loss(logits: torch.Tensor, batch: Vist2Batch) -> Tuple[torch.Tensor
     per_token = masked_token_losses(logits, batch)
     readback = batch.layout.readback.t()
     targets = batch.loss_mask.t() > 0
-    split = torch.stack([per_token[readback].sum(), (targets & readback).sum(),
-                         per_token[~readback].sum(), (targets & ~readback).sum()]).detach().float()
+    # products, not boolean-mask indexing: indexing sizes its output from the mask, a
+    # device-to-host sync on every micro-batch
+    split = torch.stack([(per_token * readback).sum(), (targets & readback).sum(),
+                         (per_token * ~readback).sum(), (targets & ~readback).sum()]).detach().float()
     return per_token.sum(), split
 
 
