@@ -1,6 +1,8 @@
 """Worker for the parity tests: trains 3 steps in every scenario of its world size (tensor x
 pipeline x data parallel, ZeRO stage) with the trainer's own engine, schedule and step; rank 0
-saves losses + full parameters (tensor-parallel shards joined, pipeline stages merged)."""
+saves losses + full parameters (tensor-parallel shards joined, pipeline stages merged), and, per
+step, the elements this rank handed to reduction collectives with its trainable parameter count
+(tests/distributed/collectives.py)."""
 import sys
 from types import SimpleNamespace
 
@@ -16,6 +18,7 @@ from megatron_vist2.data.dataset import GlobalBatchSampler, PackedVist2Dataset, 
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.parallel.distributed import init_distributed
+from tests.distributed.collectives import ReductionCounter
 from tests.distributed.gather import full_parameters
 from megatron_vist2.parallel.random import seed_runtime_rng
 from megatron_vist2.training.trainer import build_model, make_engine, make_schedule, train_step
@@ -34,9 +37,13 @@ def run(cfg, env, layout, tok):
                                      parallel_state.get_data_parallel_rank(), dp, STEPS)
         it = iter(DataLoader(ds, batch_sampler=sampler, collate_fn=collate))
     seed_runtime_rng(cfg.train.seed)           # both sides draw dropout masks from the seed's start
-    losses = [train_step(schedule, [next(it) for _ in range(gas)] if it is not None else None,
-                         gas, dp, cfg.data.seq_length)
-              for _ in range(STEPS)]
+    losses, reduced = [], []
+    for _ in range(STEPS):
+        COUNTER.take()
+        losses.append(train_step(schedule, [next(it) for _ in range(gas)] if it is not None else None,
+                                 gas, dp, cfg.data.seq_length))
+        reduced.append(COUNTER.take())
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters() if p.requires_grad)
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=layout.zero == 3):
         state = full_parameters(engine.module)
     parts = [None] * env.world_size
@@ -45,12 +52,16 @@ def run(cfg, env, layout, tok):
     merged = {}
     for part in parts:
         merged.update(part)
-    return {"losses": losses, "params": merged}
+    return {"losses": losses, "params": merged, "reduced": reduced, "trainable": trainable}
+
+
+COUNTER = ReductionCounter()
 
 
 def main(root, out_path):
     data = SimpleNamespace(tokenizer=f"{root}/tok.model", train=f"{root}/train", valid=f"{root}/valid")
     env = init_distributed(1, 1)
+    COUNTER.install()                          # before any engine: DeepSpeed captures some functions
     tok = load_tokenizer(f"{root}/tok.model")
     results = {}
     for name, layout in SCENARIOS.items():
