@@ -72,10 +72,12 @@ def main(argv=None) -> None:
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         return
+    from .parallel.distributed import gpu_environment, init_distributed, shutdown
+    for name, value in gpu_environment(cfg.parallel.tensor_parallel).items():
+        os.environ.setdefault(name, value)     # before anything starts CUDA or NCCL
     preflight(cfg)
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _cuda() else "cuda")
-    from .parallel.distributed import init_distributed, shutdown
     from .training.trainer import train
     env = init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel)
     _set_cpu_threads(env)

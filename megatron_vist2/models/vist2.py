@@ -22,7 +22,7 @@ from megatron.core import ModelParallelConfig, tensor_parallel
 from ..config.schema import Config, ModelConfig
 from ..config.derived import padded_vocab_size
 from .aligner import Aligner
-from .attention import VISUAL, TokenLayout, build_mask
+from .attention import VISUAL, TokenLayout, build_mask, resolve_backend
 from .llm import LMHead, decoder_layer
 from .transformer import Rotary, normal_init
 from .vision import VisionEncoder
@@ -155,6 +155,7 @@ class Vist2Model(nn.Module):
         self.part = part = part or StagePart.whole(mcfg.llm.num_layers)
         self.tied = mcfg.llm.tie_embeddings
         self.attention_backend = mcfg.attention_backend
+        self.attention_dropout = mcfg.llm.attention_dropout
         self.context = mcfg.context
         vocab = padded_vocab_size(cfg)
         self.front = _seeded(seed, "front", lambda: Vist2Front(mcfg, vocab, mp)) if part.first else None
@@ -184,7 +185,8 @@ class Vist2Model(nn.Module):
         if self.part.first:
             hidden = self.front(batch.tokens, batch.images, batch.layout.kind)
         rope = self.rotary(batch.layout.position)
-        mask = build_mask(batch.layout, self.attention_backend, self.context) if len(self.layers) else None
+        backend = resolve_backend(self.attention_backend, batch.layout.doc.device, self.attention_dropout)
+        mask = build_mask(batch.layout, backend, self.context) if len(self.layers) else None
         for layer in self.layers.values():
             hidden = layer(hidden, rope, mask)
         if not self.part.last:

@@ -2,8 +2,12 @@
 
 ``full``: each decoder block keeps only its input and recomputes the rest in backward.
 ``selective``: only each block's attention (projections + the masked attention) is recomputed:
-less memory saved, less recompute. PyTorch's checkpoint_wrapper keeps state-dict names unchanged,
-so checkpoints do not depend on the mode.
+less memory saved, less recompute. The module's ``forward`` is replaced by a checkpointed call of
+itself (torch.utils.checkpoint, non-reentrant), and the module stays where it is: parameter
+names (``named_parameters``, which DeepSpeed's shards, tensors.json, resharding, freezing and
+lr multipliers go by) and state-dict names do not depend on the mode. (PyTorch's
+checkpoint_wrapper would insert a ``_checkpoint_wrapped_module`` level into every name below it:
+a checkpoint saved with recomputation would not load into a run without it.)
 
 Dropout: the recompute must draw the masks the forward drew, or the gradients are those of
 another network. PyTorch's checkpoint restores the default CPU/CUDA generators (hidden dropout
@@ -18,9 +22,8 @@ from __future__ import annotations
 import contextlib
 import typing
 
+import torch.utils.checkpoint
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (CheckpointImpl,
-                                                                         checkpoint_wrapper)
 
 from ..config.schema import ActivationCheckpointing
 
@@ -44,9 +47,13 @@ def tracked_rng_contexts():
     return contextlib.nullcontext(), _tracked_streams(dict(get_cuda_rng_tracker().get_states()))
 
 
-def _wrap(module):
-    return checkpoint_wrapper(module, checkpoint_impl=CheckpointImpl.NO_REENTRANT,
-                              context_fn=tracked_rng_contexts)
+def _recompute_in_backward(module) -> None:
+    forward = module.forward
+
+    def checkpointed(*args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False,
+                                                 context_fn=tracked_rng_contexts, **kwargs)
+    module.forward = checkpointed             # an instance attribute: the class is untouched
 
 
 def apply_activation_checkpointing(model, mode: str) -> None:
@@ -54,8 +61,5 @@ def apply_activation_checkpointing(model, mode: str) -> None:
         raise ValueError(f"activation checkpointing mode '{mode}' is not one of {MODES}")
     if mode == "none":
         return
-    for key, block in model.layers.items():
-        if mode == "full":
-            model.layers[key] = _wrap(block)
-        else:
-            block.attention = _wrap(block.attention)
+    for block in model.layers.values():
+        _recompute_in_backward(block if mode == "full" else block.attention)

@@ -10,6 +10,7 @@ import datetime
 import os
 import socket
 from dataclasses import dataclass
+from typing import Dict
 
 import torch
 import torch.distributed as dist
@@ -38,6 +39,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def gpu_environment(tensor_parallel: int) -> Dict[str, str]:
+    """Environment defaults of a GPU run, for the entry point to set before CUDA and NCCL start
+    (a value already in the environment wins; on the CPU they change nothing):
+      - ``CUDA_DEVICE_MAX_CONNECTIONS=1`` with tensor parallelism: one hardware work queue, so
+        kernels start in the order they are issued and megatron's asynchronous tensor-parallel
+        all-reduce overlaps the weight-gradient matmul (megatron warns without it);
+      - ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``: micro-batches differ in their
+        number of images, and the loss's fp32 logits are large: growable segments instead of
+        fragmented fixed blocks;
+      - ``TORCH_NCCL_TRACE_BUFFER_SIZE`` and ``TORCH_NCCL_DUMP_ON_TIMEOUT``: NCCL's flight
+        recorder, so a collective that times out dumps each rank's last collectives (which one
+        hung; /tmp/nccl_trace_rank_<rank> unless TORCH_NCCL_DEBUG_INFO_TEMP_FILE says where)."""
+    env = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+           "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000", "TORCH_NCCL_DUMP_ON_TIMEOUT": "1"}
+    if tensor_parallel > 1:
+        env["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"
+    return env
 
 
 def cuda_device_index(local_rank: int, visible: int) -> int:

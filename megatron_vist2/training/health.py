@@ -154,12 +154,13 @@ class RunHealth:
         self.busy, self.times = [], []                           # since the last report
         self._started = 0.0
 
-    def start_step(self, step: int, loss_fn):
-        """Before step ``step`` (1-based); -> the loss function to train it with."""
+    def start_step(self, step: int, loss_fn, warming: bool = False):
+        """Before step ``step`` (1-based; ``warming``: the first at a new row length, which may
+        compile: watchdog.py); -> the loss function to train it with."""
         self._started = time.monotonic()
         take_waited()
         if self.watchdog:
-            self.watchdog.step_started(step)
+            self.watchdog.step_started(step, warming)
         self.faults.at(step)                                     # tests: a stalled rank
         return self.faults.loss_fn(loss_fn)
 

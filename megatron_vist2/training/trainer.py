@@ -30,6 +30,7 @@ from ..config import Config, data_parallel_size, gradient_accumulation_steps, na
 from ..data.dataset import GlobalBatchSampler, build_dataset, collate
 from ..data.tokenizer import Tokenizer, load_tokenizer
 from ..models.size import analytic_parameter_counts
+from ..models.attention import resolve_backend
 from ..models.vist2 import Vist2Batch, Vist2Model
 from ..parallel.deepspeed_mpu import MegatronMPU
 from ..parallel.distributed import DistEnv
@@ -186,6 +187,10 @@ def setup(cfg: Config, env: DistEnv) -> Run:
                               cfg.train.eval_batches * G)
     memory_before_model = memory_in_use_gb()     # the model's share of peak memory = peak - this
     model = build_model(cfg, env)
+    if resolve_backend(cfg.model.attention_backend, env.device, cfg.model.llm.attention_dropout) == "flex":
+        # flex_attention compiles once per row length and grad mode; a recompile every step
+        # would be a bug, and past dynamo's recompile limit flex runs eager (S x S scores)
+        torch._logging.set_logs(recompiles=True)
     counts = analytic_parameter_counts(cfg)
     log.print(f"model: {counts['total']:,} parameters (vision {counts['vision']:,}, aligner "
               f"{counts['aligner']:,}, llm {counts['llm']:,}; {model.parameter_counts()['total']:,} "
@@ -282,10 +287,11 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     while step < cfg.train.steps:
         if writer is not None:
             writer.poll()                      # rank 0 completes a background save once written
-        if phase is None or curriculum.index_at(step) != phase.index:
+        warming = phase is None or curriculum.index_at(step) != phase.index   # a new row length
+        if warming:
             phase = curriculum.phase(step)
             batches = start_phase(run, curriculum, phase, step, consumed)
-        loss_fn = health.start_step(step + 1, training_loss)
+        loss_fn = health.start_step(step + 1, training_loss, warming)
         micro = [next(batches) for _ in range(run.gas)] if run.reads_data else None
         if micro:
             meter.count(micro)                 # on the host copies: no device sync

@@ -82,13 +82,22 @@ def format_stacks() -> str:
                      for ident, frame in frames)
 
 
+WARMING_FLOORS = 5       # a warming step's limit, in watchdog floors
+
+
 class Watchdog:
+    """A step started with ``warming=True`` (the first step of a run or of a curriculum phase:
+    torch.compile builds flex_attention's kernels for the new row length, tens of seconds per
+    shape on a GPU) may run ``WARMING_FLOORS`` x the floor before a dump, and its duration does
+    not enter the median."""
+
     def __init__(self, rank: int, out_dir: str, multiple: float, floor_s: float, history: int = 50):
         self.rank, self.multiple, self.floor_s = rank, multiple, floor_s
         self.path = Path(out_dir) / "watchdog" / f"rank{rank:05d}.txt"
         self.durations = deque(maxlen=history)
         self.step: Optional[int] = None
         self.started = 0.0
+        self.warming = False
         self.dumped_step: Optional[int] = None
         self.dumps = 0
         self._stop = threading.Event()
@@ -96,17 +105,20 @@ class Watchdog:
         self._poll = min(1.0, floor_s / 4)
         self._thread.start()
 
-    def step_started(self, step: int) -> None:
-        self.started, self.step = time.monotonic(), step
+    def step_started(self, step: int, warming: bool = False) -> None:
+        self.started, self.warming, self.step = time.monotonic(), warming, step
 
     def step_finished(self) -> float:
         """-> the step's duration in seconds."""
         took = time.monotonic() - self.started
-        self.durations.append(took)
+        if not self.warming:
+            self.durations.append(took)
         self.step = None
         return took
 
     def threshold(self) -> float:
+        if self.warming:
+            return WARMING_FLOORS * self.floor_s
         if not self.durations:
             return self.floor_s
         return max(self.floor_s, self.multiple * statistics.median(self.durations))

@@ -1,5 +1,5 @@
 """Activation checkpointing changes memory, not math: loss and every gradient equal the run
-without it; state-dict names are unchanged."""
+without it, with dropout too; parameter and state-dict names are unchanged."""
 import pytest
 import torch
 
@@ -23,6 +23,7 @@ def test_checkpointing_keeps_loss_and_gradients(dist_env, tiny_data, mode):
     _, _, _, wrapped = tiny_model(tiny_data)
     apply_activation_checkpointing(wrapped, mode)
     assert list(wrapped.state_dict()) == list(plain.state_dict())
+    assert [n for n, _ in wrapped.named_parameters()] == [n for n, _ in plain.named_parameters()]
     # count runs of a layer inside the checkpointed region (block 0's q projection)
     calls = {"plain": 0, "wrapped": 0}
     for name, model in (("plain", plain), ("wrapped", wrapped)):
