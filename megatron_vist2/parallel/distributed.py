@@ -50,11 +50,11 @@ def gpu_environment(tensor_parallel: int) -> Dict[str, str]:
       - ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``: micro-batches differ in their
         number of images, and the loss's fp32 logits are large: growable segments instead of
         fragmented fixed blocks;
-      - ``TORCH_NCCL_TRACE_BUFFER_SIZE`` and ``TORCH_NCCL_DUMP_ON_TIMEOUT``: NCCL's flight
+      - ``TORCH_FR_BUFFER_SIZE`` and ``TORCH_NCCL_DUMP_ON_TIMEOUT``: NCCL's flight
         recorder, so a collective that times out dumps each rank's last collectives (which one
-        hung; /tmp/nccl_trace_rank_<rank> unless TORCH_NCCL_DEBUG_INFO_TEMP_FILE says where)."""
+        hung; /tmp/nccl_trace_rank_<rank> unless TORCH_FR_DUMP_TEMP_FILE says where)."""
     env = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
-           "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000", "TORCH_NCCL_DUMP_ON_TIMEOUT": "1"}
+           "TORCH_FR_BUFFER_SIZE": "2000", "TORCH_NCCL_DUMP_ON_TIMEOUT": "1"}
     if tensor_parallel > 1:
         env["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"
     return env

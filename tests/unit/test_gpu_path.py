@@ -64,7 +64,7 @@ def test_a_timed_collective_synchronises_the_gpu_on_entry_and_exit(monkeypatch):
 # ------------------------------------------------------------------ finding 17: environment
 def test_the_entry_point_sets_the_gpu_environment_before_cuda_starts(monkeypatch):
     from megatron_vist2 import train
-    names = ("CUDA_DEVICE_MAX_CONNECTIONS", "PYTORCH_CUDA_ALLOC_CONF", "TORCH_NCCL_TRACE_BUFFER_SIZE",
+    names = ("CUDA_DEVICE_MAX_CONNECTIONS", "PYTORCH_CUDA_ALLOC_CONF", "TORCH_FR_BUFFER_SIZE",
              "TORCH_NCCL_DUMP_ON_TIMEOUT")
 
     class Stop(Exception):
@@ -80,7 +80,7 @@ def test_the_entry_point_sets_the_gpu_environment_before_cuda_starts(monkeypatch
     with pytest.raises(Stop) as tp2:
         train.main(["--preset", "tiny-cpu", "parallel.tensor_parallel=2"])
     assert tp2.value.args[0] == {"CUDA_DEVICE_MAX_CONNECTIONS": "1", "PYTORCH_CUDA_ALLOC_CONF": "backend:native",
-                                 "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000", "TORCH_NCCL_DUMP_ON_TIMEOUT": "1"}
+                                 "TORCH_FR_BUFFER_SIZE": "2000", "TORCH_NCCL_DUMP_ON_TIMEOUT": "1"}
     monkeypatch.delenv("CUDA_DEVICE_MAX_CONNECTIONS")
     with pytest.raises(Stop) as tp1:
         train.main(["--preset", "tiny-cpu"])
