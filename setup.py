@@ -16,7 +16,7 @@ setup(
         "pillow==13.0.0",          # pinned: its wheel ships the FreeType that rasterises renders
         "tensorboard==2.21.0",
         "matplotlib==3.11.2",      # tools/evaluate.py plots
-        "rapidfuzz==3.14.6",       # edit distance of the OCR read-back (evaluation/cer.py)
+        "rapidfuzz==3.14.6",       # edit distance of the OCR read-back (metrics/cer.py)
         "transformers==5.24.0",
         "safetensors==0.8.0",
         "accelerate==1.15.0",

@@ -15,7 +15,7 @@ path a GPU would fall back to (docs/trust.md, GPU finding 6).
 
 The row is one long document (paper chunking at the preset's L and m), laid out by the packer
 (data/packing.py) in each order; the tile counts beside the times come from
-models/block_sparsity.py.
+cost/block_sparsity.py.
 """
 import argparse
 import time
@@ -40,7 +40,7 @@ def timed(fn, steps: int) -> float:
 def row(L: int, m: int, seq: int, order: str):
     import numpy as np
     from megatron_vist2.data.packing import pack_segments, segment_document
-    from megatron_vist2.models.block_sparsity import row_layout
+    from megatron_vist2.cost.block_sparsity import row_layout
     segs = segment_document(0, 2 * seq, L, m, seq, 0.0, np.random.default_rng(0))
     return row_layout(pack_segments(segs, L, m, seq)[0], L, m, seq, order)
 
@@ -56,7 +56,7 @@ def main():
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     from megatron_vist2.config import load_config
     from megatron_vist2.models.attention import block_mask, dense_mask
-    from megatron_vist2.models.block_sparsity import block_counts
+    from megatron_vist2.cost.block_sparsity import block_counts
     cfg = load_config(args.preset)
     llm = cfg.model.llm
     dev = "cuda" if torch.cuda.is_available() else "cpu"

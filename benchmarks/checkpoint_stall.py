@@ -48,10 +48,10 @@ def main():
 
     import torch
     from megatron_vist2.config import load_config, validate
-    from megatron_vist2.models.size import analytic_parameter_counts
+    from megatron_vist2.config import analytic_parameter_counts
     from megatron_vist2.parallel.distributed import init_distributed
-    from megatron_vist2.training.async_checkpoint import AsyncWriter
-    from megatron_vist2.training.checkpoint import save_checkpoint
+    from megatron_vist2.checkpoint.async_write import AsyncWriter
+    from megatron_vist2.checkpoint.save import save_checkpoint
     from megatron_vist2.training.trainer import build_model, make_engine
 
     out = Path(tempfile.mkdtemp(prefix="ckpt_stall_", dir=args.dir))

@@ -12,7 +12,7 @@ through the LLM plus n/L images through the ViT and aligner; the baseline runs n
 import argparse
 
 from megatron_vist2.config import available_presets, load_config, validate
-from megatron_vist2.models.size import forward_flops
+from megatron_vist2.cost.flops import forward_flops
 
 
 def per_token(cfg):

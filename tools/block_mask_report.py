@@ -41,7 +41,7 @@ def main():
     args = ap.parse_args()
     from megatron_vist2.config import load_config
     from megatron_vist2.data.packing import ORDERS, pack_segments, segment_document
-    from megatron_vist2.models.block_sparsity import rows_report
+    from megatron_vist2.cost.block_sparsity import rows_report
     cfg = load_config(args.preset, args.overrides)
     L, m = cfg.model.chunk.text_tokens, cfg.model.visual_tokens_per_chunk
     seq = args.seq or cfg.data.seq_length

@@ -40,7 +40,8 @@ def main():
     from megatron_vist2.convert.qwen3 import export_backbone, hf_class_name
     from megatron_vist2.checkpoint.sources import open_checkpoint
     from megatron_vist2.data.tokenizer import load_tokenizer
-    from megatron_vist2.checkpoint.safeguards import check_writable_target, copy_tokenizer, find_tokenizer
+    from megatron_vist2.checkpoint.format import check_writable_target
+    from megatron_vist2.checkpoint.tokenizer_record import copy_tokenizer, find_tokenizer
     check_writable_target(args.out)                # before reading anything
     start = time.time()
     source = open_checkpoint(args.checkpoint)

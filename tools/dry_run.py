@@ -9,7 +9,7 @@ For every pipeline stage it joins a fake process group (torch's ``fake`` backend
 no-ops) as that stage's first rank, builds megatron-core's groups for the whole world, and builds
 the real stage model on the meta device, so parameter counts are the code's, not a formula's.
 Memory per rank and communication per step are estimates by the formulas of
-megatron_vist2/parallel/planner.py (its docstring; checked against measured memory by
+megatron_vist2/cost/planner.py (its docstring; checked against measured memory by
 benchmarks/memory_estimate.py). Exits 2 when a stage does not fit --gpu-memory-gib, with the numbers.
 To rank all layouts of a preset by estimated throughput: tools/plan_layouts.py.
 """
@@ -63,8 +63,8 @@ def main():
     if not args.gpu_memory_gib > 0:
         ap.error(f"--gpu-memory-gib must be > 0, got {args.gpu_memory_gib}")
     from megatron_vist2.config import data_parallel_size, load_config, validate
-    from megatron_vist2.models.size import forward_flops
-    from megatron_vist2.parallel.planner import communication, memory
+    from megatron_vist2.cost.flops import forward_flops
+    from megatron_vist2.cost.planner import communication, memory
     from megatron_vist2.parallel import compat
     compat.install_cpu_shims()
     cfg = validate(load_config(args.preset, args.overrides), args.world)
@@ -101,7 +101,7 @@ def main():
                         f"({parts}) > --gpu-memory-gib {args.gpu_memory_gib:g}; raise ZeRO, tensor or "
                         f"pipeline parallelism, or use train.activation_checkpointing=full")
     print(f"fits: the largest stage needs {total / GIB:.1f} GiB of {args.gpu_memory_gib:g} GiB per rank "
-          f"(estimate; formulas: megatron_vist2/parallel/planner.py)")
+          f"(estimate; formulas: megatron_vist2/cost/planner.py)")
 
 
 if __name__ == "__main__":

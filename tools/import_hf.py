@@ -45,7 +45,7 @@ def main():
     from megatron_vist2.data.tokenizer import load_tokenizer
     from megatron_vist2.models.vist2 import StagePart, Vist2Model
     from megatron_vist2.parallel.distributed import init_distributed, shutdown
-    from megatron_vist2.checkpoint.safeguards import check_writable_target
+    from megatron_vist2.checkpoint.format import check_writable_target
     check_writable_target(args.out)
     start = time.time()
     derived = overrides_from_hf(args.llm) if args.llm else []

@@ -8,7 +8,7 @@ import argparse
 
 from megatron_vist2.config import available_presets, load_config, validate
 from megatron_vist2.errors import run_cli
-from megatron_vist2.models.size import analytic_parameter_counts
+from megatron_vist2.config import analytic_parameter_counts
 
 
 def main():

@@ -7,7 +7,7 @@
 Every candidate (TP 1..8 inside a node, PP dividing the layers, ZeRO 1-3, micro-batch 1-8, with
 and without full recomputation) is validated like a real run, its memory per rank estimated, the
 ones that fit --usable-memory of --gpu-memory-gib ranked by estimated tokens/s. Formulas and assumptions:
-megatron_vist2/parallel/planner.py. Check a chosen layout with tools/dry_run.py (the real stage
+megatron_vist2/cost/planner.py. Check a chosen layout with tools/dry_run.py (the real stage
 models on the meta device), then measure it: the estimate ranks layouts, it does not promise a
 throughput.
 """
@@ -21,7 +21,7 @@ def main():
     ap.add_argument("--preset", required=True, help="preset name or YAML file (a stage config)")
     ap.add_argument("--world", type=int, required=True, help="number of GPUs")
     ap.add_argument("--top", type=int, default=10, help="how many layouts to print")
-    from megatron_vist2.parallel.planner import Cluster
+    from megatron_vist2.cost.planner import Cluster
     defaults = Cluster(world=1)
     for field in ("gpus_per_node", "gpu_memory_gib", "peak_tflops", "efficiency", "nvlink_gbps",
                   "network_gbps", "dp_overlap", "usable_memory"):
@@ -37,7 +37,7 @@ def main():
         if not getattr(args, field) > 0:
             ap.error(f"--{field.replace('_', '-')} must be > 0, got {getattr(args, field)}")
     from megatron_vist2.config import load_config
-    from megatron_vist2.parallel.planner import plan_layouts
+    from megatron_vist2.cost.planner import plan_layouts
     cfg = load_config(args.preset, args.overrides)
     cluster = Cluster(world=args.world, **{k: getattr(args, k) for k in (
         "gpus_per_node", "gpu_memory_gib", "peak_tflops", "efficiency", "nvlink_gbps", "network_gbps",

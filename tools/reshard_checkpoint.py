@@ -29,7 +29,8 @@ def main():
         ap.error(f"--shard-gb must be > 0, got {args.shard_gb}")
     from megatron_vist2.checkpoint.sources import KINDS, open_checkpoint, write_consolidated
     from megatron_vist2.errors import TokenizerError
-    from megatron_vist2.checkpoint.safeguards import check_writable_target, find_tokenizer
+    from megatron_vist2.checkpoint.format import check_writable_target
+    from megatron_vist2.checkpoint.tokenizer_record import find_tokenizer
     from megatron_vist2.data.tokenizer import load_tokenizer
     check_writable_target(args.out)                # before reading anything
     start = time.time()

@@ -131,7 +131,7 @@ def page(results, args, figures) -> str:
         lines += ["", "Overrides of each run (on top of the preset, the same steps and data):", ""]
         lines += [f"- {n}: `{o}`" for n, o in variants]
     lines += ["", "(n/m): not measurable, the controls' gap L_window - L_text on those targets is under two "
-              "standard errors (evaluation/targets.py), so R is noise. The gap column is on within-chunk targets, "
+              "standard errors (metrics/targets.py), so R is noise. The gap column is on within-chunk targets, "
               "in nats. OCR (blind): the same chunks read from another chunk's image, what the language prior "
               "alone reaches.", ""]
     lines += ["", "Stretch goals (issue 17): R >= 0.8 at rho = 4; OCR character accuracy >= 95 % at rho <= 4.", ""]

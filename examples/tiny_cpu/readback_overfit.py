@@ -11,9 +11,9 @@ from megatron_vist2.config import load_config, validate
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.renderer import Renderer, chunk_text
-from megatron_vist2.evaluation.readback import held_out_chunks, readback_batch, greedy_readback
+from megatron_vist2.metrics.readback import held_out_chunks, readback_batch, greedy_readback
 from megatron_vist2.models import Vist2Model
-from megatron_vist2.training.loss import token_losses
+from megatron_vist2.metrics.loss import token_losses
 from megatron_vist2.parallel.distributed import init_distributed
 init_distributed(1, 1)
 torch.set_num_threads(1)

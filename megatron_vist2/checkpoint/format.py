@@ -1,6 +1,8 @@
 """The on-disk format of a checkpoint directory: its file names, the manifest (``complete.json``),
 atomic writes, safe loading (``weights_only``) and the per-stage parameter description
-(``tensors.json``). The save/load protocol that uses them is training/checkpoint.py.
+(``tensors.json``), the one writer of ``latest`` (``advance_latest``), the output-directory rule
+of the writing tools (``check_writable_target``) and what a failed write says (``disk_errors``).
+The save and resume protocol that uses them is save.py / resume.py, driven by manager.py.
 
 Layout of a checkpoint directory::
 
@@ -16,17 +18,20 @@ Layout of a checkpoint directory::
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import json
 import os
 from pathlib import Path
-from typing import List
+from typing import Iterator, List, Optional
 
 import torch
 
 from ..errors import CheckpointError
 
 MARKER = "complete.json"
+LATEST = "latest"
 PARTIAL = ".partial"
 MODEL_FILE = "mp_rank_00_model_states.pt"
 TENSORS_FILE = "tensors.json"
@@ -72,13 +77,60 @@ def partial_checkpoints(root: Path) -> List[str]:
     return sorted(p.name for p in Path(root).glob(f"step_*{PARTIAL}"))
 
 
+def read_latest(root: Path) -> Optional[str]:
+    try:
+        return (root / LATEST).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def advance_latest(root: Path, tag: str, write_atomic) -> bool:
+    """Point ``root/latest`` at ``tag`` unless it already names a newer complete checkpoint
+    (-> False). The one rule every writer of ``latest`` follows: it never moves backwards."""
+    current = read_latest(root)
+    if current is not None and step_of(current) > step_of(tag) and (root / current / MARKER).is_file():
+        return False
+    write_atomic(root / LATEST, tag)
+    return True
+
+
+def check_writable_target(out: str, flag: str = "--out") -> Path:
+    """A writing tool's output directory: new, or empty (it never writes into another run's
+    files). -> the path."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise CheckpointError(f"{flag} {p} exists and is a file: choose a new output directory")
+    if p.is_dir() and any(p.iterdir()):
+        held = sorted(x.name for x in p.iterdir())
+        raise CheckpointError(f"{flag} {p} already exists and is not empty ({', '.join(held[:4])}"
+                              f"{' ...' if len(held) > 4 else ''}): choose a new output directory "
+                              f"(this tool never writes into or over another directory's files)")
+    return p
+
+
+@contextlib.contextmanager
+def disk_errors(where: Path) -> Iterator[None]:
+    """An OS error while writing a checkpoint -> CheckpointError naming the directory and, for a
+    full disk or quota, saying so (the unfinished save stays ``.partial`` and is ignored)."""
+    try:
+        yield
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise CheckpointError(
+            f"saving to {where} failed: " + ("the disk is full (no space left on device)" if full
+                                            else f"{exc.strerror or exc}")
+            + "; the previous complete checkpoint and 'latest' are untouched. "
+            + ("Free space or set checkpoint.save_dir elsewhere (checkpoint.keep_last limits how many "
+               "are kept), then resume" if full else "fix the directory, then resume")) from None
+
+
 def check_loadable(load_dir: str) -> str:
     """Return the tag to load from ``load_dir`` or raise CheckpointError saying what is wrong."""
     root = Path(load_dir)
     if not root.is_dir():
         raise CheckpointError(f"checkpoint directory {root} does not exist or is not a directory "
                               f"(checkpoint.load_dir)")
-    latest = root / "latest"
+    latest = root / LATEST
     try:
         tag = latest.read_text().strip()
     except OSError as exc:

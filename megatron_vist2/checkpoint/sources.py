@@ -34,10 +34,10 @@ import torch
 import yaml
 
 from ..errors import CheckpointError
-from .format import (CONSOLIDATED, MODEL_FILE, TENSORS_FILE, read_manifest, resolve_tag_dir, safe_load,
-                     write_atomic, write_manifest)
+from .format import (CONSOLIDATED, MODEL_FILE, TENSORS_FILE, advance_latest, check_writable_target,
+                     read_manifest, resolve_tag_dir, safe_load, write_atomic, write_manifest)
 from .safetensors_io import SafetensorsDir, write_shards
-from .safeguards import advance_latest, check_writable_target, store_tokenizer
+from .tokenizer_record import store_tokenizer
 
 KINDS = ("param", "exp_avg", "exp_avg_sq")
 OPTIMIZER_KINDS = KINDS[1:]

@@ -1,10 +1,10 @@
 """Values derived from the config, in one place: what the code computes from more than one
 field (the data-parallel size from the world size, the padded vocabulary, each pipeline stage's
-layers). A value derived from one dataclass alone is a property on it (``ModelConfig.
+layers, the parameter counts). A value derived from one dataclass alone is a property on it (``ModelConfig.
 visual_tokens_per_chunk``, ``compression_ratio``)."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from .schema import Config
 
@@ -22,7 +22,7 @@ def grad_accum_bytes(cfg: Config, weight_bytes: int) -> int:
     """Bytes per element of the buffer DeepSpeed accumulates micro-batch gradients in, for
     weights of ``weight_bytes`` (4 fp32, 2 bf16): fp32 whenever ZeRO (1-3) is on, as Megatron
     accumulates; bf16 weights without ZeRO accumulate in bf16 (DeepSpeed has no fp32 accumulation
-    for its unfused bf16 optimizer). training/deepspeed_config.py sets it, parallel/planner.py
+    for its unfused bf16 optimizer). training/deepspeed_config.py sets it, cost/planner.py
     counts its memory and traffic."""
     return 4 if weight_bytes == 4 or cfg.parallel.zero_stage >= 1 else weight_bytes
 
@@ -86,3 +86,31 @@ def padded_vocab_size(cfg: Config) -> int:
     llm = cfg.model.llm
     multiple = llm.make_vocab_size_divisible_by * cfg.parallel.tensor_parallel
     return -(-llm.vocab_size // multiple) * multiple
+
+
+def analytic_parameter_counts(cfg: Config) -> Dict[str, int]:
+    """Parameters of the spec's parts from the config alone (no model is built):
+    {vision, aligner, llm, total}. The controls (``model.context`` text / window) have no ViT or
+    aligner.
+
+    ViT (SigLIP shape, d = hidden, f = FFN, P = patches, C = channels, p = patch):
+        patch conv C p^2 d + d, positions P d, per layer 4d (two LayerNorms) + 4(d^2 + d) (q, k, v, o)
+        + (d f + f) + (f d + d) (MLP), final LayerNorm 2d.
+    Aligner: (k^2 d) D + D.
+    LLM (D = hidden, F = FFN, h / g = query / KV heads, e = head dim, V = padded vocab):
+        embedding V D, per layer 2D (norms) + D h e + 2 D g e + h e D (q, k, v, o) + 2e (QK-norm, if on)
+        + 3 D F (SwiGLU), final norm D, output layer V D unless tied.
+    """
+    m = cfg.model
+    v, llm, k = m.vision, m.llm, m.aligner.merge
+    d, f, P = v.hidden_size, v.ffn_hidden_size, m.patches_per_image
+    vision = (v.num_channels * v.patch_size ** 2 * d + d + P * d
+              + v.num_layers * (4 * d + 4 * (d * d + d) + (d * f + f) + (f * d + d)) + 2 * d)
+    D, F, h, g, e = llm.hidden_size, llm.ffn_hidden_size, llm.num_heads, llm.num_kv_heads, llm.head_dim
+    aligner = k * k * d * D + D
+    V = padded_vocab_size(cfg)
+    layer = 2 * D + D * h * e + 2 * D * g * e + h * e * D + (2 * e if llm.qk_norm else 0) + 3 * D * F
+    lm = V * D + llm.num_layers * layer + D + (0 if llm.tie_embeddings else V * D)
+    if m.context != "vist2":                   # the controls have no vision encoder or aligner
+        vision = aligner = 0
+    return {"vision": vision, "aligner": aligner, "llm": lm, "total": vision + aligner + lm}

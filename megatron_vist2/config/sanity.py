@@ -1,6 +1,6 @@
 """Values that pass the type and layout checks but cannot work: non-finite numbers, settings out
 of their meaningful range, and sizes no machine holds (validate() calls ``value_problems``; the
-memory estimate against the device is parallel/planner.py ``memory_problem``, in the trainer's
+memory estimate against the device is cost/planner.py ``memory_problem``, in the trainer's
 preflight)."""
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import dataclasses
 import math
 from typing import List
 
+from .derived import analytic_parameter_counts
 from .schema import Config
 
 # A model beyond this is a typo (a size with extra zeros), not a plan: ~ 100x the largest LLMs.
@@ -72,7 +73,6 @@ def value_problems(cfg: Config, sizes_valid: bool = True) -> List[str]:
     if cfg.train.peak_tflops < 0:
         out.append(f"train.peak_tflops must be >= 0 (0 = by the GPU's name), got {cfg.train.peak_tflops}")
     if sizes_valid:
-        from ..models.size import analytic_parameter_counts
         total = analytic_parameter_counts(cfg)["total"]
         if total > MAX_PARAMETERS:
             out.append(f"the model would have {total:.3g} parameters (model.llm / model.vision sizes): "

@@ -17,7 +17,7 @@ import torch
 from ..config import Config
 from ..data import renderer as renderer_module
 from ..data.tokenizer import load_tokenizer
-from ..checkpoint.safeguards import copy_tokenizer
+from ..checkpoint.tokenizer_record import copy_tokenizer
 from . import qwen3, siglip
 from .hf_io import mapped_tensors, write_safetensors_dir
 

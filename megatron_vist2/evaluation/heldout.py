@@ -1,7 +1,7 @@
 """Held-out loss on identical targets, in the launcher's layout (one process, or TP/PP/DP
 ranks): the trainer's model, engine and pipeline schedule (training/trainer.py), the checkpoint
-read into that layout whatever layout it was saved in (training/checkpoint.py), and the
-per-target statistics of evaluation/targets.py as the schedule's loss function.
+read into that layout whatever layout it was saved in (checkpoint/resume.py), and the
+per-target statistics of metrics/targets.py as the schedule's loss function.
 
 The rows are the held-out set packed by the *model's* config without read-back chunks (every
 chunk's text is predicted from the history only); each control is scored on those same rows.
@@ -19,7 +19,7 @@ from ..config import Config, apply_overrides, config_from_dict, data_parallel_si
 from ..data.dataset import build_dataset
 from ..data.tokenizer import Tokenizer
 from ..parallel.distributed import DistEnv
-from .targets import chunk_bins, new_stats, summarize, target_loss_fn
+from ..metrics.targets import chunk_bins, new_stats, summarize, target_loss_fn
 
 
 def eval_config(saved: dict, tp: int, pp: int, world_size: int, micro_batch: int, overrides=()) -> Config:
@@ -49,8 +49,8 @@ def heldout_dataset(rows_cfg: Config, tokenizer: Tokenizer, batches: int, contex
 
 def score(cfg: Config, step_dir: str, env: DistEnv, dataset, rows_cfg: Config, batches: int, log) -> Dict:
     """Load ``step_dir`` into a model of ``cfg`` in this rank's layout and score ``batches``
-    global batches of ``dataset``; -> evaluation/targets.py's summary (on every rank)."""
-    from ..training.checkpoint import load_checkpoint
+    global batches of ``dataset``; -> metrics/targets.py's summary (on every rank)."""
+    from ..checkpoint.resume import load_checkpoint
     from ..training.trainer import build_model, loader, make_engine, make_schedule
     model = build_model(cfg, env)
     engine = make_engine(cfg, env, model)

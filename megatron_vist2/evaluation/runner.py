@@ -41,7 +41,7 @@ class Options:
 
 
 def _tokenizer(ev: Evaluated, cfg):
-    from ..checkpoint.safeguards import find_tokenizer
+    from ..checkpoint.tokenizer_record import find_tokenizer
     from ..data.tokenizer import load_tokenizer
     return load_tokenizer(find_tokenizer(ev.step_dir, cfg.data.tokenizer, ev.tokenizer_sha256, None,
                                          identify=lambda p: load_tokenizer(p).sha256))
@@ -63,7 +63,7 @@ def engine_metrics(ev: Evaluated, cfg, tok, indexed, opts: Options, env) -> Dict
     from ..data.renderer import Renderer
     from ..inference import Vist2Engine
     from .longdoc import long_context_loss, long_documents, row_text_tokens
-    from .readback import held_out_chunks, ocr_readback
+    from ..metrics.readback import held_out_chunks, ocr_readback
     from .retrieval import retrieval
     model = _inference_model(ev, cfg, env)
     mc = cfg.model
@@ -97,7 +97,7 @@ def run(opts: Options) -> Dict:
     from ..parallel.distributed import init_distributed
     from .heldout import eval_config, heldout_dataset, rows_config, score
     from .retrieval import check_depths
-    from .targets import check_same_targets, retention
+    from ..metrics.targets import check_same_targets, retention
 
     if opts.batches < 1:
         raise EvaluationError(f"--batches must be >= 1, got {opts.batches}")

@@ -35,7 +35,7 @@ from ..config import Config
 from ..data.renderer import Renderer
 from ..errors import UserError
 from ..models.attention import CAUSAL
-from ..models.size import forward_flops
+from ..cost.flops import forward_flops
 from ..models.vist2 import Vist2Model
 from .cache import KVCache
 

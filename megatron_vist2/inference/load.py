@@ -11,7 +11,7 @@ from ..checkpoint.sources import open_checkpoint
 from ..data.tokenizer import Tokenizer, load_tokenizer
 from ..errors import CheckpointError
 from ..models.vist2 import Vist2Model
-from ..checkpoint.safeguards import find_tokenizer
+from ..checkpoint.tokenizer_record import find_tokenizer
 
 
 def load_for_inference(checkpoint: str, overrides: Iterable[str] = (),

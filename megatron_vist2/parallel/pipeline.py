@@ -23,7 +23,7 @@ between neighbouring stages with torch.distributed point-to-point calls (NCCL or
   - The schedule is task-agnostic (as megatron-core's, which calls the loss function the forward
     step returns): on the last stage it calls the ``loss_fn(output, batch) -> (loss_sum, stats)``
     it is handed, back-propagates ``loss_sum`` and adds ``stats`` (None: nothing to add) into the
-    caller's accumulator. The objective itself is training/loss.py. The row length comes with
+    caller's accumulator. The objective itself is metrics/loss.py. The row length comes with
     each call (a curriculum changes it; evaluation rows are full length).
 """
 from __future__ import annotations

@@ -40,6 +40,6 @@ def deepspeed_config(cfg: Config, world_size: int) -> dict:
         "zero_allow_untested_optimizer": True,     # torch AdamW: no JIT-built fused optimizer
         "steps_per_print": 2 ** 31 - 1,            # our own logging reports progress
         "wall_clock_breakdown": False,
-        # Pipeline stages save under their own tag (training/checkpoint.py): not a mistake.
+        # Pipeline stages save under their own tag (checkpoint/save.py): not a mistake.
         "checkpoint": {"tag_validation": "Ignore" if p.pipeline_parallel > 1 else "Warn"},
     }

@@ -1,7 +1,5 @@
-"""Tests only: the run-health faults a test injects through ``MEGATRON_VIST2_FAULT``.
-
-A comma-separated list of ``KIND:STEPS[:RANK[:ARG]]``; STEPS is ``N``, ``A-B`` or ``A-`` (every
-step from A), 1-based optimizer steps; RANK a global rank (``*`` or absent: every rank).
+"""Tests only: the run-health faults a test injects through ``MEGATRON_VIST2_FAULT`` (parsed, with
+every other fault, by checkpoint/faults.py: ``KIND:STEPS[:RANK[:ARG]]``).
 
 - ``nan-loss``: the rank's summed loss becomes NaN (its gradients stay finite: only the loss
   check can catch it). The rank must hold the last pipeline stage.
@@ -10,48 +8,15 @@ step from A), 1-based optimizer steps; RANK a global rank (``*`` or absent: ever
 - ``stall``: the rank sleeps ARG seconds (default 5) before the step's first collective.
 - ``spike``: the step's reported loss is multiplied by ARG (default 100) for the spike detector
   (the weights are untouched; the detector sees what a real spike shows it); once.
-
-``nan-weights`` is checkpoint/safeguards.py ``inject_nan_fault`` (an update that diverges).
 """
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
 import torch
 
-ENV = "MEGATRON_VIST2_FAULT"
-KINDS = ("nan-loss", "nan-grad", "stall", "spike")
-
-
-@dataclass
-class Fault:
-    kind: str
-    first: int
-    last: Optional[int]            # None: open-ended
-    rank: Optional[int]            # None: every rank
-    arg: Optional[float]
-
-    def hits(self, step: int, rank: int) -> bool:
-        return step >= self.first and (self.last is None or step <= self.last) \
-            and (self.rank is None or self.rank == rank)
-
-
-def parse(spec: str) -> List[Fault]:
-    out = []
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        kind, _, rest = item.partition(":")
-        if kind not in KINDS:
-            continue                               # another module's fault (nan-weights)
-        parts = rest.split(":")
-        first, dash, last = parts[0].partition("-")
-        rank = parts[1] if len(parts) > 1 and parts[1] not in ("", "*") else None
-        out.append(Fault(kind, int(first), int(last) if last else (None if dash else int(first)),
-                         int(rank) if rank is not None else None,
-                         float(parts[2]) if len(parts) > 2 else None))
-    return out
+from ..checkpoint.faults import TRAINING_KINDS, Fault, from_env, parse
 
 
 class Faults:
@@ -59,7 +24,8 @@ class Faults:
 
     def __init__(self, rank: int, spec: Optional[str] = None):
         self.rank = rank
-        self.faults = parse(os.environ.get(ENV, "") if spec is None else spec)
+        self.faults = from_env(TRAINING_KINDS) if spec is None else \
+            [f for f in parse(spec) if f.kind in TRAINING_KINDS]
         self.step = 0
 
     def _hit(self, kind: str) -> Optional[Fault]:

@@ -36,7 +36,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from ..checkpoint.safeguards import raise_diverged
+from ..checkpoint.divergence import raise_diverged
 from .faults import Faults
 from .watchdog import Watchdog, collective, take_waited
 
@@ -207,7 +207,7 @@ class RunHealth:
             log.print(text + ("; no checkpoint to roll back to yet: continuing" if h.spike_mode == "rollback" else ""))
             log.log(step, values)
             return None
-        from .checkpoint import load_checkpoint                 # the trainer's own resume path
+        from ..checkpoint.resume import load_checkpoint         # the trainer's own resume path
         if self.writer is not None:            # an asynchronous save of ``checkpoint`` may be in flight:
             self.writer.wait(self.device)      # every rank decided alike, so every rank waits here
         back_step, _ = load_checkpoint(self.run.engine, self.cfg, checkpoint, log.print)

@@ -12,7 +12,7 @@ how the global batch is split across ranks and micro-batches.
 
 Reading order: ``train`` (the loop), ``setup`` (model, engine, schedule, validation data,
 resume), ``train_step`` and ``evaluate`` (one call of the pipeline schedule each, with the VIST2
-loss of training/loss.py); the curriculum is training/curriculum.py, the log line metrics.py.
+loss of metrics/loss.py); the curriculum is training/curriculum.py, the log line logger.py.
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from torch.utils.data import DataLoader
 
-from ..config import Config, data_parallel_size, gradient_accumulation_steps, name_under
+from ..config import (Config, analytic_parameter_counts, data_parallel_size, gradient_accumulation_steps,
+                     name_under)
 from ..data.dataset import GlobalBatchSampler, build_dataset, collate
 from ..data.tokenizer import Tokenizer, load_tokenizer
-from ..models.size import analytic_parameter_counts
 from ..models.attention import resolve_backend
 from ..models.vist2 import Vist2Batch, Vist2Model
 from ..parallel.deepspeed_mpu import MegatronMPU
@@ -40,18 +40,19 @@ from ..parallel.grad_sync import sum_partial_grads_over_tensor_parallel
 from ..parallel.pipeline import PipelineSchedule, stage_part
 from ..parallel.random import seed_runtime_rng
 from ..checkpoint.format import resolve_tag_dir
-from .async_checkpoint import AsyncWriter
-from .checkpoint import load_checkpoint, resume_dir, save_checkpoint
+from ..checkpoint.async_write import AsyncWriter
+from ..checkpoint.resume import load_checkpoint, resume_dir
+from ..checkpoint.save import save_checkpoint
 from .curriculum import Curriculum
 from .deepspeed_config import deepspeed_config, resolve_dtype
-from .loss import PROBE_STATS, SPLIT_STATS, readback_probe_loss, split_means, training_loss
-from .metrics import MetricsLogger, StepMeter, memory_in_use_gb, wandb_settings
+from ..metrics.loss import PROBE_STATS, SPLIT_STATS, readback_probe_loss, split_means, training_loss
+from .logger import MetricsLogger, StepMeter, memory_in_use_gb, wandb_settings
 from .optim import build_optimizer, build_scheduler
-from ..checkpoint.safeguards import inject_nan_fault
+from ..checkpoint import faults
 from .health import RunHealth
 from .signals import StopOnSignal
 from .watchdog import collective
-from ..evaluation.during_training import ReadbackProbe, split_eval
+from ..metrics.during_training import ReadbackProbe, split_eval
 
 
 @dataclass
@@ -119,7 +120,7 @@ def train_step(schedule: PipelineSchedule, micro_batches: Optional[List[Vist2Bat
                loss_fn=training_loss) -> float:
     """One optimizer step over ``num_micro`` micro-batches of rows of ``seq_length`` tokens;
     ``micro_batches`` on the first pipeline stage only (every rank without pipeline parallelism);
-    the loss split by chunk mode is added into ``split`` (training/loss.py). Returns the step's
+    the loss split by chunk mode is added into ``split`` (metrics/loss.py). Returns the step's
     loss."""
     count = None
     if micro_batches is not None:
@@ -297,7 +298,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             meter.count(micro)                 # on the host copies: no device sync
             micro = [b.to(env.device) for b in micro]
         loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, split, loss_fn)
-        inject_nan_fault(run.engine.module, step + 1)      # tests only (MEGATRON_VIST2_FAULT)
+        faults.nan_weights(run.engine.module, step + 1, env.rank)      # tests only (MEGATRON_VIST2_FAULT)
         step += 1
         consumed += cfg.parallel.global_batch_size
         losses.append(loss)

@@ -78,7 +78,7 @@ def edit_manifest(step_dir, **fields):
 
 def remanifest(step_dir):
     """Rewrite complete.json's file list after a case edited the step directory on purpose."""
-    from megatron_vist2.training.checkpoint import write_manifest
+    from megatron_vist2.checkpoint.format import write_manifest
     manifest = json.loads((step_dir / "complete.json").read_text())
     manifest.pop("files")
     write_manifest(step_dir, **manifest)

@@ -11,8 +11,8 @@ from megatron.core import parallel_state
 
 from megatron_vist2.config import load_config, validate
 from megatron_vist2.parallel.distributed import init_distributed
-from megatron_vist2.training.async_checkpoint import AsyncWriter
-from megatron_vist2.training.checkpoint import save_checkpoint
+from megatron_vist2.checkpoint.async_write import AsyncWriter
+from megatron_vist2.checkpoint.save import save_checkpoint
 from megatron_vist2.training.trainer import build_model, make_engine, make_schedule, train_step
 from tests.distributed.scenario import Layout, scenario_overrides
 

@@ -19,7 +19,8 @@ def main(ckpt, out, valid):
     from megatron_vist2.evaluation.runner import Options, run
     from megatron_vist2.parallel.distributed import init_distributed
     from megatron_vist2.checkpoint.format import read_manifest, resolve_tag_dir
-    from megatron_vist2.training.checkpoint import load_checkpoint, save_checkpoint
+    from megatron_vist2.checkpoint.resume import load_checkpoint
+    from megatron_vist2.checkpoint.save import save_checkpoint
     from megatron_vist2.training.trainer import build_model, make_engine
     env = init_distributed(2, 2)
     step_dir = resolve_tag_dir(ckpt)

@@ -16,7 +16,7 @@ from megatron_vist2.data.dataset import PackedVist2Dataset, collate
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.models import Vist2Model
-from megatron_vist2.training.loss import token_losses
+from megatron_vist2.metrics.loss import token_losses
 from megatron_vist2.parallel.distributed import free_port
 from tests.conftest import REPO, subprocess_env
 from tests.distributed.scenario import STEPS, Layout, scenario_overrides

@@ -47,11 +47,11 @@ def killed_then_restarted(tiny_data, tmp_path_factory):
     args = ("train.steps=6", "checkpoint.save_interval=2", "checkpoint.async_save=true", blend,
             f"data.cache_dir={tmp / 'cache'}")
     crashed = train(tiny_data, out, *args, ranks=2, check=False,
-                    env_extra={"MEGATRON_VIST2_FAULT": "kill-in-async-write:1:4"})
+                    env_extra={"MEGATRON_VIST2_FAULT": "kill-in-async-write:4:1"})
     state = {"crashed": crashed, "latest": (out / "ckpt" / "latest").read_text(),
              "partial": sorted(p.name for p in (out / "ckpt").glob("*.partial")),
              "step4": (out / "ckpt" / "step_0000004").exists()}
-    restarted = train(tiny_data, out, *args, ranks=2, env_extra={"MEGATRON_VIST2_FAULT": "slow-async-write:1.0"})
+    restarted = train(tiny_data, out, *args, ranks=2, env_extra={"MEGATRON_VIST2_FAULT": "slow-async-write:1-:*:1.0"})
     return out, state, restarted, args
 
 

@@ -13,7 +13,7 @@ from tests.distributed.runs import losses, train
 def test_rank_killed_during_save_keeps_previous_checkpoint(tiny_data, tmp_path):
     out = tmp_path / "run"
     crashed = train(tiny_data, out, "train.steps=6", "checkpoint.save_interval=2", ranks=2,
-                    env_extra={"MEGATRON_VIST2_FAULT": "kill-in-save:1:4"}, check=False)
+                    env_extra={"MEGATRON_VIST2_FAULT": "kill-in-save:4:1"}, check=False)
     assert crashed.returncode != 0
     ckpt = out / "ckpt"
     assert (ckpt / "latest").read_text() == "step_0000002"
@@ -53,7 +53,7 @@ def test_other_vocabulary_is_refused_by_name(tiny_data, saved):
     they are bound to their tokenizer), called directly."""
     from megatron_vist2.config import load_config
     from megatron_vist2.errors import CheckpointError
-    from megatron_vist2.training.checkpoint import check_compatible
+    from megatron_vist2.checkpoint.resume import check_compatible
     cfg = load_config("tiny-cpu", tiny_overrides(tiny_data, "model.llm.vocab_size=4096"))
     with pytest.raises(CheckpointError, match=r"model.llm.vocab_size: checkpoint \d+, this run 4096"):
         check_compatible(saved / "ckpt" / "step_0000003", cfg)

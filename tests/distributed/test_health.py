@@ -18,7 +18,7 @@ from megatron_vist2.data.dataset import PackedVist2Dataset, collate
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.models import Vist2Model
-from megatron_vist2.training.loss import token_losses
+from megatron_vist2.metrics.loss import token_losses
 from tests.distributed.health_worker import G, overrides
 from tests.distributed.parity import launch_worker
 

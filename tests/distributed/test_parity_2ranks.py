@@ -41,7 +41,7 @@ def test_recomputation_with_dropout_equals_the_run_without(parity_results, scena
 def test_gradient_reductions_per_step_are_the_planners(parity_results, tiny_data, scenario):
     """ZeRO 0/1 reduce each gradient once per step, ZeRO 2/3 after every micro-batch (here 2):
     the elements DeepSpeed handed to all-reduce / reduce-scatter, per trainable parameter, against
-    config/derived.py (which parallel/planner.py multiplies its traffic by). Scalars (loss, target
+    config/derived.py (which cost/planner.py multiplies its traffic by). Scalars (loss, target
     count, norm) add a few elements."""
     layout = SCENARIOS[scenario]
     cfg = validate(load_config("tiny-cpu", scenario_overrides(tiny_data, layout)), WORLD)

@@ -111,7 +111,7 @@ def test_export_from_any_layout_matches_transformers(dist_env, sources, source, 
 def test_inspect_reports_layout_step_and_parameters(sources):
     import json
     from megatron_vist2.config import config_from_dict, validate
-    from megatron_vist2.models.size import analytic_parameter_counts
+    from megatron_vist2.config import analytic_parameter_counts
     out = json.loads(tool("tools/inspect_checkpoint.py", str(sources("pp2") / "ckpt"), "--json"))
     assert out["layout"]["pipeline_parallel"] == 2 and out["step"] == 4 and out["consumed_samples"] == 64
     import yaml

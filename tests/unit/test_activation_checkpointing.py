@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from megatron_vist2.data.dataset import collate
-from megatron_vist2.training.loss import token_losses
+from megatron_vist2.metrics.loss import token_losses
 from megatron_vist2.parallel.activation_checkpoint import apply_activation_checkpointing
 from tests.conftest import tiny_model
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from megatron_vist2.errors import CheckpointError
-from megatron_vist2.training.async_checkpoint import AsyncWriter, SnapshotEngine, snapshot
+from megatron_vist2.checkpoint.async_write import AsyncWriter, SnapshotEngine, snapshot
 
 
 def _bytes(obj) -> bytes:
@@ -85,7 +85,7 @@ def test_a_save_completes_in_poll_once_written(dist_env, tmp_path):
 def test_finiteness_check_is_exact_when_the_fast_sum_overflows(dist_env):
     """refuse_non_finite sums each tensor first (one pass); a sum that overflows on finite
     weights falls back to the element-wise check instead of refusing the save."""
-    from megatron_vist2.checkpoint.safeguards import refuse_non_finite
+    from megatron_vist2.checkpoint.divergence import refuse_non_finite
     big = torch.nn.Linear(2, 2)
     with torch.no_grad():
         big.weight.fill_(3e38)                    # finite; their sum is inf in fp32

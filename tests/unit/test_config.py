@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from megatron_vist2.config import ConfigError, available_presets, load_config, validate
-from megatron_vist2.models.size import analytic_parameter_counts
+from megatron_vist2.config import analytic_parameter_counts
 
 
 @pytest.mark.parametrize("preset", ["tiny-cpu", "0.6b", "1.7b", "4b", "8b"])

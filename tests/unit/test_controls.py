@@ -154,7 +154,7 @@ def test_engine_runs_the_controls_as_trained(dist_env, tiny_data, context):
 def test_attended_pairs_of_the_controls_equal_their_mask(dist_env, tiny_data, context):
     """The FLOPs count (MFU) of a control's row: the pairs its mask allows, padding queries aside."""
     from megatron_vist2.models import dense_mask
-    from megatron_vist2.models.size import attended_pairs
+    from megatron_vist2.cost.flops import attended_pairs
     cfg, tok, ds, _ = tiny_model(tiny_data, "data.seq_length=320")
     ds.context = context
     batch = collate([ds.build_row(segments(cfg.model.chunk.text_tokens))])
@@ -165,7 +165,7 @@ def test_attended_pairs_of_the_controls_equal_their_mask(dist_env, tiny_data, co
 
 def test_control_parameter_counts(dist_env, tiny_data):
     """No vision encoder or aligner: the built model's counts equal the formula's, LLM unchanged."""
-    from megatron_vist2.models.size import analytic_parameter_counts
+    from megatron_vist2.config import analytic_parameter_counts
     cfg, _, _, model = model_of(tiny_data, "window")
     vcfg, _, _, vist2 = model_of(tiny_data, "vist2")
     counts = model.parameter_counts()

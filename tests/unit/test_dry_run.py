@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from megatron_vist2.config import load_config, validate
-from megatron_vist2.models.size import analytic_parameter_counts
+from megatron_vist2.config import analytic_parameter_counts
 from tests.conftest import REPO, subprocess_env
 
 pytestmark = pytest.mark.slow              # every test runs tools/dry_run.py in a subprocess

@@ -20,12 +20,12 @@ from tests.conftest import tiny_model
     ("The nation", "The natoin", 2),   # a transposition is two substitutions
 ])
 def test_edit_distance_is_the_hand_computed_levenshtein(hyp, ref, distance):
-    from megatron_vist2.evaluation.cer import edit_distance
+    from megatron_vist2.metrics.cer import edit_distance
     assert edit_distance(hyp, ref) == distance
 
 
 def test_cer_counter_sums_edits_over_reference_characters():
-    from megatron_vist2.evaluation.cer import CerCounter
+    from megatron_vist2.metrics.cer import CerCounter
     c = CerCounter()
     c.add("kitten", "sitting")         # 3 edits / 7
     c.add("abc", "abc")                # 0 / 3, exact
@@ -35,7 +35,7 @@ def test_cer_counter_sums_edits_over_reference_characters():
 
 
 def test_retention_ratio_formula():
-    from megatron_vist2.evaluation.targets import retention_ratio
+    from megatron_vist2.metrics.targets import retention_ratio
     assert retention_ratio(2.0, 3.0, 2.0) == 1.0           # as good as the text control
     assert retention_ratio(3.0, 3.0, 2.0) == 0.0           # as good as no history
     assert retention_ratio(2.5, 3.0, 2.0) == 0.5
@@ -43,7 +43,7 @@ def test_retention_ratio_formula():
 
 
 def test_controls_gap_and_its_standard_error():
-    from megatron_vist2.evaluation.targets import controls_gap
+    from megatron_vist2.metrics.targets import controls_gap
     window = {"loss": 3.0, "targets": 100, "loss_variance": 4.0}
     text = {"loss": 2.9, "targets": 400, "loss_variance": 1.0}
     g = controls_gap(window, text)
@@ -184,8 +184,8 @@ def test_target_tags_split_the_training_loss_by_chunk(tiny_data, dist_env):
     """The per-target statistics add up to the training loss's sum and target count, and the
     chunk-first targets are one per chunk > 0 of each segment (counted from the segments)."""
     from megatron_vist2.data.dataset import collate
-    from megatron_vist2.evaluation.targets import chunk_bins, summarize, target_loss_fn
-    from megatron_vist2.training.loss import token_losses
+    from megatron_vist2.metrics.targets import chunk_bins, summarize, target_loss_fn
+    from megatron_vist2.metrics.loss import token_losses
     cfg, tok, ds, model = tiny_model(tiny_data)
     rows = [ds[i] for i in range(4)]
     batch = collate(rows)
@@ -217,7 +217,7 @@ def test_during_training_metrics(tiny_data, dist_env, tmp_path):
     from megatron_vist2.checkpoint.sources import open_checkpoint
     from megatron_vist2.data.indexed import open_indexed
     from megatron_vist2.data.renderer import Renderer
-    from megatron_vist2.evaluation.readback import held_out_chunks, ocr_readback
+    from megatron_vist2.metrics.readback import held_out_chunks, ocr_readback
     from megatron_vist2.train import main
     from tests.conftest import tiny_overrides
     run = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""The FLOP formulas (models/size.py) against independent counts: PyTorch's FlopCounterMode on a
+"""The FLOP formulas (cost/flops.py) against independent counts: PyTorch's FlopCounterMode on a
 real forward for every matmul and convolution, and a brute-force count of the pairs the VIST2
 rule allows for attention."""
 import torch
@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from megatron_vist2.data.dataset import collate
 from megatron_vist2.models.attention import PAD, vist2_mask_mod
-from megatron_vist2.models.size import attended_pairs, forward_flops, training_flops
+from megatron_vist2.cost.flops import attended_pairs, forward_flops, training_flops
 from tests.conftest import tiny_model
 
 

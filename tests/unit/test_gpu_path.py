@@ -39,7 +39,7 @@ def test_local_rank_maps_to_a_visible_device(monkeypatch):
 
 # ------------------------------------------------------------------ finding 16: peak table
 def test_peak_table_tells_pcie_and_nvl_from_sxm():
-    from megatron_vist2.training.metrics import peak_tflops_of
+    from megatron_vist2.training.logger import peak_tflops_of
     names = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H100 PCIe": 756.0, "NVIDIA H100 NVL": 835.0,
              "NVIDIA H200": 989.0, "NVIDIA H200 NVL": 835.0, "NVIDIA A100-SXM4-80GB": 312.0,
              "NVIDIA B200": 2250.0, "Tesla T4": None}
@@ -114,7 +114,7 @@ def test_training_forward_loss_and_backward_run_on_the_meta_device(dist_env, tin
     cross-entropy all-reduces over the 1-rank TP group: an identity, which gloo cannot do on meta
     tensors.)"""
     from megatron_vist2.data.dataset import collate
-    from megatron_vist2.training.loss import training_loss
+    from megatron_vist2.metrics.loss import training_loss
     _, _, ds, model = tiny_model(tiny_data, "data.readback_fraction=0.5")
     batch = collate([ds[0], ds[1]]).to("meta")
     model = model.to("meta").train()

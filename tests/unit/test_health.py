@@ -8,9 +8,10 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
-from megatron_vist2.training.faults import parse
+from megatron_vist2.checkpoint.faults import parse
 from megatron_vist2.training.health import NonFiniteGuard, SpikeDetector
 from megatron_vist2.training.watchdog import Watchdog, collective
 
@@ -150,5 +151,8 @@ def test_the_watchdog_dumps_a_stalled_step_with_its_collective(tmp_path, capsys)
 def test_fault_specs():
     faults = parse("nan-loss:3-:1,stall:2:*:0.5,spike:4-5,nan-weights:1")
     assert [(f.kind, f.first, f.last, f.rank, f.arg) for f in faults] == [
-        ("nan-loss", 3, None, 1, None), ("stall", 2, 2, None, 0.5), ("spike", 4, 5, None, None)]
+        ("nan-loss", 3, None, 1, None), ("stall", 2, 2, None, 0.5), ("spike", 4, 5, None, None),
+        ("nan-weights", 1, 1, None, None)]
     assert faults[0].hits(9, 1) and not faults[0].hits(2, 1) and not faults[0].hits(3, 0)
+    with pytest.raises(ValueError, match="unknown fault 'nan-los'"):     # a typo tests nothing
+        parse("nan-los:3")

@@ -1,8 +1,8 @@
 """lm-evaluation-harness (lm_eval's HFLM, trust_remote_code, offline) on the exported VIST2
-directory, with the repository's local tasks (evaluation/lm_eval_tasks: last-word prediction and
+directory, with the repository's local tasks (lm_eval_tasks: last-word prediction and
 perplexity on held-out text), against the project's own evaluation of the same documents: our
 model's teacher-forced training forward (data/packing.py's layout in history mode, the renderer,
-training/loss.py's per-token cross-entropy). Tolerance: 1e-3 absolute on each summed
+metrics/loss.py's per-token cross-entropy). Tolerance: 1e-3 absolute on each summed
 log-likelihood (fp32; the two differ in kernel order only), the greedy flags equal, and the
 aggregate metrics recomputed from our log-likelihoods with lm-eval's formulas to 1e-4 relative."""
 import math
@@ -15,7 +15,7 @@ import torch
 
 from tests.conftest import REPO
 
-TASKS = REPO / "evaluation" / "lm_eval_tasks"
+TASKS = REPO / "lm_eval_tasks"
 TOKENIZER = REPO / ".cache" / "tokenizers" / "smollm2"     # test_real_tokenizers.real_tokenizer_dir
 MAX_LENGTH = 2048                                          # every passage fits one window
 
@@ -48,7 +48,7 @@ def our_log_probs(setup, ids):
     from megatron_vist2.data.dataset import collate
     from megatron_vist2.data.packing import PER_TOKEN, Segment, assemble_row
     from megatron_vist2.data.renderer import Renderer
-    from megatron_vist2.training.loss import masked_token_losses
+    from megatron_vist2.metrics.loss import masked_token_losses
     cfg, tok, model, _ = setup
     L, m = cfg.model.chunk.text_tokens, cfg.model.visual_tokens_per_chunk
     seg = Segment(0, 0, len(ids), (False,) * -(-len(ids) // L))

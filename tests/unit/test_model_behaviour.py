@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from megatron_vist2.data.dataset import collate
 from megatron_vist2.data.packing import Segment
 from megatron_vist2.models import TEXT, VISUAL
-from megatron_vist2.training.loss import token_losses
+from megatron_vist2.metrics.loss import token_losses
 
 from ..conftest import tiny_model
 

@@ -1,4 +1,4 @@
-"""The layout planner (parallel/planner.py): its per-rank parameter counts equal the real stage
+"""The layout planner (cost/planner.py): its per-rank parameter counts equal the real stage
 models tools/dry_run.py builds on the meta device, and its ranking only returns layouts that
 validate, fit, and come fastest first."""
 import re
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from megatron_vist2.config import load_config, validate
-from megatron_vist2.parallel.planner import Cluster, memory, plan_layouts, stage_sizes
+from megatron_vist2.cost.planner import Cluster, memory, plan_layouts, stage_sizes
 from tests.conftest import REPO, subprocess_env
 
 LAYOUTS = [   # (preset, world, overrides)
@@ -81,7 +81,7 @@ def _saved_bytes(data, *overrides) -> int:
 def test_activation_formula_equals_what_autograd_keeps(dist_env, tiny_data, mode):
     """Per decoder layer: the tensors saved for backward by a 4-layer minus a 2-layer model
     (GQA with 2 KV heads, QK-norm, RoPE, SwiGLU) equal the planner's count within 3 %."""
-    from megatron_vist2.parallel.planner import activation_elements_per_token
+    from megatron_vist2.cost.planner import activation_elements_per_token
     common = ["model.llm.hidden_size=256", "model.llm.ffn_hidden_size=768", "model.llm.head_dim=64",
               f"train.activation_checkpointing={mode}"]
     big, cfg = _saved_bytes(tiny_data, *common, "model.llm.num_layers=4")

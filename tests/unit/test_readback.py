@@ -1,4 +1,4 @@
-"""OCR read-back (evaluation/readback.py) against independent references: greedy decoding by
+"""OCR read-back (metrics/readback.py) against independent references: greedy decoding by
 brute force (a fresh forward over the growing prefix V_i T_i[:t] at every step: no placeholders,
 no row of fixed length), the greedy fixed point under teacher forcing, and a reader that knows the
 answer (CER 0) or always says the same token (CER from edit distances computed here)."""
@@ -13,7 +13,7 @@ from tests.conftest import tiny_model
 def setup(tiny_data, dist_env):
     from megatron_vist2.data.indexed import open_indexed
     from megatron_vist2.data.renderer import Renderer
-    from megatron_vist2.evaluation.readback import held_out_chunks
+    from megatron_vist2.metrics.readback import held_out_chunks
     cfg, tok, _, model = tiny_model(tiny_data, "model.init_std=0.1")
     mc = cfg.model
     L, m = mc.chunk.text_tokens, mc.visual_tokens_per_chunk
@@ -33,7 +33,7 @@ def prefix(batch, n):
 def test_greedy_readback_equals_brute_force_decoding(setup):
     """The placeholder loop reads what growing the row token by token reads, and its result is
     a fixed point of teacher forcing: fed back as the text, every token is the argmax after it."""
-    from megatron_vist2.evaluation.readback import greedy_readback, readback_batch
+    from megatron_vist2.metrics.readback import greedy_readback, readback_batch
     cfg, tok, model, renderer, chunks, L, m = setup
     V = tok.vocab_size
     batch = readback_batch(chunks, renderer, tok.decode, L, m)
@@ -74,7 +74,7 @@ class Oracle:
 
 
 def test_a_reader_that_knows_the_text_scores_cer_zero(setup):
-    from megatron_vist2.evaluation.readback import ocr_readback
+    from megatron_vist2.metrics.readback import ocr_readback
     cfg, tok, model, renderer, chunks, L, m = setup
     r = ocr_readback(Oracle(tok.vocab_size, lambda labels: labels), chunks, renderer, tok, L, m, batch_size=2)
     assert r["cer"] == 0.0 and r["exact_match"] == 1.0 and r["chunks"] == len(chunks)
@@ -85,7 +85,7 @@ def test_a_constant_reader_scores_the_edit_distance(setup):
     """Always the same token: the CER is the Levenshtein distance of its decoded repetition to the
     chunk's text, computed here by a plain dynamic programme over the decoded strings."""
     from megatron_vist2.data.renderer import chunk_text
-    from megatron_vist2.evaluation.readback import ocr_readback
+    from megatron_vist2.metrics.readback import ocr_readback
     cfg, tok, model, renderer, chunks, L, m = setup
     token = int(chunks[0][3])
     r = ocr_readback(Oracle(tok.vocab_size, lambda labels: torch.full_like(labels, token)), chunks, renderer,
@@ -102,7 +102,7 @@ def test_blind_reading_uses_another_chunks_image(setup):
     chunk): CER 0 on its own images; read from the batch's images rotated by one, each chunk gets
     its neighbour's text, and the blind CER is those Levenshtein distances."""
     from megatron_vist2.data.renderer import chunk_text
-    from megatron_vist2.evaluation.readback import ocr_readback
+    from megatron_vist2.metrics.readback import ocr_readback
     cfg, tok, model, renderer, chunks, L, m = setup
     text_of = {renderer.render_chunk(c, tok.decode).tobytes(): c for c in chunks}
 

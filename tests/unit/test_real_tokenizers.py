@@ -98,7 +98,7 @@ def test_round_trip_and_characters_cut_at_chunk_boundaries(real_tok):
 
 def two_training_steps(model, batch) -> list:
     """Two AdamW steps on ``batch`` with the training loss -> the losses before, between, after."""
-    from megatron_vist2.training.loss import token_losses
+    from megatron_vist2.metrics.loss import token_losses
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(3):

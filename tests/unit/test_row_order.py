@@ -10,8 +10,8 @@ import torch
 from megatron_vist2.data.dataset import collate
 from megatron_vist2.data.packing import Segment
 from megatron_vist2.models.attention import TokenLayout, dense_mask
-from megatron_vist2.models.block_sparsity import block_counts, document_causal_mask_mod, row_layout
-from megatron_vist2.training.loss import masked_token_losses
+from megatron_vist2.cost.block_sparsity import block_counts, document_causal_mask_mod, row_layout
+from megatron_vist2.metrics.loss import masked_token_losses
 from tests.conftest import tiny_model
 
 

@@ -21,7 +21,7 @@ def _cfg(tiny_data, save_dir, *extra):
 def test_save_dir_without_latest_resumes_its_newest_complete_checkpoint(tiny_data, tiny_parts, tmp_path):
     """Case 1: before, resume_dir returned None (start from step 0 and rewrite the step dirs)."""
     from megatron_vist2.errors import CheckpointError
-    from megatron_vist2.training.checkpoint import resume_dir
+    from megatron_vist2.checkpoint.resume import resume_dir
     root = tmp_path / "ckpt"
     write_checkpoint(root, *tiny_parts, step=2)
     shutil.copytree(root / "step_0000002", root / "step_0000010")
@@ -39,8 +39,7 @@ def test_save_dir_without_latest_resumes_its_newest_complete_checkpoint(tiny_dat
 
 def test_latest_never_moves_backwards(tmp_path):
     """Case 2: the one writer of 'latest' keeps it on the newest complete checkpoint."""
-    from megatron_vist2.training.checkpoint import write_atomic
-    from megatron_vist2.checkpoint.safeguards import advance_latest
+    from megatron_vist2.checkpoint.format import advance_latest, write_atomic
     for tag in ("step_0000004", "step_0000008"):
         (tmp_path / tag).mkdir()
         (tmp_path / tag / "complete.json").write_text("{}")
@@ -124,7 +123,7 @@ def test_generate_from_another_directory_stop_string_and_untrained_warning(tiny_
 def test_non_finite_weights_are_refused_before_anything_is_written(dist_env, tmp_path):
     """Case 7 (the collective check save_checkpoint runs first)."""
     from megatron_vist2.errors import CheckpointError
-    from megatron_vist2.checkpoint.safeguards import refuse_non_finite
+    from megatron_vist2.checkpoint.divergence import refuse_non_finite
     module = torch.nn.Linear(3, 2)
     refuse_non_finite(module, 5, str(tmp_path), torch.device("cpu"))      # finite: passes
     (tmp_path / "step_0000004").mkdir()
@@ -179,7 +178,7 @@ def test_characters_the_font_cannot_draw_are_counted_once_with_the_fix():
 def test_a_full_disk_during_a_save_says_so(tmp_path):
     import errno
     from megatron_vist2.errors import CheckpointError
-    from megatron_vist2.checkpoint.safeguards import disk_errors
+    from megatron_vist2.checkpoint.format import disk_errors
     with pytest.raises(CheckpointError, match=r"saving to .* failed: the disk is full .* 'latest' are untouched"):
         with disk_errors(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device")

@@ -12,7 +12,7 @@ import pytest
 
 from megatron_vist2.config import load_config, validate
 from megatron_vist2.errors import ConfigError
-from megatron_vist2.training.metrics import MetricsLogger, wandb_settings
+from megatron_vist2.training.logger import MetricsLogger, wandb_settings
 from tests.conftest import tiny_overrides
 
 

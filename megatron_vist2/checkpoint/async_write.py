@@ -1,7 +1,7 @@
 """Asynchronous checkpoints (``checkpoint.async_save``): training stops only while this rank's
 state is copied into host memory; a background thread per rank writes the files.
 
-How a save goes (training/checkpoint.py drives it, the atomicity is the synchronous save's):
+How a save goes (save.py drives it, the atomicity is the synchronous save's):
 
 1. Main thread, every rank, as the synchronous save: the collective finiteness check, the
    ``<tag>.partial`` directory, ``engine.save_checkpoint`` -- but with DeepSpeed's checkpoint
@@ -27,9 +27,7 @@ and its FastCheckpointEngine writer needs the async-I/O op (libaio).
 from __future__ import annotations
 
 import copy
-import os
 import shutil
-import signal
 import threading
 import time
 from collections import OrderedDict
@@ -39,8 +37,9 @@ from typing import Callable, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from ..checkpoint.safeguards import disk_errors
 from ..errors import CheckpointError
+from . import faults
+from .format import disk_errors
 
 DONE_DIR = ".done"
 _ATOMS = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
@@ -168,19 +167,6 @@ class SnapshotEngine:
         return getattr(self.real, name)
 
 
-def _fault(step: int, rank: int) -> None:
-    """Tests only: ``MEGATRON_VIST2_FAULT=slow-async-write:SECONDS`` delays every file of the
-    background writer; ``kill-in-async-write:RANK:STEP`` kills that rank (SIGKILL) from its writer
-    thread after the first file of step STEP's save."""
-    spec = os.environ.get("MEGATRON_VIST2_FAULT", "")
-    if spec.startswith("slow-async-write:"):
-        time.sleep(float(spec.split(":")[1]))
-    elif spec.startswith("kill-in-async-write:"):
-        _, r, at = spec.split(":")
-        if rank == int(r) and step == int(at):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 class _Pending:
     def __init__(self, step: int, partial: Path, finish: Optional[Callable[[], None]]):
         self.step, self.partial, self.finish = step, partial, finish
@@ -213,7 +199,7 @@ class AsyncWriter:
             with disk_errors(pending.partial.parent):
                 for state, path, write in jobs:
                     write(state, path)
-                    _fault(pending.step, self.rank)
+                    faults.after_async_file(pending.step, self.rank)     # tests only
                 marker.parent.mkdir(exist_ok=True)
                 marker.write_text("")
         except BaseException as exc:           # reported by the main thread (poll / wait)

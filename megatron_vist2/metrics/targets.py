@@ -27,7 +27,7 @@ import torch
 from ..config import Config
 from ..data.packing import max_chunks_per_segment
 from ..models.vist2 import Vist2Batch
-from ..training.loss import masked_token_losses
+from .loss import masked_token_losses
 
 FIELDS = ("first_sum", "first_count", "within_sum", "within_count", "first_sumsq", "within_sumsq")
 

@@ -62,7 +62,7 @@ from ..config.derived import (data_parallel_size, grad_accum_bytes, gradient_red
                               name_under, padded_vocab_size, stage_layer_counts)
 from ..config.validate import validate
 from ..errors import ConfigError
-from ..models.size import forward_flops
+from .flops import forward_flops
 
 GIB = 2 ** 30
 
@@ -201,9 +201,9 @@ def row_training_flops(cfg: Config) -> float:
     """FLOPs (forward + backward) a block-sparse attention kernel spends on one full training row:
     linear layers per position, attention per *computed* key: every key of every 128 x 128 tile
     the VIST2 mask does not leave empty, counted on a row of one long document in the packer's
-    order (models/block_sparsity.py; a kernel pays for whole tiles, not for allowed pairs), and
+    order (cost/block_sparsity.py; a kernel pays for whole tiles, not for allowed pairs), and
     the ViT and aligner per chunk image."""
-    from ..models.block_sparsity import BLOCK, full_row_counts
+    from .block_sparsity import BLOCK, full_row_counts
     f, m, s = forward_flops(cfg), cfg.model, cfg.data.seq_length
     L, k = m.chunk.text_tokens, m.visual_tokens_per_chunk
     chunks = -(-s // (L + k))
@@ -307,7 +307,7 @@ def available_memory_bytes(device) -> Optional[int]:
 
 
 def memory_problem(cfg: Config, world: int, available: Optional[int]) -> Optional[str]:
-    """The planner's per-rank estimate (parallel/planner.py) against ``available`` bytes."""
+    """The planner's per-rank estimate (cost/planner.py) against ``available`` bytes."""
     if not available:
         return None
     worst = max((sum(memory(cfg, world, r).values()), r["stage"]) for r in stage_sizes(cfg))

@@ -14,9 +14,11 @@ import functools
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
-from .attention import TokenLayout, vist2_mask_mod
+from ..data.packing import assemble_row, pack_segments, segment_document
+from ..models.attention import TokenLayout, vist2_mask_mod
 
 BLOCK = 128
 
@@ -87,7 +89,6 @@ def block_counts(layout: TokenLayout, mask_mod: Callable = None, block: int = BL
 def row_layout(segments, L: int, m: int, seq: int, order: str) -> TokenLayout:
     """The layout ``data/packing.py`` gives a row of ``segments`` in ``order`` (token ids are not
     needed to count tiles: zeros stand in)."""
-    from ..data.packing import assemble_row
     row = assemble_row(segments, [[0] * s.length for s in segments], L, m, seq, order=order)
     return TokenLayout(*(torch.from_numpy(getattr(row, f))[None]
                          for f in ("doc", "chunk", "kind", "readback", "position")))
@@ -111,7 +112,5 @@ def full_row_counts(L: int, m: int, seq: int, readback_fraction: float = 0.0,
                     order: str = "blocked") -> BlockCounts:
     """Tiles of one row filled by a single long document (the planner's row: long documents, as
     in the 8B recipe), read-back chunks drawn at ``readback_fraction`` with a fixed seed."""
-    import numpy as np
-    from ..data.packing import pack_segments, segment_document
     segs = segment_document(0, 2 * seq, L, m, seq, readback_fraction, np.random.default_rng(0))
     return block_counts(row_layout(pack_segments(segs, L, m, seq)[0], L, m, seq, order))

@@ -19,7 +19,7 @@ from ..config import Config, config_to_dict
 from ..config.validate import WANDB_MISSING
 from ..errors import ConfigError
 from ..models.attention import PAD
-from ..models.size import training_flops
+from ..cost.flops import training_flops
 
 # Dense bf16 peak (TFLOP/s, no sparsity) of a device, by substrings of its name as
 # torch.cuda.get_device_name() reports it, the more specific parts first: the PCIe and NVL

@@ -1,36 +1,14 @@
-"""Parameter counts from the config alone (no model is built), split as the spec's parts.
-
-ViT (SigLIP shape, d = hidden, f = FFN, P = patches, C = channels, p = patch):
-    patch conv C p^2 d + d, positions P d, per layer 4d (two LayerNorms) + 4(d^2 + d) (q, k, v, o)
-    + (d f + f) + (f d + d) (MLP), final LayerNorm 2d.
-Aligner: (k^2 d) D + D.
-LLM (D = hidden, F = FFN, h / g = query / KV heads, e = head dim, V = padded vocab):
-    embedding V D, per layer 2D (norms) + D h e + 2 D g e + h e D (q, k, v, o) + 2e (QK-norm, if on)
-    + 3 D F (SwiGLU), final norm D, output layer V D unless tied.
+"""FLOPs from the config alone (no model is built): the forward FLOPs of each part per token or
+image (``forward_flops``), the (query, key) pairs the VIST2 mask allows in a batch
+(``attended_pairs``) and the model FLOPs of one training pass (``training_flops``, the MFU
+numerator). Parameter counts are config/derived.py ``analytic_parameter_counts``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
 
 from ..config.schema import Config
 from ..config.derived import name_under, padded_vocab_size
-
-
-def analytic_parameter_counts(cfg: Config) -> Dict[str, int]:
-    m = cfg.model
-    v, llm, k = m.vision, m.llm, m.aligner.merge
-    d, f, P = v.hidden_size, v.ffn_hidden_size, m.patches_per_image
-    vision = (v.num_channels * v.patch_size ** 2 * d + d + P * d
-              + v.num_layers * (4 * d + 4 * (d * d + d) + (d * f + f) + (f * d + d)) + 2 * d)
-    D, F, h, g, e = llm.hidden_size, llm.ffn_hidden_size, llm.num_heads, llm.num_kv_heads, llm.head_dim
-    aligner = k * k * d * D + D
-    V = padded_vocab_size(cfg)
-    layer = 2 * D + D * h * e + 2 * D * g * e + h * e * D + (2 * e if llm.qk_norm else 0) + 3 * D * F
-    lm = V * D + llm.num_layers * layer + D + (0 if llm.tie_embeddings else V * D)
-    if m.context != "vist2":                   # the controls have no vision encoder or aligner
-        vision = aligner = 0
-    return {"vision": vision, "aligner": aligner, "llm": lm, "total": vision + aligner + lm}
 
 
 @dataclass(frozen=True)
@@ -68,7 +46,7 @@ def attended_pairs(layout, context: str = "vist2") -> int:
     text of its whole document: one chunk, as counted here."""
     import numpy as np
 
-    from .attention import TEXT, VISUAL
+    from ..models.attention import TEXT, VISUAL
     doc, chunk, kind, readback = (np.asarray(getattr(layout, n).cpu(), dtype=np.int64)
                                   for n in ("doc", "chunk", "kind", "readback"))
     real = (doc >= 0) & ((kind == TEXT) | (kind == VISUAL))
@@ -99,7 +77,7 @@ def training_flops(cfg: Config, layout, num_images: int, frozen=()) -> float:
     A trained part costs 3 x its forward (forward, input and weight gradients); a frozen part 2x
     when a trained part before it needs its input gradient, else 1x (``frozen``: the
     ``train.freeze`` prefixes). Activation recomputation is not counted (MFU, not HFU)."""
-    from .attention import PAD
+    from ..models.attention import PAD
 
     def covered(part):
         return any(name_under(part, p) for p in frozen)

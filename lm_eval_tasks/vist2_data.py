@@ -1,5 +1,5 @@
 """Data of the local lm-evaluation-harness tasks: the jsonl files beside this file (written by
-evaluation/make_lm_eval_data.py), found relative to this file so the tasks run from any
+tools/make_lm_eval_data.py), found relative to this file so the tasks run from any
 directory, offline."""
 import json
 from pathlib import Path

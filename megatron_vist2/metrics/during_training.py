@@ -22,7 +22,7 @@ from .targets import chunk_bins, new_stats, summarize, target_loss_fn
 
 def split_eval(schedule, loader, num_micro: int, cfg: Config) -> Dict:
     """One pass over the validation batches with per-target statistics (a collective over every
-    rank, like trainer.evaluate) -> evaluation/targets.py's summary."""
+    rank, like trainer.evaluate) -> metrics/targets.py's summary."""
     schedule.engine.eval()
     bins = chunk_bins(cfg)
     stats = new_stats(bins, schedule.device)
