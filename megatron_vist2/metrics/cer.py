@@ -5,7 +5,7 @@ reference; rapidfuzz computes the distance (a C++ implementation of the textbook
 programme). ``exact`` compares the strings as a whole.
 
 rapidfuzz is imported where a distance is computed, not with this module: the trainer imports
-this module (through evaluation/during_training.py) whether or not it reads back, and a machine
+this module (through metrics/during_training.py) whether or not it reads back, and a machine
 without rapidfuzz (a GPU image) must still train.
 """
 from __future__ import annotations
