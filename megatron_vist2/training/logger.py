@@ -151,6 +151,11 @@ class StepMeter:
         self.source_new = np.zeros(len(self.source_keys), np.int64)      # this rank, since the last line
         self.source_total = np.zeros(len(self.source_keys), np.int64)    # all ranks, cumulative
 
+    def restart_clock(self, step: int) -> None:
+        """The next line's throughput starts after ``step`` (a warming step that compiled
+        flex_attention is not timed; its tokens still count in ``all_tokens``)."""
+        self.tokens, self.flops, self.t_last, self.last_logged = 0, 0.0, time.time(), step
+
     def _sources_logged(self, device) -> Dict[str, int]:
         """Collective over the data-parallel group (every rank logs at the same steps)."""
         if not self.source_keys:

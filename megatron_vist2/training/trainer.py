@@ -311,6 +311,8 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             meter.log(run.log, step, loss, run.engine, split_means(split, run.schedule), consumed,
                       phase.seq_length)
             health.report_step_times(step)
+        if warming and meter.last_logged != step:
+            meter.restart_clock(step)          # the log line times the steps after the compile
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:
             last_eval, ocr_accuracy = run_eval(run, step)
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step < cfg.train.steps:
