@@ -22,7 +22,8 @@
 #            causal kernel; the dense VIST2 mask per SDPA kernel)
 #   mfu      MFU at 0.6b: bf16, ZeRO-1, flex (the default on a GPU), compile warmed first
 #   ttft     time to first token at 1.7b in bf16 on CUDA, VIST2 vs baseline (benchmarks/inference.py)
-#   writing  the long-writing benchmark, only with the time left under 540 s
+#   writing  decode time per token at long contexts (benchmarks/long_writing.py --per-token), only
+#            with the time left under 540 s
 # $OUT gets at most 6 files: summary.txt (key numbers, also on stdout), env.txt, smoke.txt,
 # attention.txt, mfu.txt, inference.txt. Checkpoints, exports and logs stay in $SCRATCH. A failing
 # stage prints its last 60 lines. Record the numbers with the device, the versions (env.txt) and
@@ -78,7 +79,7 @@ if [[ $MODE == gpu ]]; then
   TRAIN_PRESET=tiny-cpu; ATT=(--preset 8b --seqs 8192 --steps 5)
   MFU=(--preset 0.6b --steps 6 --warmup 2)
   TTFT=(--preset 1.7b --lengths 2048,8192 --repeat 3)
-  WRITING=(--preset 1.7b)
+  WRITING=(--preset 1.7b --per-token 2048,8192 --decode-tokens 64 --repeat 2)
 else                                         # the CPU: tiny shapes, no time limits (a shared
                                              # CPU's speed says nothing about the GPU's)
   OUT="${OUT:-/tmp/gpu_all_dry/out}"
@@ -88,7 +89,7 @@ else                                         # the CPU: tiny shapes, no time lim
   TRAIN_PRESET=tiny-cpu; ATT=(--preset bench-cpu --seqs 512 --steps 1)
   MFU=(--preset tiny-cpu --steps 1 --warmup 1)
   TTFT=(--preset bench-cpu --lengths 256 --repeat 1)
-  WRITING=(--preset bench-cpu)
+  WRITING=(--preset bench-cpu --per-token 256 --decode-tokens 8 --repeat 1)
 fi
 # time limits (s) on the GPU; their sum stays under the budget (SCALE 0: none in the dry run)
 declare -A LIMIT=([install]=20 [env]=25 [train]=80 [resume]=50 [convert]=30 [hf]=35 [engine]=45
@@ -118,7 +119,8 @@ stage() {
 }
 key() { grep -E "$1" "$SCRATCH/logs/$2.log" | tee -a "$OUT/summary.txt"; }      # key lines to stdout
 fatal() { say "smoke failed at $1: no benchmark run ($(( $(date +%s) - START )) s)"; exit 1; }
-has_flag() { grep -q -- "\"$1\"" "$2"; }     # does a script (not yet merged work) take this flag?
+# does a script take --device/--dtype (the infer helper's work, maybe not merged yet)?
+takes_device() { grep -qE -- '"--device"|add_device_args\(' "$1"; }
 
 say "gpu_all.sh ($MODE) $(date -u +%Y-%m-%dT%H:%MZ); stage limits sum to ${total} s$( ((SCALE == 0)) && echo ' (not applied in the dry run)')"
 # ---- env (fatal)
@@ -159,7 +161,7 @@ stage smoke.txt hf "$PY" benchmarks/gpu_smoke_hf.py --model "$S/hf" --device "$D
 key "exported model on" hf
 GEN=(-m megatron_vist2.generate --checkpoint "$S/ckpt" --max-new-tokens 8
      --prompt "Fellow citizens of the Senate and of the House of Representatives")
-if has_flag --device megatron_vist2/generate.py; then
+if takes_device megatron_vist2/generate.py; then
   GEN+=(--device "$DEV" --dtype "$DT")
 else
   say "-- generate.py has no --device/--dtype yet (the infer helper's): the engine runs on the CPU"
@@ -171,18 +173,18 @@ say "smoke passed ($(( $(date +%s) - START )) s)"
 stage attention.txt attention "$PY" benchmarks/attention_cost.py "${ATT[@]}" --sdpa-mask && \
   key "tokens$|causal|VIST2" attention
 stage mfu.txt mfu "$PY" benchmarks/mfu.py "${MFU[@]}" && key "^device|^machine|^step |^peak memory" mfu
-INF=(--device "$DEV" --dtype "$DT" --ttft-only --write-prompts 0 --no-plot --out "$SCRATCH/figures"
+INF=(--device "$DEV" --dtype "$DT" --no-plot --no-download --out "$SCRATCH/figures"
      data.tokenizer=data/tokenizer/sotu.model)
-if has_flag --device benchmarks/inference.py; then
-  stage inference.txt ttft "$PY" benchmarks/inference.py "${TTFT[@]}" "${INF[@]}" && key "." ttft
+if takes_device benchmarks/inference.py; then
+  stage inference.txt ttft "$PY" benchmarks/inference.py "${TTFT[@]}" --ttft-only --write-prompts 0 \
+    --no-transformers "${INF[@]}" && key "." ttft
 else
   say "-- ttft skipped: benchmarks/inference.py has no --device/--dtype yet (the infer helper's)"
 fi
 left=$(( BUDGET - ($(date +%s) - START) - 10 ))
-if [[ -f benchmarks/long_writing.py ]] && (( left >= 30 || SCALE == 0 )); then
-  LIMIT_NOW=$(( left > 30 ? left : 30 ))
-  stage inference.txt writing "$PY" benchmarks/long_writing.py "${WRITING[@]}" --device "$DEV" --dtype "$DT" \
-    && key "." writing
+if [[ -f benchmarks/long_writing.py ]] && takes_device benchmarks/long_writing.py && (( left >= 30 || SCALE == 0 )); then
+  LIMIT_NOW=$(( left > 30 ? left : 30 ))          # what is left of the budget, no more
+  stage inference.txt writing "$PY" benchmarks/long_writing.py "${WRITING[@]}" "${INF[@]}" && key "." writing
 else
   say "-- writing skipped ($( [[ -f benchmarks/long_writing.py ]] && echo "${left} s left" || echo "no benchmarks/long_writing.py"))"
 fi
