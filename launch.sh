@@ -20,6 +20,9 @@ if [[ -z "${RANK:-}" && -n "${SLURM_PROCID:-}" ]]; then
   export MASTER_PORT="${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}"
 fi
 
+# GPU environment defaults (CUDA_DEVICE_MAX_CONNECTIONS=1 with tensor parallelism, the CUDA
+# allocator's expandable segments, NCCL's flight recorder) are set by the entry point itself
+# (parallel/distributed.py gpu_environment), for every launcher; exported values win.
 # JIT-built DeepSpeed ops (shm_comm on the CPU) are cached in a git-ignored folder.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$here/.cache/torch_extensions}"
 

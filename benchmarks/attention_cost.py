@@ -6,7 +6,12 @@ on the blocked row, and a causal block mask), plus SDPA's causal kernel as a ref
 length in one run, ratios to causal (flex) printed.
 
     python benchmarks/attention_cost.py --preset bench-cpu --seqs 2048,8192   # CPU: forward
-    python benchmarks/attention_cost.py --preset 8b --seqs 8192               # on a GPU
+    python benchmarks/attention_cost.py --preset 8b --seqs 8192 --sdpa-mask   # on a GPU
+
+``--sdpa-mask`` also times SDPA with the VIST2 rule as a dense boolean mask (what
+``model.attention_backend=sdpa`` runs) under each of SDPA's kernels that accepts it (cuDNN,
+memory-efficient, math), with its peak memory, or the reason a kernel refuses it: which dense
+path a GPU would fall back to (docs/trust.md, GPU finding 6).
 
 The row is one long document (paper chunking at the preset's L and m), laid out by the packer
 (data/packing.py) in each order; the tile counts beside the times come from
@@ -45,10 +50,12 @@ def main():
     ap.add_argument("--preset", default="0.6b")
     ap.add_argument("--seqs", default="2048,8192", help="row lengths, comma-separated")
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--sdpa-mask", action="store_true", help="also SDPA with the dense VIST2 mask, per kernel")
     args = ap.parse_args()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     from megatron_vist2.config import load_config
-    from megatron_vist2.models.attention import block_mask
+    from megatron_vist2.models.attention import block_mask, dense_mask
     from megatron_vist2.cost.block_sparsity import block_counts
     cfg = load_config(args.preset)
     llm = cfg.model.llm
@@ -94,6 +101,24 @@ def main():
                   f"{c.full} full + {c.partial} partial of {(seq // 128) * (seq // 128 + 1) // 2} causal")
         t_sdpa = timed(sdpa_causal, args.steps)
         print(f"  causal (sdpa)             {t_sdpa * 1e3:9.2f} ms   {t_sdpa / t_causal:.2f}x")
+        if args.sdpa_mask:
+            dense = dense_mask(row(L, m, seq, "interleaved").to(dev))
+            for kernel in (SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
+                def sdpa_masked():
+                    with sdpa_kernel([kernel]):
+                        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense,
+                                                                               enable_gqa=gqa)
+                    if backward:
+                        out.sum().backward()
+                name = f"VIST2 dense mask (sdpa {kernel.name.lower()})"
+                try:
+                    if dev == "cuda":
+                        torch.cuda.reset_peak_memory_stats()
+                    t = timed(sdpa_masked, args.steps)
+                    peak = f", peak {torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB" if dev == "cuda" else ""
+                    print(f"  {name:25s} {t * 1e3:9.2f} ms   {t / t_causal:.2f}x{peak}")
+                except RuntimeError as e:                  # the kernel refuses this mask / GQA / device
+                    print(f"  {name:25s} not run: {str(e).splitlines()[0][:120]}")
 
 
 if __name__ == "__main__":

@@ -69,10 +69,12 @@ def main(argv=None) -> None:
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         return
+    from .parallel.distributed import gpu_environment, init_distributed, shutdown
+    for name, value in gpu_environment(cfg.parallel.tensor_parallel).items():
+        os.environ.setdefault(name, value)     # before anything starts CUDA or NCCL
     preflight(cfg)
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _cuda() else "cuda")
-    from .parallel.distributed import init_distributed, shutdown
     from .training.health import did_not_train
     from .training.trainer import train
     env = init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel)
@@ -124,7 +126,8 @@ def main(argv=None) -> None:
 def _device():
     import torch
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        from .parallel.distributed import local_cuda_device
+        return local_cuda_device()
     return torch.device("cpu")
 
 

@@ -18,6 +18,23 @@ def gradient_accumulation_steps(cfg: Config, world_size: int) -> int:
     return cfg.parallel.global_batch_size // (cfg.parallel.micro_batch_size * dp)
 
 
+def grad_accum_bytes(cfg: Config, weight_bytes: int) -> int:
+    """Bytes per element of the buffer DeepSpeed accumulates micro-batch gradients in, for
+    weights of ``weight_bytes`` (4 fp32, 2 bf16): fp32 whenever ZeRO (1-3) is on, as Megatron
+    accumulates; bf16 weights without ZeRO accumulate in bf16 (DeepSpeed has no fp32 accumulation
+    for its unfused bf16 optimizer). training/deepspeed_config.py sets it, cost/planner.py
+    counts its memory and traffic."""
+    return 4 if weight_bytes == 4 or cfg.parallel.zero_stage >= 1 else weight_bytes
+
+
+def gradient_reductions_per_step(cfg: Config, world_size: int) -> int:
+    """How often DeepSpeed reduces each gradient over the data-parallel group per optimizer step:
+    ZeRO 0 and 1 once, at the accumulation boundary; ZeRO 2 and 3 partition gradients and reduce
+    (all-reduce buckets at 2, reduce-scatter at 3) after every micro-batch's backward
+    (deepspeed/runtime/zero/stage_1_and_2.py ``if self.partition_gradients or boundary``)."""
+    return gradient_accumulation_steps(cfg, world_size) if cfg.parallel.zero_stage >= 2 else 1
+
+
 def name_under(name: str, prefix: str) -> bool:
     """Is parameter (or module) ``name`` inside ``prefix`` (``train.freeze``,
     ``optim.lr_multipliers``)? ``front.vision`` covers ``front.vision.x`` but not ``front.visionx``."""

@@ -11,7 +11,7 @@ from typing import Dict, List, Literal, Optional
 
 # The allowed values of each choice field, declared once: validate.py checks them by these types.
 RenderMode = Literal["fit", "strict"]
-AttentionBackend = Literal["sdpa", "flex"]
+AttentionBackend = Literal["auto", "sdpa", "flex"]
 ZeroStage = Literal[0, 1, 2, 3]
 Dtype = Literal["auto", "fp32", "bf16"]
 ActivationCheckpointing = Literal["none", "full", "selective"]
@@ -144,7 +144,9 @@ class ModelConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
     ocr_head: OcrHeadConfig = field(default_factory=OcrHeadConfig)
     init_std: float = 0.02
-    attention_backend: AttentionBackend = "sdpa"   # "sdpa" (dense bool mask, built per forward) or "flex" (block-sparse)
+    # "sdpa" (dense bool mask, built per forward), "flex" (compiled, block-sparse) or "auto": flex
+    # on a GPU, sdpa on the CPU and with attention dropout (models/attention.py resolve_backend)
+    attention_backend: AttentionBackend = "auto"
     # "vist2", or a control trained on the same rows and targets: "text" (history as text) or
     # "window" (no history); the controls have no vision encoder or aligner
     context: Context = "vist2"

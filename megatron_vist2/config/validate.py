@@ -83,8 +83,8 @@ def _model_problems(cfg: Config) -> List[str]:
                     ("model.llm.attention_dropout", llm.attention_dropout)):
         if not 0.0 <= p < 1.0:
             out.append(f"{name} must be in [0, 1), got {p}")
-    if llm.attention_dropout > 0 and m.attention_backend != "sdpa":
-        out.append("model.llm.attention_dropout > 0 needs model.attention_backend=sdpa "
+    if llm.attention_dropout > 0 and m.attention_backend == "flex":
+        out.append("model.llm.attention_dropout > 0 needs model.attention_backend=sdpa or auto "
                    "(flex_attention has no dropout)")
     if m.init_std <= 0:
         out.append(f"model.init_std must be > 0, got {m.init_std}")

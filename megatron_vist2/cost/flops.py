@@ -38,34 +38,37 @@ def forward_flops(cfg: Config) -> ForwardFlops:
 
 def attended_pairs(layout, context: str = "vist2") -> int:
     """(query, key) pairs the VIST2 mask allows in a batch, padding queries excluded, counted per
-    chunk instead of per pair (it runs on every training step; no S x S mask is built). Within a
-    document: a text token of chunk c sees the text of c up to itself, the visual tokens of the
-    chunks before c, and those of c in read-back mode; a visual token of c sees the visual tokens
-    of chunks <= c (models/attention.py; the test compares with the rule pair by pair). The text
-    control (``context`` 'text') sees the text of its whole document: one chunk, as counted here."""
-    from collections import Counter
+    chunk instead of per pair (it runs on every training step, on the main thread: no S x S mask
+    is built and no Python loop runs over tokens). Within a document: a text token of chunk c sees
+    the text of c up to itself, the visual tokens of the chunks before c, and those of c in
+    read-back mode; a visual token of c sees the visual tokens of chunks <= c (models/attention.py;
+    the tests compare with the rule pair by pair). The text control (``context`` 'text') sees the
+    text of its whole document: one chunk, as counted here."""
+    import numpy as np
 
     from ..models.attention import TEXT, VISUAL
-    total = 0
-    for b in range(layout.doc.shape[0]):
-        doc, chunk, kind, readback = (getattr(layout, n)[b].cpu().tolist()
-                                      for n in ("doc", "chunk", "kind", "readback"))
-        text, visual, text_readback = Counter(), Counter(), {}
-        for d, c, k, r in zip(doc, chunk, kind, readback):
-            if d >= 0 and k == TEXT:
-                c = 0 if context == "text" else c
-                text[d, c] += 1
-                text_readback[d, c] = r
-            elif d >= 0 and k == VISUAL:
-                visual[d, c] += 1
-        for d in {d for d, _ in text} | {d for d, _ in visual}:
-            earlier = 0                        # visual tokens of this document's earlier chunks
-            for c in sorted({c for dd, c in text if dd == d} | {c for dd, c in visual if dd == d}):
-                n_text, n_vis = text[d, c], visual[d, c]
-                total += n_text * (n_text + 1) // 2 + n_text * (earlier + (n_vis if text_readback.get((d, c)) else 0))
-                total += n_vis * (earlier + n_vis)
-                earlier += n_vis
-    return total
+    doc, chunk, kind, readback = (np.asarray(getattr(layout, n).cpu(), dtype=np.int64)
+                                  for n in ("doc", "chunk", "kind", "readback"))
+    real = (doc >= 0) & ((kind == TEXT) | (kind == VISUAL))
+    if not real.any():
+        return 0
+    rows = np.broadcast_to(np.arange(doc.shape[0])[:, None], doc.shape)[real]
+    d, k, r = doc[real], kind[real], readback[real]
+    c = np.where(k == TEXT, 0, chunk[real]) if context == "text" else chunk[real]
+    # one group per (row, document, chunk), sorted in that order
+    docs, chunks = int(d.max()) + 1, int(c.max()) + 1
+    groups, inverse = np.unique((rows * docs + d) * chunks + c, return_inverse=True)
+    n_text = np.bincount(inverse, weights=k == TEXT, minlength=len(groups)).astype(np.int64)
+    n_vis = np.bincount(inverse, weights=k == VISUAL, minlength=len(groups)).astype(np.int64)
+    in_readback = np.zeros(len(groups), dtype=bool)
+    in_readback[inverse[k == TEXT]] = r[k == TEXT] > 0
+    # visual tokens of the same document's earlier chunks (in this row)
+    before = np.cumsum(n_vis) - n_vis
+    first = np.r_[True, groups[1:] // chunks != groups[:-1] // chunks]
+    earlier = before - before[np.maximum.accumulate(np.where(first, np.arange(len(groups)), 0))]
+    total = (n_text * (n_text + 1) // 2 + n_text * (earlier + np.where(in_readback, n_vis, 0))
+             + n_vis * (earlier + n_vis))
+    return int(total.sum())
 
 
 def training_flops(cfg: Config, layout, num_images: int, frozen=()) -> float:

@@ -10,7 +10,8 @@ tools/dry_run.py builds on the meta device.
 Memory per rank (bytes; w = 2 for bf16, 4 for fp32; T = trainable parameters):
   weights      w x params                                            (/ dp under ZeRO-3)
   gradients    w x T (/ dp from ZeRO-2), plus under ZeRO the fp32 gradient partition the
-               optimizer steps on, 4 x T / dp
+               optimizer steps on, 4 x T / dp; bf16 at ZeRO-1 accumulates in a whole-stage fp32
+               buffer instead (DeepSpeed's BF16_Optimizer, training/deepspeed_config.py), 4 x T
   optimizer    fp32 master copy + Adam moments, 12 x T / dp under ZeRO (DeepSpeed keeps the
                master copy for fp32 weights too; 8 x T without ZeRO), plus the step's
                temporaries, 4 x T (/ dp under ZeRO)
@@ -34,9 +35,16 @@ Step time (seconds) of one optimizer step:
             / world / (peak x efficiency), times the 1F1B bubble (gas + pp - 1) / gas
   TP        bytes each rank moves in TP all-reduces (4 per layer and micro-batch, ring) /
             NVLink bandwidth when TP stays inside a node, else the network's
-  DP        gradient reduce-scatter/all-reduce bytes (x 1.5 under ZeRO-3: parameter gathers)
-            / network bandwidth x (1 - dp_overlap), dp_overlap being the share hidden behind
-            backward
+  DP        bytes each rank sends in data-parallel collectives (``communication``), per step:
+            gradient reductions x T x (accumulation bytes at ZeRO-1 in bf16, else w) x 2(n-1)/n
+            (DeepSpeed all-reduces gradient buckets at ZeRO 0-2) or (n-1)/n (ZeRO-3
+            reduce-scatters), where ZeRO 0/1 reduce once per step and ZeRO 2/3 after every
+            micro-batch (config/derived.py ``gradient_reductions_per_step``; checked against
+            DeepSpeed's collectives in tests/distributed/test_parity_2ranks.py); plus the
+            all-gather of the updated weights, w x T x (n-1)/n, at ZeRO 1/2, and ZeRO-3's
+            parameter all-gathers, forward and backward of every micro-batch,
+            2 x gas x w x params x (n-1)/n. / network bandwidth x (1 - dp_overlap),
+            dp_overlap being the share hidden behind backward
   PP        activations sent per micro-batch / network bandwidth
 Throughput = global batch x sequence length / step time. The constants are ``Cluster`` fields
 (command-line flags of tools/plan_layouts.py); the ranking depends on their ratios more than on
@@ -50,7 +58,8 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
 from ..config.schema import Config
-from ..config.derived import data_parallel_size, name_under, padded_vocab_size, stage_layer_counts
+from ..config.derived import (data_parallel_size, grad_accum_bytes, gradient_reductions_per_step,
+                              name_under, padded_vocab_size, stage_layer_counts)
 from ..config.validate import validate
 from ..errors import ConfigError
 from .flops import forward_flops
@@ -149,9 +158,10 @@ def memory(cfg: Config, world: int, r: dict) -> Dict[str, float]:
     T, zero = r["trainable"], p.zero_stage
     shard = dp if zero >= 1 else 1
     optimizer = 8 if (w == 4 and zero == 0) else 12
+    accumulate = 4 * T if (zero == 1 and w == 2) else (4 * T / dp if zero >= 1 else 0)
     return {
         "weights": r["params"] * w / (dp if zero == 3 else 1),
-        "gradients": T * w / (dp if zero >= 2 else 1) + (4 * T / dp if zero >= 1 else 0),
+        "gradients": T * w / (dp if zero >= 2 else 1) + accumulate,
         "optimizer": T * (optimizer + 4) / shard,
         "activations": act,
     }
@@ -165,10 +175,26 @@ def communication(cfg: Config, world: int, r: dict) -> Dict[str, float]:
     act = cfg.data.seq_length * p.micro_batch_size * llm.hidden_size * w
     ring = lambda n: 2 * (n - 1) / n if n > 1 else 0.0                      # noqa: E731
     return {
-        "data parallel": r["trainable"] * w * ring(dp) * (1.5 if p.zero_stage == 3 else 1.0),
+        "data parallel": data_parallel_bytes(cfg, world, r),
         "tensor parallel": 4 * act * ring(tp) * r["layers"] * gas,
         "pipeline": (0 if r["last"] else 1) * 2 * act * gas,
     }
+
+
+def data_parallel_bytes(cfg: Config, world: int, r: dict) -> float:
+    """Bytes each rank of stage ``r`` sends per optimizer step in data-parallel collectives (the
+    module docstring's DP formula)."""
+    tp, pp, dp, gas = _degrees(cfg, world)
+    if dp == 1:
+        return 0.0
+    w = 4 if cfg.train.dtype == "fp32" else 2
+    zero, T = cfg.parallel.zero_stage, r["trainable"]
+    scatter = (dp - 1) / dp                   # reduce-scatter or all-gather, per byte of the whole
+    reduced = grad_accum_bytes(cfg, w) if zero == 1 else w
+    grads = gradient_reductions_per_step(cfg, world) * T * reduced * (scatter if zero == 3 else 2 * scatter)
+    if zero == 3:
+        return grads + 2 * gas * r["params"] * w * scatter
+    return grads + (T * w * scatter if zero >= 1 else 0.0)
 
 
 def row_training_flops(cfg: Config) -> float:

@@ -3,15 +3,18 @@
 CER = Levenshtein distance (insertions, deletions, substitutions, each cost 1) / length of the
 reference; rapidfuzz computes the distance (a C++ implementation of the textbook dynamic
 programme). ``exact`` compares the strings as a whole.
+
+rapidfuzz is imported where a distance is computed, not with this module: the trainer imports
+this module (through metrics/during_training.py) whether or not it reads back, and a machine
+without rapidfuzz (a GPU image) must still train.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rapidfuzz.distance import Levenshtein
-
 
 def edit_distance(hypothesis: str, reference: str) -> int:
+    from rapidfuzz.distance import Levenshtein
     return int(Levenshtein.distance(hypothesis, reference))
 
 

@@ -71,8 +71,10 @@ def training_loss(logits: torch.Tensor, batch: Vist2Batch, weights: TargetWeight
     per_token = masked_token_losses(logits, batch)
     readback = batch.layout.readback.t()
     targets = batch.loss_mask.t() > 0
-    by_mode = torch.stack([per_token[readback].sum(), (targets & readback).sum(),
-                         per_token[~readback].sum(), (targets & ~readback).sum()]).detach().float()
+    # products, not boolean-mask indexing: indexing sizes its output from the mask, a
+    # device-to-host sync on every micro-batch
+    by_mode = torch.stack([(per_token * readback).sum(), (targets & readback).sum(),
+                           (per_token * ~readback).sum(), (targets & ~readback).sum()]).detach().float()
     if weights == TargetWeights():
         return per_token.sum(), by_mode
     return (per_token * weights.factors(batch).t().to(per_token.dtype)).sum(), by_mode

@@ -125,8 +125,21 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, dropout_p: f
     return _compiled_flex(q, k, v, block_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
+def resolve_backend(backend: str, device: torch.device, attention_dropout: float = 0.0) -> str:
+    """``model.attention_backend`` as it runs on ``device``. 'auto' (the default): the block-sparse
+    flex path on a GPU, where it compiles into fused forward and backward kernels that skip the
+    tiles the mask leaves empty (SDPA with a dense mask cannot use the flash or memory-efficient
+    kernels with GQA: it falls back to cuDNN or to math, which keeps every S x S score); dense
+    SDPA on the CPU, where flex has no backward, and with attention dropout, which flex lacks."""
+    if backend != "auto":
+        return backend
+    return "flex" if device.type == "cuda" and not attention_dropout else "sdpa"
+
+
 def build_mask(layout: TokenLayout, backend: str, context: str = "vist2"):
-    """The mask object ``attend`` takes, for backend 'sdpa' (dense bool) or 'flex' (BlockMask)."""
+    """The mask object ``attend`` takes, for backend 'sdpa' (dense bool) or 'flex' (BlockMask)
+    ('auto': ``resolve_backend`` on the layout's device)."""
+    backend = resolve_backend(backend, layout.doc.device)
     if backend == "sdpa":
         return dense_mask(layout, context)
     if backend == "flex":

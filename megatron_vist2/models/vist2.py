@@ -22,7 +22,7 @@ from megatron.core import ModelParallelConfig, tensor_parallel
 from ..config.schema import Config, ModelConfig
 from ..config.derived import padded_vocab_size
 from .aligner import Aligner
-from .attention import VISUAL, TokenLayout, build_mask
+from .attention import VISUAL, TokenLayout, build_mask, resolve_backend
 from .llm import LMHead, decoder_layer
 from .ocr_head import OcrBatch, OcrGridHead, ocr_loss
 from .transformer import Rotary, normal_init
@@ -105,20 +105,30 @@ class Vist2Front(nn.Module):
         ``ocr_targets`` and an OCR head, the head's loss on the images in ``ocr_loss``)."""
         hidden = self.embedding(tokens)
         visual = kind == VISUAL
-        if images.shape[0]:
-            vis = self.encode_images(images)
+        vis = self.encode_images(images) if images.shape[0] else None
+        _check_visual_positions(visual, 0 if vis is None else vis.shape[0] * vis.shape[1],
+                                f"{images.shape[0]} images x {0 if vis is None else vis.shape[1]} tokens")
+        if vis is not None:
             if ocr_targets is not None and self.ocr_head is not None:
                 self.ocr_loss = ocr_loss(self.ocr_head(vis), ocr_targets)
-            if vis.shape[0] * vis.shape[1] != int(visual.sum()):
-                raise ValueError(f"batch has {int(visual.sum())} visual positions but "
-                                 f"{vis.shape[0]} images x {vis.shape[1]} tokens")
             hidden = hidden.masked_scatter(visual[..., None], vis.to(hidden.dtype))
-        elif visual.any():
-            raise ValueError("batch has visual positions but no images")
         hidden = hidden.transpose(0, 1).contiguous()
         if self.sequence_parallel:                      # each TP rank keeps its slice of the sequence
             hidden = tensor_parallel.scatter_to_sequence_parallel_region(hidden)
         return hidden
+
+
+def _check_visual_positions(visual: torch.Tensor, tokens: int, what: str) -> None:
+    """The batch has exactly ``tokens`` visual positions (one per visual token of its images).
+    Counting them is a device-to-host sync on a GPU, on every micro-batch: there the check is an
+    asynchronous device assert (a bad batch stops the process at the next sync, with the
+    message); on the CPU it costs nothing and raises a ValueError."""
+    count = visual.sum()
+    if visual.device.type == "cpu":
+        if int(count) != tokens:
+            raise ValueError(f"batch has {int(count)} visual positions but {what}")
+    else:
+        torch._assert_async(count == tokens, f"batch's visual positions differ from its {what}")
 
 
 @dataclass(frozen=True)
@@ -165,6 +175,7 @@ class Vist2Model(nn.Module):
         self.part = part = part or StagePart.whole(mcfg.llm.num_layers)
         self.tied = mcfg.llm.tie_embeddings
         self.attention_backend = mcfg.attention_backend
+        self.attention_dropout = mcfg.llm.attention_dropout
         self.context = mcfg.context
         vocab = padded_vocab_size(cfg)
         self.front = _seeded(seed, "front", lambda: Vist2Front(mcfg, vocab, mp, seed)) if part.first else None
@@ -199,7 +210,8 @@ class Vist2Model(nn.Module):
         if self.part.first:
             hidden = self.front(batch.tokens, batch.images, batch.layout.kind, batch.ocr_targets)
         rope = self.rotary(batch.layout.position)
-        mask = build_mask(batch.layout, self.attention_backend, self.context) if len(self.layers) else None
+        backend = resolve_backend(self.attention_backend, batch.layout.doc.device, self.attention_dropout)
+        mask = build_mask(batch.layout, backend, self.context) if len(self.layers) else None
         for layer in self.layers.values():
             hidden = layer(hidden, rope, mask)
         if not self.part.last:

@@ -3,9 +3,13 @@ watchdog (docs/training.md, "Run health"). ``RunHealth`` is what the training lo
 
 Non-finite steps (``NonFiniteGuard``). Every rank notes, on the run's device and without a sync,
 whether a gradient it computed was non-finite (a hook on each trainable parameter: the local
-gradient of each micro-batch, before DeepSpeed reduces it; a NaN/inf there makes the reduced
-gradient and the gradient norm non-finite) and, on the last pipeline stage, whether its summed
-loss was. Before the optimizer update (the final micro-batch's ``engine.step()``) one all-reduce
+gradient of each micro-batch, before DeepSpeed reduces it - DeepSpeed reduces inside the backward,
+so after it no rank could say whose gradient it was; a NaN/inf there makes the reduced gradient
+and the gradient norm non-finite) and, on the last pipeline stage, whether its summed loss was.
+The hook costs one reduction per gradient, a float64 sum added into one accumulator: the sum is
+non-finite exactly when an element is (NaN and inf propagate; finite fp32/bf16 values cannot
+overflow a float64 sum), with no temporary the size of the gradient; whether it is finite is
+asked once per step. Before the optimizer update (the final micro-batch's ``engine.step()``) one all-reduce
 over the world of a (world x 2) flag table tells every rank which ranks saw what. If any flag is
 set, the step is skipped on every rank: ``engine.step()`` still runs (its collectives stay matched
 on every rank, and it clears the gradients), but the torch optimizer's ``step`` is gated off, so
@@ -59,7 +63,7 @@ class StepHealth:
 class NonFiniteGuard:
     def __init__(self, engine, device, rank: int, world: int):
         self.engine, self.device, self.rank, self.world = engine, device, rank, world
-        self.bad_grad = torch.zeros((), dtype=torch.bool, device=device)
+        self.grad_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.skip = False
         self.loss_ranks: List[int] = []
         self.grad_ranks: List[int] = []
@@ -77,17 +81,17 @@ class NonFiniteGuard:
         optimizer.step = gated                    # an instance attribute: not in its state_dict
 
     def _check_grad(self, grad: torch.Tensor) -> None:
-        self.bad_grad.logical_or_(~torch.isfinite(grad).all())
+        self.grad_sum.add_(grad.detach().sum(dtype=torch.float64))
 
     def before_update(self, loss_sum: Optional[torch.Tensor]) -> None:
         """The schedule calls this before the update (every rank; ``loss_sum`` on the last stage)."""
         flags = torch.zeros(self.world, 2, device=self.device)
         if loss_sum is not None:
             flags[self.rank, 0] = (~torch.isfinite(loss_sum)).float()
-        flags[self.rank, 1] = self.bad_grad.float()
+        flags[self.rank, 1] = (~torch.isfinite(self.grad_sum)).float()
         with collective("non-finite flag all_reduce (world)", timed=True):
             dist.all_reduce(flags)
-        self.bad_grad.zero_()
+        self.grad_sum.zero_()
         bad = flags.cpu()
         self.loss_ranks = [r for r in range(self.world) if bad[r, 0] > 0]
         self.grad_ranks = [r for r in range(self.world) if bad[r, 1] > 0]
@@ -168,12 +172,13 @@ class RunHealth:
         self.busy, self.times = [], []                           # since the last report
         self._started = 0.0
 
-    def start_step(self, step: int, loss_fn):
-        """Before step ``step`` (1-based); -> the loss function to train it with."""
+    def start_step(self, step: int, loss_fn, warming: bool = False):
+        """Before step ``step`` (1-based; ``warming``: the first at a new row length, which may
+        compile: watchdog.py); -> the loss function to train it with."""
         self._started = time.monotonic()
         take_waited()
         if self.watchdog:
-            self.watchdog.step_started(step)
+            self.watchdog.step_started(step, warming)
         self.faults.at(step)                                     # tests: a stalled rank
         return self.faults.loss_fn(loss_fn)
 

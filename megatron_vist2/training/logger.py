@@ -22,17 +22,31 @@ from ..models.attention import PAD
 from ..cost.flops import training_flops
 from ..models.ocr_head import OcrBatch
 
-# Dense bf16 peak of a device, by a substring of its name (SXM parts).
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+# Dense bf16 peak (TFLOP/s, no sparsity) of a device, by substrings of its name as
+# torch.cuda.get_device_name() reports it, the more specific parts first: the PCIe and NVL
+# variants of H100/H200 have lower clocks (and NVL a different TDP) than the SXM part that the
+# bare name means ("NVIDIA H100 80GB HBM3" is the SXM part). NVIDIA data sheets, dense = half
+# the "with sparsity" figure.
+PEAK_BF16_TFLOPS = (
+    (("H100", "PCIe"), 756.0), (("H100", "NVL"), 835.0), (("H200", "NVL"), 835.0),
+    (("H800", "PCIe"), 756.0), (("H100",), 989.0), (("H200",), 989.0), (("H800",), 989.0),
+    (("B200",), 2250.0), (("A100",), 312.0), (("A800",), 312.0),
+    (("L40S",), 362.0),
+)
+
+
+def peak_tflops_of(name: str) -> Optional[float]:
+    """The dense bf16 peak of the GPU called ``name``; None when the table does not know it."""
+    return next((v for parts, v in PEAK_BF16_TFLOPS if all(p in name for p in parts)), None)
 
 
 def device_peak_tflops(configured: float = 0.0) -> Optional[float]:
-    """``configured`` if > 0, else the GPU's bf16 peak from its name; None when unknown (CPU)."""
+    """``configured`` if > 0, else the GPU's bf16 peak from its name; None when unknown (CPU, or
+    a GPU the table does not list: set ``train.peak_tflops``)."""
     if configured > 0:
         return configured
     if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+        return peak_tflops_of(torch.cuda.get_device_name())
     return None
 
 
@@ -149,6 +163,11 @@ class StepMeter:
         self.source_keys = source_keys(cfg.data.train_prefix)
         self.source_new = np.zeros(len(self.source_keys), np.int64)      # this rank, since the last line
         self.source_total = np.zeros(len(self.source_keys), np.int64)    # all ranks, cumulative
+
+    def restart_clock(self, step: int) -> None:
+        """The next line's throughput starts after ``step`` (a warming step that compiled
+        flex_attention is not timed; its tokens still count in ``all_tokens``)."""
+        self.tokens, self.flops, self.t_last, self.last_logged = 0, 0.0, time.time(), step
 
     def _sources_logged(self, device) -> Dict[str, int]:
         """Collective over the data-parallel group (every rank logs at the same steps)."""

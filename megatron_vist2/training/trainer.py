@@ -31,6 +31,7 @@ from ..config import (Config, analytic_parameter_counts, data_parallel_size, fro
                       gradient_accumulation_steps, name_under)
 from ..data.dataset import GlobalBatchSampler, build_dataset
 from ..data.tokenizer import Tokenizer, load_tokenizer
+from ..models.attention import resolve_backend
 from ..models.vist2 import Vist2Batch, Vist2Model
 from ..parallel.deepspeed_mpu import MegatronMPU
 from ..parallel.distributed import DistEnv
@@ -213,6 +214,10 @@ def setup(cfg: Config, env: DistEnv) -> TrainingSetup:
                               cfg.train.eval_batches * G) if rows else None
     memory_before_model = memory_in_use_gb()     # the model's share of peak memory = peak - this
     model = build_model(cfg, env)
+    if resolve_backend(cfg.model.attention_backend, env.device, cfg.model.llm.attention_dropout) == "flex":
+        # flex_attention compiles once per row length and grad mode; a recompile every step
+        # would be a bug, and past dynamo's recompile limit flex runs eager (S x S scores)
+        torch._logging.set_logs(recompiles=True)
     counts = analytic_parameter_counts(cfg)
     log.print(f"model: {counts['total']:,} parameters (vision {counts['vision']:,}, aligner "
               f"{counts['aligner']:,}, llm {counts['llm']:,}; {model.parameter_counts()['total']:,} "
@@ -316,11 +321,12 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     health = RunHealth(run, env)               # skipped non-finite steps, spikes, stragglers, hangs
     weights = TargetWeights.from_config(cfg.train)          # the LM objective's target weights
     while step < cfg.train.steps:
-        if phase is None or curriculum.index_at(step) != phase.index:
+        warming = phase is None or curriculum.index_at(step) != phase.index   # a new row length
+        if warming:
             phase = curriculum.phase(step)
             batches = start_phase(run, curriculum, phase, step, consumed)
         loss_fn = health.start_step(step + 1, ocr_head_loss if cfg.train.objective == "ocr"
-                                    else partial(training_loss, weights=weights))
+                                    else partial(training_loss, weights=weights), warming)
         micro = [next(batches) for _ in range(run.gas)] if run.reads_data else None
         if micro:
             meter.count(micro)                 # on the host copies: no device sync
@@ -343,6 +349,8 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             meter.log(run.log, step, loss, run.engine, mode_means(by_mode, run.schedule), consumed,
                       phase.seq_length, ocr_loss_mean(ocr_stats))
             health.report_step_times(step)
+        if warming and meter.last_logged != step:
+            meter.restart_clock(step)          # the log line times the steps after the compile
         if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.steps:
             last_eval, ocr_accuracy = run_eval(run, step)
         with collective("stop-flag all_reduce (world)", timed=True):

@@ -2,7 +2,13 @@
 
 ``collective(name)`` marks the few collectives the trainer and the health code issue (the step's
 flag all-reduce, the step-time all-gather, the stop flag, the whole pipeline step with its
-DeepSpeed gradient collectives). It only sets a string: no device sync, no cost.
+DeepSpeed gradient collectives). It sets a string. A ``timed`` marker on a GPU also synchronises
+the device when it is entered and before it is left: NCCL collectives return as soon as they are
+queued, so without the syncs its time would be ~0 (the wait would land in whatever next reads a
+result, outside any marker) and a rank stuck in it would be reported elsewhere. The first sync
+runs before the marker is set, so work queued earlier (compute, DeepSpeed's reductions) is
+neither counted as waiting nor blamed on this collective. Timed markers are small collectives
+once per step: two syncs each. On the CPU (gloo blocks) nothing is synchronised.
 
 ``Watchdog`` is a daemon thread on every rank. The trainer tells it when a step starts and ends;
 when a step has run longer than ``max(floor_s, multiple x median step time)`` (the median of the
@@ -31,16 +37,27 @@ _current = [IDLE]              # one writer per rank (the training thread); read
 _waited = [0.0]                # seconds spent in collectives marked ``timed`` (waiting for others)
 
 
+def device_sync() -> None:
+    """Wait until this rank's GPU has run everything queued (nothing to do on the CPU)."""
+    import torch
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 @contextlib.contextmanager
 def collective(name: str, timed: bool = False) -> Iterator[None]:
     """Mark the collective this rank is about to enter (restored on exit, nesting allowed).
     ``timed``: a small collective whose duration is waiting for the other ranks (the step-time
-    report subtracts it: see health.py)."""
+    report subtracts it: see health.py); synchronised on a GPU (module docstring)."""
+    if timed:
+        device_sync()
     previous = _current[0]
     _current[0] = name
     start = time.monotonic()
     try:
         yield
+        if timed:
+            device_sync()
     finally:
         _current[0] = previous
         if timed:
@@ -65,13 +82,22 @@ def format_stacks() -> str:
                      for ident, frame in frames)
 
 
+WARMING_FLOORS = 5       # a warming step's limit, in watchdog floors
+
+
 class Watchdog:
+    """A step started with ``warming=True`` (the first step of a run or of a curriculum phase:
+    torch.compile builds flex_attention's kernels for the new row length, tens of seconds per
+    shape on a GPU) may run ``WARMING_FLOORS`` x the floor before a dump, and its duration does
+    not enter the median."""
+
     def __init__(self, rank: int, out_dir: str, multiple: float, floor_s: float, history: int = 50):
         self.rank, self.multiple, self.floor_s = rank, multiple, floor_s
         self.path = Path(out_dir) / "watchdog" / f"rank{rank:05d}.txt"
         self.durations = deque(maxlen=history)
         self.step: Optional[int] = None
         self.started = 0.0
+        self.warming = False
         self.dumped_step: Optional[int] = None
         self.dumps = 0
         self._stop = threading.Event()
@@ -79,17 +105,20 @@ class Watchdog:
         self._poll = min(1.0, floor_s / 4)
         self._thread.start()
 
-    def step_started(self, step: int) -> None:
-        self.started, self.step = time.monotonic(), step
+    def step_started(self, step: int, warming: bool = False) -> None:
+        self.started, self.warming, self.step = time.monotonic(), warming, step
 
     def step_finished(self) -> float:
         """-> the step's duration in seconds."""
         took = time.monotonic() - self.started
-        self.durations.append(took)
+        if not self.warming:
+            self.durations.append(took)
         self.step = None
         return took
 
     def threshold(self) -> float:
+        if self.warming:
+            return WARMING_FLOORS * self.floor_s
         if not self.durations:
             return self.floor_s
         return max(self.floor_s, self.multiple * statistics.median(self.durations))

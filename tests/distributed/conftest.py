@@ -7,8 +7,11 @@ from tests.distributed.parity import launch_worker, reference_run
 from tests.distributed.scenario import SCENARIOS
 
 
-def scenarios_of(world: int):
-    return [name for name, layout in SCENARIOS.items() if layout.world == world]
+def scenarios_of(world: int, reference: bool = True):
+    """The scenarios of ``world`` ranks that a single-process run can check (``reference``), or
+    the others (compared with a twin layout instead)."""
+    return [name for name, layout in SCENARIOS.items()
+            if layout.world == world and layout.has_reference == reference]
 
 
 @pytest.fixture(scope="module")

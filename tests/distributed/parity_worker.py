@@ -1,6 +1,8 @@
 """Worker for the parity tests: trains 3 steps in every scenario of its world size (tensor x
 pipeline x data parallel, ZeRO stage) with the trainer's own engine, schedule and step; rank 0
-saves losses + full parameters (tensor-parallel shards joined, pipeline stages merged)."""
+saves losses + full parameters (tensor-parallel shards joined, pipeline stages merged), and, per
+step, the elements this rank handed to reduction collectives with its trainable parameter count
+(tests/distributed/collectives.py)."""
 import sys
 from types import SimpleNamespace
 
@@ -17,6 +19,7 @@ from megatron_vist2.data.ocr_targets import OcrChunkDataset
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.parallel.distributed import init_distributed
+from tests.distributed.collectives import ReductionCounter
 from tests.distributed.gather import full_parameters
 from megatron_vist2.parallel.random import seed_runtime_rng
 from megatron_vist2.training.ocr_stage import collate_for
@@ -38,12 +41,16 @@ def run(cfg, env, layout, tok):
                                      parallel_state.get_data_parallel_rank(), dp, STEPS)
         it = iter(DataLoader(ds, batch_sampler=sampler, collate_fn=collate_for(cfg)))
     seed_runtime_rng(cfg.train.seed)           # both sides draw dropout masks from the seed's start
-    if layout.ocr == "front":
-        losses = [train_step_front(schedule, [next(it) for _ in range(gas)], gas, dp) for _ in range(STEPS)]
-    else:
-        losses = [train_step(schedule, [next(it) for _ in range(gas)] if it is not None else None,
-                             gas, dp, cfg.data.seq_length, ocr_weight=cfg.train.ocr_weight)
-                  for _ in range(STEPS)]
+    losses, reduced = [], []
+    for _ in range(STEPS):
+        COUNTER.take()
+        if layout.ocr == "front":
+            losses.append(train_step_front(schedule, [next(it) for _ in range(gas)], gas, dp))
+        else:
+            losses.append(train_step(schedule, [next(it) for _ in range(gas)] if it is not None else None,
+                                     gas, dp, cfg.data.seq_length, ocr_weight=cfg.train.ocr_weight))
+        reduced.append(COUNTER.take())
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters() if p.requires_grad)
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=layout.zero == 3):
         state = full_parameters(engine.module)
     parts = [None] * env.world_size
@@ -52,12 +59,16 @@ def run(cfg, env, layout, tok):
     merged = {}
     for part in parts:
         merged.update(part)
-    return {"losses": losses, "params": merged}
+    return {"losses": losses, "params": merged, "reduced": reduced, "trainable": trainable}
+
+
+COUNTER = ReductionCounter()
 
 
 def main(root, out_path):
     data = SimpleNamespace(tokenizer=f"{root}/tok.model", train=f"{root}/train", valid=f"{root}/valid")
     env = init_distributed(1, 1)
+    COUNTER.install()                          # before any engine: DeepSpeed captures some functions
     tok = load_tokenizer(f"{root}/tok.model")
     results = {}
     for name, layout in SCENARIOS.items():

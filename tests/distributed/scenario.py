@@ -28,6 +28,8 @@ class Layout:
     # the OCR head (stage 0): "" none, "aux" its loss added to the LM loss (train.ocr_weight 0.5),
     # "front" the front-only objective (train.objective=ocr)
     ocr: str = ""
+    attention_dropout: float = 0.0
+    recompute: str = "none"                             # train.activation_checkpointing
 
     @property
     def model(self) -> Tuple[bool, int, float, str, str]:
@@ -37,6 +39,13 @@ class Layout:
     @property
     def dp(self) -> int:
         return self.world // (self.tp * self.pp)
+
+    @property
+    def has_reference(self) -> bool:
+        """Does one process draw the same dropout masks? Not when a tensor-parallel region draws
+        from its rank's own stream (attention dropout, sequence-parallel hidden dropout): such a
+        layout is compared with its twin without recomputation (``RECOMPUTE_TWINS``)."""
+        return not (self.attention_dropout or (self.sp and self.hidden_dropout))
 
 
 SCENARIOS = {
@@ -58,11 +67,23 @@ SCENARIOS = {
     "tp2-zero1-ocr-aux": Layout(2, tp=2, zero=1, ocr="aux"), "pp2-zero3-ocr-aux": Layout(2, pp=2, zero=3, ocr="aux"),
     "dp2-zero3-ocr-aux": Layout(2, zero=3, ocr="aux"), "tp2-zero3-ocr-front": Layout(2, tp=2, zero=3, ocr="front"),
     "dp2-zero2-ocr-front": Layout(2, zero=2, ocr="front"),
+    # dropout in tensor-parallel regions (each TP rank's own stream) under ZeRO-3, with and
+    # without activation checkpointing: the recomputes must redraw the forward's masks
+    "tp2-sp-dropout-zero3": Layout(2, tp=2, zero=3, sp=True, hidden_dropout=0.2, attention_dropout=0.2),
+    "tp2-sp-dropout-zero3-full": Layout(2, tp=2, zero=3, sp=True, hidden_dropout=0.2, attention_dropout=0.2,
+                                        recompute="full"),
+    "tp2-sp-dropout-zero3-selective": Layout(2, tp=2, zero=3, sp=True, hidden_dropout=0.2,
+                                             attention_dropout=0.2, recompute="selective"),
     # 4 ranks
     "pp2-dp2-zero3": Layout(4, pp=2, zero=3), "pp2-dp2-zero1": Layout(4, pp=2, zero=1),
     "pp2-dp2-zero2": Layout(4, pp=2, zero=2),
     "pp2-tp2-zero1": Layout(4, tp=2, pp=2, zero=1), "tp2-dp2-zero3": Layout(4, tp=2, zero=3),
 }
+
+
+# a scenario with recomputation -> the same layout without it (no single-process reference)
+RECOMPUTE_TWINS = {"tp2-sp-dropout-zero3-full": "tp2-sp-dropout-zero3",
+                   "tp2-sp-dropout-zero3-selective": "tp2-sp-dropout-zero3"}
 
 
 def scenario_overrides(data, layout: Layout):
@@ -77,7 +98,9 @@ def scenario_overrides(data, layout: Layout):
                           f"model.llm.tie_embeddings={str(layout.tied).lower()}",
                           f"model.llm.num_kv_heads={layout.kv_heads}",
                           f"model.llm.hidden_dropout={layout.hidden_dropout}",
-                          f"model.context={layout.context}", *split, *OCR_OVERRIDES[layout.ocr])
+                          f"model.context={layout.context}",
+                          f"model.llm.attention_dropout={layout.attention_dropout}",
+                          f"train.activation_checkpointing={layout.recompute}", *split, *OCR_OVERRIDES[layout.ocr])
 
 
 OCR_WEIGHT = 0.5

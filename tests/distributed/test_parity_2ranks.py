@@ -2,15 +2,18 @@
 parallel under ZeRO 0-3, tensor parallel (with and without sequence parallelism) under ZeRO-1
 and ZeRO-3, pipeline parallel (1F1B over 4 micro-batches, even and uneven layer splits) under
 ZeRO 0, 1 and 3 with tied and untied embeddings, and grouped-query attention with fewer KV heads
-than TP ranks (replicated KV). One job of the session's rank pool for the whole module."""
+than TP ranks (replicated KV). Dropout inside tensor-parallel regions under TP2 + ZeRO-3 has no
+single-process reference: there activation checkpointing (full, selective) equals the same run
+without it. The data-parallel gradient reductions DeepSpeed runs per step are the planner's. One job of
+the session's rank pool for the whole module."""
 import pytest
 import torch
 
-from megatron_vist2.config import load_config, validate
+from megatron_vist2.config import gradient_reductions_per_step, load_config, validate
 from megatron_vist2.models import Vist2Model
 from tests.distributed.conftest import scenarios_of
 from tests.distributed.parity import assert_matches_reference
-from tests.distributed.scenario import SCENARIOS, Layout, scenario_overrides
+from tests.distributed.scenario import RECOMPUTE_TWINS, SCENARIOS, Layout, scenario_overrides
 
 pytestmark = pytest.mark.slow              # multi-rank jobs, launches or training runs (the slow tier: tests/conftest.py)
 
@@ -25,6 +28,30 @@ def reference(references):
 @pytest.mark.parametrize("scenario", scenarios_of(WORLD))
 def test_two_ranks_equal_single_process(parity_results, references, scenario):
     assert_matches_reference(parity_results[scenario], references[SCENARIOS[scenario].model], scenario)
+
+
+@pytest.mark.parametrize("scenario", scenarios_of(WORLD, reference=False))
+def test_recomputation_with_dropout_equals_the_run_without(parity_results, scenario):
+    if scenario not in RECOMPUTE_TWINS:        # the twin itself: dropout must change the run
+        assert parity_results[scenario]["losses"] != parity_results["tp2-sp-zero3"]["losses"]
+        return
+    twin = parity_results[RECOMPUTE_TWINS[scenario]]
+    assert_matches_reference(parity_results[scenario], (twin["losses"], twin["params"]), scenario)
+
+
+@pytest.mark.parametrize("scenario", ["dp2-zero0", "dp2-zero1", "dp2-zero2", "dp2-zero3"])
+def test_gradient_reductions_per_step_are_the_planners(parity_results, tiny_data, scenario):
+    """ZeRO 0/1 reduce each gradient once per step, ZeRO 2/3 after every micro-batch (here 2):
+    the elements DeepSpeed handed to all-reduce / reduce-scatter, per trainable parameter, against
+    config/derived.py (which cost/planner.py multiplies its traffic by). Scalars (loss, target
+    count, norm) add a few elements."""
+    layout = SCENARIOS[scenario]
+    cfg = validate(load_config("tiny-cpu", scenario_overrides(tiny_data, layout)), WORLD)
+    planned = gradient_reductions_per_step(cfg, WORLD)
+    got = parity_results[scenario]
+    for step, elements in enumerate(got["reduced"]):
+        assert planned <= elements / got["trainable"] < planned + 0.01, (scenario, step, elements)
+    assert planned == (2 if layout.zero >= 2 else 1)
 
 
 def test_training_moved_the_weights(dist_env, tiny_data, reference):

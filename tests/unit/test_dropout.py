@@ -41,3 +41,23 @@ def test_eval_mode_and_zero_rate_are_deterministic(dist_env):
     module = attention(0.5).eval()
     seed_runtime_rng(1)
     assert torch.equal(module(x, None, None), module(x, None, None))
+
+
+def test_each_pipeline_stage_seeds_its_streams_from_its_own_seed(dist_env, monkeypatch):
+    """As Megatron-LM: stage p's default CPU and CUDA generators and its tracked stream all start
+    from seed + 100 p (megatron's seeding sets the CUDA generator itself: it must get that seed
+    too, or every stage's GPU dropout restarts from the same one)."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+    cuda_seeds, defaults, tracked = [], [], []
+    monkeypatch.setattr(torch.cuda, "manual_seed", cuda_seeds.append)
+    for stage in (0, 1):
+        monkeypatch.setattr(parallel_state, "get_pipeline_model_parallel_rank", lambda s=stage: s)
+        seed_runtime_rng(1234)
+        defaults.append(torch.rand(3))
+        with get_cuda_rng_tracker().fork():
+            tracked.append(torch.rand(3))
+    assert cuda_seeds == [1234, 1334]
+    torch.manual_seed(1334)
+    assert torch.equal(defaults[1], torch.rand(3))
+    assert not torch.equal(tracked[0], tracked[1])

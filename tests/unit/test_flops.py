@@ -39,3 +39,17 @@ def test_attended_pairs_equal_brute_force(dist_env, tiny_data):
     tokens = int((layout.kind != PAD).sum())
     assert training_flops(cfg, layout, 5) == 3 * (f.llm_linear_per_token * tokens + f.llm_attention_per_key * pairs
                                                   + 5 * (f.vision_per_image + f.aligner_per_image))
+
+
+def test_attended_pairs_equal_the_dense_rule_in_every_context(dist_env, tiny_data):
+    """The per-chunk count (numpy, no loop over tokens) against the rule evaluated on every pair
+    (models/attention.py dense_mask), for the model and both controls, rows of several documents
+    and read-back chunks."""
+    from megatron_vist2.models.attention import dense_mask
+    for context in ("vist2", "text", "window"):
+        readback = 0.5 if context == "vist2" else 0.0          # the controls have no images
+        cfg, _, ds, _ = tiny_model(tiny_data, f"data.readback_fraction={readback}", f"model.context={context}")
+        layout = collate([ds[i] for i in range(4)]).layout
+        allowed = dense_mask(layout, context)[:, 0] & (layout.kind != PAD)[:, :, None]
+        assert len(set(layout.doc[layout.doc >= 0].tolist())) > 1 or context != "vist2"
+        assert attended_pairs(layout, context) == int(allowed.sum()) > 0, context

@@ -69,6 +69,61 @@ def test_a_non_finite_gradient_skips_the_update_and_keeps_optimizer_and_schedule
     assert int(next(iter(engine.basic_optimizer.state.values()))["step"]) == 2
 
 
+def test_the_gradient_check_is_one_reduction_per_gradient_and_one_test_per_step(dist_env):
+    """A float64 sum per gradient (no temporary of the gradient's size, no per-gradient isfinite),
+    one isfinite per step; it still catches NaN and inf of either sign, and no sum of large
+    finite values is taken for an overflow."""
+    from torch.overrides import TorchFunctionMode
+
+    class Calls(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    a, b = torch.nn.Parameter(torch.zeros(1000)), torch.nn.Parameter(torch.zeros(3, 7))
+    module = torch.nn.ParameterList([a, b])
+    guard = NonFiniteGuard(_engine(module), torch.device("cpu"), 0, 1)
+    grad = torch.ones(1000)
+    with Calls() as calls:
+        guard._check_grad(grad)
+    assert [n for n in calls.names if n != "detach"] == ["sum", "add_"]     # (detach: a view)
+    with Calls() as calls:
+        guard.before_update(None)
+    assert calls.names.count("isfinite") == 1
+
+    def flagged(grad_a, grad_b):
+        ((a * grad_a).sum() + (b * grad_b).sum()).backward()
+        guard.before_update(None)
+        return guard.take()[0]
+    big = torch.full((1000,), 3e38)                         # its float32 sum would overflow
+    assert not flagged(big, torch.ones(3, 7))
+    assert flagged(torch.ones(1000), torch.full((3, 7), float("nan")))
+    assert flagged(big.index_fill(0, torch.tensor([5]), float("inf")), torch.ones(3, 7))
+    assert flagged(torch.ones(1000).index_fill(0, torch.tensor([0]), float("inf")),
+                   torch.ones(3, 7).index_fill(0, torch.tensor([1]), float("-inf")))
+    assert not flagged(torch.ones(1000), torch.ones(3, 7))  # and clean again after a flagged step
+
+
+def test_a_warming_step_may_compile_without_a_dump(tmp_path):
+    """The first step at a new row length compiles flex_attention: 5 floors before a dump, and
+    its duration stays out of the median."""
+    dog = Watchdog(0, str(tmp_path), multiple=3.0, floor_s=0.2)
+    try:
+        dog.step_started(1, warming=True)
+        time.sleep(0.4)                                     # twice the floor
+        dog.step_finished()
+        assert dog.dumps == 0 and len(dog.durations) == 0
+        dog.step_started(2)
+        dog.step_finished()
+        assert len(dog.durations) == 1 and dog.threshold() == 0.2
+    finally:
+        dog.close()
+
+
 def test_the_watchdog_dumps_a_stalled_step_with_its_collective(tmp_path, capsys):
     dog = Watchdog(3, str(tmp_path), multiple=3.0, floor_s=0.2)
     try:
