@@ -19,6 +19,9 @@ renames one fails with the package, its version and the attribute named, not wit
   - Loading DeepSpeed's shards with ``weights_only`` (``load_checkpoints_safely``).
   - Inference at tensor-parallel size 1 (``plain_linears``): megatron's column/row-parallel
     linear forward as its two tensor ops, without its autograd Function and group look-ups.
+  - Process groups of a finished run (``destroy_groups_but_world``): torch lists every group only
+    in its private registry; a process that runs several jobs (the test suite's rank pool)
+    destroys each job's groups, or every gloo group keeps its threads and sockets.
 """
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ PATCHED: List[Patched] = [
             "TorchCheckpointEngine.load"),
     Patched("megatron-core", "megatron.core.tensor_parallel.layers", "ColumnParallelLinear.forward"),
     Patched("megatron-core", "megatron.core.tensor_parallel.layers", "RowParallelLinear.forward"),
+    Patched("torch", "torch.distributed.distributed_c10d", "_world.pg_map"),
 ]
 
 
@@ -231,3 +235,15 @@ def plain_linears():
         yield
     finally:
         layers.ColumnParallelLinear.forward, layers.RowParallelLinear.forward = saved
+
+
+# ------------------------------------------------------------------ process groups
+def destroy_groups_but_world() -> int:
+    """Destroy every process group of this process except the default (world) one: megatron's
+    ``destroy_model_parallel`` only drops its references, DeepSpeed keeps its own. -> how many."""
+    registry = check(Patched("torch", "torch.distributed.distributed_c10d", "_world.pg_map"))
+    world = dist.GroupMember.WORLD
+    groups = [g for g in list(registry.pg_map) if g is not world]
+    for group in groups:
+        dist.destroy_process_group(group)
+    return len(groups)

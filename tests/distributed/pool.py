@@ -8,7 +8,9 @@ interpreter and the torch / DeepSpeed / megatron imports: paid once instead of p
 stdout and stderr of every rank, rank order), so a test reads the same output either way.
 
 Exceptions, each to a fresh launch (``launch_fresh``): a job that kills a rank (fault injection
-``kill-...``), and any job after the pool died. A job that fails on one rank while another waits
+``kill-...``), and any job after the pool died. A pool whose ranks hold more than ``MAX_THREADS``
+threads or ``MAX_FILES`` open files after a job (what finished jobs leave behind) is closed, and
+the next job starts a new one. A job that fails on one rank while another waits
 in a collective is given ``GRACE_S`` seconds, then the pool is torn down (the next job starts a new
 one). Set ``MEGATRON_VIST2_TEST_FRESH_LAUNCH=1`` to run every job in its own launch (the old way,
 for comparison or when a pool is suspected).
@@ -32,6 +34,12 @@ from tests.commands import fresh
 from tests.conftest import FAST_TIER_ENV, REPO, subprocess_env
 
 GRACE_S = 60
+# A rank's threads and open files after a job, above which the pool is replaced before the next
+# job: a finished job's DeepSpeed engine, optimizer and process groups are not all freed (each
+# dp2-zero3 job left about 9 threads and 13 files per rank after pool_worker's teardown; without
+# that teardown a session's pool reached 2,300 threads and 3,400 files per rank and its later jobs
+# failed). A fresh launch costs each rank its imports, about 10 s.
+MAX_THREADS, MAX_FILES = 128, 384
 
 
 def launch_fresh(world: int, kind: str, args: Sequence[str], env: Optional[Dict[str, str]] = None,
@@ -55,6 +63,7 @@ class RankPool:
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.next = 0
+        self.resources: Dict[int, dict] = {}      # each rank's threads and open files after its last job
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -71,7 +80,9 @@ class RankPool:
             for r in range(self.world):
                 f = self.dir / f"job_{n}.rank_{r}.json"
                 if r not in codes and f.exists():
-                    codes[r] = json.loads(f.read_text())["code"]
+                    done = json.loads(f.read_text())
+                    codes[r] = done["code"]
+                    self.resources[r] = {k: v for k, v in done.items() if k != "code"}
                     if codes[r] != 0 and first_failure is None:
                         first_failure = time.time()
             if len(codes) == self.world:
@@ -92,6 +103,9 @@ class RankPool:
             log = (self.dir / "torchrun.log").read_text(errors="replace")[-6000:]
             stderr += f"\n[rank pool] job {n} did not finish on every rank within its time; the pool's log:\n{log}\n"
         code = next((c for c in codes.values() if c != 0), 0)
+        if any(r.get("threads", 0) > MAX_THREADS or r.get("files", 0) > MAX_FILES
+               for r in self.resources.values()):
+            self.close()                                   # the next job starts a fresh pool
         return subprocess.CompletedProcess(job, code, stdout, stderr)
 
     def stop(self) -> None:

@@ -51,9 +51,22 @@ def run_job(job: dict) -> int:
 
 
 def reset_between_jobs() -> None:
+    """Tear down what a job set up, as the end of its process would: megatron's model-parallel
+    state, then every process group but the pool's own (megatron's, DeepSpeed's). A gloo group
+    keeps three threads and a socket per peer until it is destroyed: without this a session's
+    pool grew past 2,000 threads and 3,000 open files per rank and failed its later jobs."""
+    import gc
     from megatron.core import parallel_state
+    from megatron_vist2.parallel.compat import destroy_groups_but_world
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+    destroy_groups_but_world()
+    gc.collect()
+
+
+def resources() -> dict:
+    """This rank's threads and open files (the pool's health, checked by tests/distributed/pool.py)."""
+    return {"threads": len(os.listdir("/proc/self/task")), "files": len(os.listdir("/proc/self/fd"))}
 
 
 def main(pool_dir: str) -> None:
@@ -94,7 +107,7 @@ def main(pool_dir: str) -> None:
         os.chdir(cwd)
         torch.set_num_threads(threads)
         reset_between_jobs()
-        _write_json(root / f"job_{n}.rank_{rank}.json", {"code": code})
+        _write_json(root / f"job_{n}.rank_{rank}.json", {"code": code, **resources()})
         n += 1
     dist.destroy_process_group()
 
