@@ -150,6 +150,16 @@ def _part_done(prefix: str, key: dict, tok) -> Optional[dict]:
     return part.manifest if part.manifest.get("input") == key else None
 
 
+def _worker_context():
+    """Workers are forked from a fork server (started once, with this module imported), never
+    from the calling process: a fork copies only the forking thread, so a caller that runs other
+    threads (a process group's, a logger's; the test suite runs the tools in its own process)
+    can leave a lock held forever in the child (seen: a worker stuck in a futex for 20 minutes)."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 def preprocess_units(units: Sequence[Unit], tokenizer_path: str, output_prefix: str,
                      split: str = "95,5,0", workers: int = 1, seed: int = 1234,
                      progress: bool = True, instruction: bool = False) -> Dict[str, dict]:
@@ -161,7 +171,7 @@ def preprocess_units(units: Sequence[Unit], tokenizer_path: str, output_prefix: 
     parts_dir.mkdir(parents=True, exist_ok=True)
     meter = Progress(sum(u.size for u in units), len(units), enabled=progress, workers=workers)
     fail_after = int(os.environ.get(FAULT_ENV, "-1"))
-    pool = mp.get_context("fork").Pool(workers, _init_worker, (tokenizer_path,)) if workers > 1 else None
+    pool = _worker_context().Pool(workers, _init_worker, (tokenizer_path,)) if workers > 1 else None
     if pool is None:
         _init_worker(tokenizer_path)
     part_prefixes, per_source, resumed, written = [], [], 0, 0
