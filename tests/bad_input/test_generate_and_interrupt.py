@@ -59,17 +59,16 @@ def test_bad_generation_input(case, ctx, capsys):
 def test_second_ctrl_c_stops_at_once_with_a_message(capsys):
     """The first SIGINT only asks for a graceful stop; the second raises KeyboardInterrupt, which
     every entry point ends with one line and exit 130."""
-    import os
     import signal
     from megatron_vist2.errors import run_cli
     from megatron_vist2.training.signals import StopOnSignal
     stop = StopOnSignal()
     try:
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)      # this thread: handled before the next line
         assert stop.received == "SIGINT received" and stop.should_stop()
 
         def main():
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
         with pytest.raises(SystemExit) as exc:
             run_cli(main)
     finally:

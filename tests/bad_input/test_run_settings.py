@@ -144,7 +144,8 @@ CASES = [
     Case("preview-text-too-long", "tools/render_preview.py", tool("--text", "word " * 400, "--out", "{tmp}/p.png"),
          ["does not fit"]),
     # the smaller tools' flags
-    Case("inspect-data-prefix-missing", "tools/inspect_data.py", tool("--prefix", "{tmp}/none", "--stats"),
+    Case("inspect-data-prefix-missing", "tools/inspect_data.py",      # a tokenizer that exists: a clean clone has no data/
+         tool("--prefix", "{tmp}/none", "--stats", "data.tokenizer={data.tokenizer}"),
          ["none.bin is missing"]),
     Case("inspect-data-row-negative", "tools/inspect_data.py",
          tool("--row", "-1", "--out", "{tmp}/r.png", "data.tokenizer={data.tokenizer}",

@@ -47,7 +47,19 @@ class ReductionCounter:
                 return _fn(*args, **kwargs)
             counted._counted = True
             setattr(dist, name, counted)
+        # DeepSpeed's communication backend keeps the reduce-scatter it found when it was created
+        # (deepspeed/comm/torch.py): in a process that built an engine before (a rank-pool job
+        # after others) it must be looked up again, or ZeRO-2/3's reductions go uncounted
+        from deepspeed.comm import comm as ds_comm
+        backend = getattr(ds_comm, "cdb", None)
+        if backend is not None and hasattr(backend, "get_reduce_scatter_function"):
+            backend.reduce_scatter_function = backend.get_reduce_scatter_function()
 
     def take(self) -> int:
         elements, self.elements = self.elements, 0
         return elements
+
+
+# One per process: the wrappers installed by a rank-pool job stay for the jobs after it, and they
+# count into this object (a job's own instance would never see them)
+COUNTER = ReductionCounter()

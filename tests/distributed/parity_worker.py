@@ -19,7 +19,7 @@ from megatron_vist2.data.ocr_targets import OcrChunkDataset
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.parallel.distributed import init_distributed
-from tests.distributed.collectives import ReductionCounter
+from tests.distributed.collectives import COUNTER
 from tests.distributed.gather import full_parameters
 from megatron_vist2.parallel.random import seed_runtime_rng
 from megatron_vist2.training.ocr_stage import collate_for
@@ -62,7 +62,6 @@ def run(cfg, env, layout, tok):
     return {"losses": losses, "params": merged, "reduced": reduced, "trainable": trainable}
 
 
-COUNTER = ReductionCounter()
 
 
 def main(root, out_path):
