@@ -67,6 +67,3 @@ class ReadbackCer:
                            blind=blind)
         engine.train()
         return out
-
-    def cer(self, engine, device) -> float:
-        return self.read(engine, device)["cer"]

@@ -63,7 +63,6 @@ class RankPool:
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.next = 0
-        self.resources: Dict[int, dict] = {}      # each rank's threads and open files after its last job
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -75,6 +74,7 @@ class RankPool:
         tmp.write_text(json.dumps(job))
         os.replace(tmp, self.dir / f"job_{n}.json")
         codes: Dict[int, int] = {}
+        held: Dict[int, dict] = {}                 # each rank's threads and open files after the job
         deadline, first_failure = time.time() + timeout, None
         while len(codes) < self.world:
             for r in range(self.world):
@@ -82,7 +82,7 @@ class RankPool:
                 if r not in codes and f.exists():
                     done = json.loads(f.read_text())
                     codes[r] = done["code"]
-                    self.resources[r] = {k: v for k, v in done.items() if k != "code"}
+                    held[r] = done
                     if codes[r] != 0 and first_failure is None:
                         first_failure = time.time()
             if len(codes) == self.world:
@@ -104,7 +104,7 @@ class RankPool:
             stderr += f"\n[rank pool] job {n} did not finish on every rank within its time; the pool's log:\n{log}\n"
         code = next((c for c in codes.values() if c != 0), 0)
         if any(r.get("threads", 0) > MAX_THREADS or r.get("files", 0) > MAX_FILES
-               for r in self.resources.values()):
+               for r in held.values()):
             self.close()                                   # the next job starts a fresh pool
         return subprocess.CompletedProcess(job, code, stdout, stderr)
 
