@@ -11,6 +11,7 @@ from typing import Dict, List, Literal, Optional
 
 # The allowed values of each choice field, declared once: validate.py checks them by these types.
 RenderMode = Literal["fit", "strict"]
+RenderWrap = Literal["word", "char"]
 AttentionBackend = Literal["auto", "sdpa", "flex"]
 ZeroStage = Literal[0, 1, 2, 3]
 Dtype = Literal["auto", "fp32", "bf16"]
@@ -90,6 +91,10 @@ class RenderConfig:
     font_size: int = 12
     min_font_size: int = 6             # fit mode shrinks down to this size, then raises
     mode: RenderMode = "fit"                  # "fit" (shrink until it fits) or "strict" (raise on overflow)
+    # "word": greedy wrap at spaces; "char": every line filled to the width, broken between any two
+    # characters (with one font size a written character never moves: its place follows from the
+    # text before it, an address the decoder can be given while writing; docs/fidelity.md)
+    wrap: RenderWrap = "word"
     margin: int = 2                    # pixels left blank on every side
     line_spacing: int = 1              # extra pixels between lines
     tab_width: int = 4                 # a tab becomes this many spaces

@@ -56,7 +56,7 @@ def hf_config(cfg: Config, tokenizer_file: str, asset_files=(), tokenizer_vocab_
         "chunk": {"text_tokens": m.chunk.text_tokens, "image_height": m.chunk.image_height,
                   "image_width": m.chunk.image_width},
         "render": {"font": Path(r.font).name, "font_size": r.font_size, "min_font_size": r.min_font_size,
-                   "mode": r.mode, "margin": r.margin, "line_spacing": r.line_spacing,
+                   "mode": r.mode, "wrap": r.wrap, "margin": r.margin, "line_spacing": r.line_spacing,
                    "tab_width": r.tab_width, "min_legible_advance": r.min_legible_advance},
         "visual_tokens_per_chunk": m.visual_tokens_per_chunk,
         "tokenizer_file": tokenizer_file,

@@ -52,15 +52,17 @@ class Charset:
         return "".join(out)
 
 
-def line_cells(text: str, lines: List[str]) -> List[str]:
+def line_cells(text: str, lines: List[str], wrap: str = "word") -> List[str]:
     """The renderer's ``lines`` of normalised ``text``, each with the separator its wrap consumed
-    appended; their concatenation is ``text`` (anything else is a renderer bug: raised)."""
+    appended (a newline; with ``wrap="word"`` also the space at a wrap); their concatenation is
+    ``text`` (anything else is a renderer bug: raised)."""
+    separators = " \n" if wrap == "word" else "\n"
     out, pos = [], 0
     for line in lines:
         if text[pos:pos + len(line)] != line:
             raise AssertionError(f"renderer line {line!r} is not the text at {pos} ({text[pos:pos + 40]!r})")
         pos += len(line)
-        if pos < len(text) and text[pos] in " \n":
+        if pos < len(text) and text[pos] in separators:
             line, pos = line + text[pos], pos + 1
         out.append(line)
     if pos != len(text):
@@ -124,7 +126,7 @@ def render_with_targets(renderer: Renderer, text: str, ocr: OcrHeadConfig, chars
     """A chunk's text (as ``chunk_text`` gives it) -> (its image, its grid targets), from one
     layout; ``cell``: ``cell_size`` of the model."""
     font, lines, line_height = renderer.layout(text)
-    cells = line_cells(normalize_text(text, renderer.cfg.tab_width), lines)
+    cells = line_cells(normalize_text(text, renderer.cfg.tab_width), lines, renderer.cfg.wrap)
     return (renderer.draw(font, lines, line_height),
             grid_targets(cells, line_height, renderer.measure(font), cell, ocr, charset))
 

@@ -13,8 +13,10 @@ Text normalisation, before layout:
 Layout, context-free so a character looks the same wherever it appears:
   - a character's advance is its whole-pixel advance in the font (BASIC layout: hinted, no
     kerning); a string's width is the sum of its characters' advances;
-  - greedy word wrap at single spaces (runs of spaces, leading ones too, are kept); a word wider
-    than a line is broken at the line width;
+  - ``wrap="word"``: greedy word wrap at single spaces (runs of spaces, leading ones too, are
+    kept; the space at a wrap is dropped); a word wider than a line is broken at the line width;
+    ``wrap="char"``: each line takes characters while they fit, then breaks (spaces are drawn
+    like any character, one at a break starts the next line);
   - line i's top is ``margin + i * (ascent + descent + line_spacing)``; each glyph is drawn on
     its own, anchored at its pen position (left, ascender line), and clipped to the image.
 Strict mode raises ``RenderOverflowError`` if the lines do not fit; fit mode retries one point
@@ -147,6 +149,25 @@ def wrap(text: str, max_width: int, width: Callable[[str], int]) -> List[str]:
     return lines
 
 
+def wrap_chars(text: str, max_width: int, width: Callable[[str], int]) -> List[str]:
+    """Character wrap: a line takes characters while their advances fit ``max_width`` (at least
+    one), then the next line starts; ``\n`` starts a new line and is not drawn."""
+    lines: List[str] = []
+    for paragraph in text.split("\n"):
+        start, used = 0, 0
+        for i, ch in enumerate(paragraph):
+            w = width(ch)
+            if used + w > max_width and i > start:
+                lines.append(paragraph[start:i])
+                start, used = i, 0
+            used += w
+        lines.append(paragraph[start:])
+    return lines
+
+
+WRAPS = {"word": wrap, "char": wrap_chars}         # model.render.wrap (config/schema.py's RenderWrap)
+
+
 class ReferenceRenderer:
     """The contract, written plainly: Pillow measures and draws every line."""
 
@@ -176,10 +197,11 @@ class ReferenceRenderer:
             width = self.measure(font)
             max_lines = (inner_h + self.cfg.line_spacing) // line_height
             # Sound shortcut: n lines hold at most n * inner_w of text plus the n - 1 spaces
-            # dropped at wraps; more text than that cannot fit at this size, so skip wrapping.
+            # a word wrap drops (a character wrap drops none); more text than that cannot fit
+            # at this size, so skip wrapping.
             if width(text.replace("\n", "")) > max_lines * inner_w + (max_lines - 1) * width(" "):
                 continue
-            lines = wrap(text, inner_w, width)
+            lines = WRAPS[self.cfg.wrap](text, inner_w, width)
             if len(lines) * line_height - self.cfg.line_spacing <= inner_h:
                 self._check_legible(size)
                 return font, lines, line_height

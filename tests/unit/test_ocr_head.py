@@ -25,7 +25,7 @@ PRESETS = ("tiny-cpu", "tiny-cpu-rho2", "tiny-cpu-rho8")
 EDGE = ["", "\n", "a\n\nb", "word " * 40, "x" * 150, "a  b   c" * 9, "\tTab\r\nand CR\rend.",
         "Mr. Speaker, Mr. President, distinguished Members of the Congress, honored guests, and fellow "
         "citizens: (1) {braces} [brackets] 100% ~tilde~ `back` #hash | pipe ^caret",
-        "The State of the Union\n" * 6, "i" * 40 + " " + "W" * 40, " leading and trailing "]
+        "The State of the Union\n" * 6, "line\n" * 7 + "end", "i" * 40 + " " + "W" * 40, " leading and trailing "]
 
 
 def _cfg(preset, data, *extra):

@@ -82,7 +82,7 @@ def test_round_trip_and_characters_cut_at_chunk_boundaries(real_tok):
     assert tok.decode(ids) == TEXT
     pieces = token_bytes(tok, ids)
     assert b"".join(pieces) == TEXT.encode("utf-8")
-    renderer = Renderer(SimpleNamespace(font="DejaVuSansMono.ttf", font_size=9, min_font_size=4, mode="fit",
+    renderer = Renderer(SimpleNamespace(font="DejaVuSansMono.ttf", font_size=9, min_font_size=4, mode="fit", wrap="word",
                                         margin=1, line_spacing=0, tab_width=4), 64, 128)
     cuts = 0
     for L in (3, 4, 5, 7):

@@ -86,11 +86,11 @@ def varied_corpus():
 
 
 @pytest.mark.parametrize("font", ["DejaVuSansMono.ttf", "noto-sans-cjk-sc"])
-@pytest.mark.parametrize("size, height, width, mode", [(9, 64, 128, "fit"), (12, 128, 128, "fit"),
-                                                        (10, 32, 64, "strict")])
-def test_fast_renderer_equals_reference(font, size, height, width, mode):
+@pytest.mark.parametrize("size, height, width, mode, wrap", [(9, 64, 128, "fit", "word"), (12, 128, 128, "fit", "word"),
+                                                              (10, 32, 64, "strict", "word"), (7, 64, 128, "fit", "char")])
+def test_fast_renderer_equals_reference(font, size, height, width, mode, wrap):
     from megatron_vist2.data.renderer import ReferenceRenderer
-    cfg = RenderConfig(font=font, font_size=size, min_font_size=5, mode=mode, margin=1)
+    cfg = RenderConfig(font=font, font_size=size, min_font_size=5, mode=mode, wrap=wrap, margin=1)
     fast, ref = Renderer(cfg, height, width), ReferenceRenderer(cfg, height, width)
     compared = raised = 0
     for text in varied_corpus():
@@ -105,6 +105,28 @@ def test_fast_renderer_equals_reference(font, size, height, width, mode):
         assert got.tobytes() == want.tobytes(), (font, size, text)
         compared += 1
     assert compared > 20         # strict 32x64 overflows on most chunks: that path is compared too
+
+
+def test_character_wrap_fills_every_line_and_keeps_every_character():
+    """Against the definition, per line: a line that the wrap (not a newline) ended is as long as
+    fits (its next character would overflow), every line fits (or is one character wider than a
+    line), the spaces stay where they were, and the lines are the text."""
+    from megatron_vist2.data.renderer import load_font, normalize_text, wrap_chars
+    r = Renderer(RenderConfig(font_size=7, wrap="char"), 64, 128)
+    width, max_w = r.measure(load_font(r.cfg.font, 7)), 128 - 2 * r.cfg.margin
+    for text in varied_corpus():
+        text = normalize_text(text, 4)
+        for paragraph in text.split("\n"):
+            lines = wrap_chars(paragraph, max_w, width)
+            assert "".join(lines) == paragraph
+            for k, line in enumerate(lines):
+                assert width(line) <= max_w or len(line) == 1, (line, width(line))
+                if k + 1 < len(lines):
+                    assert width(line + lines[k + 1][0]) > max_w, (line, lines[k + 1])
+        assert len(wrap_chars(text, max_w, width)) == sum(len(wrap_chars(p, max_w, width)) for p in text.split("\n"))
+    cw, ww = (Renderer(RenderConfig(font_size=7, wrap=w, margin=0), 64, 128).layout("abc " * 12)[1]
+              for w in ("char", "word"))             # 32 characters of 4 px per line
+    assert cw == ["abc " * 8, "abc " * 4] and ww == ["abc " * 7 + "abc", "abc " * 3 + "abc "]
 
 
 def test_cjk_font_draws_cjk_glyphs():
