@@ -147,7 +147,8 @@ def check_compatible(step_dir: Path, cfg: Config, weights_only: bool = False) ->
         diffs = [d for d in diffs if not d.startswith("model.ocr_head.")]
     if diffs:
         raise CheckpointError(f"{step_dir} holds a different model:\n  - " + "\n  - ".join(diffs)
-                              + "\nload a checkpoint of this model or change the model config to match")
+                              + "\nload a checkpoint of this model, change the model config to match, or train this "
+                              "model into another checkpoint.save_dir (the checkpoints there are kept)")
     regrouped = _regrouping(schedule_changes(saved, cfg)) if not weights_only else []
     if regrouped:
         raise CheckpointError(
