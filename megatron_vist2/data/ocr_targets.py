@@ -52,10 +52,10 @@ class Charset:
         return "".join(out)
 
 
-def line_cells(text: str, lines: List[str], wrap: str = "word") -> List[str]:
+def line_cells(text: str, lines: List[str], wrap: str) -> List[str]:
     """The renderer's ``lines`` of normalised ``text``, each with the separator its wrap consumed
-    appended (a newline; with ``wrap="word"`` also the space at a wrap); their concatenation is
-    ``text`` (anything else is a renderer bug: raised)."""
+    appended (a newline; with ``wrap="word"`` also the space at a wrap; ``wrap``: the renderer's
+    ``model.render.wrap``); their concatenation is ``text`` (anything else is a renderer bug: raised)."""
     separators = " \n" if wrap == "word" else "\n"
     out, pos = [], 0
     for line in lines:
