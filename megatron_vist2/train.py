@@ -45,6 +45,8 @@ def preflight(cfg: Config) -> None:
     problem = grid_problem(cfg.model)          # the OCR head's grid must hold every rendering
     if problem:
         raise ConfigError(problem)
+    from .data.cursor import ReadingCursor
+    ReadingCursor.of_model(cfg.model)          # the reading cursor needs a font of one advance
     CheckpointManager.preflight(cfg, tok)   # where it starts; never over a complete checkpoint
     check_dir_writable(cfg.logging.dir, "logging.dir")
     from .training.logger import wandb_dir

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from ..config import TRAINING_AIDS, name_under
 from ..errors import CheckpointError
 from .format import full_shape
 from .sources import KINDS, OPTIMIZER_KINDS, CheckpointSource
@@ -43,20 +44,21 @@ def load_full_state(engine, source: CheckpointSource, weights_only: bool, dp_gro
     """Write ``source``'s full tensors into this rank's part of ``engine`` (any TP/PP/DP layout,
     any ZeRO stage): weights, DeepSpeed's fp32 master copies and, unless ``weights_only``, Adam's
     state, its step count and the learning-rate schedule. Every parameter of this rank must be
-    in ``source`` (``weights_only``: but for an OCR head the source lacks, which keeps its
-    initialisation); a name or shape that does not match is reported, never skipped."""
+    in ``source`` (``weights_only``: but for a training aid the source lacks, the OCR head or the
+    reading cursor, which keeps its initialisation); a name or shape that does not match is reported, never skipped."""
     tp = parallel_state.get_tensor_model_parallel_world_size()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     module, opt = engine.module, engine.optimizer
     named = list(module.named_parameters())
     have = set(source.names())
     missing = [n for n, _ in named if n not in have]
-    if weights_only:          # a new stage may add the OCR head (models/ocr_head.py): it starts fresh
-        fresh = [n for n in missing if n.startswith("front.ocr_head.")]
+    if weights_only:          # a new stage may add a training aid (the OCR head, the cursor): it starts fresh
+        fresh = [n for n in missing if any(name_under(n, part) for part in TRAINING_AIDS.values())]
         missing = [n for n in missing if n not in fresh]
         named = [(n, p) for n, p in named if n not in fresh]
         if fresh:
-            log(f"{source.step_dir} has no OCR head: its {len(fresh)} tensors keep their initialisation")
+            log(f"{source.step_dir} has no {', '.join(sorted({n.rsplit('.', 2)[0] for n in fresh}))}: "
+                f"its {len(fresh)} tensors keep their initialisation")
     if missing:
         raise CheckpointError(f"{source.step_dir} has no tensor for {len(missing)} parameter(s) of "
                               f"this model: {', '.join(missing[:5])}")

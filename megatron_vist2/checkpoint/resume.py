@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from ..config import Config, config_to_dict
+from ..config import TRAINING_AIDS, Config, config_to_dict, name_under
 from ..errors import CheckpointError
 from ..parallel import compat
 from .format import (CONSOLIDATED, LATEST, MARKER, check_loadable, complete_tags, partial_checkpoints,
@@ -135,16 +135,17 @@ def _new_schedule_hint(step_dir: Path) -> str:
 def check_compatible(step_dir: Path, cfg: Config, weights_only: bool = False) -> bool:
     """The saved model must be this model; name every difference. A resume (not ``weights_only``,
     a new stage's ``init_from``) must also be able to apply this run's optimizer settings (a
-    change that regroups the parameters is refused by name). ``weights_only``: the OCR head
-    (model.ocr_head) may differ: a head the checkpoint lacks starts from its initialisation, one
-    this run lacks is left behind (through the reshard path). -> whether the saved layout is this
+    change that regroups the parameters is refused by name). ``weights_only``: the training aids
+    (config/derived.py ``TRAINING_AIDS``: the OCR head, the reading cursor) may differ: one the
+    checkpoint lacks starts from its initialisation, one this run lacks is left behind (through
+    the reshard path). -> whether the saved layout is this
     run's (else the checkpoint is resharded on load)."""
     saved = _saved_config(step_dir)
     diffs = [f"{f}: checkpoint {a!r}, this run {b!r}" for f, a, b in
              _differences(saved["model"], config_to_dict(cfg)["model"], "model") if f not in _FREE_TO_CHANGE]
-    head_changed = any(d.startswith("model.ocr_head.") for d in diffs)
+    aid_changed = any(_of_aid(d) for d in diffs)
     if weights_only:
-        diffs = [d for d in diffs if not d.startswith("model.ocr_head.")]
+        diffs = [d for d in diffs if not _of_aid(d)]
     if diffs:
         raise CheckpointError(f"{step_dir} holds a different model:\n  - " + "\n  - ".join(diffs)
                               + "\nload a checkpoint of this model, change the model config to match, or train this "
@@ -156,7 +157,12 @@ def check_compatible(step_dir: Path, cfg: Config, weights_only: bool = False) ->
             + "\nthe saved optimizer state is kept per parameter group, so a resume cannot apply this. "
             "Resume with the checkpoint's values, or start a new schedule from its weights: "
             + _new_schedule_hint(step_dir))
-    return read_manifest(step_dir)["layout"] == layout_of(cfg) and not head_changed
+    return read_manifest(step_dir)["layout"] == layout_of(cfg) and not aid_changed
+
+
+def _of_aid(difference: str) -> bool:
+    """Is a config difference (``"field: checkpoint .., this run .."``) one of a training aid's?"""
+    return any(name_under(difference.split(":")[0], field) for field in TRAINING_AIDS)
 
 
 def load_checkpoint(engine, cfg: Config, load_dir: str, log=print, weights_only: bool = False

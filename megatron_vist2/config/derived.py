@@ -41,6 +41,12 @@ def name_under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+# Parts of the model that only help training and read-back, none of the exported model: the config
+# field that turns each on -> the prefix of its parameters. A new stage (checkpoint.init_from) may
+# add one (it keeps its initialisation) or drop one (its tensors stay behind).
+TRAINING_AIDS = {"model.ocr_head": "front.ocr_head", "model.readback_cursor": "front.cursor"}
+
+
 def ocr_aux_loss(cfg: Config) -> bool:
     """Does a row-training run (train.objective=lm) add the OCR head's loss on its images?"""
     return (cfg.model.ocr_head.enabled and cfg.model.context == "vist2" and cfg.train.objective == "lm"
@@ -49,10 +55,11 @@ def ocr_aux_loss(cfg: Config) -> bool:
 
 def frozen_by_objective(cfg: Config) -> List[str]:
     """Parameter prefixes the objective leaves out of training, besides train.freeze: the front-only
-    stage 0 (train.objective=ocr) trains the ViT, the aligner and the OCR head only; an OCR head
-    without a loss (train.ocr_weight=0) stays as it is."""
+    stage 0 (train.objective=ocr) trains the ViT, the aligner and the OCR head only (not the
+    reading cursor either: no text is read); an OCR head without a loss (train.ocr_weight=0) stays
+    as it is."""
     if cfg.train.objective == "ocr":
-        return ["front.embedding", "layers", "head"]
+        return ["front.embedding", "layers", "head"] + (["front.cursor"] if cfg.model.readback_cursor else [])
     if cfg.model.ocr_head.enabled and not ocr_aux_loss(cfg):
         return ["front.ocr_head"]
     return []
@@ -107,7 +114,7 @@ def padded_vocab_size(cfg: Config) -> int:
 
 def analytic_parameter_counts(cfg: Config) -> Dict[str, int]:
     """Parameters of the spec's parts from the config alone (no model is built):
-    {vision, aligner, llm, ocr_head, total}. The controls (``model.context`` text / window) have no ViT or
+    {vision, aligner, llm, ocr_head, cursor, total}. The controls (``model.context`` text / window) have no ViT or
     aligner.
 
     ViT (SigLIP shape, d = hidden, f = FFN, P = patches, C = channels, p = patch):
@@ -131,8 +138,10 @@ def analytic_parameter_counts(cfg: Config) -> Dict[str, int]:
     if m.context != "vist2":                   # the controls have no vision encoder or aligner
         vision = aligner = 0
     ocr = ocr_head_parameters(cfg) if m.ocr_head.enabled and m.context == "vist2" else 0
-    return {"vision": vision, "aligner": aligner, "llm": lm, "ocr_head": ocr,
-            "total": vision + aligner + lm + ocr}
+    # the reading cursor: a row embedding per grid line and one for the end, a column embedding
+    cursor = (m.ocr_head.lines + 1 + m.ocr_head.columns) * D if m.readback_cursor and m.context == "vist2" else 0
+    return {"vision": vision, "aligner": aligner, "llm": lm, "ocr_head": ocr, "cursor": cursor,
+            "total": vision + aligner + lm + ocr + cursor}
 
 
 def ocr_head_parameters(cfg: Config) -> int:

@@ -155,6 +155,12 @@ class ModelConfig:
     # "vist2", or a control trained on the same rows and targets: "text" (history as text) or
     # "window" (no history); the controls have no vision encoder or aligner
     context: Context = "vist2"
+    # The reading cursor (docs/spec.md, "Reading cursor"; data/cursor.py, models/cursor.py): each
+    # read-back text position gets, added to its embedding, the cell of the OCR grid
+    # (model.ocr_head.lines x columns) where the next character is drawn, computed from the text
+    # written so far and the image; needs model.render.wrap=char. A training and read-back aid
+    # like the OCR head: not exported, and a new stage (checkpoint.init_from) may add or drop it
+    readback_cursor: bool = False
 
     @property
     def patches_per_image(self) -> int:

@@ -90,7 +90,26 @@ def _model_problems(cfg: Config) -> List[str]:
         out.append(f"model.init_std must be > 0, got {m.init_std}")
     if r.min_legible_advance < 0:
         out.append(f"model.render.min_legible_advance must be >= 0 (pixels; 0 = never warn), got {r.min_legible_advance}")
-    return out + _ocr_head_problems(cfg)
+    return out + _ocr_head_problems(cfg) + _cursor_problems(cfg)
+
+
+def _cursor_problems(cfg: Config) -> List[str]:
+    m = cfg.model
+    if not m.readback_cursor:
+        return []
+    out = []
+    if m.context != "vist2":
+        out.append(f"model.readback_cursor points into read-back chunks' images: the '{m.context}' control has "
+                   f"none; set model.readback_cursor=false")
+    if m.render.wrap != "char":
+        out.append(f"model.readback_cursor needs model.render.wrap=char (with '{m.render.wrap}' a written "
+                   f"character can move when the next word wraps, so the place of the next one is not known "
+                   f"while writing)")
+    if m.ocr_head.lines <= 0 or m.ocr_head.columns <= 0:
+        out.append(f"model.readback_cursor points at cells of the OCR grid: set model.ocr_head.lines and "
+                   f"model.ocr_head.columns (now {m.ocr_head.lines} x {m.ocr_head.columns}; "
+                   f"tools/inspect_data.py --ocr-grid prints what the geometry needs)")
+    return out
 
 
 def _ocr_head_problems(cfg: Config) -> List[str]:
@@ -242,7 +261,7 @@ def _train_problems(cfg: Config) -> List[str]:
     o, t = cfg.optim, cfg.train
     out = []
     n_layers = cfg.model.llm.num_layers
-    parts = {"front", "front.vision", "front.aligner", "front.embedding", "front.ocr_head", "layers", "head"}
+    parts = {"front", "front.vision", "front.aligner", "front.embedding", "front.ocr_head", "front.cursor", "layers", "head"}
     for prefix in t.freeze + list(o.lr_multipliers):
         head = ".".join(prefix.split(".")[:2])
         if not (prefix.split(".")[0] in {"front", "layers", "head"} and
@@ -250,11 +269,12 @@ def _train_problems(cfg: Config) -> List[str]:
                                    and int(head[7:]) < n_layers))):
             out.append(f"train.freeze / optim.lr_multipliers: '{prefix}' names no part of the model; "
                        f"use a parameter-name prefix such as front.vision, front.aligner, "
-                       f"front.embedding, front.ocr_head, layers, layers.0 .. layers.{n_layers - 1}, head")
+                       f"front.embedding, front.ocr_head, front.cursor, layers, layers.0 .. layers.{n_layers - 1}, head")
     vision = ["front.vision", "front.aligner"] if cfg.model.context == "vist2" else []
     ocr_head = ["front.ocr_head"] if cfg.model.ocr_head.enabled else []
-    atoms = vision + ocr_head + ([] if t.objective == "ocr" else
-                                 ["front.embedding", "head"] + [f"layers.{i}" for i in range(n_layers)])
+    cursor = ["front.cursor"] if cfg.model.readback_cursor and cfg.model.context == "vist2" and t.objective != "ocr" else []
+    atoms = vision + ocr_head + cursor + ([] if t.objective == "ocr" else
+                                          ["front.embedding", "head"] + [f"layers.{i}" for i in range(n_layers)])
     if t.freeze and all(any(a == f or a.startswith(f + ".") for f in t.freeze) for a in atoms):
         out.append(f"train.freeze {t.freeze} freezes every part the run trains: nothing would train; "
                    f"leave at least one part out (e.g. train.freeze=[front.vision])")

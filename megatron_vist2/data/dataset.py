@@ -19,10 +19,11 @@ from torch.utils.data import Dataset, Sampler
 
 from ..config.schema import Config
 from ..errors import ConfigError
-from ..models.attention import TEXT, TokenLayout
+from ..models.attention import TEXT, VISUAL, TokenLayout
 from ..models.vist2 import Vist2Batch
 from .indexed import IndexedDocs, open_indexed
 from .packing import PER_TOKEN, assemble_row, mask_readback_inputs, pack_segments, segment_document
+from .cursor import NONE, ReadingCursor
 from .ocr_targets import Charset, cell_size, render_with_targets
 from .renderer import Renderer, chunk_text
 from .tokenizer import Tokenizer
@@ -31,7 +32,9 @@ from .tokenizer import Tokenizer
 class PackedVist2Dataset(Dataset):
     """``ocr_targets``: each image also gets the OCR head's targets (data/ocr_targets.py), from the
     same layout that draws it. ``training``: rows to train on (``data.readback_input_mask`` masks
-    inputs of their read-back chunks, drawn per sample from (seed, g)); evaluation rows never are."""
+    inputs of their read-back chunks, drawn per sample from (seed, g)); evaluation rows never are.
+    With ``model.readback_cursor`` every row carries ``cursor`` (data/cursor.py: the reading
+    cursor at each read-back text position, from the true text and its image; -1 elsewhere)."""
 
     def __init__(self, indexed: IndexedDocs, tokenizer: Tokenizer, cfg: Config, seed: int,
                  ocr_targets: bool = False, training: bool = False):
@@ -44,6 +47,7 @@ class PackedVist2Dataset(Dataset):
         self.L, self.m, self.S = m.chunk.text_tokens, m.visual_tokens_per_chunk, cfg.data.seq_length
         self.context = m.context      # the controls get the model's rows without images (packing.py)
         self.renderer = Renderer.from_model_config(m)
+        self.cursor = ReadingCursor.of_model(m)
         rng = np.random.default_rng([seed, 0x5EB])
         lengths = indexed.lengths
         segments = [s for d in range(len(indexed))
@@ -87,8 +91,21 @@ class PackedVist2Dataset(Dataset):
                 np.zeros((0, self.ocr.cells), np.int64)
         out["images"] = np.stack(images) if images else \
             np.zeros((0, self.renderer.height, self.renderer.width), np.uint8)
+        if self.cursor is not None:
+            out["cursor"] = self.row_cursor(out, images)
         out["source"] = 0
         return out
+
+    def row_cursor(self, row: dict, images: List[np.ndarray]) -> np.ndarray:
+        """int64 [seq]: the reading cursor at the text positions of each read-back chunk, on the
+        chunk's image (the visual blocks are m contiguous tokens, images in their order), else -1."""
+        cursor = np.full(len(row["tokens"]), NONE, np.int64)
+        starts = np.nonzero(row["kind"] == VISUAL)[0][::self.m]
+        for image, p in zip(images, starts):
+            if row["readback"][p]:
+                text = np.nonzero((row["kind"] == TEXT) & (row["doc"] == row["doc"][p]) & (row["chunk"] == row["chunk"][p]))[0]
+                cursor[text] = self.cursor.of_chunk(row["tokens"][text], image, self.tokenizer.decode)
+        return cursor
 
     @property
     def sources(self) -> List[str]:
@@ -178,7 +195,7 @@ def collate(samples: List[dict]) -> Vist2Batch:
                       labels=stack("labels"), loss_mask=stack("loss_mask"),
                       target=stack("target"), first_target=stack("first_target"),
                       source=torch.tensor([s.get("source", 0) for s in samples], dtype=torch.int64),
-                      ocr_targets=ocr)
+                      ocr_targets=ocr, cursor=stack("cursor") if "cursor" in samples[0] else None)
 
 
 def tokens_per_source(batches: Iterable[Vist2Batch], num_sources: int) -> np.ndarray:

@@ -88,8 +88,9 @@ def required_grid(m: ModelConfig) -> Tuple[int, int]:
 
 
 def grid_problem(m: ModelConfig) -> Optional[str]:
-    """None when model.ocr_head's grid holds every rendering, else what to set."""
-    if not m.ocr_head.enabled:
+    """None when model.ocr_head's grid holds every rendering (for the head, or for the reading
+    cursor's cells), else what to set."""
+    if not (m.ocr_head.enabled or m.readback_cursor):
         return None
     lines, columns = required_grid(m)
     o = m.ocr_head

@@ -314,6 +314,13 @@ def _cache(name: str, size: int) -> _GlyphCache:
     return _GlyphCache(load_font(name, size))
 
 
+def ink_columns(name: str, size: int, ch: str) -> List[int]:
+    """The columns (pixels right of the pen; negative: left of it) where ``ch`` drawn alone at
+    its pen has ink, in font ``name`` at ``size``; [] for a character without ink."""
+    bmp, dx, _ = _cache(name, size).glyph_ink(ch)
+    return [] if bmp is None else [dx + k for k in range(bmp.shape[1]) if (bmp[:, k] < 255).any()]
+
+
 class Renderer(ReferenceRenderer):
     """Same bytes as ReferenceRenderer, from cached word bitmaps blitted with a numpy minimum."""
 

@@ -70,6 +70,7 @@ def engine_metrics(ev: Evaluated, cfg, tok, indexed, opts: Options, env, control
     L, m = mc.chunk.text_tokens, mc.visual_tokens_per_chunk
     out: Dict = {}
     if opts.ocr_chunks and ev.context == "vist2":     # only VIST2 reads images
+        from ..data.cursor import ReadingCursor
         from ..data.renderer import Renderer
 
         def forward(batch):
@@ -77,7 +78,7 @@ def engine_metrics(ev: Evaluated, cfg, tok, indexed, opts: Options, env, control
         chunks = held_out_chunks(indexed, L, opts.ocr_chunks)
         out["ocr_readback"] = {"rho": mc.compression_ratio,
                                **ocr_readback(forward, chunks, Renderer.from_model_config(mc), tok, L, m,
-                                              device=env.device)}
+                                              device=env.device, cursor=ReadingCursor.of_model(mc))}
     if opts.retrieval_contexts and opts.retrieval_depths:
         seed = cfg.train.seed                          # the model's: every model gets the same prompts
         by_role = {ev.role: _retrieval(model, cfg, tok, indexed, opts, env, seed)}

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
 from ..config import Config
+from ..data.cursor import ReadingCursor
 from ..data.dataset import parse_blend
 from ..data.indexed import open_indexed
 from ..data.renderer import Renderer
@@ -43,6 +44,7 @@ class ReadbackCer:
         mc = cfg.model
         self.L, self.m = mc.chunk.text_tokens, mc.visual_tokens_per_chunk
         self.renderer = Renderer.from_model_config(mc)
+        self.cursor = ReadingCursor.of_model(mc)
         self.chunks = held_out_chunks(open_indexed(parse_blend(cfg.data.valid_prefix)[0][1], tokenizer),
                                       self.L, cfg.train.ocr_cer_chunks)
 
@@ -64,6 +66,6 @@ class ReadbackCer:
         def forward(batch):
             return tensor_parallel.gather_from_tensor_model_parallel_region(engine(batch))
         out = ocr_readback(forward, self.chunks, self.renderer, self.tokenizer, self.L, self.m, device=device,
-                           blind=blind)
+                           blind=blind, cursor=self.cursor)
         engine.train()
         return out

@@ -7,16 +7,19 @@ its images gets from the language prior and the chunk-level statistics of text a
 Each chunk is one tiny interleaved row ``V_i T_i`` of L + m tokens laid out by the packer
 (data/packing.py) in read-back mode. Greedy decoding fills T_i's token t from the prediction at
 position m - 1 + t; inside a chunk attention is causal, so the prediction for token t never
-depends on the placeholders after it. L forwards decode a whole batch of chunks.
+depends on the placeholders after it. L forwards decode a whole batch of chunks. A model that reads
+with the reading cursor (``model.readback_cursor``; data/cursor.py) gets it after each token it
+wrote, computed from the text written so far and the image it is reading, as training gives it.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from ..data.cursor import NONE, ReadingCursor
 from ..data.packing import Segment, assemble_row
 from ..data.renderer import Renderer, chunk_text
 from ..models.attention import TokenLayout
@@ -52,13 +55,22 @@ def readback_batch(chunks: Sequence[np.ndarray], renderer: Renderer, decode, L: 
 
 
 @torch.no_grad()
-def greedy_readback(forward: Forward, batch: Vist2Batch, m: int, n: int, vocab: int) -> torch.Tensor:
-    """-> the greedily read tokens [batch, n] (placeholders in ``batch.tokens`` are overwritten)."""
+def greedy_readback(forward: Forward, batch: Vist2Batch, m: int, n: int, vocab: int,
+                    cursor: Optional[ReadingCursor] = None, decode=None) -> torch.Tensor:
+    """-> the greedily read tokens [batch, n] (placeholders in ``batch.tokens`` are overwritten).
+    With ``cursor`` (and the tokenizer's ``decode``), text position t gets the cursor after the
+    tokens read so far, on each row's image, once token t is read."""
     tokens = batch.tokens.clone()
     tokens[:, m:m + n] = 0
+    cells = None if cursor is None else torch.full_like(tokens, NONE)
+    images = None if cursor is None else batch.images.cpu().numpy()
     for t in range(n):
-        logits = forward(Vist2Batch(tokens, batch.layout, batch.images, batch.labels, batch.loss_mask))
+        logits = forward(Vist2Batch(tokens, batch.layout, batch.images, batch.labels, batch.loss_mask, cursor=cells))
         tokens[:, m + t] = logits[m - 1 + t, :, :vocab].argmax(-1).to(tokens.device)
+        if cursor is not None and t + 1 < n:
+            read = tokens[:, m:m + t + 1].cpu().tolist()
+            cells[:, m + t] = torch.tensor([cursor.at(chunk_text(decode(ids)), image)
+                                            for ids, image in zip(read, images)], device=cells.device)
     return tokens[:, m:m + n]
 
 
@@ -68,21 +80,23 @@ def font_size(renderer: Renderer, ids, decode) -> int:
 
 
 def ocr_readback(forward: Forward, chunks: Sequence[np.ndarray], renderer: Renderer, tokenizer,
-                 L: int, m: int, batch_size: int = 32, device="cpu", blind: bool = True) -> Dict:
+                 L: int, m: int, batch_size: int = 32, device="cpu", blind: bool = True,
+                 cursor: Optional[ReadingCursor] = None) -> Dict:
     """CER and exact match overall and by font size over ``chunks`` (each of L tokens); and, with
     ``blind``, the same chunks read from another chunk's image (the images of a batch rotated by
-    one): the score of a model that ignores its images (what the language prior alone reaches)."""
+    one): the score of a model that ignores its images (what the language prior alone reaches;
+    with ``cursor``, the model's: ``ReadingCursor.of_model``, computed on the image it is given)."""
     overall, by_size, unread = CerCounter(), defaultdict(CerCounter), CerCounter()
     examples = []
     decode = tokenizer.decode
     for i in range(0, len(chunks), batch_size):
         part = chunks[i:i + batch_size]
         batch = readback_batch(part, renderer, decode, L, m).to(device)
-        read = greedy_readback(forward, batch, m, L, tokenizer.vocab_size).cpu().tolist()
+        read = greedy_readback(forward, batch, m, L, tokenizer.vocab_size, cursor, decode).cpu().tolist()
         unseen = []
         if blind and len(part) > 1:
             other = Vist2Batch(batch.tokens, batch.layout, batch.images.roll(1, 0), batch.labels, batch.loss_mask)
-            unseen = greedy_readback(forward, other, m, L, tokenizer.vocab_size).cpu().tolist()
+            unseen = greedy_readback(forward, other, m, L, tokenizer.vocab_size, cursor, decode).cpu().tolist()
         for ids, out in zip(part, read):
             ref, hyp = chunk_text(decode(ids.tolist())), chunk_text(decode(out))
             overall.add(hyp, ref)

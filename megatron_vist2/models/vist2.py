@@ -23,6 +23,7 @@ from ..config.schema import Config, ModelConfig
 from ..config.derived import padded_vocab_size
 from .aligner import Aligner
 from .attention import VISUAL, TokenLayout, build_mask, resolve_backend
+from .cursor import CursorEmbedding
 from .llm import LMHead, decoder_layer
 from .ocr_head import OcrBatch, OcrGridHead, ocr_loss
 from .transformer import Rotary, normal_init
@@ -46,6 +47,9 @@ class Vist2Batch:
     # int64 [num_images, lines * columns]: each image's OCR-head targets (model.ocr_head.enabled
     # with train.objective=lm: the auxiliary loss; data/ocr_targets.py), else None
     ocr_targets: Optional[torch.Tensor] = None
+    # int64 [batch, seq]: the reading cursor's cell at read-back text positions, -1 elsewhere
+    # (model.readback_cursor; data/cursor.py), else None
+    cursor: Optional[torch.Tensor] = None
 
     def to(self, device) -> "Vist2Batch":
         moved = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
@@ -67,7 +71,9 @@ class Vist2Front(nn.Module):
     The controls (``model.context`` text / window) see no images: no vision encoder, no aligner.
     With ``model.ocr_head.enabled`` the front also holds the OCR head (models/ocr_head.py, built
     from its own seed): a forward given the images' targets leaves its summed loss and cell count
-    in ``ocr_loss`` for the pipeline schedule to add to the first stage's backward."""
+    in ``ocr_loss`` for the pipeline schedule to add to the first stage's backward. With
+    ``model.readback_cursor`` it holds the cursor's embeddings (models/cursor.py), added to the
+    text embedding where the batch gives a cursor."""
 
     def __init__(self, cfg: ModelConfig, vocab_padded: int, mp: ModelParallelConfig, seed: int = 0):
         super().__init__()
@@ -85,6 +91,8 @@ class Vist2Front(nn.Module):
         self.ocr_head = _seeded(seed, "front.ocr_head", lambda: OcrGridHead(cfg)) \
             if cfg.ocr_head.enabled and self.vision is not None else None
         self.ocr_loss: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self.cursor = _seeded(seed, "front.cursor", lambda: CursorEmbedding(cfg)) \
+            if cfg.readback_cursor and self.vision is not None else None
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [n, H, W] -> visual tokens [n, m, hidden]."""
@@ -100,10 +108,13 @@ class Vist2Front(nn.Module):
         return self.ocr_head(self.encode_images(images))
 
     def forward(self, tokens: torch.Tensor, images: torch.Tensor, kind: torch.Tensor,
-                ocr_targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+                ocr_targets: Optional[torch.Tensor] = None, cursor: Optional[torch.Tensor] = None) -> torch.Tensor:
         """-> hidden [seq, batch, hidden] with visual tokens at the VISUAL positions (and, given
-        ``ocr_targets`` and an OCR head, the head's loss on the images in ``ocr_loss``)."""
+        ``ocr_targets`` and an OCR head, the head's loss on the images in ``ocr_loss``; given
+        ``cursor`` [batch, seq], its embeddings added)."""
         hidden = self.embedding(tokens)
+        if self.cursor is not None and cursor is not None:     # (a batch without read-back: none)
+            hidden = self.cursor(hidden, cursor)
         visual = kind == VISUAL
         vis = self.encode_images(images) if images.shape[0] else None
         _check_visual_positions(visual, 0 if vis is None else vis.shape[0] * vis.shape[1],
@@ -208,7 +219,7 @@ class Vist2Model(nn.Module):
         if isinstance(batch, OcrBatch):
             return self.front.read(batch.images)
         if self.part.first:
-            hidden = self.front(batch.tokens, batch.images, batch.layout.kind, batch.ocr_targets)
+            hidden = self.front(batch.tokens, batch.images, batch.layout.kind, batch.ocr_targets, batch.cursor)
         rope = self.rotary(batch.layout.position)
         backend = resolve_backend(self.attention_backend, batch.layout.doc.device, self.attention_dropout)
         mask = build_mask(batch.layout, backend, self.context) if len(self.layers) else None
@@ -236,6 +247,7 @@ class Vist2Model(nn.Module):
         vision = count(self.front.vision) if self.front is not None else 0
         aligner = count(self.front.aligner) if self.front is not None else 0   # (0 in the controls)
         ocr = count(self.front.ocr_head) if self.front is not None else 0
+        cursor = count(self.front.cursor) if self.front is not None else 0
         total = count(self)
-        return {"vision": vision, "aligner": aligner, "llm": total - vision - aligner - ocr, "ocr_head": ocr,
-                "total": total}
+        return {"vision": vision, "aligner": aligner, "llm": total - vision - aligner - ocr - cursor,
+                "ocr_head": ocr, "cursor": cursor, "total": total}

@@ -25,7 +25,8 @@ class Layout:
     kv_heads: int = 2                                   # tiny-cpu's; 1 with TP2 = replicated KV
     hidden_dropout: float = 0.0
     context: str = "vist2"                              # model.context: the model or a control
-    # the OCR head (stage 0): "" none, "aux" its loss added to the LM loss (train.ocr_weight 0.5),
+    # the OCR head (stage 0): "" none, "aux" its loss added to the LM loss (train.ocr_weight 0.5)
+    # with the reading cursor on half the chunks in read-back mode (model.readback_cursor),
     # "front" the front-only objective (train.objective=ocr)
     ocr: str = ""
     attention_dropout: float = 0.0
@@ -62,7 +63,8 @@ SCENARIOS = {
     "tp2-zero3-window": Layout(2, tp=2, zero=3, context="window"),
     "pp2-zero3-text": Layout(2, pp=2, zero=3, context="text"),
     "pp2-zero3-window": Layout(2, pp=2, zero=3, context="window"),
-    # the OCR head: its auxiliary loss with TP2, PP2 (on the first stage) and ZeRO-3; stage 0's
+    # the OCR head: its auxiliary loss (and the reading cursor) with TP2, PP2 (on the first stage)
+    # and ZeRO-3; stage 0's
     # front-only objective with TP2 x ZeRO-3 and DP2 x ZeRO-2
     "tp2-zero1-ocr-aux": Layout(2, tp=2, zero=1, ocr="aux"), "pp2-zero3-ocr-aux": Layout(2, pp=2, zero=3, ocr="aux"),
     "dp2-zero3-ocr-aux": Layout(2, zero=3, ocr="aux"), "tp2-zero3-ocr-front": Layout(2, tp=2, zero=3, ocr="front"),
@@ -104,5 +106,6 @@ def scenario_overrides(data, layout: Layout):
 
 
 OCR_WEIGHT = 0.5
-OCR_OVERRIDES = {"": [], "aux": ["model.ocr_head.enabled=true", f"train.ocr_weight={OCR_WEIGHT}"],
+OCR_OVERRIDES = {"": [], "aux": ["model.ocr_head.enabled=true", f"train.ocr_weight={OCR_WEIGHT}",
+                                 "model.readback_cursor=true", "data.readback_fraction=0.5"],
                  "front": ["model.ocr_head.enabled=true", "train.objective=ocr"]}
