@@ -86,6 +86,9 @@ class ReadingCursor:
         columns (every place of a line in one numpy step; the font has one advance)."""
         lines, places = self.lines_drawn, self.inner_w // self.advance
         m, a = self.margin, self.advance
+        short = m + lines * self.line_height - image.shape[0]    # the last line's spacing may pass the edge
+        if short > 0:
+            image = np.pad(image, ((0, short), (0, 0)), constant_values=255)
         box = image[m:m + lines * self.line_height, m:m + places * a].reshape(lines, self.line_height, places, a)
         return (box[:, :, :, self.own_columns] < 255).any(axis=(1, 3))
 

@@ -18,14 +18,15 @@ from megatron_vist2.data.dataset import PackedVist2Dataset, collate
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.renderer import ReferenceRenderer, load_font, normalize_text
 from megatron_vist2.data.tokenizer import load_tokenizer
-from megatron_vist2.errors import ConfigError
+from megatron_vist2.errors import ConfigError, RenderOverflowError
 from megatron_vist2.metrics.readback import greedy_readback, readback_batch
 from megatron_vist2.models import Vist2Model
 from megatron_vist2.models.attention import TEXT
 from tests.conftest import tiny_overrides
 from tests.unit.test_ocr_head import _metrics, _texts
 
-PRESETS = ("tiny-cpu", "tiny-cpu-rho2")
+# (preset, overrides): the two one-size geometries, and line spacing (the last line's passes the image's edge)
+GEOMETRIES = [("tiny-cpu", ()), ("tiny-cpu-rho2", ()), ("tiny-cpu", ("model.render.line_spacing=2",))]
 MORE = ["THE REMEDY IN EQUITY BY DIRECT ACTION; RIVERS AND HARBOR T Y + R", "a" * 31 + " b", "a" * 32 + "\n\nb", "end   ", "x\n", "  two leading", "full " * 7 + "\n" + "z"]
 
 
@@ -46,7 +47,10 @@ def _reference(cfg, text):
     the reference layout, the first character with ink at or after offset k, its cell."""
     r, o = cfg.model.render, cfg.model.ocr_head
     renderer = ReferenceRenderer.from_model_config(cfg.model)
-    font, lines, line_height = renderer.layout(text)
+    try:
+        font, lines, line_height = renderer.layout(text)
+    except RenderOverflowError:           # (line spacing: some edge texts no longer fit)
+        return None, None, None
     if font.size != r.font_size:          # the cursor is defined for chunks drawn at font_size
         return None, None, None
     (cell_y, cell_x) = _metrics(r, r.min_font_size)
@@ -74,9 +78,9 @@ def _reference(cfg, text):
     return out, renderer.draw(font, lines, line_height), text
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_cursor_is_the_cell_of_the_next_drawn_character(tiny_data, preset):
-    cfg = _cfg(preset, tiny_data)
+@pytest.mark.parametrize("preset, extra", GEOMETRIES)
+def test_cursor_is_the_cell_of_the_next_drawn_character(tiny_data, preset, extra):
+    cfg = _cfg(preset, tiny_data, *extra)
     cursor = ReadingCursor(cfg.model)
     assert cursor.unseen in ("", "`"), cursor.unseen    # at 7 pt the backtick's ink is where neighbours reach
     checked = 0
@@ -87,7 +91,7 @@ def test_cursor_is_the_cell_of_the_next_drawn_character(tiny_data, preset):
         got = [cursor.at(norm[:k], image) for k in range(len(norm) + 1)]
         assert got == want, (text, [(k, g, w) for k, (g, w) in enumerate(zip(got, want)) if g != w][:5])
         checked += 1
-    assert checked >= 30
+    assert checked >= 20
 
 
 def test_rows_carry_the_cursor_a_perfect_reader_gets_while_writing(tiny_data):

@@ -172,13 +172,14 @@ def test_front_readback_scores_a_perfect_reader(tiny_data):
     assert out["blind"]["char_accuracy"] < 0.5
 
 
-def test_export_leaves_the_head_out(tiny_data):
+def test_export_leaves_the_head_and_the_cursor_out(tiny_data):
     from megatron_vist2.convert.vist2 import name_pairs
     from megatron_vist2.models import Vist2Model
-    cfg = _cfg("tiny-cpu", tiny_data)
+    cfg = _cfg("tiny-cpu", tiny_data, "model.readback_cursor=true")
     names = {n for n, _ in Vist2Model(cfg).named_parameters()}
     exported = {ours for ours, _, _ in name_pairs(cfg)}
-    assert exported == {n for n in names if not n.startswith("front.ocr_head.")} and exported < names
+    aids = {n for n in names if n.startswith(("front.ocr_head.", "front.cursor."))}
+    assert exported == names - aids and {n.split(".")[1] for n in aids} == {"ocr_head", "cursor"}
 
 
 def test_legibility_warning_fires_once_below_the_minimum_and_not_elsewhere(tiny_data, monkeypatch):
