@@ -46,7 +46,7 @@ RECALL_SOURCE="${RECALL_SOURCE:-data/sotu}"
 # rho = L / m with L fixed (the controls share the chunking): m follows the image size and the
 # aligner's merge, never the glyph size (every rho renders legibly: docs/fidelity.md, "Stage 0").
 # tiny-cpu: L = 32, 64 x 128 merge 2 -> m = 8 (rho 4); the presets tiny-cpu-rho2 (128 x 128,
-# 10 pt, merge 2 -> 16) and tiny-cpu-rho8 (the same image, merge 4 -> 4).
+# 9 pt, merge 2 -> 16) and tiny-cpu-rho8 (the same image, merge 4 -> 4).
 # paper presets: L = 64, 128 x 128 merge 2 -> m = 16 (rho 4); 128 x 256 merge 2 -> 32 (rho 2);
 # 128 x 256 merge 4 -> 8 (rho 8).
 if [[ "$PRESET" == tiny-cpu ]]; then
