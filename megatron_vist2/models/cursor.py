@@ -30,10 +30,8 @@ class CursorEmbedding(nn.Module):
         self.columns = o.columns
         self.row = nn.Embedding(o.lines + 1, D)          # + END (cell id lines x columns)
         self.column = nn.Embedding(o.columns, D)
-        # unit scale (nn.Embedding's own start), not init_std: the research harness's cursor, the
-        # one measured to work, started so, louder than the token embeddings (0.02) beside it
         for table in (self.row, self.column):
-            nn.init.normal_(table.weight, std=1.0)
+            nn.init.normal_(table.weight, std=cfg.init_std)
 
     def forward(self, hidden: torch.Tensor, cursor: torch.Tensor) -> torch.Tensor:
         """hidden [batch, seq, D] + the cursor cells' embeddings where ``cursor`` [batch, seq] >= 0."""
