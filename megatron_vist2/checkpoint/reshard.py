@@ -57,8 +57,8 @@ def load_full_state(engine, source: CheckpointSource, weights_only: bool, dp_gro
         missing = [n for n in missing if n not in fresh]
         named = [(n, p) for n, p in named if n not in fresh]
         if fresh:
-            log(f"{source.step_dir} has no {', '.join(sorted({n.rsplit('.', 2)[0] for n in fresh}))}: "
-                f"its {len(fresh)} tensors keep their initialisation")
+            parts = sorted(p for p in TRAINING_AIDS.values() if any(name_under(n, p) for n in fresh))
+            log(f"{source.step_dir} has no {', '.join(parts)}: its {len(fresh)} tensors keep their initialisation")
     if missing:
         raise CheckpointError(f"{source.step_dir} has no tensor for {len(missing)} parameter(s) of "
                               f"this model: {', '.join(missing[:5])}")
