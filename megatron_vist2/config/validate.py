@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import CheckpointError
+from .derived import TRAINING_AIDS
 from .load import ConfigError, config_from_dict
 from .sanity import value_problems
 from .schema import Config
@@ -261,7 +262,7 @@ def _train_problems(cfg: Config) -> List[str]:
     o, t = cfg.optim, cfg.train
     out = []
     n_layers = cfg.model.llm.num_layers
-    parts = {"front", "front.vision", "front.aligner", "front.embedding", "front.ocr_head", "front.cursor", "layers", "head"}
+    parts = {"front", "front.vision", "front.aligner", "front.embedding", *TRAINING_AIDS.values(), "layers", "head"}
     for prefix in t.freeze + list(o.lr_multipliers):
         head = ".".join(prefix.split(".")[:2])
         if not (prefix.split(".")[0] in {"front", "layers", "head"} and

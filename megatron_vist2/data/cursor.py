@@ -12,10 +12,10 @@ the text of tokens 0..j: the pen where a next character would be drawn (the char
 it on the next line when it no longer fits), then moved one advance at a time, line by line,
 past places with no ink in their own columns of the chunk's image (the line height x the
 columns of the advance that no neighbouring glyph of the charset reaches into: at 7 pt with
-4-px advances a capital R reaches two pixels past its advance). Blank
-places are spaces, the rest of a line after a newline, and the end of the text; when no ink is
-left the cell is ``END`` (= lines x columns). Other positions carry ``NONE``. A character whose
-ink lies only in columns its neighbours reach (at 7 pt: the backtick) counts as blank
+4-px advances a capital R reaches two pixels past its advance). Blank places are spaces, the
+rest of a line after a newline, and the end of the text; when no ink is left the cell is ``END``
+(= lines x columns). Other positions carry ``NONE`` (models/cursor.py). A character whose ink
+lies only in columns its neighbours reach (at 7 pt: the backtick) counts as blank
 (``ReadingCursor.unseen``).
 
 It is computable while writing: it needs the text written so far and the image, nothing of the
@@ -36,9 +36,8 @@ import numpy as np
 from ..config.schema import ModelConfig
 from ..errors import ConfigError
 from .ocr_targets import cell_size
-from .renderer import WRAPS, Renderer, chunk_text, ink_columns, load_font, normalize_text
+from .renderer import WRAPS, Renderer, chunk_text, ink_columns, line_height, lines_that_fit, load_font, normalize_text
 
-NONE = -1               # not a read-back text position
 
 
 class ReadingCursor:
@@ -50,8 +49,7 @@ class ReadingCursor:
         r = m.render
         self.renderer = Renderer.from_model_config(m)
         self.font = load_font(r.font, r.font_size)
-        ascent, descent = self.font.getmetrics()
-        self.line_height = ascent + descent + r.line_spacing
+        self.line_height = line_height(r, self.font)
         self.width = self.renderer.measure(self.font)
         self.advance = self.width(self.PROBE)
         other = sorted({ch for ch in m.ocr_head.charset if ch != "\n" and self.width(ch) != self.advance})
@@ -61,7 +59,7 @@ class ReadingCursor:
                               f"{self.PROBE!r}; use a monospaced font or model.readback_cursor=false")
         self.margin, self.tab_width = r.margin, r.tab_width
         self.inner_w = m.chunk.image_width - 2 * r.margin
-        self.lines_drawn = (m.chunk.image_height - 2 * r.margin + r.line_spacing) // self.line_height
+        self.lines_drawn = lines_that_fit(r, m.chunk.image_height, self.line_height)
         inks = {ch: ink_columns(r.font, r.font_size, ch) for ch in m.ocr_head.charset + "\ufffd" if ch != "\n"}
         a = self.advance
         reach = {x - a for xs in inks.values() for x in xs if x >= a} | {x + a for xs in inks.values() for x in xs if x < 0}
@@ -92,10 +90,10 @@ class ReadingCursor:
         box = image[m:m + lines * self.line_height, m:m + places * a].reshape(lines, self.line_height, places, a)
         return (box[:, :, :, self.own_columns] < 255).any(axis=(1, 3))
 
-    def at(self, written: str, image: np.ndarray) -> int:
-        """The cursor after ``written`` (text as ``chunk_text`` gives it) on ``image``: a cell id
-        (row x columns + column), or ``END``."""
-        return self._from(*self.pen(normalize_text(written, self.tab_width)), self.ink_map(image))
+    def at(self, written: str, inked: np.ndarray) -> int:
+        """The cursor after ``written`` (text as ``chunk_text`` gives it) on the image whose
+        ``ink_map`` is ``inked``: a cell id (row x columns + column), or ``END``."""
+        return self._from(*self.pen(normalize_text(written, self.tab_width)), inked)
 
     def _from(self, line: int, x: int, inked: np.ndarray) -> int:
         """The cell of the first place with ink (``ink_map``) at or after the pen (line, x), or ``END``."""

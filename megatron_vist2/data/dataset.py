@@ -20,10 +20,11 @@ from torch.utils.data import Dataset, Sampler
 from ..config.schema import Config
 from ..errors import ConfigError
 from ..models.attention import TEXT, VISUAL, TokenLayout
+from ..models.cursor import NONE
 from ..models.vist2 import Vist2Batch
 from .indexed import IndexedDocs, open_indexed
 from .packing import PER_TOKEN, assemble_row, mask_readback_inputs, pack_segments, segment_document
-from .cursor import NONE, ReadingCursor
+from .cursor import ReadingCursor
 from .ocr_targets import Charset, cell_size, render_with_targets
 from .renderer import Renderer, chunk_text
 from .tokenizer import Tokenizer

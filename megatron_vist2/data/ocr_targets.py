@@ -27,7 +27,7 @@ from ..config.schema import ModelConfig, OcrHeadConfig
 from ..errors import ConfigError
 from ..models.ocr_head import OcrBatch
 from .indexed import IndexedDocs
-from .renderer import Renderer, advance, chunk_text, load_font, normalize_text
+from .renderer import Renderer, advance, chunk_text, line_height, lines_that_fit, load_font, normalize_text
 from .tokenizer import Tokenizer
 
 
@@ -75,15 +75,14 @@ def cell_size(m: ModelConfig) -> Tuple[int, int]:
     charset at the smallest size fit mode may use."""
     r = m.render
     font = load_font(r.font, r.font_size if r.mode == "strict" else r.min_font_size)
-    ascent, descent = font.getmetrics()
-    return ascent + descent + r.line_spacing, min(max(1, advance(font, ch)) for ch in m.ocr_head.charset if ch != "\n")
+    return line_height(r, font), min(max(1, advance(font, ch)) for ch in m.ocr_head.charset if ch != "\n")
 
 
 def required_grid(m: ModelConfig) -> Tuple[int, int]:
     """(lines, columns) a grid needs so every text that renders fits it: the image in cells, plus
     a column for the separator after a full line."""
     r, (height, width) = m.render, cell_size(m)
-    return ((m.chunk.image_height - 2 * r.margin + r.line_spacing) // height,
+    return (lines_that_fit(r, m.chunk.image_height, height),
             (m.chunk.image_width - 2 * r.margin) // width + 1)
 
 

@@ -168,6 +168,18 @@ def wrap_chars(text: str, max_width: int, width: Callable[[str], int]) -> List[s
 WRAPS = {"word": wrap, "char": wrap_chars}         # model.render.wrap (config/schema.py's RenderWrap)
 
 
+def line_height(render: RenderConfig, font: ImageFont.FreeTypeFont) -> int:
+    """Pixels from one line's top to the next's: ascent + descent + ``line_spacing``."""
+    ascent, descent = font.getmetrics()
+    return ascent + descent + render.line_spacing
+
+
+def lines_that_fit(render: RenderConfig, image_height: int, height: int) -> int:
+    """How many lines ``height`` pixels apart fit an image ``image_height`` tall inside its
+    margins (the last line needs no spacing below it)."""
+    return (image_height - 2 * render.margin + render.line_spacing) // height
+
+
 class ReferenceRenderer:
     """The contract, written plainly: Pillow measures and draws every line."""
 
@@ -192,19 +204,18 @@ class ReferenceRenderer:
         lines = []
         for size in sizes:
             font = load_font(self.cfg.font, size)
-            ascent, descent = font.getmetrics()
-            line_height = ascent + descent + self.cfg.line_spacing
+            step = line_height(self.cfg, font)
             width = self.measure(font)
-            max_lines = (inner_h + self.cfg.line_spacing) // line_height
+            max_lines = lines_that_fit(self.cfg, self.height, step)
             # Sound shortcut: n lines hold at most n * inner_w of text plus the n - 1 spaces
             # a word wrap drops (a character wrap drops none); more text than that cannot fit
             # at this size, so skip wrapping.
             if width(text.replace("\n", "")) > max_lines * inner_w + (max_lines - 1) * width(" "):
                 continue
             lines = WRAPS[self.cfg.wrap](text, inner_w, width)
-            if len(lines) * line_height - self.cfg.line_spacing <= inner_h:
+            if len(lines) * step - self.cfg.line_spacing <= inner_h:
                 self._check_legible(size)
-                return font, lines, line_height
+                return font, lines, step
         raise RenderOverflowError(
             f"text of {len(text)} characters does not fit a {self.height}x{self.width} image "
             f"at font size {size} ({self.cfg.mode} mode): use a "

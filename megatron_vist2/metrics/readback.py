@@ -19,10 +19,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..data.cursor import NONE, ReadingCursor
+from ..data.cursor import ReadingCursor
 from ..data.packing import Segment, assemble_row
 from ..data.renderer import Renderer, chunk_text
 from ..models.attention import TokenLayout
+from ..models.cursor import NONE
 from ..models.vist2 import Vist2Batch
 from .cer import CerCounter
 
@@ -63,14 +64,14 @@ def greedy_readback(forward: Forward, batch: Vist2Batch, m: int, n: int, vocab: 
     tokens = batch.tokens.clone()
     tokens[:, m:m + n] = 0
     cells = None if cursor is None else torch.full_like(tokens, NONE)
-    images = None if cursor is None else batch.images.cpu().numpy()
+    inked = None if cursor is None else [cursor.ink_map(image) for image in batch.images.cpu().numpy()]
     for t in range(n):
         logits = forward(Vist2Batch(tokens, batch.layout, batch.images, batch.labels, batch.loss_mask, cursor=cells))
         tokens[:, m + t] = logits[m - 1 + t, :, :vocab].argmax(-1).to(tokens.device)
         if cursor is not None and t + 1 < n:
             read = tokens[:, m:m + t + 1].cpu().tolist()
-            cells[:, m + t] = torch.tensor([cursor.at(chunk_text(decode(ids)), image)
-                                            for ids, image in zip(read, images)], device=cells.device)
+            cells[:, m + t] = torch.tensor([cursor.at(chunk_text(decode(ids)), ink)
+                                            for ids, ink in zip(read, inked)], device=cells.device)
     return tokens[:, m:m + n]
 
 

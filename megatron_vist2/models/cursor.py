@@ -22,6 +22,8 @@ import torch.nn as nn
 
 from ..config.schema import ModelConfig
 
+NONE = -1               # the cell id of a position without a cursor (not a read-back text position)
+
 
 class CursorEmbedding(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -37,4 +39,4 @@ class CursorEmbedding(nn.Module):
         """hidden [batch, seq, D] + the cursor cells' embeddings where ``cursor`` [batch, seq] >= 0."""
         cell = cursor.clamp(min=0)
         add = self.row(cell // self.columns) + self.column(cell % self.columns)
-        return hidden + (add * (cursor >= 0)[..., None]).to(hidden.dtype)
+        return hidden + (add * (cursor != NONE)[..., None]).to(hidden.dtype)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from megatron_vist2.config import load_config, validate
-from megatron_vist2.data.cursor import NONE, ReadingCursor
+from megatron_vist2.data.cursor import ReadingCursor
 from megatron_vist2.data.dataset import PackedVist2Dataset, collate
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.renderer import ReferenceRenderer, load_font, normalize_text
@@ -22,6 +22,7 @@ from megatron_vist2.errors import ConfigError, RenderOverflowError
 from megatron_vist2.metrics.readback import greedy_readback, readback_batch
 from megatron_vist2.models import Vist2Model
 from megatron_vist2.models.attention import TEXT
+from megatron_vist2.models.cursor import NONE
 from tests.conftest import tiny_overrides
 from tests.unit.test_ocr_head import _metrics, _texts
 
@@ -88,7 +89,8 @@ def test_cursor_is_the_cell_of_the_next_drawn_character(tiny_data, preset, extra
         want, image, norm = _reference(cfg, text)
         if want is None or set(norm) & set(cursor.unseen):
             continue
-        got = [cursor.at(norm[:k], image) for k in range(len(norm) + 1)]
+        inked = cursor.ink_map(image)
+        got = [cursor.at(norm[:k], inked) for k in range(len(norm) + 1)]
         assert got == want, (text, [(k, g, w) for k, (g, w) in enumerate(zip(got, want)) if g != w][:5])
         checked += 1
     assert checked >= 20
