@@ -138,14 +138,17 @@ def check_compatible(step_dir: Path, cfg: Config, weights_only: bool = False) ->
     change that regroups the parameters is refused by name). ``weights_only``: the training aids
     (config/derived.py ``TRAINING_AIDS``: the OCR head, the reading cursor) may differ: one the
     checkpoint lacks starts from its initialisation, one this run lacks is left behind (through
-    the reshard path). -> whether the saved layout is this
-    run's (else the checkpoint is resharded on load)."""
+    the reshard path); and a control (``model.context`` text or window) may start from a VIST2
+    model's weights: the same LLM, its vision encoder and aligner left behind (controls trained
+    from the same stage as the model they are compared with). -> whether the saved layout is
+    this run's (else the checkpoint is resharded on load)."""
     saved = _saved_config(step_dir)
     diffs = [f"{f}: checkpoint {a!r}, this run {b!r}" for f, a, b in
              _differences(saved["model"], config_to_dict(cfg)["model"], "model") if f not in _FREE_TO_CHANGE]
     aid_changed = any(_of_aid(d) for d in diffs)
+    control = weights_only and _control_from_model(saved, cfg)
     if weights_only:
-        diffs = [d for d in diffs if not _of_aid(d)]
+        diffs = [d for d in diffs if not _of_aid(d) and not (control and d.startswith("model.context:"))]
     if diffs:
         raise CheckpointError(f"{step_dir} holds a different model:\n  - " + "\n  - ".join(diffs)
                               + "\nload a checkpoint of this model, change the model config to match, or train this "
@@ -157,7 +160,12 @@ def check_compatible(step_dir: Path, cfg: Config, weights_only: bool = False) ->
             + "\nthe saved optimizer state is kept per parameter group, so a resume cannot apply this. "
             "Resume with the checkpoint's values, or start a new schedule from its weights: "
             + _new_schedule_hint(step_dir))
-    return read_manifest(step_dir)["layout"] == layout_of(cfg) and not aid_changed
+    return read_manifest(step_dir)["layout"] == layout_of(cfg) and not aid_changed and not control
+
+
+def _control_from_model(saved: dict, cfg: Config) -> bool:
+    """Does a control (model.context text / window) start from a VIST2 model's weights?"""
+    return saved["model"]["context"] == "vist2" and cfg.model.context != "vist2"
 
 
 def _of_aid(difference: str) -> bool:
@@ -179,6 +187,9 @@ def load_checkpoint(engine, cfg: Config, load_dir: str, log=print, weights_only:
             f"(a save that did not finish)")
     step_dir = resolve_tag_dir(load_dir)
     same_layout = check_compatible(step_dir, cfg, weights_only)
+    if weights_only and _control_from_model(_saved_config(step_dir), cfg):
+        log(f"{step_dir} holds a VIST2 model: this {cfg.model.context} control starts from its LLM "
+            f"(embedding, layers, head); its vision encoder and aligner are left behind")
     ours = _this_runs_schedule(engine)
     start = time.time()
     if same_layout and read_manifest(step_dir).get("format") != CONSOLIDATED:

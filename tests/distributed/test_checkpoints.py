@@ -121,6 +121,30 @@ def test_new_stage_starts_from_weights_and_keeps_frozen_parts(tiny_data, saved, 
     assert all(not torch.equal(before[n], after[n]) for n in trained)
 
 
+def test_control_starts_from_a_vist2_stage(tiny_data, saved, tmp_path):
+    """A control (model.context text) may start from a VIST2 model's weights (controls trained from
+    the same stage as the model they are measured against): its LLM tensors are the checkpoint's,
+    the vision encoder and the aligner are left behind; the other way round (a VIST2 run from a control's weights, which has
+    no front) is refused by name."""
+    import torch
+    from megatron_vist2.checkpoint.resume import check_compatible
+    from megatron_vist2.checkpoint.sources import open_checkpoint
+    from megatron_vist2.config import load_config
+    from megatron_vist2.errors import CheckpointError
+    proc = train(tiny_data, tmp_path, "train.steps=1", f"checkpoint.init_from={saved / 'ckpt'}",
+                 "model.context=text", "train.freeze=[layers.0, head]")
+    assert "this text control starts from its LLM" in proc.stdout and "aligner are left behind" in proc.stdout
+    old, new = open_checkpoint(str(saved / "ckpt")), open_checkpoint(str(tmp_path / "ckpt"))
+    names = set(new.names())
+    left = set(old.names()) - names
+    assert names < set(old.names()) and left and all(n.startswith(("front.vision.", "front.aligner.")) for n in left)
+    frozen = [n for n in names if n.startswith(("layers.0.", "head."))]
+    assert frozen and all(torch.equal(old.tensor(n), new.tensor(n)) for n in frozen)
+    cfg = load_config("tiny-cpu", tiny_overrides(tiny_data))
+    with pytest.raises(CheckpointError, match=r"model.context: checkpoint 'text', this run 'vist2'"):
+        check_compatible(tmp_path / "ckpt" / "step_0000001", cfg, weights_only=True)
+
+
 def test_zero3_resume_is_bit_exact(tiny_data, tmp_path):
     """2 ranks, ZeRO-3: 2 steps + restart + 2 steps give exactly the losses of 4 straight steps."""
     zero3 = ["parallel.zero_stage=3"]
