@@ -131,7 +131,8 @@ def test_counts_equal_huggingface_reference_models():
     *[(f"examples/tiny_cpu/stages/{s}.yaml", 2) for s in ("stage0_ocr_warmup", "stage0_ocr_warmup_rho2",
                                                           "stage0_ocr_warmup_rho8", "stage1_readback", "stage1_pretrain",
                                                           "stage2_instructions")],
-    *[(f"examples/8b/{s}.yaml", 64) for s in ("stage0_ocr_warmup", "stage1_pretrain", "stage2_instructions")],
+    *[(f"examples/8b/{s}.yaml", 64) for s in ("stage0_ocr_warmup", "stage1a_readback", "stage1_pretrain",
+                                               "stage2_instructions")],
 ])
 def test_stage_configs_validate_at_their_scale(path, world):
     from tests.conftest import REPO
