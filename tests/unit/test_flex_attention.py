@@ -32,7 +32,8 @@ def test_auto_backend_is_flex_on_a_gpu_and_dense_on_the_cpu_and_with_dropout():
         == ("flex", "sdpa", "sdpa")
     assert resolve_backend("sdpa", cuda) == "sdpa" and resolve_backend("flex", cpu) == "flex"
     for preset in ("0.6b", "1.7b", "4b", "8b", "examples/8b/stage0_ocr_warmup.yaml",
-                   "examples/8b/stage1_pretrain.yaml", "examples/8b/stage2_instructions.yaml"):
+                   "examples/8b/stage1a_readback.yaml", "examples/8b/stage1_pretrain.yaml",
+                   "examples/8b/stage2_instructions.yaml"):
         m = load_config(preset).model
         assert resolve_backend(m.attention_backend, cuda, m.llm.attention_dropout) == "flex", preset
 
