@@ -132,7 +132,7 @@ def _new_schedule_hint(step_dir: Path) -> str:
             f"state and the schedule from step 0)")
 
 
-def check_compatible(step_dir: Path, cfg: Config, weights_only: bool = False) -> bool:
+def check_compatible(step_dir: Path, cfg: Config, weights_only: bool = False, log=None) -> bool:
     """The saved model must be this model; name every difference. A resume (not ``weights_only``,
     a new stage's ``init_from``) must also be able to apply this run's optimizer settings (a
     change that regroups the parameters is refused by name). ``weights_only``: the training aids
@@ -140,8 +140,8 @@ def check_compatible(step_dir: Path, cfg: Config, weights_only: bool = False) ->
     checkpoint lacks starts from its initialisation, one this run lacks is left behind (through
     the reshard path); and a control (``model.context`` text or window) may start from a VIST2
     model's weights: the same LLM, its vision encoder and aligner left behind (controls trained
-    from the same stage as the model they are compared with). -> whether the saved layout is
-    this run's (else the checkpoint is resharded on load)."""
+    from the same stage as the model they are compared with; said through ``log`` when given).
+    -> whether the saved layout is this run's (else the checkpoint is resharded on load)."""
     saved = _saved_config(step_dir)
     diffs = [f"{f}: checkpoint {a!r}, this run {b!r}" for f, a, b in
              _differences(saved["model"], config_to_dict(cfg)["model"], "model") if f not in _FREE_TO_CHANGE]
@@ -153,6 +153,9 @@ def check_compatible(step_dir: Path, cfg: Config, weights_only: bool = False) ->
         raise CheckpointError(f"{step_dir} holds a different model:\n  - " + "\n  - ".join(diffs)
                               + "\nload a checkpoint of this model, change the model config to match, or train this "
                               "model into another checkpoint.save_dir (the checkpoints there are kept)")
+    if control and log is not None:
+        log(f"{step_dir} holds a VIST2 model: this {cfg.model.context} control starts from its LLM "
+            f"(embedding, layers, head); its vision encoder and aligner are left behind")
     regrouped = _regrouping(schedule_changes(saved, cfg)) if not weights_only else []
     if regrouped:
         raise CheckpointError(
@@ -186,10 +189,7 @@ def load_checkpoint(engine, cfg: Config, load_dir: str, log=print, weights_only:
         log(f"ignoring incomplete checkpoint(s) in {load_dir}: {', '.join(ignored)} "
             f"(a save that did not finish)")
     step_dir = resolve_tag_dir(load_dir)
-    same_layout = check_compatible(step_dir, cfg, weights_only)
-    if weights_only and _control_from_model(_saved_config(step_dir), cfg):
-        log(f"{step_dir} holds a VIST2 model: this {cfg.model.context} control starts from its LLM "
-            f"(embedding, layers, head); its vision encoder and aligner are left behind")
+    same_layout = check_compatible(step_dir, cfg, weights_only, log)
     ours = _this_runs_schedule(engine)
     start = time.time()
     if same_layout and read_manifest(step_dir).get("format") != CONSOLIDATED:

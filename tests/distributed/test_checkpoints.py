@@ -124,8 +124,8 @@ def test_new_stage_starts_from_weights_and_keeps_frozen_parts(tiny_data, saved, 
 def test_control_starts_from_a_vist2_stage(tiny_data, saved, tmp_path):
     """A control (model.context text) may start from a VIST2 model's weights (controls trained from
     the same stage as the model they are measured against): its LLM tensors are the checkpoint's,
-    the vision encoder and the aligner are left behind; the other way round (a VIST2 run from a control's weights, which has
-    no front) is refused by name."""
+    the vision encoder and the aligner are left behind; the other way round (a VIST2 run from a
+    control's weights, which has no front) is refused by name."""
     import torch
     from megatron_vist2.checkpoint.resume import check_compatible
     from megatron_vist2.checkpoint.sources import open_checkpoint
