@@ -37,7 +37,7 @@ def stats(ds: PackedVist2Dataset, name: str) -> None:
     chunks = sum(s.num_chunks(L) for s in segs)
     rb = sum(sum(s.readback) for s in segs)
     text = sum(s.length for s in segs)
-    images = sum(s.row_tokens(L, m) - s.length for s in segs) // m
+    images = sum(s.images(L) for s in segs)
     print(f"{name}: {len(ds.indexed)} documents, {text:,} text tokens, {chunks:,} chunks "
           f"({rb:,} in read-back mode), {images:,} images")
     print(f"  {len(ds.rows):,} rows of {S} tokens: {len(segs) / len(ds.rows):.2f} segments and "

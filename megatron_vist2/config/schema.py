@@ -269,8 +269,8 @@ class TrainConfig:
     # its blind score: the images rotated by one); 0 = none
     ocr_head_eval_chunks: int = 0
     # Weights in the training objective (metrics/loss.py; the LM loss is the weighted mean): targets
-    # predicted from visual tokens alone (each chunk's first token: from V_i in read-back mode,
-    # from V_{i-1} otherwise), and every target of a read-back chunk. 1 = the plain mean.
+    # predicted from images alone (each chunk's first token: from V_{i-1}, or from the read-back
+    # marker in read-back mode), and every target of a read-back chunk. 1 = the plain mean.
     image_target_weight: float = 1.0
     readback_target_weight: float = 1.0
 

@@ -6,7 +6,8 @@ harness, greedy read-back 75.0 % against 16.6 % blind with it, 25.8 % against 19
 (docs/fidelity.md, "A cursor computable while writing").
 
 Definition. Text position j of a read-back chunk (input token j, whose output predicts token
-j + 1) carries the cell of the OCR grid (data/ocr_targets.py: ``model.ocr_head.lines x
+j + 1; its read-back marker, which predicts token 0, counts as j = -1: nothing written) carries
+the cell of the OCR grid (data/ocr_targets.py: ``model.ocr_head.lines x
 columns`` cells of ``cell_size``) of the first place with ink at or after the pen that follows
 the text of tokens 0..j: the pen where a next character would be drawn (the character wrap puts
 it on the next line when it no longer fits), then moved one advance at a time, line by line,
@@ -108,10 +109,11 @@ class ReadingCursor:
         return self.END
 
     def of_chunk(self, ids: Sequence[int], image: np.ndarray, decode: Callable[[list], str]) -> np.ndarray:
-        """int64 [len(ids)]: the cursor at each text position of a read-back chunk (after tokens
-        0..j), on the chunk's ``image``."""
+        """int64 [len(ids) + 1]: the cursor at each text position of a read-back chunk, on the
+        chunk's ``image``: at its read-back marker (nothing written yet: the first character's
+        cell), then after tokens 0..j for each j."""
         ids = [int(i) for i in ids]
-        written = [chunk_text(decode(ids[:j + 1])) for j in range(len(ids))]
+        written = [""] + [chunk_text(decode(ids[:j + 1])) for j in range(len(ids))]
         whole = normalize_text(written[-1], self.tab_width) if written else ""
         pens, inked = self._pens(whole), self.ink_map(image)
         out = []

@@ -105,7 +105,8 @@ class PackedVist2Dataset(Dataset):
         for image, p in zip(images, starts):
             if row["readback"][p]:
                 text = np.nonzero((row["kind"] == TEXT) & (row["doc"] == row["doc"][p]) & (row["chunk"] == row["chunk"][p]))[0]
-                cursor[text] = self.cursor.of_chunk(row["tokens"][text], image, self.tokenizer.decode)
+                # text[0] is the chunk's read-back marker, the rest its tokens
+                cursor[text] = self.cursor.of_chunk(row["tokens"][text[1:]], image, self.tokenizer.decode)
         return cursor
 
     @property

@@ -1,22 +1,27 @@
 """Cut documents into chunks, group chunks into windows, pack windows into fixed-length rows.
 
 A *segment* is a window of consecutive chunks of one document, short enough to always fit a row
-(``max_chunks_per_segment``). Each segment is laid out as the
-spec says: ``T_1 V_1 T_2 V_2 ... V_{n-1} T_n``; a chunk in read-back mode puts its V_i before
-its T_i and always has one (the last chunk too). That is the *logical* (interleaved) order; rows
-are stored in the *blocked* physical order (``reorder``): all visual tokens of the row, then all
-text tokens, then padding. The mask, RoPE positions and labels come from per-token metadata, so
+(``max_chunks_per_segment``). Each segment is laid out as the spec says:
+``T_1 V_1 T_2 V_2 ... V_{n-1} T_n``; a chunk in read-back mode puts its V_i and its read-back
+marker before its T_i and always has an image (the last chunk too). That is the *logical*
+(interleaved) order; rows are stored in the *blocked* physical order (``reorder``): all visual
+tokens of the row, then all text tokens, then padding. The mask, RoPE positions and labels come from per-token metadata, so
 the order changes no loss; it only lets a block-sparse kernel skip most 128 x 128 tiles
 (tools/block_mask_report.py). Segments fill rows of ``seq_length`` tokens in
 order; one that does not fit the rest of a row is split at a chunk boundary, so the padding at
-the end of a row (kind PAD, doc -1) is shorter than L + m tokens. Every token of every document
-lands in exactly one segment; nothing is dropped (the only remainder is that padding).
+the end of a row (kind PAD, doc -1) is shorter than L + m tokens (L + 2 m + 1 with read-back
+chunks: the next chunk with its image and marker, and the image of the chunk before it). Every
+token of every document lands in exactly one segment; nothing is dropped (the only remainder is
+that padding).
 
 Labels follow next-token prediction over text: text token t > 0 of a chunk is predicted by text
-token t - 1; the first token of chunk i by the last visual token of V_i in read-back mode, else by
-the last visual token of V_{i-1}. One position has one label, so when chunk i-1 is in read-back
-mode (its V_{i-1} already predicts T_{i-1}[0]), the first token of a non-read-back chunk i has no
-predictor and no loss; so does the first token of a segment's first chunk (nothing before it).
+token t - 1; the first token of chunk i by the last visual token of V_{i-1} (from images alone),
+and in read-back mode by the chunk's *read-back marker*: one more text position before T_i (input
+``READBACK_MARKER``, RoPE position (i - 1) m, T_i shifted to start one after it), which sees
+V_1 .. V_i. So the last visual token of V_i predicts the first token of T_{i+1} in both modes;
+without the marker it would be trained towards T_i[0] in read-back mode and T_{i+1}[0] otherwise
+from the same inputs (docs/fidelity.md, "Retention with a decoder that reads"). The first token of
+a segment's first chunk has no predictor and no loss unless that chunk is read back.
 
 The controls (``model.context`` text / window, docs/spec.md "Controls") are packed exactly like
 the VIST2 model, and ``control_row`` derives their row from the VIST2 row in one place: the
@@ -47,18 +52,21 @@ class Segment:
     def num_chunks(self, L: int) -> int:
         return -(-self.length // L)
 
-    def row_tokens(self, L: int, m: int) -> int:
-        """Tokens this segment occupies in a row (text + visual)."""
+    def images(self, L: int) -> int:
+        """Visual blocks of this segment: every chunk but the last, and every read-back chunk."""
         n = self.num_chunks(L)
-        images = sum(1 for c in range(n) if self.readback[c] or c < n - 1)
-        return self.length + images * m
+        return sum(1 for c in range(n) if self.readback[c] or c < n - 1)
+
+    def row_tokens(self, L: int, m: int) -> int:
+        """Tokens this segment occupies in a row (text, read-back markers, visual)."""
+        return self.length + sum(self.readback) + self.images(L) * m
 
 
 def max_chunks_per_segment(seq_length: int, L: int, m: int, readback: bool) -> int:
-    """Most chunks a segment may hold so that it always fits a row: n (L + m) <= S when any
-    chunk may be in read-back mode (every chunk then may carry an image), else
-    n L + (n - 1) m <= S (the last chunk's image is never needed)."""
-    return max(1, seq_length // (L + m) if readback else (seq_length + m) // (L + m))
+    """Most chunks a segment may hold so that it always fits a row: n (L + m + 1) <= S when any
+    chunk may be in read-back mode (every chunk then may carry an image and a read-back marker),
+    else n L + (n - 1) m <= S (the last chunk's image is never needed)."""
+    return max(1, seq_length // (L + m + 1) if readback else (seq_length + m) // (L + m))
 
 
 def segment_document(doc_index: int, doc_length: int, L: int, m: int, seq_length: int,
@@ -83,7 +91,8 @@ def split_segment(seg: Segment, chunks: int, L: int) -> Tuple[Segment, Segment]:
 def pack_segments(segments: Sequence[Segment], L: int, m: int, seq_length: int) -> List[List[Segment]]:
     """Fill rows in order. A segment that does not fit the space left in a row is split at the
     last chunk boundary that fits; the rest opens the next row. So every row but the last
-    wastes fewer than L + m tokens (less than one chunk and its image)."""
+    wastes fewer than L + m tokens (one more chunk and the image of the chunk before it), or
+    L + 2 m + 1 with read-back chunks (also the chunk's own image and its marker)."""
     rows: List[List[Segment]] = [[]]
     free = seq_length
     for seg in segments:
@@ -120,6 +129,18 @@ class RowArrays:
     target: np.ndarray               # offset of the label in its segment's text; -1 = no label
     first_target: np.ndarray         # bool: the label is the first token of a chunk (> 0)
     image_chunks: List[np.ndarray]   # token ids of each visual block's chunk, in row order
+
+
+MASK_ID = 0      # a masked text input: the id visual and padding positions hold (never a label)
+READBACK_MARKER = MASK_ID    # the read-back marker's input: no token, told apart by its place
+
+
+def readback_markers(kind: np.ndarray, readback: np.ndarray, chunk: np.ndarray, position: np.ndarray,
+                     m: int) -> np.ndarray:
+    """bool: the read-back markers of a VIST2 row (numpy or torch arrays of any shape): the text
+    positions of read-back chunks at their chunk's first compressed position (their text starts
+    one later). A marker's target, like a visual token's, is predicted from images alone."""
+    return (kind == TEXT) & (readback != 0) & (position == chunk * m)
 
 
 ORDERS = ("blocked", "interleaved")
@@ -166,15 +187,17 @@ def assemble_row(segments: Sequence[Segment], doc_tokens: Sequence[np.ndarray], 
 
         for c in range(n):
             text = np.asarray(toks[c * L:(c + 1) * L])
+            first_from = last_visual.get(c - 1)          # predictor of the first token: V_{c-1}
             if seg.readback[c]:
                 put_visual(c)
+                # the read-back marker: a text position of chunk c before its text, seeing V_1..V_c
+                row.tokens[pos], row.kind[pos], row.doc[pos], row.chunk[pos] = READBACK_MARKER, TEXT, slot, c
+                row.readback[pos], row.position[pos] = True, c * m
+                first_from, pos = pos, pos + 1
             sl = slice(pos, pos + len(text))
             row.tokens[sl], row.kind[sl], row.doc[sl], row.chunk[sl] = text, TEXT, slot, c
             row.readback[sl] = seg.readback[c]
-            row.position[sl] = c * m + np.arange(len(text))
-            # predictor of the first token: V_c (read-back) or V_{c-1}, unless already used
-            first_from = last_visual.get(c) if seg.readback[c] else \
-                (last_visual.get(c - 1) if c > 0 and not seg.readback[c - 1] else None)
+            row.position[sl] = c * m + int(seg.readback[c]) + np.arange(len(text))
             weight = np.ones(len(text), np.float32) if response_masks is None else \
                 np.asarray(response_masks[slot][c * L:(c + 1) * L], np.float32)
             if first_from is not None:
@@ -220,7 +243,6 @@ def control_row(row: RowArrays, context: str, L: int, m: int) -> RowArrays:
     return out
 
 
-MASK_ID = 0      # a masked text input: the id visual and padding positions hold (never a label)
 
 
 def mask_readback_inputs(row, max_share: float, rng: np.random.Generator) -> np.ndarray:

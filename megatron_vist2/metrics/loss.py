@@ -4,7 +4,7 @@ handed (last stage only) and adds the statistics they return into the accumulato
 
 Only text tokens are ever targets (``labels``/``loss_mask`` come from the packer): a text token
 predicts the next token of its chunk, and the first token of chunk i is predicted by the last
-visual token of V_{i-1} (or of V_i in read-back mode), i.e. from the images alone.
+visual token of V_{i-1} (or by its read-back marker in read-back mode), i.e. from the images alone.
 
 Target weights (``train.image_target_weight``, ``train.readback_target_weight``): the training
 objective may count some targets more than others. ``TargetWeights`` derives each position's
@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
-from ..models.attention import VISUAL
+from ..data.packing import readback_markers
+from ..models.attention import TEXT, VISUAL
 from ..models.ocr_head import OcrBatch, ocr_loss
 from ..models.vist2 import Vist2Batch
 
@@ -42,21 +43,41 @@ def token_losses(logits: torch.Tensor, batch: Vist2Batch) -> Tuple[torch.Tensor,
     return masked_token_losses(logits, batch).sum(), batch.loss_mask.sum()
 
 
+def readback_predictors(layout) -> torch.Tensor:
+    """bool [batch, seq]: the positions whose target is a token of a read-back chunk: its marker
+    and its text (a read-back chunk's visual block predicts the next chunk's first token, a
+    history target; data/packing.py)."""
+    return layout.readback & (layout.kind == TEXT)
+
+
 @dataclass(frozen=True)
 class TargetWeights:
     """How much each kind of target counts in the training objective (1, 1: the plain mean)."""
-    image: float = 1.0        # targets predicted from visual tokens alone (a chunk's first token)
+    image: float = 1.0        # targets predicted from images alone (a chunk's first token)
     readback: float = 1.0     # every target of a read-back chunk (its first one: both factors)
+    m: int = 0                # visual tokens per chunk (finds the read-back markers)
 
     @staticmethod
-    def from_config(train_cfg) -> "TargetWeights":
-        return TargetWeights(train_cfg.image_target_weight, train_cfg.readback_target_weight)
+    def from_config(cfg) -> "TargetWeights":
+        return TargetWeights(cfg.train.image_target_weight, cfg.train.readback_target_weight,
+                             cfg.model.visual_tokens_per_chunk)
+
+    @property
+    def plain(self) -> bool:
+        return self.image == 1.0 and self.readback == 1.0
 
     def factors(self, batch: Vist2Batch) -> torch.Tensor:
-        """Per-position factor [batch, seq] of the target a position predicts (1: none applies)."""
+        """Per-position factor [batch, seq] of the target a position predicts (1: none applies).
+        Image-only targets: those of the last visual token of a block and of a read-back marker
+        (data/packing.py)."""
+        if self.image != 1.0 and self.m <= 0:
+            raise ValueError("TargetWeights with an image weight needs m, the visual tokens per chunk "
+                             "(TargetWeights.from_config)")
+        lay = batch.layout
         f = torch.ones(batch.loss_mask.shape, device=batch.loss_mask.device)
-        f = torch.where(batch.layout.readback, f * self.readback, f)
-        return torch.where(batch.layout.kind == VISUAL, f * self.image, f)
+        f = torch.where(readback_predictors(lay), f * self.readback, f)
+        from_images = (lay.kind == VISUAL) | readback_markers(lay.kind, lay.readback, lay.chunk, lay.position, self.m)
+        return torch.where(from_images, f * self.image, f)
 
     def of(self, batch: Vist2Batch) -> torch.Tensor:
         """Per-position weight [batch, seq]: ``loss_mask`` times its target's factor."""
@@ -69,13 +90,13 @@ def training_loss(logits: torch.Tensor, batch: Vist2Batch, weights: TargetWeight
     history chunks], unweighted) (``MODE_STATS`` values). Divide by ``weights.of(batch).sum()``
     (summed over the global batch) for the objective's mean."""
     per_token = masked_token_losses(logits, batch)
-    readback = batch.layout.readback.t()
+    readback = readback_predictors(batch.layout).t()
     targets = batch.loss_mask.t() > 0
     # products, not boolean-mask indexing: indexing sizes its output from the mask, a
     # device-to-host sync on every micro-batch
     by_mode = torch.stack([(per_token * readback).sum(), (targets & readback).sum(),
                            (per_token * ~readback).sum(), (targets & ~readback).sum()]).detach().float()
-    if weights == TargetWeights():
+    if weights.plain:
         return per_token.sum(), by_mode
     return (per_token * weights.factors(batch).t().to(per_token.dtype)).sum(), by_mode
 
@@ -96,7 +117,7 @@ def readback_probe_loss(logits: torch.Tensor, batch: Vist2Batch
     chunks, None without read-back targets) (``PROBE_STATS`` values): does the model read chunk
     i's text off V_i?"""
     per_token = masked_token_losses(logits, batch)
-    readback = batch.layout.readback.t()
+    readback = readback_predictors(batch.layout).t()
     targets = batch.loss_mask.t() > 0
     hits = None
     if (targets & readback).any():

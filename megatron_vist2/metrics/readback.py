@@ -4,12 +4,13 @@ chunk's true text (CER, exact-chunk match), by the font size the renderer chose 
 same chunks read from each other's images give the blind score: what a model that does not read
 its images gets from the language prior and the chunk-level statistics of text alone.
 
-Each chunk is one tiny interleaved row ``V_i T_i`` of L + m tokens laid out by the packer
-(data/packing.py) in read-back mode. Greedy decoding fills T_i's token t from the prediction at
-position m - 1 + t; inside a chunk attention is causal, so the prediction for token t never
-depends on the placeholders after it. L forwards decode a whole batch of chunks. A model that reads
-with the reading cursor (``model.readback_cursor``; data/cursor.py) gets it after each token it
-wrote, computed from the text written so far and the image it is reading, as training gives it.
+Each chunk is one tiny interleaved row ``V_i M_i T_i`` of m + 1 + L tokens laid out by the
+packer (data/packing.py) in read-back mode (M_i: the read-back marker). Greedy decoding fills T_i's
+token t from the prediction at position m + t (the marker's for t = 0); inside a chunk attention is
+causal, so the prediction for token t never depends on the placeholders after it. L forwards
+decode a whole batch of chunks. A model that reads with the reading cursor
+(``model.readback_cursor``; data/cursor.py) gets it at the marker and after each token it wrote,
+computed from the text written so far and the image it is reading, as training gives it.
 """
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ def held_out_chunks(indexed, L: int, count: int) -> List[np.ndarray]:
 
 
 def readback_batch(chunks: Sequence[np.ndarray], renderer: Renderer, decode, L: int, m: int) -> Vist2Batch:
-    """One read-back row per chunk: V_i then T_i, its labels the true text."""
-    rows = [assemble_row([Segment(0, 0, len(c), (True,))], [c], L, m, L + m, None, "interleaved")
+    """One read-back row per chunk: V_i, the marker, T_i; its labels the true text."""
+    rows = [assemble_row([Segment(0, 0, len(c), (True,))], [c], L, m, L + m + 1, None, "interleaved")
             for c in chunks]
 
     def stack(key, dtype=None):
@@ -62,17 +63,20 @@ def greedy_readback(forward: Forward, batch: Vist2Batch, m: int, n: int, vocab: 
     With ``cursor`` (and the tokenizer's ``decode``), text position t gets the cursor after the
     tokens read so far, on each row's image, once token t is read."""
     tokens = batch.tokens.clone()
-    tokens[:, m:m + n] = 0
+    first = m + 1                        # text after V_i (m tokens) and the read-back marker
+    tokens[:, first:first + n] = 0
     cells = None if cursor is None else torch.full_like(tokens, NONE)
     inked = None if cursor is None else [cursor.ink_map(image) for image in batch.images.cpu().numpy()]
+    if cursor is not None:
+        cells[:, m] = torch.tensor([cursor.at("", ink) for ink in inked], device=cells.device)
     for t in range(n):
         logits = forward(Vist2Batch(tokens, batch.layout, batch.images, batch.labels, batch.loss_mask, cursor=cells))
-        tokens[:, m + t] = logits[m - 1 + t, :, :vocab].argmax(-1).to(tokens.device)
+        tokens[:, first + t] = logits[m + t, :, :vocab].argmax(-1).to(tokens.device)
         if cursor is not None and t + 1 < n:
-            read = tokens[:, m:m + t + 1].cpu().tolist()
-            cells[:, m + t] = torch.tensor([cursor.at(chunk_text(decode(ids)), ink)
-                                            for ids, ink in zip(read, inked)], device=cells.device)
-    return tokens[:, m:m + n]
+            read = tokens[:, first:first + t + 1].cpu().tolist()
+            cells[:, first + t] = torch.tensor([cursor.at(chunk_text(decode(ids)), ink)
+                                                for ids, ink in zip(read, inked)], device=cells.device)
+    return tokens[:, first:first + n]
 
 
 def font_size(renderer: Renderer, ids, decode) -> int:

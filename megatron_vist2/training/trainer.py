@@ -319,7 +319,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     stop = StopOnSignal(cfg.train.max_wall_minutes, env.device)
     losses, stopped, phase, batches = [], False, None, None
     health = RunHealth(run, env)               # skipped non-finite steps, spikes, stragglers, hangs
-    weights = TargetWeights.from_config(cfg.train)          # the LM objective's target weights
+    weights = TargetWeights.from_config(cfg)          # the LM objective's target weights
     while step < cfg.train.steps:
         warming = phase is None or curriculum.index_at(step) != phase.index   # a new row length
         if warming:

@@ -111,7 +111,7 @@ def test_rows_carry_the_cursor_a_perfect_reader_gets_while_writing(tiny_data):
         assert (row["cursor"][~text_rb] == NONE).all() and (row["cursor"][text_rb] >= 0).all()
         for d, c in sorted({(int(d), int(c)) for d, c in zip(row["doc"][text_rb], row["chunk"][text_rb])}):
             where = np.nonzero(text_rb & (row["doc"] == d) & (row["chunk"] == c))[0]
-            ids = row["tokens"][where]
+            ids = row["tokens"][where[1:]]                    # where[0]: the read-back marker
             if len(ids) < L:
                 continue
             batch = readback_batch([ids], cursor.renderer, tok.decode, L, m)
@@ -119,15 +119,15 @@ def test_rows_carry_the_cursor_a_perfect_reader_gets_while_writing(tiny_data):
 
             def perfect(b):          # writes the true text; records the cursor each forward got
                 seen.append(b.cursor.clone())
-                logits = torch.full((L + m, 1, cfg.model.llm.vocab_size), -1.0)
-                logits[torch.arange(L + m), 0, b.labels[0]] = 1.0
+                logits = torch.full((L + m + 1, 1, cfg.model.llm.vocab_size), -1.0)
+                logits[torch.arange(L + m + 1), 0, b.labels[0]] = 1.0
                 return logits
             read = greedy_readback(perfect, batch, m, L, cfg.model.llm.vocab_size, cursor, tok.decode)
             assert read[0].tolist() == ids.tolist()
-            # the forward for token t + 1 sees the cursor of text positions 0 .. t
-            for t in range(L - 1):
-                assert seen[t + 1][0, m:m + t + 1].tolist() == row["cursor"][where][:t + 1].tolist()
-                assert (seen[t + 1][0, m + t + 1:] == NONE).all()
+            # the forward for token t sees the cursor of the marker and of text positions 0 .. t - 1
+            for t in range(L):
+                assert seen[t][0, m:m + t + 1].tolist() == row["cursor"][where][:t + 1].tolist()
+                assert (seen[t][0, m + t + 1:] == NONE).all()
             compared += 1
     assert compared >= 3
 

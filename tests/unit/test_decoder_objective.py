@@ -24,22 +24,23 @@ def _batch(rows):
 
 def test_weighted_loss_equals_a_hand_computation():
     """One segment of three chunks, chunk 0 in read-back mode, interleaved order:
-    V0 [0, 2) T0 [2, 10) T1 [10, 18) V1 [18, 20) T2 [20, 28). By the spec: V0's last token
-    predicts T0[0] (image-only, read-back); T0's tokens predict T0[1..7] (read-back); T1[0] has
-    no predictor (V0 was used by T0); T1's tokens predict T1[1..7]; V1's last token predicts
-    T2[0] (image-only); T2's tokens predict T2[1..7]."""
+    V0 [0, 2) M0 [2] T0 [3, 11) T1 [11, 19) V1 [19, 21) T2 [21, 29). By the spec: the marker M0
+    predicts T0[0] (image-only, read-back); T0's tokens predict T0[1..7] (read-back); V0's last
+    token predicts T1[0] (image-only, history); T1's tokens predict T1[1..7]; V1's last token
+    predicts T2[0] (image-only); T2's tokens predict T2[1..7]."""
     rng = np.random.default_rng(0)
     toks = rng.integers(3, 50, size=3 * L)
     row = assemble_row([Segment(0, 0, 3 * L, (True, False, False))], [toks], L, M, 32, order="interleaved")
     image, readback = 7.0, 3.0
     hand = np.zeros(32)
-    hand[1] = image * readback
-    hand[2:9] = readback
-    hand[10:17] = 1.0
-    hand[19] = image
-    hand[20:27] = 1.0
+    hand[2] = image * readback
+    hand[3:10] = readback
+    hand[1] = image
+    hand[11:18] = 1.0
+    hand[20] = image
+    hand[21:28] = 1.0
     batch = _batch([row])
-    weights = TargetWeights(image=image, readback=readback)
+    weights = TargetWeights(image=image, readback=readback, m=M)
     assert np.allclose(weights.of(batch)[0].numpy(), hand)
 
     vocab = 64
@@ -50,7 +51,7 @@ def test_weighted_loss_equals_a_hand_computation():
     assert abs(total.item() / weights.of(batch).sum().item() - expected) < 1e-5
     # the split statistics stay unweighted: mean cross-entropy of read-back / history targets
     rb = np.zeros(32, bool)
-    rb[[1, *range(2, 9)]] = True
+    rb[2:10] = True
     hist = (hand > 0) & ~rb
     assert np.allclose(split.numpy(), [ce[rb].sum(), rb.sum(), ce[hist].sum(), hist.sum()], atol=1e-4)
     # weights 1, 1: the plain sum, as before
@@ -61,7 +62,7 @@ def test_weighted_loss_equals_a_hand_computation():
 def _rows(share, seed):
     """Rows of one segment of 4 chunks (chunks 0 and 2 read back), blocked order, masked."""
     toks = np.arange(100, 100 + 4 * L)
-    row = assemble_row([Segment(0, 0, 4 * L, (True, False, True, False))], [toks], L, M, 4 * (L + M))
+    row = assemble_row([Segment(0, 0, 4 * L, (True, False, True, False))], [toks], L, M, 4 * (L + M + 1))
     return row, mask_readback_inputs(row, share, np.random.default_rng(seed))
 
 
@@ -116,4 +117,5 @@ def test_training_rows_are_masked_and_evaluation_rows_are_not(tiny_data, dist_en
     assert torch.equal(hidden[torch.from_numpy(masked)], row0.expand(int(masked.sum()), -1))
     originals = set(b["tokens"][masked].tolist())
     assert len(originals) > 1                                  # they held different text
-    assert not torch.equal(hidden[text & ~torch.from_numpy(masked)][:1], row0[None])
+    held = torch.from_numpy(b["tokens"] != MASK_ID)             # not a read-back marker
+    assert not torch.equal(hidden[text & held & ~torch.from_numpy(masked)][:1], row0[None])

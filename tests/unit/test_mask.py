@@ -22,12 +22,15 @@ def spec_tokens(docs, L, m, order="interleaved"):
         n = -(-length // L)
         for i in range(1, n + 1):                       # chunks are 1-based in the spec
             text_len = min(L, length - (i - 1) * L)
-            visual = [dict(doc=slot, chunk=i, kind="V", j=t, rb=flags[i - 1],
+            rb = flags[i - 1]
+            visual = [dict(doc=slot, chunk=i, kind="V", j=t, rb=rb,
                            pos=(i - 1) * m + t) for t in range(m)]   # V_i at [(i-1)m, im)
-            text = [dict(doc=slot, chunk=i, kind="T", j=t, rb=flags[i - 1], pos=(i - 1) * m + t)
-                    for t in range(text_len)]                        # T_i at [(i-1)m, (i-1)m+L)
-            if flags[i - 1]:                             # read-back: V_i placed before T_i
-                out += visual + text
+            # T_i at [(i-1)m, (i-1)m+L), one later in read-back mode, after the marker (j = -1)
+            text = [dict(doc=slot, chunk=i, kind="T", j=t, rb=rb, pos=(i - 1) * m + int(rb) + t)
+                    for t in range(text_len)]
+            marker = [dict(doc=slot, chunk=i, kind="T", j=-1, rb=True, pos=(i - 1) * m, marker=True)]
+            if rb:                                       # read-back: V_i and its marker before T_i
+                out += visual + marker + text
             else:
                 out += text + (visual if i < n else [])  # V_N is never needed
     if order == "blocked":
@@ -101,13 +104,11 @@ def spec_targets(ref):
         if tok["kind"] != "T":
             continue
         d, i, j = tok["doc"], tok["chunk"], tok["j"]
-        if j > 0:
-            pairs.append((where[(d, i, "T", j - 1)], s))
+        if j < 0:                                         # a marker is never a target
             continue
-        if tok["rb"]:                                     # from V_i in read-back mode
-            last = max(k[3] for k in where if k[:3] == (d, i, "V"))
-            pairs.append((where[(d, i, "V", last)], s))
-        elif i > 1 and not ref[where[(d, i - 1, "T", 0)]]["rb"]:   # from V_{i-1}
+        if j > 0 or tok["rb"]:                            # token j - 1, or the read-back marker
+            pairs.append((where[(d, i, "T", j - 1)], s))
+        elif i > 1:                                       # from the last token of V_{i-1}
             last = max(k[3] for k in where if k[:3] == (d, i - 1, "V"))
             pairs.append((where[(d, i - 1, "V", last)], s))
     return pairs
@@ -129,6 +130,9 @@ def test_labels_are_next_text_tokens_only(order):
             want_labels[pred] = toks[t["doc"]][(t["chunk"] - 1) * L + t["j"]]
         np.testing.assert_array_equal(row.loss_mask, want_mask)
         np.testing.assert_array_equal(row.labels * (row.loss_mask > 0), want_labels)
-        # text tokens in the row are exactly the documents' tokens, in order
+        # text tokens in the row are exactly the documents' tokens, in order; markers hold id 0
+        text = np.array([tok["kind"] == "T" and "marker" not in tok for tok in ref] + [False] * 3)
+        marker = np.array(["marker" in tok for tok in ref] + [False] * 3)
         for slot, t in enumerate(toks):
-            np.testing.assert_array_equal(row.tokens[(row.doc == slot) & (row.kind == TEXT)], t)
+            np.testing.assert_array_equal(row.tokens[(row.doc == slot) & text], t)
+        assert (row.tokens[marker] == 0).all() and (row.kind[marker] == TEXT).all()

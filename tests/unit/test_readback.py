@@ -1,5 +1,6 @@
 """OCR read-back (metrics/readback.py) against independent references: greedy decoding by
-brute force (a fresh forward over the growing prefix V_i T_i[:t] at every step: no placeholders,
+brute force (a fresh forward over the growing prefix V_i M_i T_i[:t] at every step, M_i the
+read-back marker: no placeholders,
 no row of fixed length), the greedy fixed point under teacher forcing, and a reader that knows the
 answer (CER 0) or always says the same token (CER from edit distances computed here)."""
 import numpy as np
@@ -40,16 +41,16 @@ def test_greedy_readback_equals_brute_force_decoding(setup):
     with torch.no_grad():
         got = greedy_readback(model, batch, m, L, V)
         want = torch.zeros(len(chunks), L, dtype=torch.long)
-        for t in range(L):                       # V_i T_i[:t] -> the next token
-            b = prefix(batch, m + t)
-            b.tokens[:, m:m + t] = want[:, :t]
-            want[:, t] = model(b)[m + t - 1, :, :V].argmax(-1)
+        for t in range(L):                       # V_i M_i T_i[:t] -> the next token
+            b = prefix(batch, m + 1 + t)
+            b.tokens[:, m + 1:m + 1 + t] = want[:, :t]
+            want[:, t] = model(b)[m + t, :, :V].argmax(-1)
         assert torch.equal(got, want)
         assert len(set(got.flatten().tolist())) > 1          # not a constant read (the test would be weak)
         fed = batch.tokens.clone()
-        fed[:, m:m + L] = got
+        fed[:, m + 1:m + 1 + L] = got
         logits = model(type(batch)(fed, batch.layout, batch.images, batch.labels, batch.loss_mask))
-        assert torch.equal(logits[m - 1:m - 1 + L, :, :V].argmax(-1).T, got)
+        assert torch.equal(logits[m:m + L, :, :V].argmax(-1).T, got)
 
 
 def levenshtein(a, b):
@@ -110,7 +111,7 @@ def test_blind_reading_uses_another_chunks_image(setup):
         logits = torch.zeros(*batch.tokens.shape, tok.vocab_size)
         for b in range(batch.tokens.shape[0]):
             ids = torch.as_tensor(text_of[batch.images[b].numpy().tobytes()])
-            logits[b, torch.arange(m - 1, m - 1 + L), ids] = 1.0
+            logits[b, torch.arange(m, m + L), ids] = 1.0        # the marker, then the text
         return logits.transpose(0, 1)
     r = ocr_readback(reader, chunks, renderer, tok, L, m)
     assert r["cer"] == 0.0
