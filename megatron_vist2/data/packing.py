@@ -69,6 +69,19 @@ def max_chunks_per_segment(seq_length: int, L: int, m: int, readback: bool) -> i
     return max(1, seq_length // (L + m + 1) if readback else (seq_length + m) // (L + m))
 
 
+def readback_shortens_segments(seq_length: int, L: int, m: int) -> Optional[str]:
+    """A note when rows of ``seq_length`` hold fewer chunks per segment with read-back chunks on
+    than without (``max_chunks_per_segment``), else None. Evaluation rows and the controls never
+    read back, so such a run trains on shorter histories than it is measured on: its last chunk
+    index is never a history target (measured in docs/fidelity.md, "The read-back marker")."""
+    with_rb, without = (max_chunks_per_segment(seq_length, L, m, rb) for rb in (True, False))
+    if with_rb >= without:
+        return None
+    return (f"read-back chunks are on: a segment holds at most {with_rb} chunks (n (L + m + 1) <= "
+            f"data.seq_length {seq_length}), against {without} without read-back, as evaluation rows "
+            f"and the controls hold them; at data.seq_length={without * (L + m + 1)} read-back segments hold {without}")
+
+
 def segment_document(doc_index: int, doc_length: int, L: int, m: int, seq_length: int,
                      readback_fraction: float, rng: np.random.Generator) -> List[Segment]:
     per = max_chunks_per_segment(seq_length, L, m, readback_fraction > 0) * L

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from ..config import (Config, analytic_parameter_counts, data_parallel_size, frozen_by_objective,
                       gradient_accumulation_steps, name_under)
 from ..data.dataset import GlobalBatchSampler, build_dataset
+from ..data.packing import readback_shortens_segments
 from ..data.tokenizer import Tokenizer, load_tokenizer
 from ..models.attention import resolve_backend
 from ..models.vist2 import Vist2Batch, Vist2Model
@@ -224,6 +225,11 @@ def setup(cfg: Config, env: DistEnv) -> TrainingSetup:
               f"on this rank); rho = {cfg.model.compression_ratio:g}; tp={cfg.parallel.tensor_parallel} "
               f"pp={cfg.parallel.pipeline_parallel} dp={dp} micro={cfg.parallel.micro_batch_size} "
               f"accumulation={gas} zero={cfg.parallel.zero_stage}")
+    if rows and (cfg.data.readback_fraction > 0 or cfg.data.readback_schedule):
+        note = readback_shortens_segments(cfg.data.seq_length, cfg.model.chunk.text_tokens,
+                                          cfg.model.visual_tokens_per_chunk)
+        if note:
+            log.print(note)
     engine = make_engine(cfg, env, model)
     schedule = make_schedule(cfg, env, engine)
     reads_data = model.part.first

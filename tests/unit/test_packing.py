@@ -50,3 +50,20 @@ def test_dataset_rows_hold_whole_documents(tiny_data):
     m = cfg.model.visual_tokens_per_chunk
     assert sample["images"].shape[0] * m == int((sample["kind"] == 1).sum())
     assert int((sample["kind"] == TEXT).sum()) == sum(s.length for s in ds.rows[ds.row_index(5)])
+
+
+def test_readback_note_names_the_seq_length_that_keeps_the_segments():
+    """tiny-cpu's rows (L 32, m 8, 272 tokens) hold 7 chunks per segment without read-back, 6 with
+    it: the note says so, and at the seq_length it names both hold 7 (counted here by brute force:
+    the most chunks n with n L + (n - 1) m <= S, and with n (L + m + 1) <= S)."""
+    from megatron_vist2.data.packing import readback_shortens_segments
+    L, m = 32, 8
+
+    def most(S, cost):
+        return max(n for n in range(1, 100) if cost(n) <= S)
+    plain = most(272, lambda n: n * L + (n - 1) * m)
+    assert plain == 7 and most(272, lambda n: n * (L + m + 1)) == 6
+    note = readback_shortens_segments(272, L, m)
+    assert "at most 6 chunks" in note and "against 7" in note and "data.seq_length=287" in note
+    assert most(287, lambda n: n * (L + m + 1)) == 7 and most(287, lambda n: n * L + (n - 1) * m) == 7
+    assert readback_shortens_segments(287, L, m) is None
