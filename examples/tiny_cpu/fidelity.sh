@@ -97,6 +97,22 @@ for v in "${VARIANT_LIST[@]}"; do
   NAMES+=("$name")
   ARGS[$name]="$RHO4 data.readback_fraction=$READBACK train.ocr_cer_chunks=$CER_CHUNKS ${v#*=}"
 done
+# Read-back chunks shorten segments (n (L + m + 1) <= seq_length: at tiny-cpu's 272 tokens 6 chunks
+# against the 7 of evaluation rows and the controls), so a VIST2 run that reads back gets the row
+# length at which its segments are the evaluation rows' (docs/fidelity.md, "The read-back marker").
+readback_rows() {   # <preset> <overrides...> -> data.seq_length=<tokens>, nothing without read-back
+  python -c 'import sys
+from megatron_vist2.config import load_config
+from megatron_vist2.data.packing import readback_seq_length
+c = load_config(sys.argv[1], sys.argv[2:])
+if c.data.readback_fraction > 0 or c.data.readback_schedule:
+    print(f"data.seq_length={readback_seq_length(c.data.seq_length, c.model.chunk.text_tokens, c.model.visual_tokens_per_chunk)}")' "$@"
+}
+for name in "${NAMES[@]}"; do
+  [[ "$name" == vist2_* ]] || continue
+  # shellcheck disable=SC2086
+  ARGS[$name]+=" $(readback_rows "${RUN_PRESET[$name]:-$PRESET}" $EXTRA ${ARGS[$name]})"
+done
 for name in "${NAMES[@]}"; do
   run="$OUT/$name"
   if [[ -f "$run/summary.json" ]]; then

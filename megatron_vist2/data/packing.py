@@ -69,6 +69,12 @@ def max_chunks_per_segment(seq_length: int, L: int, m: int, readback: bool) -> i
     return max(1, seq_length // (L + m + 1) if readback else (seq_length + m) // (L + m))
 
 
+def readback_seq_length(seq_length: int, L: int, m: int) -> int:
+    """The row length (>= ``seq_length``) at which segments with read-back chunks hold as many
+    chunks as rows of ``seq_length`` without read-back (``max_chunks_per_segment``)."""
+    return max(seq_length, max_chunks_per_segment(seq_length, L, m, False) * (L + m + 1))
+
+
 def readback_shortens_segments(seq_length: int, L: int, m: int) -> Optional[str]:
     """A note when rows of ``seq_length`` hold fewer chunks per segment with read-back chunks on
     than without (``max_chunks_per_segment``), else None. Evaluation rows and the controls never
@@ -79,7 +85,8 @@ def readback_shortens_segments(seq_length: int, L: int, m: int) -> Optional[str]
         return None
     return (f"read-back chunks are on: a segment holds at most {with_rb} chunks (n (L + m + 1) <= "
             f"data.seq_length {seq_length}), against {without} without read-back, as evaluation rows "
-            f"and the controls hold them; at data.seq_length={without * (L + m + 1)} read-back segments hold {without}")
+            f"and the controls hold them; at data.seq_length={readback_seq_length(seq_length, L, m)} read-back "
+            f"segments hold {without}")
 
 
 def segment_document(doc_index: int, doc_length: int, L: int, m: int, seq_length: int,
