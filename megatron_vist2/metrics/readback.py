@@ -60,8 +60,9 @@ def readback_batch(chunks: Sequence[np.ndarray], renderer: Renderer, decode, L: 
 def greedy_readback(forward: Forward, batch: Vist2Batch, m: int, n: int, vocab: int,
                     cursor: Optional[ReadingCursor] = None, decode=None) -> torch.Tensor:
     """-> the greedily read tokens [batch, n] (placeholders in ``batch.tokens`` are overwritten).
-    With ``cursor`` (and the tokenizer's ``decode``), text position t gets the cursor after the
-    tokens read so far, on each row's image, once token t is read."""
+    With ``cursor`` (and the tokenizer's ``decode``), the marker gets the cursor of the first
+    character and text position t the cursor after the tokens read so far, on each row's image,
+    once token t is read."""
     tokens = batch.tokens.clone()
     first = m + 1                        # text after V_i (m tokens) and the read-back marker
     tokens[:, first:first + n] = 0

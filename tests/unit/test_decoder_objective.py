@@ -2,6 +2,7 @@
 (metrics/loss.py ``TargetWeights``) and masked read-back inputs (data/packing.py
 ``mask_readback_inputs``), each against a reference written from the spec's rules."""
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -42,6 +43,8 @@ def test_weighted_loss_equals_a_hand_computation():
     batch = _batch([row])
     weights = TargetWeights(image=image, readback=readback, m=M)
     assert np.allclose(weights.of(batch)[0].numpy(), hand)
+    with pytest.raises(ValueError, match="needs m"):        # the markers cannot be found without m
+        TargetWeights(image=image).of(batch)
 
     vocab = 64
     logits = torch.randn(32, 1, vocab, dtype=torch.float32)
