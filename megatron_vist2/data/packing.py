@@ -16,7 +16,7 @@ that padding).
 
 Labels follow next-token prediction over text: text token t > 0 of a chunk is predicted by text
 token t - 1; the first token of chunk i by the last visual token of V_{i-1} (from images alone),
-and in read-back mode by the chunk's *read-back marker*: one more text position before T_i (input
+or in read-back mode by the chunk's *read-back marker*: one more text position before T_i (input
 ``READBACK_MARKER``, RoPE position (i - 1) m, T_i shifted to start one after it), which sees
 V_1 .. V_i. So the last visual token of V_i predicts the first token of T_{i+1} in both modes;
 without the marker it would be trained towards T_i[0] in read-back mode and T_{i+1}[0] otherwise
