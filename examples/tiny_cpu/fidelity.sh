@@ -102,10 +102,10 @@ done
 # length at which its segments are the evaluation rows' (docs/fidelity.md, "The read-back marker").
 readback_rows() {   # <preset> <overrides...> -> data.seq_length=<tokens>, nothing without read-back
   python -c 'import sys
-from megatron_vist2.config import load_config
+from megatron_vist2.config import load_config, reads_back
 from megatron_vist2.data.packing import readback_seq_length
 c = load_config(sys.argv[1], sys.argv[2:])
-if c.data.readback_fraction > 0 or c.data.readback_schedule:
+if reads_back(c):
     print(f"data.seq_length={readback_seq_length(c.data.seq_length, c.model.chunk.text_tokens, c.model.visual_tokens_per_chunk)}")' "$@"
 }
 for name in "${NAMES[@]}"; do

@@ -47,6 +47,14 @@ def name_under(name: str, prefix: str) -> bool:
 TRAINING_AIDS = {"model.ocr_head": "front.ocr_head", "model.readback_cursor": "front.cursor"}
 
 
+def reads_back(cfg: Config) -> bool:
+    """Can a chunk of this run's training rows be in read-back mode? The shares of
+    ``data.readback_schedule`` when it is set (it replaces ``data.readback_fraction``, as
+    training/curriculum.py reads them), else ``data.readback_fraction``."""
+    shares = [share for _, share in cfg.data.readback_schedule] or [cfg.data.readback_fraction]
+    return any(float(share) > 0 for share in shares)
+
+
 def ocr_aux_loss(cfg: Config) -> bool:
     """Does a row-training run (train.objective=lm) add the OCR head's loss on its images?"""
     return (cfg.model.ocr_head.enabled and cfg.model.context == "vist2" and cfg.train.objective == "lm"

@@ -114,7 +114,7 @@ class ReadingCursor:
         cell), then after tokens 0..j for each j."""
         ids = [int(i) for i in ids]
         written = [""] + [chunk_text(decode(ids[:j + 1])) for j in range(len(ids))]
-        whole = normalize_text(written[-1], self.tab_width) if written else ""
+        whole = normalize_text(written[-1], self.tab_width)
         pens, inked = self._pens(whole), self.ink_map(image)
         out = []
         for text in written:

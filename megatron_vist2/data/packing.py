@@ -5,9 +5,9 @@ A *segment* is a window of consecutive chunks of one document, short enough to a
 ``T_1 V_1 T_2 V_2 ... V_{n-1} T_n``; a chunk in read-back mode puts its V_i and its read-back
 marker before its T_i and always has an image (the last chunk too). That is the *logical*
 (interleaved) order; rows are stored in the *blocked* physical order (``reorder``): all visual
-tokens of the row, then all text tokens, then padding. The mask, RoPE positions and labels come from per-token metadata, so
-the order changes no loss; it only lets a block-sparse kernel skip most 128 x 128 tiles
-(tools/block_mask_report.py). Segments fill rows of ``seq_length`` tokens in
+tokens of the row, then all text tokens, then padding. The mask, RoPE positions and labels come
+from per-token metadata, so the order changes no loss; it only lets a block-sparse kernel skip
+most 128 x 128 tiles (tools/block_mask_report.py). Segments fill rows of ``seq_length`` tokens in
 order; one that does not fit the rest of a row is split at a chunk boundary, so the padding at
 the end of a row (kind PAD, doc -1) is shorter than L + m tokens (L + 2 m + 1 with read-back
 chunks: the next chunk with its image and marker, and the image of the chunk before it). Every
@@ -163,6 +163,13 @@ def readback_markers(kind: np.ndarray, readback: np.ndarray, chunk: np.ndarray, 
     return (kind == TEXT) & (readback != 0) & (position == chunk * m)
 
 
+def readback_predictors(kind: np.ndarray, readback: np.ndarray) -> np.ndarray:
+    """bool: the positions whose target is a token of a read-back chunk (numpy or torch arrays):
+    its marker and its text. A read-back chunk's visual block predicts the next chunk's first
+    token, a history target."""
+    return (kind == TEXT) & (readback != 0)
+
+
 ORDERS = ("blocked", "interleaved")
 CONTEXTS = get_args(Context)               # declared once, in config/schema.py
 PER_TOKEN = ("tokens", "doc", "chunk", "kind", "readback", "position", "labels", "loss_mask",
@@ -261,8 +268,6 @@ def control_row(row: RowArrays, context: str, L: int, m: int) -> RowArrays:
                          ("loss_mask", loss_mask), ("target", target), ("first_target", first)):
         getattr(out, name)[:len(keep)] = values[keep]
     return out
-
-
 
 
 def mask_readback_inputs(row, max_share: float, rng: np.random.Generator) -> np.ndarray:

@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
-from ..data.packing import readback_markers
-from ..models.attention import TEXT, VISUAL
+from ..data.packing import readback_markers, readback_predictors
+from ..models.attention import VISUAL
 from ..models.ocr_head import OcrBatch, ocr_loss
 from ..models.vist2 import Vist2Batch
 
@@ -41,13 +41,6 @@ def masked_token_losses(logits: torch.Tensor, batch: Vist2Batch) -> torch.Tensor
 def token_losses(logits: torch.Tensor, batch: Vist2Batch) -> Tuple[torch.Tensor, torch.Tensor]:
     """Sum of next-token cross-entropy over the loss mask, and the number of masked tokens."""
     return masked_token_losses(logits, batch).sum(), batch.loss_mask.sum()
-
-
-def readback_predictors(layout) -> torch.Tensor:
-    """bool [batch, seq]: the positions whose target is a token of a read-back chunk: its marker
-    and its text (a read-back chunk's visual block predicts the next chunk's first token, a
-    history target; data/packing.py)."""
-    return layout.readback & (layout.kind == TEXT)
 
 
 @dataclass(frozen=True)
@@ -75,7 +68,7 @@ class TargetWeights:
                              "(TargetWeights.from_config)")
         lay = batch.layout
         f = torch.ones(batch.loss_mask.shape, device=batch.loss_mask.device)
-        f = torch.where(readback_predictors(lay), f * self.readback, f)
+        f = torch.where(readback_predictors(lay.kind, lay.readback), f * self.readback, f)
         from_images = (lay.kind == VISUAL) | readback_markers(lay.kind, lay.readback, lay.chunk, lay.position, self.m)
         return torch.where(from_images, f * self.image, f)
 
@@ -90,7 +83,7 @@ def training_loss(logits: torch.Tensor, batch: Vist2Batch, weights: TargetWeight
     history chunks], unweighted) (``MODE_STATS`` values). Divide by ``weights.of(batch).sum()``
     (summed over the global batch) for the objective's mean."""
     per_token = masked_token_losses(logits, batch)
-    readback = readback_predictors(batch.layout).t()
+    readback = readback_predictors(batch.layout.kind, batch.layout.readback).t()
     targets = batch.loss_mask.t() > 0
     # products, not boolean-mask indexing: indexing sizes its output from the mask, a
     # device-to-host sync on every micro-batch
@@ -117,7 +110,7 @@ def readback_probe_loss(logits: torch.Tensor, batch: Vist2Batch
     chunks, None without read-back targets) (``PROBE_STATS`` values): does the model read chunk
     i's text off V_i?"""
     per_token = masked_token_losses(logits, batch)
-    readback = readback_predictors(batch.layout).t()
+    readback = readback_predictors(batch.layout.kind, batch.layout.readback).t()
     targets = batch.loss_mask.t() > 0
     hits = None
     if (targets & readback).any():

@@ -28,7 +28,7 @@ from megatron.core import parallel_state
 from torch.utils.data import DataLoader
 
 from ..config import (Config, analytic_parameter_counts, data_parallel_size, frozen_by_objective,
-                      gradient_accumulation_steps, name_under)
+                      gradient_accumulation_steps, name_under, reads_back)
 from ..data.dataset import GlobalBatchSampler, build_dataset
 from ..data.packing import readback_shortens_segments
 from ..data.tokenizer import Tokenizer, load_tokenizer
@@ -225,7 +225,7 @@ def setup(cfg: Config, env: DistEnv) -> TrainingSetup:
               f"on this rank); rho = {cfg.model.compression_ratio:g}; tp={cfg.parallel.tensor_parallel} "
               f"pp={cfg.parallel.pipeline_parallel} dp={dp} micro={cfg.parallel.micro_batch_size} "
               f"accumulation={gas} zero={cfg.parallel.zero_stage}")
-    if rows and (cfg.data.readback_fraction > 0 or cfg.data.readback_schedule):
+    if rows and reads_back(cfg):
         note = readback_shortens_segments(cfg.data.seq_length, cfg.model.chunk.text_tokens,
                                           cfg.model.visual_tokens_per_chunk)
         if note:

@@ -138,3 +138,20 @@ def test_stage_configs_validate_at_their_scale(path, world):
     from tests.conftest import REPO
     cfg = validate(load_config(str(REPO / path)), world)
     assert cfg.train.steps > 0
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], False),
+    (["data.readback_fraction=0.5"], True),
+    (["data.readback_schedule=[[0,0.5],[10,0.0]]"], True),
+    # a schedule replaces the fraction: its shares are all the curriculum uses
+    (["data.readback_fraction=0.5", "data.readback_schedule=[[0,0.0],[10,0.0]]"], False),
+])
+def test_reads_back_follows_the_curriculum(overrides, expected):
+    """``reads_back`` says whether any curriculum phase reads chunks back (the phases'
+    shares, training/curriculum.py), and the expected value is stated here for each config."""
+    from megatron_vist2.config import reads_back
+    from megatron_vist2.training.curriculum import curriculum_phases
+    cfg = load_config("tiny-cpu", overrides)
+    assert reads_back(cfg) is expected
+    assert reads_back(cfg) == any(share > 0 for _, share, _ in curriculum_phases(cfg))
