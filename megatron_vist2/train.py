@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, ConfigError, config_to_dict, load_config, tokenizer_size_problem, validate
+from .config import Config, ConfigError, config_to_dict, load_config, reads_back, tokenizer_size_problem, validate
 from .errors import TrainingError, run_cli
 
 
@@ -113,6 +113,10 @@ def main(argv=None) -> None:
             blind = "n/a" if result.ocr_blind_accuracy is None else f"{result.ocr_blind_accuracy:.1%}"
             print(f"OCR read-back   held-out character accuracy {result.ocr_char_accuracy:.1%} (blind {blind}: "
                   f"read from other chunks' images), {cfg.train.ocr_cer_chunks} chunks read greedily")
+            if not reads_back(cfg):
+                print("                (this run trained no read-back chunks (data.readback_fraction): its read-back "
+                      "starts from an\n                untrained marker, so both scores say only that it does not "
+                      "read; examples/tiny_cpu/stages.sh\n                trains a model that does)")
         print(f"throughput      {result.tokens_per_second:,.0f} tokens/s (text + visual, all ranks)")
         print(f"tensorboard     tensorboard --logdir {summary['tensorboard']}")
         print(f"checkpoint      {result.checkpoint}")
