@@ -273,6 +273,12 @@ class TrainConfig:
     # marker in read-back mode), and every target of a read-back chunk. 1 = the plain mean.
     image_target_weight: float = 1.0
     readback_target_weight: float = 1.0
+    # Guided attention with the reading cursor (model.readback_cursor; docs/spec.md, "Reading
+    # cursor"): at each read-back text position with a cursor, every head of the first
+    # ``cursor_attention_layers`` decoder layers is trained towards the visual token whose image
+    # region holds the cursor's cell: loss += this x the mean of -log(its attention there). 0 = off.
+    cursor_attention_weight: float = 0.0
+    cursor_attention_layers: int = 2
 
 
 @dataclass

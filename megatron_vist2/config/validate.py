@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import CheckpointError
-from .derived import TRAINING_AIDS
+from .derived import TRAINING_AIDS, stage_layer_counts
 from .load import ConfigError, config_from_dict
 from .sanity import value_problems
 from .schema import Config
@@ -95,10 +95,20 @@ def _model_problems(cfg: Config) -> List[str]:
 
 
 def _cursor_problems(cfg: Config) -> List[str]:
-    m = cfg.model
-    if not m.readback_cursor:
-        return []
+    m, t = cfg.model, cfg.train
     out = []
+    if t.cursor_attention_weight < 0:
+        out.append(f"train.cursor_attention_weight must be >= 0, got {t.cursor_attention_weight}")
+    if t.cursor_attention_weight > 0:
+        if not m.readback_cursor or t.objective != "lm":
+            out.append("train.cursor_attention_weight guides attention to the reading cursor's visual token: set "
+                       "model.readback_cursor=true (a VIST2 model, train.objective=lm), or set it to 0")
+        first_stage = stage_layer_counts(cfg)[0]
+        if not 1 <= t.cursor_attention_layers <= first_stage:
+            out.append(f"train.cursor_attention_layers must be between 1 and the first pipeline stage's decoder "
+                       f"layers ({first_stage}: the loss is added on the first stage), got {t.cursor_attention_layers}")
+    if not m.readback_cursor:
+        return out
     if m.context != "vist2":
         out.append(f"model.readback_cursor points into read-back chunks' images: the '{m.context}' control has "
                    f"none; set model.readback_cursor=false")

@@ -69,6 +69,9 @@ class ReadingCursor:
         self.cell = cell_size(m)
         self.grid = (m.ocr_head.lines, m.ocr_head.columns)
         self.END = self.grid[0] * self.grid[1]
+        # visual tokens: one per (patch x merge)-pixel square region of the image, row-major
+        self.region = m.vision.patch_size * m.aligner.merge
+        self.regions = (m.chunk.image_height // self.region, m.chunk.image_width // self.region)
 
     @classmethod
     def of_model(cls, m: ModelConfig) -> Optional["ReadingCursor"]:
@@ -107,6 +110,15 @@ class ReadingCursor:
                 return min(row, self.grid[0] - 1) * self.grid[1] + min(col, self.grid[1] - 1)
             x += self.advance
         return self.END
+
+    def visual_token(self, cell: int) -> int:
+        """The index, within its image's visual tokens, of the token whose region holds the centre
+        of ``cell`` (a cell id, as ``at`` gives it); -1 for ``END``."""
+        if cell == self.END:
+            return -1
+        (row, col), (h, w) = divmod(cell, self.grid[1]), self.cell
+        y, x = self.margin + row * h + h // 2, self.margin + col * w + w // 2
+        return min(y // self.region, self.regions[0] - 1) * self.regions[1] + min(x // self.region, self.regions[1] - 1)
 
     def of_chunk(self, ids: Sequence[int], image: np.ndarray, decode: Callable[[list], str]) -> np.ndarray:
         """int64 [len(ids) + 1]: the cursor at each text position of a read-back chunk, on the

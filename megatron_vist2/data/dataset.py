@@ -94,6 +94,7 @@ class PackedVist2Dataset(Dataset):
             np.zeros((0, self.renderer.height, self.renderer.width), np.uint8)
         if self.cursor is not None:
             out["cursor"] = self.row_cursor(out, images)
+            out["cursor_key"] = self.cursor_keys(out)
         out["source"] = 0
         return out
 
@@ -108,6 +109,19 @@ class PackedVist2Dataset(Dataset):
                 # text[0] is the chunk's read-back marker, the rest its tokens
                 cursor[text] = self.cursor.of_chunk(row["tokens"][text[1:]], image, self.tokenizer.decode)
         return cursor
+
+    def cursor_keys(self, row: dict) -> np.ndarray:
+        """int64 [seq]: at each position with a cursor cell (not END), the row position of the
+        visual token whose image region holds that cell (its chunk's visual block, data/cursor.py
+        ``visual_token``); -1 elsewhere. The target of guided attention (train.cursor_attention_weight)."""
+        keys = np.full(len(row["tokens"]), -1, np.int64)
+        starts = np.nonzero(row["kind"] == VISUAL)[0][::self.m]
+        block = {(int(row["doc"][p]), int(row["chunk"][p])): int(p) for p in starts}
+        for pos in np.nonzero(row["cursor"] != NONE)[0]:
+            token = self.cursor.visual_token(int(row["cursor"][pos]))
+            if token >= 0:
+                keys[pos] = block[(int(row["doc"][pos]), int(row["chunk"][pos]))] + token
+        return keys
 
     @property
     def sources(self) -> List[str]:
@@ -197,7 +211,8 @@ def collate(samples: List[dict]) -> Vist2Batch:
                       labels=stack("labels"), loss_mask=stack("loss_mask"),
                       target=stack("target"), first_target=stack("first_target"),
                       source=torch.tensor([s.get("source", 0) for s in samples], dtype=torch.int64),
-                      ocr_targets=ocr, cursor=stack("cursor") if "cursor" in samples[0] else None)
+                      ocr_targets=ocr, cursor=stack("cursor") if "cursor" in samples[0] else None,
+                      cursor_key=stack("cursor_key") if "cursor_key" in samples[0] else None)
 
 
 def tokens_per_source(batches: Iterable[Vist2Batch], num_sources: int) -> np.ndarray:

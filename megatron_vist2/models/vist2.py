@@ -23,7 +23,7 @@ from ..config.schema import Config, ModelConfig
 from ..config.derived import padded_vocab_size
 from .aligner import Aligner
 from .attention import VISUAL, TokenLayout, build_mask, resolve_backend
-from .cursor import CursorEmbedding
+from .cursor import CursorEmbedding, cursor_attention_loss
 from .llm import LMHead, decoder_layer
 from .ocr_head import OcrBatch, OcrGridHead, ocr_loss
 from .transformer import Rotary, normal_init
@@ -50,6 +50,9 @@ class Vist2Batch:
     # int64 [batch, seq]: the reading cursor's cell at read-back text positions, -1 elsewhere
     # (model.readback_cursor; data/cursor.py), else None
     cursor: Optional[torch.Tensor] = None
+    # int64 [batch, seq]: at read-back text positions with a cursor cell, the row position of the
+    # visual token whose region holds that cell (guided attention), -1 elsewhere; else None
+    cursor_key: Optional[torch.Tensor] = None
 
     def to(self, device) -> "Vist2Batch":
         moved = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
@@ -188,6 +191,9 @@ class Vist2Model(nn.Module):
         self.attention_backend = mcfg.attention_backend
         self.attention_dropout = mcfg.llm.attention_dropout
         self.context = mcfg.context
+        # guided attention (train.cursor_attention_weight): its first layers, on the first stage
+        self.guided_layers = cfg.train.cursor_attention_layers if cfg.train.cursor_attention_weight > 0 else 0
+        self.cursor_attention: Optional[Tuple[torch.Tensor, int]] = None
         vocab = padded_vocab_size(cfg)
         self.front = _seeded(seed, "front", lambda: Vist2Front(mcfg, vocab, mp, seed)) if part.first else None
         self.rotary = Rotary(mcfg.llm.head_dim, mcfg.llm.rope_theta)
@@ -223,7 +229,11 @@ class Vist2Model(nn.Module):
         rope = self.rotary(batch.layout.position)
         backend = resolve_backend(self.attention_backend, batch.layout.doc.device, self.attention_dropout)
         mask = build_mask(batch.layout, backend, self.context) if len(self.layers) else None
-        for layer in self.layers.values():
+        guide = self.training and self.part.first and self.guided_layers and batch.cursor_key is not None
+        self.cursor_attention = None
+        for index, layer in self.layers.items():
+            if guide and int(index) < self.guided_layers:
+                self._guide(layer, hidden, rope, batch)
             hidden = layer(hidden, rope, mask)
         if not self.part.last:
             return hidden
@@ -232,6 +242,20 @@ class Vist2Model(nn.Module):
             if output_weight is None:
                 raise ValueError("a last pipeline stage with tied embeddings needs output_weight")
         return self.head(hidden, output_weight)
+
+    def _guide(self, layer: nn.Module, hidden: torch.Tensor, rope, batch: Vist2Batch) -> None:
+        """Add this layer's guided-attention terms into ``cursor_attention`` (its queries and keys
+        projected again from the layer's input, outside any activation checkpointing)."""
+        q, k, _ = layer.attention.project(layer.input_norm(hidden), rope)
+        total, count = cursor_attention_loss(q, k, batch.layout, self.context, batch.cursor_key)
+        if self.cursor_attention is not None:
+            total, count = total + self.cursor_attention[0], count + self.cursor_attention[1]
+        self.cursor_attention = (total, count)
+
+    def take_cursor_attention_loss(self) -> Optional[Tuple[torch.Tensor, int]]:
+        """Guided attention's (summed -log attention, terms) of the last forward (first stage), once."""
+        out, self.cursor_attention = self.cursor_attention, None
+        return out
 
     def take_ocr_loss(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """The OCR head's (summed loss, cells) of the last forward (first stage), once; else None."""

@@ -196,10 +196,12 @@ class StepMeter:
                                     for b in micro)
 
     def log(self, log: MetricsLogger, step: int, loss: float, engine, by_mode: Tuple[float, float],
-            consumed: int, seq_length: int, ocr_loss: Optional[float] = None) -> None:
+            consumed: int, seq_length: int, ocr_loss: Optional[float] = None,
+            cursor_attention_loss: Optional[float] = None) -> None:
         """Print and record step ``step``'s line; ``by_mode``: the mean loss on read-back and on
         history chunks since the last line; ``ocr_loss``: the OCR head's mean loss per cell since
-        then (None without an OCR head loss)."""
+        then (None without an OCR head loss); ``cursor_attention_loss``: guided attention's mean
+        -log attention on the cursor's token since then (None without it)."""
         cfg, peak = self.cfg, self.peak
         now = time.time()
         tps = self.tokens / (now - self.t_last)
@@ -213,7 +215,8 @@ class StepMeter:
         log.print(f"step {step}/{cfg.train.steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm "
                   f"{grad_norm:.3f} | {tps:,.0f} tok/s | {(now - self.t_last) / interval:.2f} s/step | "
                   f"{tflops:.2f} TFLOP/s" + (f" ({tflops / peak:.1%} MFU)" if peak else "")
-                  + f" | {memory:.1f} GB" + (f" | OCR head loss {ocr_loss:.4f}" if ocr_loss is not None else ""))
+                  + f" | {memory:.1f} GB" + (f" | OCR head loss {ocr_loss:.4f}" if ocr_loss is not None else "")
+                  + (f" | cursor attention loss {cursor_attention_loss:.4f}" if cursor_attention_loss is not None else ""))
         log.log(step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
                        "train/tokens_per_s": tps, "train/samples_per_s":
                        interval * cfg.parallel.global_batch_size / (now - self.t_last),
@@ -221,5 +224,7 @@ class StepMeter:
                        "train/loss_history": history_loss, "train/peak_memory_gb": memory,
                        "train/consumed_samples": consumed, "train/seq_length": seq_length}
                 | ({"train/mfu": tflops / peak} if peak else {})
-                | ({"train/ocr_loss": ocr_loss} if ocr_loss is not None else {}) | self._sources_logged(engine.device))
+                | ({"train/ocr_loss": ocr_loss} if ocr_loss is not None else {})
+                | ({"train/cursor_attention_loss": cursor_attention_loss} if cursor_attention_loss is not None else {})
+                | self._sources_logged(engine.device))
         self.tokens, self.flops, self.t_last, self.last_logged = 0, 0.0, now, step

@@ -52,6 +52,8 @@ from .health import RunHealth
 from .signals import StopOnSignal
 from .watchdog import collective
 from ..metrics.during_training import ReadbackCer, eval_by_target
+from .cursor_attention import (cursor_attention_first_loss, cursor_attention_mean, cursor_attention_terms,
+                               first_stage_loss, terms_per_position)
 from .ocr_stage import (FrontEval, collate_for, front_eval_line, ocr_cells, ocr_first_loss, ocr_loss_mean,
                         ocr_train_set)
 
@@ -125,19 +127,24 @@ def make_schedule(cfg: Config, env: DistEnv, engine) -> PipelineSchedule:
 def train_step(schedule: PipelineSchedule, micro_batches: Optional[List[Vist2Batch]],
                num_micro: int, dp: int, seq_length: int, by_mode: Optional[torch.Tensor] = None,
                loss_fn=training_loss, ocr_weight: float = 1.0, ocr_stats: Optional[torch.Tensor] = None,
-               weights: TargetWeights = TargetWeights()) -> float:
+               weights: TargetWeights = TargetWeights(), cursor_attention: Tuple[float, int] = (0.0, 0)) -> float:
     """One optimizer step over ``num_micro`` micro-batches of rows of ``seq_length`` tokens;
     ``micro_batches`` on the first pipeline stage only (every rank without pipeline parallelism);
     the losses by chunk mode are added into ``by_mode`` (metrics/loss.py). ``loss_fn`` weighs its
     targets by ``weights`` (their sum is the step's target count). Batches with OCR targets add
     ``ocr_weight`` x the OCR head's mean loss (training/ocr_stage.py; its [summed loss, cells]
-    added into ``ocr_stats``). Returns the step's LM loss (the weighted mean)."""
-    count = ocr_count = None
+    added into ``ocr_stats`` [:2]), and ``cursor_attention`` = (weight, terms per position) x guided
+    attention's mean (training/cursor_attention.py; its [summed terms, terms] into ``ocr_stats``
+    [2:]). Returns the step's LM loss (the weighted mean)."""
+    count = ocr_count = guide_terms = None
     if micro_batches is not None:
         with collective("target-count all_reduce (data-parallel group)", timed=True):
             count = _all_reduce_sum(sum(weights.of(b).sum() for b in micro_batches))
             ocr_count = ocr_cells(micro_batches)
-    first_loss = ocr_first_loss(ocr_weight, ocr_count) if ocr_count is not None else None
+            guide_terms = cursor_attention_terms(cursor_attention[1], micro_batches)
+    first_loss = first_stage_loss(ocr_first_loss(ocr_weight, ocr_count) if ocr_count is not None else None,
+                                   cursor_attention_first_loss(cursor_attention[0], guide_terms)
+                                   if guide_terms is not None else None)
     with collective("pipeline step (stage p2p, DeepSpeed gradient reduction and norm)"):
         return schedule.train_step(micro_batches, num_micro, count, dp, seq_length, loss_fn, by_mode,
                                    first_loss, ocr_stats)
@@ -320,7 +327,9 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
     last_eval = eval_before
     run.log.log(step, {"train/memory_before_model_gb": run.memory_before_model})
     by_mode = torch.zeros(MODE_STATS, device=env.device)     # loss by chunk mode since the last log
-    ocr_stats = torch.zeros(2, device=env.device)           # the OCR head's [loss sum, cells] since then
+    # the OCR head's [loss sum, cells] and guided attention's [summed terms, terms] since then
+    ocr_stats = torch.zeros(4, device=env.device)
+    guide = (cfg.train.cursor_attention_weight, terms_per_position(cfg))
     meter = StepMeter(cfg, run.dp, env.world_size, step)
     stop = StopOnSignal(cfg.train.max_wall_minutes, env.device)
     losses, stopped, phase, batches = [], False, None, None
@@ -338,10 +347,10 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             meter.count(micro)                 # on the host copies: no device sync
             micro = [b.to(env.device) for b in micro]
         if cfg.train.objective == "ocr":
-            loss = train_step_front(run.schedule, micro, run.gas, run.dp, loss_fn, ocr_stats)
+            loss = train_step_front(run.schedule, micro, run.gas, run.dp, loss_fn, ocr_stats[:2])
         else:
             loss = train_step(run.schedule, micro, run.gas, run.dp, phase.seq_length, by_mode, loss_fn,
-                              cfg.train.ocr_weight, ocr_stats, weights)
+                              cfg.train.ocr_weight, ocr_stats, weights, guide)
         step += 1
         consumed += cfg.parallel.global_batch_size
         losses.append(loss)
@@ -353,7 +362,7 @@ def train(cfg: Config, env: DistEnv) -> TrainResult:
             continue
         if step % cfg.train.log_interval == 0 or step == cfg.train.steps:
             meter.log(run.log, step, loss, run.engine, mode_means(by_mode, run.schedule), consumed,
-                      phase.seq_length, ocr_loss_mean(ocr_stats))
+                      phase.seq_length, ocr_loss_mean(ocr_stats[:2]), cursor_attention_mean(ocr_stats[2:]))
             health.report_step_times(step)
         if warming and meter.last_logged != step:
             meter.restart_clock(step)          # the log line times the steps after the compile

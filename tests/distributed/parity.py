@@ -15,9 +15,10 @@ from megatron_vist2.data.ocr_targets import OcrChunkDataset, collate_ocr
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.tokenizer import load_tokenizer
 from megatron_vist2.models import Vist2Model
+from megatron_vist2.models.attention import dense_mask
 from megatron_vist2.metrics.loss import token_losses
 from tests.distributed import pool
-from tests.distributed.scenario import OCR_WEIGHT, STEPS, Layout, scenario_overrides
+from tests.distributed.scenario import GUIDE_WEIGHT, OCR_WEIGHT, STEPS, Layout, scenario_overrides
 
 
 def launch_worker(world: int, tiny_data, out, script: str = "tests/distributed/parity_worker.py") -> dict:
@@ -31,7 +32,7 @@ def launch_worker(world: int, tiny_data, out, script: str = "tests/distributed/p
 def reference_run(tiny_data, tied: bool = True, kv_heads: int = 2, hidden_dropout: float = 0.0,
                   context: str = "vist2", ocr: str = ""):
     """``ocr``: "aux" adds OCR_WEIGHT x the OCR head's mean cross-entropy over the global batch's
-    cells to the loss; "front" trains the front and the head alone on rendered chunks (the
+    cells to the loss, and GUIDE_WEIGHT x guided attention's mean (brute force, ``_guided_attention``); "front" trains the front and the head alone on rendered chunks (the
     reported loss is then the OCR mean)."""
     layout = Layout(1, tied=tied, kv_heads=kv_heads, hidden_dropout=hidden_dropout, context=context, ocr=ocr)
     cfg = validate(load_config("tiny-cpu", scenario_overrides(tiny_data, layout)))
@@ -53,20 +54,47 @@ def reference_run(tiny_data, tied: bool = True, kv_heads: int = 2, hidden_dropou
                    for start in range(step * G, (step + 1) * G, micro)]
         count = sum(b.loss_mask.sum() for b in batches)
         cells = sum(b.ocr_targets.numel() for b in batches) if ocr else None
+        guided = cfg.train.cursor_attention_layers
+        terms = sum(int((b.cursor_key >= 0).sum()) for b in batches) * cfg.model.llm.num_heads * guided if ocr else 0
         opt.zero_grad()
         loss = 0.0
         for batch in batches:
+            inputs = {}
+            hooks = [model.layers[str(i)].register_forward_pre_hook(
+                lambda _, args, i=i: inputs.__setitem__(i, args[0])) for i in range(guided if ocr else 0)]
             total, _ = token_losses(model(batch), batch)
+            for hook in hooks:
+                hook.remove()
+            model.take_cursor_attention_loss()      # (the model's own: replaced by the brute force below)
             extra = 0.0
             if ocr:                            # the head's loss on this batch's images, by hand
                 vis = model.front.aligner(model.front.vision(batch.images))
                 extra = F.cross_entropy(model.front.ocr_head(vis).flatten(0, 1), batch.ocr_targets.flatten(),
                                         reduction="sum") * OCR_WEIGHT / cells
+                extra = extra + _guided_attention(model, batch, inputs) * GUIDE_WEIGHT / terms
             (total / count + extra).backward()
             loss += (total / count).item()
         opt.step()
         losses.append(loss)
     return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _guided_attention(model, batch, inputs):
+    """Guided attention by brute force: each guided layer's attention probabilities from its
+    input (dense softmax over the dense VIST2 mask, every query head with its KV head), -log of
+    the probability on each guided position's key, summed."""
+    mask = dense_mask(batch.layout)[:, 0]
+    rope = model.rotary(batch.layout.position)
+    total = 0.0
+    for i, hidden in inputs.items():
+        layer = model.layers[str(i)]
+        q, k, _ = layer.attention.project(layer.input_norm(hidden), rope)
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
+        scores = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).masked_fill(~mask[:, None], float("-inf"))
+        logp = torch.log_softmax(scores, -1)                          # [batch, heads, seq, seq]
+        b, s = (batch.cursor_key >= 0).nonzero(as_tuple=True)
+        total = total - logp[b, :, s, batch.cursor_key[b, s]].sum()
+    return total
 
 
 def _front_reference(cfg, tok):

@@ -22,6 +22,7 @@ from megatron_vist2.parallel.distributed import init_distributed
 from tests.distributed.collectives import COUNTER
 from tests.distributed.gather import full_parameters
 from megatron_vist2.parallel.random import seed_runtime_rng
+from megatron_vist2.training.cursor_attention import terms_per_position
 from megatron_vist2.training.ocr_stage import collate_for
 from megatron_vist2.training.trainer import build_model, make_engine, make_schedule, train_step, train_step_front
 from tests.distributed.scenario import SCENARIOS, STEPS, scenario_overrides
@@ -48,7 +49,8 @@ def run(cfg, env, layout, tok):
             losses.append(train_step_front(schedule, [next(it) for _ in range(gas)], gas, dp))
         else:
             losses.append(train_step(schedule, [next(it) for _ in range(gas)] if it is not None else None,
-                                     gas, dp, cfg.data.seq_length, ocr_weight=cfg.train.ocr_weight))
+                                     gas, dp, cfg.data.seq_length, ocr_weight=cfg.train.ocr_weight,
+                                     cursor_attention=(cfg.train.cursor_attention_weight, terms_per_position(cfg))))
         reduced.append(COUNTER.take())
     trainable = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters() if p.requires_grad)
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=layout.zero == 3):

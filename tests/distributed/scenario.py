@@ -63,7 +63,7 @@ SCENARIOS = {
     "tp2-zero3-window": Layout(2, tp=2, zero=3, context="window"),
     "pp2-zero3-text": Layout(2, pp=2, zero=3, context="text"),
     "pp2-zero3-window": Layout(2, pp=2, zero=3, context="window"),
-    # the OCR head: its auxiliary loss (and the reading cursor) with TP2, PP2 (on the first stage)
+    # the OCR head: its auxiliary loss (and the reading cursor, with guided attention) with TP2, PP2 (on the first stage)
     # and ZeRO-3; stage 0's
     # front-only objective with TP2 x ZeRO-3 and DP2 x ZeRO-2
     "tp2-zero1-ocr-aux": Layout(2, tp=2, zero=1, ocr="aux"), "pp2-zero3-ocr-aux": Layout(2, pp=2, zero=3, ocr="aux"),
@@ -106,6 +106,8 @@ def scenario_overrides(data, layout: Layout):
 
 
 OCR_WEIGHT = 0.5
+GUIDE_WEIGHT = 0.3                 # guided attention (train.cursor_attention_weight) on the first 2 layers
 OCR_OVERRIDES = {"": [], "aux": ["model.ocr_head.enabled=true", f"train.ocr_weight={OCR_WEIGHT}",
-                                 "model.readback_cursor=true", "data.readback_fraction=0.5"],
+                                 "model.readback_cursor=true", "data.readback_fraction=0.5",
+                                 f"train.cursor_attention_weight={GUIDE_WEIGHT}", "train.cursor_attention_layers=2"],
                  "front": ["model.ocr_head.enabled=true", "train.objective=ocr"]}
