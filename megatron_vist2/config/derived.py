@@ -47,6 +47,12 @@ def name_under(name: str, prefix: str) -> bool:
 TRAINING_AIDS = {"model.ocr_head": "front.ocr_head", "model.readback_cursor": "front.cursor"}
 
 
+def guided_layers(cfg: Config) -> int:
+    """Decoder layers trained by guided attention (``train.cursor_attention_layers``; 0 when
+    ``train.cursor_attention_weight`` is 0: off)."""
+    return cfg.train.cursor_attention_layers if cfg.train.cursor_attention_weight > 0 else 0
+
+
 def reads_back(cfg: Config) -> bool:
     """Can a chunk of this run's training rows be in read-back mode? The shares of
     ``data.readback_schedule`` when it is set (it replaces ``data.readback_fraction``, as

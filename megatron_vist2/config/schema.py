@@ -7,7 +7,7 @@ Every field has a default; presets (YAML files in ``presets/``) and dotted comma
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional
+from typing import Dict, List, Literal, Optional, Tuple
 
 # The allowed values of each choice field, declared once: validate.py checks them by these types.
 RenderMode = Literal["fit", "strict"]
@@ -168,10 +168,21 @@ class ModelConfig:
         return (self.chunk.image_height // p) * (self.chunk.image_width // p)
 
     @property
+    def visual_token_side(self) -> int:
+        """p k: each visual token is the aligner's merge of k x k patches, a square of this many pixels."""
+        return self.vision.patch_size * self.aligner.merge
+
+    @property
+    def visual_token_grid(self) -> Tuple[int, int]:
+        """(H / (p k), W / (p k)): the visual tokens' rows and columns over the image, row-major."""
+        pk = self.visual_token_side
+        return self.chunk.image_height // pk, self.chunk.image_width // pk
+
+    @property
     def visual_tokens_per_chunk(self) -> int:
         """m = (H / (p k)) (W / (p k))."""
-        pk = self.vision.patch_size * self.aligner.merge
-        return (self.chunk.image_height // pk) * (self.chunk.image_width // pk)
+        rows, columns = self.visual_token_grid
+        return rows * columns
 
     @property
     def compression_ratio(self) -> float:

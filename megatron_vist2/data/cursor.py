@@ -69,9 +69,7 @@ class ReadingCursor:
         self.cell = cell_size(m)
         self.grid = (m.ocr_head.lines, m.ocr_head.columns)
         self.END = self.grid[0] * self.grid[1]
-        # visual tokens: one per (patch x merge)-pixel square region of the image, row-major
-        self.region = m.vision.patch_size * m.aligner.merge
-        self.regions = (m.chunk.image_height // self.region, m.chunk.image_width // self.region)
+        self.region, self.regions = m.visual_token_side, m.visual_token_grid
 
     @classmethod
     def of_model(cls, m: ModelConfig) -> Optional["ReadingCursor"]:

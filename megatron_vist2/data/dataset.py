@@ -11,12 +11,13 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, List, Sequence, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..config.derived import guided_layers
 from ..config.schema import Config
 from ..errors import ConfigError
 from ..models.attention import TEXT, VISUAL, TokenLayout
@@ -35,7 +36,8 @@ class PackedVist2Dataset(Dataset):
     same layout that draws it. ``training``: rows to train on (``data.readback_input_mask`` masks
     inputs of their read-back chunks, drawn per sample from (seed, g)); evaluation rows never are.
     With ``model.readback_cursor`` every row carries ``cursor`` (data/cursor.py: the reading
-    cursor at each read-back text position, from the true text and its image; -1 elsewhere)."""
+    cursor at each read-back text position, from the true text and its image; -1 elsewhere), and
+    with guided attention (``train.cursor_attention_weight``) ``cursor_key`` (``row_cursor``)."""
 
     def __init__(self, indexed: IndexedDocs, tokenizer: Tokenizer, cfg: Config, seed: int,
                  ocr_targets: bool = False, training: bool = False):
@@ -49,6 +51,7 @@ class PackedVist2Dataset(Dataset):
         self.context = m.context      # the controls get the model's rows without images (packing.py)
         self.renderer = Renderer.from_model_config(m)
         self.cursor = ReadingCursor.of_model(m)
+        self.guided = guided_layers(cfg) > 0           # rows carry guided attention's keys
         rng = np.random.default_rng([seed, 0x5EB])
         lengths = indexed.lengths
         segments = [s for d in range(len(indexed))
@@ -93,35 +96,30 @@ class PackedVist2Dataset(Dataset):
         out["images"] = np.stack(images) if images else \
             np.zeros((0, self.renderer.height, self.renderer.width), np.uint8)
         if self.cursor is not None:
-            out["cursor"] = self.row_cursor(out, images)
-            out["cursor_key"] = self.cursor_keys(out)
+            out["cursor"], keys = self.row_cursor(out, images)
+            if keys is not None:
+                out["cursor_key"] = keys
         out["source"] = 0
         return out
 
-    def row_cursor(self, row: dict, images: List[np.ndarray]) -> np.ndarray:
-        """int64 [seq]: the reading cursor at the text positions of each read-back chunk, on the
-        chunk's image (the visual blocks are m contiguous tokens, images in their order), else -1."""
+    def row_cursor(self, row: dict, images: List[np.ndarray]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """-> int64 [seq]: the reading cursor at the text positions of each read-back chunk, on the
+        chunk's image (the visual blocks are m contiguous tokens, images in their order), else -1;
+        and with guided attention (``train.cursor_attention_weight``), int64 [seq]: at each of
+        those positions whose cursor is a cell (not END), the row position of the visual token
+        whose image region holds that cell (data/cursor.py ``visual_token``), else -1 (else None)."""
         cursor = np.full(len(row["tokens"]), NONE, np.int64)
+        keys = np.full(len(row["tokens"]), -1, np.int64) if self.guided else None
         starts = np.nonzero(row["kind"] == VISUAL)[0][::self.m]
         for image, p in zip(images, starts):
             if row["readback"][p]:
                 text = np.nonzero((row["kind"] == TEXT) & (row["doc"] == row["doc"][p]) & (row["chunk"] == row["chunk"][p]))[0]
                 # text[0] is the chunk's read-back marker, the rest its tokens
                 cursor[text] = self.cursor.of_chunk(row["tokens"][text[1:]], image, self.tokenizer.decode)
-        return cursor
-
-    def cursor_keys(self, row: dict) -> np.ndarray:
-        """int64 [seq]: at each position with a cursor cell (not END), the row position of the
-        visual token whose image region holds that cell (its chunk's visual block, data/cursor.py
-        ``visual_token``); -1 elsewhere. The target of guided attention (train.cursor_attention_weight)."""
-        keys = np.full(len(row["tokens"]), -1, np.int64)
-        starts = np.nonzero(row["kind"] == VISUAL)[0][::self.m]
-        block = {(int(row["doc"][p]), int(row["chunk"][p])): int(p) for p in starts}
-        for pos in np.nonzero(row["cursor"] != NONE)[0]:
-            token = self.cursor.visual_token(int(row["cursor"][pos]))
-            if token >= 0:
-                keys[pos] = block[(int(row["doc"][pos]), int(row["chunk"][pos]))] + token
-        return keys
+                if keys is not None:
+                    tokens = np.array([self.cursor.visual_token(int(c)) for c in cursor[text]], np.int64)
+                    keys[text] = np.where(tokens >= 0, p + tokens, -1)
+        return cursor, keys
 
     @property
     def sources(self) -> List[str]:

@@ -20,7 +20,7 @@ import torch.nn as nn
 from megatron.core import ModelParallelConfig, tensor_parallel
 
 from ..config.schema import Config, ModelConfig
-from ..config.derived import padded_vocab_size
+from ..config.derived import guided_layers, padded_vocab_size
 from .aligner import Aligner
 from .attention import VISUAL, TokenLayout, build_mask, resolve_backend
 from .cursor import CursorEmbedding, cursor_attention_loss
@@ -192,7 +192,7 @@ class Vist2Model(nn.Module):
         self.attention_dropout = mcfg.llm.attention_dropout
         self.context = mcfg.context
         # guided attention (train.cursor_attention_weight): its first layers, on the first stage
-        self.guided_layers = cfg.train.cursor_attention_layers if cfg.train.cursor_attention_weight > 0 else 0
+        self.guided_layers = guided_layers(cfg)
         self.cursor_attention: Optional[Tuple[torch.Tensor, int]] = None
         vocab = padded_vocab_size(cfg)
         self.front = _seeded(seed, "front", lambda: Vist2Front(mcfg, vocab, mp, seed)) if part.first else None

@@ -15,11 +15,12 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from ..config import Config
+from ..config.derived import guided_layers
 
 
 def terms_per_position(cfg: Config) -> int:
     """Guided-attention terms of one guided position: every head of every guided layer (0: off)."""
-    return cfg.model.llm.num_heads * cfg.train.cursor_attention_layers if cfg.train.cursor_attention_weight > 0 else 0
+    return cfg.model.llm.num_heads * guided_layers(cfg)
 
 
 def cursor_attention_terms(per_position: int, micro_batches: Optional[List]) -> Optional[torch.Tensor]:

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from megatron_vist2.config import load_config, validate
-from megatron_vist2.data.cursor import ReadingCursor
 from megatron_vist2.data.dataset import PackedVist2Dataset, collate
 from megatron_vist2.data.indexed import open_indexed
 from megatron_vist2.data.ocr_targets import cell_size
@@ -15,10 +14,7 @@ from megatron_vist2.errors import ConfigError
 from megatron_vist2.models.attention import TEXT, VISUAL, TokenLayout, dense_mask
 from megatron_vist2.models.cursor import NONE, cursor_attention_loss
 from tests.conftest import tiny_overrides
-
-
-def _cfg(preset, data, *extra):
-    return validate(load_config(preset, tiny_overrides(data, "model.readback_cursor=true", *extra)))
+from tests.unit.test_cursor import _cfg
 
 
 @pytest.mark.parametrize("preset", ["tiny-cpu", "tiny-cpu-rho2"])
@@ -26,7 +22,7 @@ def test_cursor_key_is_the_visual_token_whose_region_holds_the_next_character(ti
     """Each key is a visual position of the text's own chunk, and the pixel square of that token
     (patch x merge pixels, row-major) covers the most of the cursor cell's box of any token, and
     holds ink of the character drawn there (the rendered image, brute force over the regions)."""
-    cfg = _cfg(preset, tiny_data, "data.readback_fraction=1.0")
+    cfg = _cfg(preset, tiny_data, "data.readback_fraction=1.0", "train.cursor_attention_weight=1.0")
     tok = load_tokenizer(cfg.data.tokenizer)
     ds = PackedVist2Dataset(open_indexed(cfg.data.valid_prefix, tok), tok, cfg, 3)
     m, side = cfg.model.visual_tokens_per_chunk, cfg.model.vision.patch_size * cfg.model.aligner.merge
@@ -56,6 +52,8 @@ def test_cursor_key_is_the_visual_token_whose_region_holds_the_next_character(ti
             box = image[max(y0, ty):min(y0 + ch, ty + side, H), max(x0, tx):min(x0 + cw, tx + side, W)]
             checked += int((box < 255).any())
     assert checked >= 100          # (a cell's ink may sit wholly across a region's edge: not every one)
+    unguided = _cfg(preset, tiny_data, "data.readback_fraction=1.0")     # no guided attention: no keys
+    assert "cursor_key" not in PackedVist2Dataset(open_indexed(cfg.data.valid_prefix, tok), tok, unguided, 3)[0]
 
 
 def test_cursor_attention_loss_equals_a_dense_softmax(tiny_data):
